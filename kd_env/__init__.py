@@ -1,18 +1,43 @@
-"""kd_env: learning which knowledge to distil, as a Gymnasium environment."""
+"""kd_env: learning which knowledge to distil, as a Gymnasium environment.
+
+Environments (``gymnasium.make``): ``kd_env/DigitsKD-v0`` (digits, MLPs; fast),
+``kd_env/QuickKD-v0`` (digits, tiny budget), ``kd_env/TextKD-v0`` (rt-polarity, MiniLM-L6
+teacher, 2-layer student).  Any :class:`DistillConfig` field can be passed to ``make``.
+"""
 
 from __future__ import annotations
 
 from .data import TaskData, compute_metrics, load_task
 from .engine import Distiller, PhaseResult, build_distiller
+from .env import KnowledgeSelectionEnv
 from .knowledge import DEFAULT_KNOWLEDGE, Knowledge, knowledge_names, make_knowledge, register_knowledge
 from .models import ModelOutputs
+from .observations import Observation, observation_names, register_observation
 from .presets import DistillConfig, get_preset, preset_names
+from .rewards import PhaseOutcome, Reward, register_reward, reward_names
 
 __version__ = "0.1.0"
+
+ENV_IDS = {"kd_env/DigitsKD-v0": "digits", "kd_env/QuickKD-v0": "quick", "kd_env/TextKD-v0": "text"}
+
+
+def register_envs() -> None:
+    """Register the Gymnasium ids (harmless when called again)."""
+    import gymnasium as gym
+
+    for env_id, preset in ENV_IDS.items():
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point="kd_env.env:KnowledgeSelectionEnv", kwargs={"config": preset})
+
+
+register_envs()
 
 __all__ = [
     "TaskData", "compute_metrics", "load_task",
     "Distiller", "PhaseResult", "build_distiller",
+    "KnowledgeSelectionEnv", "ENV_IDS", "register_envs",
     "DEFAULT_KNOWLEDGE", "Knowledge", "knowledge_names", "make_knowledge", "register_knowledge",
-    "ModelOutputs", "DistillConfig", "get_preset", "preset_names",
+    "ModelOutputs", "Observation", "observation_names", "register_observation",
+    "DistillConfig", "get_preset", "preset_names",
+    "PhaseOutcome", "Reward", "register_reward", "reward_names",
 ]

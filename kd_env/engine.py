@@ -213,24 +213,15 @@ class Distiller:
         self.student.train()
         for _ in range(steps):
             batch = {k: v.to(self.device) for k, v in self.train_data.batch(self._next_indices()).items()}
-            teacher_out = self.teacher.outputs(batch)
-            with torch.set_grad_enabled(bool(active)):
-                student_out = self.student(batch, attentions=self.need_attentions)
-                terms: dict[int, torch.Tensor] = {}
-                for i in computed:
-                    if i in active:
-                        terms[i] = self.knowledge[i](student_out, teacher_out, batch)
-                    else:
-                        with torch.no_grad():
-                            terms[i] = self.knowledge[i](student_out, teacher_out, batch)
-            values = {i: float(t.detach()) for i, t in terms.items()}
+            terms, values, student_out, teacher_out = self._losses(batch, active, computed)
             done += 1
-            if any(not math.isfinite(v) for v in values.values()):
+            if any(not math.isfinite(values[i]) for i in active):
                 crashed = True
                 break
             for i, v in values.items():
-                sums[i] += v
-                counts[i] += 1
+                if math.isfinite(v):  # an unselected term may be non-finite: reported, not trained
+                    sums[i] += v
+                    counts[i] += 1
             with torch.no_grad():
                 self._accumulate_prediction_stats(stats, student_out.logits, teacher_out.logits, batch["labels"])
             if active:
@@ -259,6 +250,53 @@ class Distiller:
             student_accuracy=stats["acc"] / n, teacher_kl=stats["kl"] / n, agreement=stats["agree"] / n,
             entropy=stats["ent"] / n, grad_norm=stats["grad"] / max(1, trained), steps=done,
             trained_steps=trained, seconds=time.perf_counter() - start, crashed=crashed)
+
+    def _losses(self, batch: dict[str, torch.Tensor], active: list[int], computed: list[int]):
+        """Forward the student once; the knowledge terms in ``computed`` (with gradient for
+        ``active`` ones only) and their float values."""
+        teacher_out = self.teacher.outputs(batch)
+        with torch.set_grad_enabled(bool(active)):
+            student_out = self.student(batch, attentions=self.need_attentions)
+            terms: dict[int, torch.Tensor] = {}
+            for i in computed:
+                if i in active:
+                    terms[i] = self.knowledge[i](student_out, teacher_out, batch)
+                else:
+                    with torch.no_grad():
+                        terms[i] = self.knowledge[i](student_out, teacher_out, batch)
+        values = {i: float(t.detach()) for i, t in terms.items()}
+        return terms, values, student_out, teacher_out
+
+    @torch.no_grad()
+    def measure(self) -> PhaseResult:
+        """Every knowledge loss and the prediction statistics on the next training batch, without
+        training and without consuming budget or data (used for the initial observation)."""
+        start = time.perf_counter()
+        bs = self.config.batch_size
+        idx = self.order[self.position : self.position + bs]
+        if len(idx) < min(bs, len(self.order)):
+            idx = self.order[:bs]
+        batch = {k: v.to(self.device) for k, v in self.train_data.batch(idx).items()}
+        self.student.eval()
+        _, values, student_out, teacher_out = self._losses(batch, [], list(range(self.num_knowledge)))
+        self.student.train()
+        stats = {"ce": 0.0, "acc": 0.0, "kl": 0.0, "agree": 0.0, "ent": 0.0}
+        self._accumulate_prediction_stats(stats, student_out.logits, teacher_out.logits, batch["labels"])
+        losses = np.asarray([values[i] for i in range(self.num_knowledge)], dtype=np.float64)
+        return PhaseResult(losses=losses, total_loss=0.0, student_ce=stats["ce"], student_accuracy=stats["acc"],
+                           teacher_kl=stats["kl"], agreement=stats["agree"], entropy=stats["ent"], grad_norm=0.0,
+                           steps=0, trained_steps=0, seconds=time.perf_counter() - start,
+                           crashed=not all(math.isfinite(v) for v in values.values()))
+
+    def snapshot_student(self) -> dict[str, torch.Tensor]:
+        """A copy of the student's parameters (cheap; to restore after a crash)."""
+        return {k: v.detach().clone() for k, v in self.student.state_dict().items()}
+
+    def restore_student(self, snapshot: dict[str, torch.Tensor]) -> None:
+        self.student.load_state_dict(snapshot)
+
+    def student_is_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.student.parameters())
 
     def _advance_schedule(self) -> None:
         """Move the learning-rate schedule one step on without an update (keeps it aligned with

@@ -119,10 +119,12 @@ def load_hf_classifier(name_or_path: str, num_labels: int, attentions: bool = Fa
         kwargs["attn_implementation"] = "eager"  # fused kernels do not return attention maps
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected here
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs, **config_overrides)
     finally:
         hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
     if num_labels == 1:
         model.config.problem_type = "regression"
     return model

@@ -1,0 +1,332 @@
+"""The knowledge-selection environment."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from .engine import Distiller, PhaseResult, build_distiller
+from .observations import Observation, make_observation
+from .presets import DistillConfig, get_preset
+from .rewards import PhaseOutcome, Reward, make_reward
+
+__all__ = ["KnowledgeSelectionEnv", "ACTION_MODES"]
+
+ACTION_MODES = ("mask", "weights")
+
+
+class KnowledgeSelectionEnv(gym.Env):
+    """Choose, phase by phase, which kinds of teacher knowledge a student distils from.
+
+    ## Description
+    An episode is one distillation run of a freshly initialised student over a fixed budget of
+    optimizer steps (``config.total_steps``).  Each step is one *phase*: ``steps_per_action``
+    optimizer steps with loss ``sum_k a_k L_k`` over the configured knowledge types (default, in
+    bit order: ``finetune, response, feature, relation``; ``attention`` can be added).  The
+    observation and the reward are computed once per phase (the multi-phase refinement of Wang
+    et al., 2022).  The teacher is fine-tuned once and its outputs cached on disk, so a phase
+    costs only the student's training.
+
+    ## Action Space
+    * ``action_mode="mask"`` (default): ``MultiBinary(K)``; bit k = learn from knowledge k in this
+      phase.  An all-zero mask is legal: the phase trains nothing, the budget still advances.
+      Integer, boolean or float arrays are accepted if every entry is exactly 0 or 1.
+    * ``action_mode="weights"``: ``Box(0, 1, (K,), float32)``, the paper's soft action.
+    Anything else (wrong shape or dtype, NaN/inf, out of range, non-binary mask) raises
+    ``ValueError`` naming the expected space, and leaves the env unchanged.
+
+    ## Observation Space
+    ``observation="summary"`` (default): ``Box`` of ``2K + 9`` float32 values:
+
+    | index          | meaning                                            | min | max |
+    |----------------|----------------------------------------------------|-----|-----|
+    | 0              | fraction of the step budget used                   | 0   | 1   |
+    | 1 .. K         | each knowledge loss on the phase, log1p (all K)    | 0   | 10  |
+    | K+1            | student CE on the phase, log1p                     | 0   | 10  |
+    | K+2            | student accuracy on the phase                      | 0   | 1   |
+    | K+3            | KL(teacher || student) on the phase, log1p         | 0   | 10  |
+    | K+4            | teacher-student argmax agreement                   | 0   | 1   |
+    | K+5            | student prediction entropy / log(C)                | 0   | 1   |
+    | K+6            | latest dev-probe CE, log1p                         | 0   | 10  |
+    | K+7            | latest dev-probe metric                            | -1  | 1   |
+    | K+8            | mean gradient norm, log1p                          | 0   | 10  |
+    | K+9 .. 2K+8    | the last action                                    | 0   | 1   |
+
+    ``"cls"``: the paper's state, the student's then the teacher's mean final-layer [CLS] vector
+    on the phase's last batch (``Box(-100, 100)``).  ``"dict"``: ``Dict(summary=..., cls=...)``.
+    Users add observations with :func:`kd_env.register_observation`.
+
+    ## Rewards
+    ``reward="dev_loss_delta"`` (default, the paper's): the decrease of the student's CE on a
+    fixed, seeded dev probe (``config.dev_probe_size`` examples of the dev split) since the
+    previous phase.  Also ``dev_metric_delta``, ``final_metric``, ``train_loss_delta`` and
+    ``cost_penalized``; users add their own with :func:`kd_env.register_reward`.  Every part goes
+    to ``info["rewards"]``.  The test split is never touched by the env.
+
+    ## Starting State
+    ``reset(seed=...)`` re-initialises the student (pre-trained layers with a new head for text;
+    every weight for MLPs), the optimizer, the schedule and the data order, all drawn from the
+    env's ``np_random``.  ``options`` may hold ``reward`` (name), ``reward_params`` and
+    ``config`` (a dict of :class:`~kd_env.presets.DistillConfig` overrides; rebuilds the
+    distiller when it changes, e.g. another task or seed).
+
+    ## Episode End
+    ``terminated`` when the budget is spent (``ceil(total_steps / steps_per_action)`` phases) or
+    when a phase crashes (non-finite loss or gradient): then the reward is ``crash_penalty``,
+    ``info["crashed"]`` is True and the student is restored to its last finite state.
+    ``truncated`` only comes from an external ``TimeLimit``.
+
+    ## Arguments
+    * ``config``: a :class:`DistillConfig`, a preset name or a dict; ``preset`` + ``**overrides``
+      also work (``gym.make("kd_env/DigitsKD-v0", total_steps=100)``).
+    * ``action_mode``: ``"mask"`` or ``"weights"``.
+    * ``observation``: a registered observation name or instance.
+    * ``reward`` / ``reward_params``: a registered reward name (or instance) and its parameters.
+    * ``crash_penalty``: reward of a crashed phase (default: the reward's ``crash_value``).
+    * ``probe_every``: evaluate the dev probe every N phases when the reward does not need it.
+    * ``render_mode``: ``None`` or ``"ansi"``.
+    * ``record_time``: put the phase's wall time in ``info["phase_seconds"]`` (set False for
+      infos that are identical across identical runs, as ``check_env`` demands).
+
+    ## Version History
+    * v0: initial version.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(self, config: DistillConfig | str | dict | None = None, *, preset: str | None = None,
+                 action_mode: str = "mask", observation: str | Observation = "summary",
+                 reward: str | Reward = "dev_loss_delta", reward_params: dict | None = None,
+                 crash_penalty: float | None = None, probe_every: int = 1, render_mode: str | None = None,
+                 record_time: bool = True, distiller: Distiller | None = None, **overrides: Any):
+        super().__init__()
+        if action_mode not in ACTION_MODES:
+            raise ValueError(f"action_mode must be one of {list(ACTION_MODES)}, got {action_mode!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        if not isinstance(probe_every, int) or probe_every < 1:
+            raise ValueError(f"probe_every must be a positive integer, got {probe_every!r}")
+        self.config = self._resolve_config(config, preset, overrides) if distiller is None else distiller.config
+        self._init_args = dict(action_mode=action_mode, observation=observation, reward=reward,
+                               reward_params=reward_params, crash_penalty=crash_penalty,
+                               probe_every=probe_every, render_mode=render_mode, record_time=record_time)
+        self.record_time = bool(record_time)
+        self.action_mode = action_mode
+        self.render_mode = render_mode
+        self.probe_every = probe_every
+        self.crash_penalty = crash_penalty
+        self.reward_fn = make_reward(reward, **(reward_params or {}))
+        self._reward_spec = (reward if isinstance(reward, str) else self.reward_fn, dict(reward_params or {}))
+        self.observation_fn = make_observation(observation)
+        self.distiller = distiller if distiller is not None else build_distiller(self.config)
+        k = self.distiller.num_knowledge
+        self.knowledge_names = list(self.distiller.knowledge_names)
+        self.action_space = spaces.MultiBinary(k) if action_mode == "mask" else spaces.Box(0.0, 1.0, (k,), np.float32)
+        self._start_episode_state()
+        self.observation_space = self.observation_fn.space(self)
+        self._closed = False
+
+    # ---- helpers ----------------------------------------------------------------------------
+    @staticmethod
+    def _resolve_config(config, preset, overrides) -> DistillConfig:
+        if isinstance(config, DistillConfig):
+            base = config
+        elif isinstance(config, str):
+            base = get_preset(config)
+        elif isinstance(config, dict):
+            base = DistillConfig.from_dict(config)
+        elif config is None:
+            base = get_preset(preset or "text")
+        else:
+            raise TypeError(f"config must be a DistillConfig, a preset name or a dict, got {type(config).__name__}")
+        if preset is not None and config is not None:
+            raise ValueError("pass either config or preset, not both")
+        return base.replace(**overrides) if overrides else base
+
+    def _start_episode_state(self) -> None:
+        k = self.distiller.num_knowledge
+        self.phase_index = 0
+        self.last_action = np.zeros(k, dtype=np.float32)
+        self.last_phase: PhaseResult = self.distiller.measure()
+        self.last_probe: dict[str, float] | None = self.distiller.evaluate("probe")
+        self.episode_return = 0.0
+        self.history: list[dict[str, Any]] = []
+
+    def _validate_action(self, action: Any) -> np.ndarray:
+        """The action as float64 weights, or ``ValueError`` naming the expected space."""
+        space = self.action_space
+        expected = (f"MultiBinary({space.n}): an array of {space.n} values, each 0 or 1, for knowledge "
+                    f"{self.knowledge_names}" if self.action_mode == "mask" else
+                    f"Box(0, 1, ({space.shape[0]},), float32): {space.shape[0]} finite weights in [0, 1] for "
+                    f"knowledge {self.knowledge_names}")
+        try:
+            arr = np.asarray(action)
+        except Exception as exc:  # noqa: BLE001 - ragged lists and the like
+            raise ValueError(f"invalid action {action!r} ({exc}); expected {expected}") from None
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"invalid action dtype {arr.dtype}; expected {expected}")
+        k = len(self.knowledge_names)
+        if arr.shape != (k,):
+            raise ValueError(f"invalid action shape {arr.shape}; expected {expected}")
+        w = arr.astype(np.float64)
+        if not np.all(np.isfinite(w)):
+            raise ValueError(f"invalid action {arr.tolist()} (not finite); expected {expected}")
+        if self.action_mode == "mask":
+            if not np.all((w == 0) | (w == 1)):
+                raise ValueError(f"invalid action {arr.tolist()} (not binary); expected {expected}")
+        elif np.any(w < 0) or np.any(w > 1):
+            raise ValueError(f"invalid action {arr.tolist()} (outside [0, 1]); expected {expected}")
+        return w
+
+    # ---- gymnasium API ----------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        options = dict(options or {})
+        unknown = sorted(set(options) - {"reward", "reward_params", "config"})
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {unknown}; valid: ['config', 'reward', 'reward_params']")
+        if "config" in options and options["config"]:
+            new_config = self.config.replace(**options["config"])
+            if new_config != self.config:
+                old_names = self.knowledge_names
+                new_distiller = build_distiller(new_config)
+                if new_distiller.knowledge_names != old_names:
+                    new_distiller.close()
+                    raise ValueError(f"reset options cannot change the knowledge types (the action space): "
+                                     f"{old_names} -> {list(new_config.knowledge)}")
+                self.distiller.close()
+                self.distiller, self.config = new_distiller, new_config
+        if "reward" in options or "reward_params" in options:
+            name = options.get("reward", self.reward_fn.name)
+            params = dict(options.get("reward_params") or {})
+            self.reward_fn = make_reward(name, **params)
+            self._reward_spec = (name, params)
+        episode_seed = int(self.np_random.integers(0, 2**31 - 1))
+        self.distiller.reset(episode_seed)
+        self._start_episode_state()
+        self.reward_fn.reset(self)
+        obs = self.observation_fn(self)
+        return obs, self._info(None, {}, crashed=False, seconds=0.0)
+
+    def step(self, action: Any):
+        if self._closed:
+            raise RuntimeError("step() called on a closed env")
+        w = self._validate_action(action)
+        d = self.distiller
+        if d.budget_left <= 0:
+            raise RuntimeError("step() after the episode ended; call reset()")
+        start = time.perf_counter()
+        snapshot = d.snapshot_student()
+        phase = d.train_phase(w)
+        crashed = phase.crashed
+        if crashed and not d.student_is_finite():
+            d.restore_student(snapshot)
+        del snapshot
+        terminated = crashed or d.budget_left <= 0
+        self.phase_index += 1
+        previous_probe = self.last_probe
+        probe = None
+        if not crashed and (self.reward_fn.needs_probe or self.phase_index % self.probe_every == 0 or terminated):
+            probe = d.evaluate("probe")
+        outcome = PhaseOutcome(phase=phase, weights=w, probe=probe, previous_probe=previous_probe,
+                               terminated=terminated, crashed=crashed)
+        self.last_phase = phase if not crashed else self.last_phase
+        self.last_action = w.astype(np.float32)
+        if probe is not None:
+            self.last_probe = probe
+        if crashed:
+            penalty = self.crash_penalty if self.crash_penalty is not None else self.reward_fn.crash_value
+            reward = float(penalty)
+            parts = {"crash_penalty": reward}
+        else:
+            reward = float(self.reward_fn(self, outcome))
+            if not math.isfinite(reward):
+                raise RuntimeError(f"reward {self.reward_fn.name!r} returned {reward}")
+            parts = {self.reward_fn.name: reward, **self.reward_fn.parts}
+        self.episode_return += reward
+        obs = self.observation_fn(self)
+        info = self._info(phase, parts, crashed=crashed, seconds=time.perf_counter() - start)
+        self.history.append({"phase": self.phase_index, "action": w.tolist(), "reward": reward,
+                             "probe_loss": info["probe_loss"], "probe_metric": info["probe_metric"],
+                             "losses": info["losses"]})
+        return obs, reward, terminated, False, info
+
+    def _info(self, phase: PhaseResult | None, rewards: dict[str, float], crashed: bool, seconds: float) -> dict:
+        d = self.distiller
+        phase = phase or self.last_phase
+        probe = self.last_probe or {}
+        return {
+            "losses": {n: float(v) for n, v in zip(self.knowledge_names, phase.losses)},
+            "action": self.last_action.copy(),
+            "probe_loss": float(probe.get("loss", math.nan)),
+            "probe_metric": float(probe.get("main", math.nan)),
+            "optimizer_steps": int(d.step),
+            "phase": int(self.phase_index),
+            "phase_seconds": float(seconds) if self.record_time else 0.0,
+            "crashed": bool(crashed),
+            "rewards": dict(rewards),
+        }
+
+    def render(self):
+        if self.render_mode != "ansi":
+            return None
+        if not self.history:
+            return f"phase 0 | steps 0/{self.distiller.total_steps} | probe metric {self.last_probe['main']:.4f}\n"
+        h = self.history[-1]
+        chosen = [f"{n}={a:g}" for n, a in zip(self.knowledge_names, h["action"]) if a > 0] or ["(none)"]
+        losses = " ".join(f"{n}={v:.3f}" for n, v in h["losses"].items())
+        return (f"phase {h['phase']:3d} | steps {self.distiller.step}/{self.distiller.total_steps} | "
+                f"knowledge {','.join(chosen)} | losses {losses} | probe loss {h['probe_loss']:.4f} "
+                f"metric {h['probe_metric']:.4f} | reward {h['reward']:+.4f}\n")
+
+    def close(self):
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        self.distiller.close()
+        super().close()
+
+    # ---- state and pickling -----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The full state of the env: distiller, episode bookkeeping and RNG."""
+        import copy
+
+        return {
+            "distiller": self.distiller.state_dict(),
+            "phase_index": self.phase_index,
+            "last_action": self.last_action.copy(),
+            "last_phase": copy.deepcopy(self.last_phase),
+            "last_probe": copy.deepcopy(self.last_probe),
+            "episode_return": self.episode_return,
+            "history": copy.deepcopy(self.history),
+            "np_random": copy.deepcopy(self.np_random.bit_generator.state) if self._np_random is not None else None,
+            "reward": self.reward_fn.name,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        import copy
+
+        self.distiller.load_state_dict(state["distiller"])
+        self.phase_index = state["phase_index"]
+        self.last_action = state["last_action"].copy()
+        self.last_phase = copy.deepcopy(state["last_phase"])
+        self.last_probe = copy.deepcopy(state["last_probe"])
+        self.episode_return = state["episode_return"]
+        self.history = copy.deepcopy(state["history"])
+        if state["np_random"] is not None:
+            self.np_random.bit_generator.state = copy.deepcopy(state["np_random"])
+
+    def __getstate__(self) -> dict[str, Any]:
+        reward, params = self._reward_spec
+        args = {**self._init_args, "reward": reward, "reward_params": params or None}
+        return {"config": self.config, "init_args": args, "state": self.state_dict()}
+
+    def __setstate__(self, data: dict[str, Any]) -> None:
+        self.__init__(data["config"], **data["init_args"])
+        self.np_random  # materialise the generator before restoring its state
+        self.load_state_dict(data["state"])

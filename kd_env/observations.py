@@ -1,0 +1,196 @@
+"""The observation registry.
+
+An observation is an object with a ``name``, ``space(env)`` (a Gymnasium space, fixed for the
+env's lifetime) and a call ``obs(env)`` returning a value inside that space.
+
+Built in:
+
+* ``summary`` (default): a flat float32 vector of training statistics (table in
+  :class:`kd_env.env.KnowledgeSelectionEnv`), each squashed into declared finite bounds.
+* ``cls``: the paper's state: the student's and the teacher's mean final-layer [CLS] vectors
+  on the last batch, concatenated (clipped to +-100).
+* ``dict``: a one-level ``Dict`` of both (for stable-baselines3's ``MultiInputPolicy``).
+
+Add your own::
+
+    import numpy as np
+    from gymnasium import spaces
+    from kd_env import register_observation
+
+    @register_observation("progress", space=lambda env: spaces.Box(0, 1, (1,), np.float32))
+    def progress(env):
+        return np.array([env.distiller.step / env.distiller.total_steps], np.float32)
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+from gymnasium import spaces
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .env import KnowledgeSelectionEnv
+
+__all__ = [
+    "Observation",
+    "OBSERVATION_REGISTRY",
+    "register_observation",
+    "make_observation",
+    "observation_names",
+    "summary_features",
+]
+
+LOG_CAP = 10.0  # log1p-squashed quantities are clipped to [0, LOG_CAP]
+CLS_BOUND = 100.0
+
+
+class Observation:
+    """Base class: ``space(env)`` and ``__call__(env)``."""
+
+    name: str = ""
+
+    def __init__(self, **params: Any):
+        if params:
+            raise TypeError(f"observation {self.name!r} takes no parameters; got {sorted(params)}")
+
+    def space(self, env: "KnowledgeSelectionEnv") -> spaces.Space:
+        raise NotImplementedError
+
+    def __call__(self, env: "KnowledgeSelectionEnv") -> Any:
+        raise NotImplementedError
+
+
+OBSERVATION_REGISTRY: dict[str, type[Observation]] = {}
+
+
+def register_observation(name: str, space: Callable | None = None, overwrite: bool = False) -> Callable:
+    """Decorator registering an :class:`Observation` subclass, or a function ``fn(env)`` together
+    with ``space=fn(env) -> gymnasium.Space``."""
+
+    def wrap(obj):
+        existing = OBSERVATION_REGISTRY.get(name)
+        if existing is not None and not overwrite and existing.__qualname__ != getattr(obj, "__qualname__", None):
+            raise ValueError(f"observation {name!r} is already registered; pass overwrite=True to replace it")
+        if inspect.isclass(obj) and issubclass(obj, Observation):
+            cls = obj
+        elif callable(obj):
+            if space is None:
+                raise TypeError(f"register_observation({name!r}) on a function needs space=fn(env) -> Space")
+            fn, space_fn = obj, space
+
+            class FunctionObservation(Observation):
+                def space(self, env):
+                    return space_fn(env)
+
+                def __call__(self, env):
+                    return fn(env)
+
+            cls = FunctionObservation
+            cls.__qualname__ = getattr(obj, "__qualname__", cls.__qualname__)
+        else:
+            raise TypeError("register_observation decorates an Observation subclass or a function")
+        cls.name = name
+        OBSERVATION_REGISTRY[name] = cls
+        return obj
+
+    return wrap
+
+
+def observation_names() -> list[str]:
+    return sorted(OBSERVATION_REGISTRY)
+
+
+def make_observation(spec: str | Observation, **params: Any) -> Observation:
+    if isinstance(spec, Observation):
+        return spec
+    if spec not in OBSERVATION_REGISTRY:
+        raise ValueError(f"unknown observation {spec!r}; valid: {observation_names()}")
+    return OBSERVATION_REGISTRY[spec](**params)
+
+
+def _squash(x: float) -> float:
+    """``log1p(max(x, 0))`` clipped to ``[0, LOG_CAP]``; non-finite -> the cap."""
+    if not math.isfinite(x):
+        return LOG_CAP
+    return float(min(LOG_CAP, math.log1p(max(0.0, x))))
+
+
+def summary_features(env: "KnowledgeSelectionEnv") -> list[tuple[str, float, float]]:
+    """(meaning, low, high) of each entry of the ``summary`` vector, in order."""
+    names = env.distiller.knowledge_names
+    rows = [("budget fraction used", 0.0, 1.0)]
+    rows += [(f"loss[{n}] on the phase, log1p", 0.0, LOG_CAP) for n in names]
+    rows += [
+        ("student CE on the phase, log1p", 0.0, LOG_CAP),
+        ("student accuracy on the phase", 0.0, 1.0),
+        ("KL(teacher||student) on the phase, log1p", 0.0, LOG_CAP),
+        ("teacher-student argmax agreement", 0.0, 1.0),
+        ("student prediction entropy / log(C)", 0.0, 1.0),
+        ("dev-probe CE (latest), log1p", 0.0, LOG_CAP),
+        ("dev-probe metric (latest)", -1.0, 1.0),
+        ("gradient norm, log1p", 0.0, LOG_CAP),
+    ]
+    rows += [(f"last action[{n}]", 0.0, 1.0) for n in names]
+    return rows
+
+
+@register_observation("summary")
+class Summary(Observation):
+    """Training statistics of the last phase, squashed into fixed bounds (see
+    :func:`summary_features`)."""
+
+    def space(self, env):
+        rows = summary_features(env)
+        low = np.asarray([r[1] for r in rows], dtype=np.float32)
+        high = np.asarray([r[2] for r in rows], dtype=np.float32)
+        return spaces.Box(low, high, dtype=np.float32)
+
+    def __call__(self, env):
+        d = env.distiller
+        p = env.last_phase
+        num_classes = max(2, d.task.num_labels)
+        vals = [d.step / d.total_steps]
+        vals += [_squash(float(x)) if np.isfinite(x) else 0.0 for x in p.losses]
+        vals += [_squash(p.student_ce), float(p.student_accuracy), _squash(p.teacher_kl), float(p.agreement),
+                 float(p.entropy) / math.log(num_classes)]
+        probe = env.last_probe or {"loss": 0.0, "main": 0.0}
+        vals += [_squash(probe["loss"]), float(probe["main"]), _squash(p.grad_norm)]
+        vals += [float(x) for x in env.last_action]
+        space = self.space(env)
+        out = np.asarray(vals, dtype=np.float32)
+        out = np.nan_to_num(out, nan=0.0, posinf=LOG_CAP, neginf=0.0)
+        return np.clip(out, space.low, space.high)
+
+
+@register_observation("cls")
+class Cls(Observation):
+    """The paper's state: mean final-layer [CLS] of the student, then of the teacher (mapped top
+    layer), on the phase's last batch; clipped to +-100."""
+
+    def space(self, env):
+        s, t = env.distiller.cls_embeddings()
+        return spaces.Box(-CLS_BOUND, CLS_BOUND, (len(s) + len(t),), dtype=np.float32)
+
+    def __call__(self, env):
+        s, t = env.distiller.cls_embeddings()
+        out = np.concatenate([s, t]).astype(np.float32)
+        out = np.nan_to_num(out, nan=0.0, posinf=CLS_BOUND, neginf=-CLS_BOUND)
+        return np.clip(out, -CLS_BOUND, CLS_BOUND)
+
+
+@register_observation("dict")
+class DictObservation(Observation):
+    """``{"summary": ..., "cls": ...}`` for ``MultiInputPolicy``."""
+
+    def __init__(self):
+        super().__init__()
+        self.parts = {"summary": Summary(), "cls": Cls()}
+
+    def space(self, env):
+        return spaces.Dict({k: v.space(env) for k, v in self.parts.items()})
+
+    def __call__(self, env):
+        return {k: v(env) for k, v in self.parts.items()}

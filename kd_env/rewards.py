@@ -1,0 +1,270 @@
+"""The reward registry.
+
+A reward is an object with a ``name``, ``reset(env)``, a call per phase returning a float, its
+``range``, and ``crash_value`` (what the env returns when the phase crashed).  Extra parts a
+reward wants reported go in ``self.parts``; the env copies them to ``info["rewards"]``.
+
+Built in:
+
+================  ===========================================================================
+name              reward after each phase
+================  ===========================================================================
+dev_loss_delta    decrease of the student's CE on the dev probe since the previous phase
+                  (the paper's; the default)
+dev_metric_delta  increase of the task metric on the dev probe since the previous phase
+final_metric      0 until the last phase, then the dev-probe metric (sparse)
+train_loss_delta  decrease of the student's CE on the phase's training batches (no dev probe)
+cost_penalized    another reward minus ``lam`` x the relative compute of the selected knowledge
+================  ===========================================================================
+
+Add your own::
+
+    from kd_env import register_reward
+
+    @register_reward("probe_accuracy")
+    def probe_accuracy(env, outcome):
+        return outcome.probe["accuracy"]
+
+Functions get a :class:`PhaseOutcome`; set ``needs_probe=False`` when the reward does not read
+the dev probe (saves its evaluation).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from .engine import PhaseResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .env import KnowledgeSelectionEnv
+
+__all__ = ["PhaseOutcome", "Reward", "REWARD_REGISTRY", "register_reward", "make_reward", "reward_names"]
+
+
+@dataclass
+class PhaseOutcome:
+    """What a reward sees after a phase.
+
+    Attributes:
+        phase: the engine's measurements of the phase.
+        weights: the knowledge weights applied (float, one per knowledge type).
+        probe: dev-probe evaluation after the phase (``loss``, ``main``, metrics), or ``None``
+            when not evaluated this phase.
+        previous_probe: the dev-probe evaluation before the phase (at reset: of the fresh student).
+        terminated: the budget is spent (this is the episode's last phase).
+        crashed: the phase hit a non-finite loss or gradient.
+    """
+
+    phase: PhaseResult
+    weights: np.ndarray
+    probe: dict[str, float] | None
+    previous_probe: dict[str, float] | None
+    terminated: bool
+    crashed: bool = False
+
+
+class Reward:
+    """Base class of rewards.
+
+    Class attributes:
+        name: registry name.
+        range: the reward's declared range.
+        crash_value: returned by the env when a phase crashes (its ``crash_penalty`` overrides).
+        needs_probe: the reward reads the dev probe every phase.
+    """
+
+    name: str = ""
+    range: tuple[float, float] = (-math.inf, math.inf)
+    crash_value: float = -1.0
+    needs_probe: bool = True
+
+    def __init__(self, **params: Any):
+        if params:
+            raise TypeError(f"reward {self.name!r} takes no parameters; got {sorted(params)}")
+        self.parts: dict[str, float] = {}
+
+    def reset(self, env: "KnowledgeSelectionEnv") -> None:
+        """Called at every env reset, after the fresh student's first dev probe."""
+        self.parts = {}
+
+    def __call__(self, env: "KnowledgeSelectionEnv", outcome: PhaseOutcome) -> float:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+REWARD_REGISTRY: dict[str, type[Reward]] = {}
+
+
+def register_reward(name: str, needs_probe: bool | None = None, overwrite: bool = False,
+                    reward_range: tuple[float, float] | None = None) -> Callable:
+    """Decorator registering a :class:`Reward` subclass or a function ``fn(env, outcome) -> float``.
+
+    Args:
+        name: the name used in ``gym.make(..., reward=name)`` and ``reset(options={"reward": name})``.
+        needs_probe: whether the reward reads the dev probe (functions default to True).
+        overwrite: allow replacing an existing entry with a different object.
+        reward_range: declared range (functions default to unbounded).
+    """
+
+    def wrap(obj):
+        existing = REWARD_REGISTRY.get(name)
+        if existing is not None and not overwrite and existing.__qualname__ != getattr(obj, "__qualname__", None):
+            raise ValueError(f"reward {name!r} is already registered; pass overwrite=True to replace it")
+        if inspect.isclass(obj) and issubclass(obj, Reward):
+            cls = obj
+        elif callable(obj):
+            fn = obj
+            params = inspect.signature(fn).parameters
+
+            class FunctionReward(Reward):
+                def __init__(self, **kwargs: Any):
+                    extra = [k for k in kwargs if k not in params]
+                    if extra:
+                        raise TypeError(f"reward {name!r} got unknown parameters {extra}")
+                    self.kwargs = kwargs
+                    self.parts = {}
+
+                def __call__(self, env, outcome):
+                    return float(fn(env, outcome, **self.kwargs))
+
+            cls = FunctionReward
+            cls.__qualname__ = getattr(obj, "__qualname__", cls.__qualname__)
+            cls.needs_probe = True if needs_probe is None else bool(needs_probe)
+        else:
+            raise TypeError("register_reward decorates a Reward subclass or a function")
+        if needs_probe is not None:
+            cls.needs_probe = bool(needs_probe)
+        if reward_range is not None:
+            cls.range = tuple(reward_range)
+        cls.name = name
+        REWARD_REGISTRY[name] = cls
+        return obj
+
+    return wrap
+
+
+def reward_names() -> list[str]:
+    return sorted(REWARD_REGISTRY)
+
+
+def make_reward(spec: str | Reward, **params: Any) -> Reward:
+    """A reward instance from a registered name (with ``params``) or an instance."""
+    if isinstance(spec, Reward):
+        if params:
+            raise TypeError("parameters are given with a reward name, not with a reward instance")
+        return spec
+    if spec not in REWARD_REGISTRY:
+        raise ValueError(f"unknown reward {spec!r}; valid: {reward_names()}")
+    try:
+        return REWARD_REGISTRY[spec](**params)
+    except TypeError as exc:
+        raise ValueError(f"bad parameters for reward {spec!r}: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Built-in rewards
+# --------------------------------------------------------------------------------------------
+
+
+@register_reward("dev_loss_delta")
+class DevLossDelta(Reward):
+    """The paper's reward: ``scale * (previous dev-probe CE - dev-probe CE)`` after the phase.
+
+    Args:
+        scale: multiplier (default 1).
+    """
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = float(scale)
+
+    def __call__(self, env, outcome):
+        self.parts = {"probe_loss": outcome.probe["loss"]}
+        return self.scale * (outcome.previous_probe["loss"] - outcome.probe["loss"])
+
+
+@register_reward("dev_metric_delta")
+class DevMetricDelta(Reward):
+    """Increase of the dev-probe task metric (accuracy, F1, ...) since the previous phase."""
+
+    range = (-2.0, 2.0)
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.scale = float(scale)
+
+    def __call__(self, env, outcome):
+        self.parts = {"probe_metric": outcome.probe["main"]}
+        return self.scale * (outcome.probe["main"] - outcome.previous_probe["main"])
+
+
+@register_reward("final_metric")
+class FinalMetric(Reward):
+    """Sparse: 0 on every phase but the last, which gets the dev-probe metric."""
+
+    range = (-1.0, 1.0)
+
+    def __call__(self, env, outcome):
+        return float(outcome.probe["main"]) if outcome.terminated else 0.0
+
+
+@register_reward("train_loss_delta")
+class TrainLossDelta(Reward):
+    """Decrease of the student's CE on the training batches from one phase to the next (no dev
+    probe needed; the first phase is compared with the CE measured at reset)."""
+
+    needs_probe = False
+
+    def reset(self, env):
+        super().reset(env)
+        self.previous = float(env.last_phase.student_ce) if env.last_phase is not None else None
+
+    def __call__(self, env, outcome):
+        ce = float(outcome.phase.student_ce)
+        prev = self.previous if self.previous is not None else ce
+        self.previous = ce
+        self.parts = {"train_ce": ce}
+        return prev - ce
+
+
+@register_reward("cost_penalized")
+class CostPenalized(Reward):
+    """Another reward minus ``lam`` x the compute of the selected knowledge.
+
+    The compute of a phase is ``sum_k w_k * cost_k / sum_k cost_k`` (in [0, 1]), with each
+    knowledge type's relative ``cost`` (:class:`kd_env.knowledge.Knowledge`).
+
+    Args:
+        base: the wrapped reward's name.
+        lam: penalty per unit of compute (>= 0).
+        base_params: parameters of the wrapped reward.
+    """
+
+    def __init__(self, base: str = "dev_loss_delta", lam: float = 0.01, base_params: dict | None = None):
+        super().__init__()
+        if base == "cost_penalized":
+            raise ValueError("cost_penalized cannot wrap itself")
+        if not lam >= 0:
+            raise ValueError(f"cost_penalized: lam must be >= 0, got {lam}")
+        self.base = make_reward(base, **(base_params or {}))
+        self.lam = float(lam)
+        self.needs_probe = self.base.needs_probe
+        self.crash_value = self.base.crash_value
+
+    def reset(self, env):
+        super().reset(env)
+        self.base.reset(env)
+        self.costs = np.asarray([k.cost for k in env.distiller.knowledge], dtype=np.float64)
+
+    def __call__(self, env, outcome):
+        base = float(self.base(env, outcome))
+        compute = float(np.dot(outcome.weights, self.costs) / self.costs.sum())
+        self.parts = {**self.base.parts, self.base.name: base, "compute": compute}
+        return base - self.lam * compute
