@@ -328,5 +328,5 @@ class KnowledgeSelectionEnv(gym.Env):
 
     def __setstate__(self, data: dict[str, Any]) -> None:
         self.__init__(data["config"], **data["init_args"])
-        self.np_random  # materialise the generator before restoring its state
+        _ = self.np_random  # materialise the generator before restoring its state
         self.load_state_dict(data["state"])

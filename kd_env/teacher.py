@@ -22,7 +22,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -221,7 +221,7 @@ class TeacherCache:
             raise CacheError(f"{path}: cache format {manifest.get('format')} != {CACHE_FORMAT}")
         if manifest.get("key") != key:
             raise CacheError(f"{path}: built for other inputs (key {manifest.get('key')} != {key})")
-        for name, info in manifest.get("files", {}).items():
+        for info in manifest.get("files", {}).values():
             f = path / info["file"]
             if not f.exists():
                 raise CacheError(f"{path}: missing {info['file']}")

@@ -1,0 +1,1 @@
+"""Experiments: the main job (glue_ac), RL benchmarking, reports."""

@@ -1,0 +1,536 @@
+"""The main job: learn which knowledge to distil, then compare with strong KD baselines.
+
+    python -m experiments.glue_ac                       # embedded offline default (rt-polarity)
+    python -m experiments.glue_ac --preset quick        # digits, about a minute
+    python -m experiments.glue_ac --preset paper --task rte --data-dir /data/glue
+
+Pipeline (resumable: rerun the same command after an interruption):
+
+1. teacher: fine-tune on the task and cache its outputs (kept under ``$KD_ENV_CACHE``);
+2. selector: train the knowledge selector (``--agent``, default our actor-critic) over
+   ``--episodes`` distillation episodes rewarded on the dev probe;
+3. distil a fresh student per seed with the trained selector acting deterministically;
+4. the same student budget for every baseline (``--methods``);
+5. evaluate every student (and the teacher) on the held-out split with the task's metric;
+6. write ``runs/<name>/``: results.json/.csv/.md, config.yaml, plots, TensorBoard logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import yaml
+
+from agents import agent_names, load_agent, make_agent
+from experiments.report import (
+    markdown_table,
+    mean_std,
+    paired_difference,
+    plot_curves,
+    plot_heatmap,
+    plot_returns,
+    write_csv,
+)
+from kd_env import DistillConfig, KnowledgeSelectionEnv, get_preset, preset_names
+from kd_env.io import atomic_write_json, atomic_write_text
+from kd_env.teacher import evaluate_model
+
+BASELINES = ("finetune", "vanilla_kd", "pkd", "all", "random_hard", "random_soft")
+SELECTOR = "selector"
+
+#: experiment-level defaults per preset (the distillation settings live in kd_env.presets)
+EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
+    "text": {"episodes": 8, "seeds": [0, 1, 2]},
+    "quick": {"episodes": 4, "seeds": [0, 1]},
+    "digits": {"episodes": 20, "seeds": [0, 1, 2, 3, 4]},
+    "paper": {"episodes": 30, "seeds": [0, 1, 2]},
+}
+
+RESULT_COLUMNS = ["method", "seed", "metric_name", "metric", "dev_metric", "return", "train_seconds",
+                  "student_parameters", "crashed", "mean_weights"]
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything that defines a run of this experiment (saved as config.yaml)."""
+
+    preset: str = "text"
+    """distillation preset (kd_env.presets): text, quick, digits, paper"""
+    distill: dict[str, Any] = field(default_factory=dict)
+    """DistillConfig overrides (task, teacher, student_layers, total_steps, ...)"""
+    agent: str = "ac"
+    """selector agent (any name agents.make_agent accepts)"""
+    agent_params: dict[str, Any] = field(default_factory=dict)
+    """selector hyperparameters"""
+    action_mode: str = "weights"
+    """"weights" (the paper's soft action; baselines' masks are 0/1 weights) or "mask\""""
+    observation: str = "summary"
+    reward: str = "dev_loss_delta"
+    reward_params: dict[str, Any] = field(default_factory=dict)
+    episodes: int | None = None
+    """selector training episodes (default: per preset)"""
+    seeds: list[int] | None = None
+    """evaluation seeds (default: per preset)"""
+    methods: list[str] | None = None
+    """methods to compare (default: selector, the baselines and each single knowledge type)"""
+    name: str | None = None
+    """run folder name under ``out`` (default: glue_ac-<preset>-<task>)"""
+    out: str = "runs"
+    plugins: list[str] = field(default_factory=list)
+    """python files to import first (they may register rewards, knowledge, observations)"""
+    selector_seed: int = 1000
+    """seed of the selector's training episodes (distinct from the evaluation seeds)"""
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def resolved(self) -> "ExperimentConfig":
+        """Fill the per-preset defaults and validate; errors name the bad key and valid values."""
+        if self.preset not in EXPERIMENT_PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; valid: {sorted(EXPERIMENT_PRESETS)}")
+        if self.action_mode not in ("weights", "mask"):
+            raise ValueError(f"action_mode must be 'weights' or 'mask', got {self.action_mode!r}")
+        c = dataclasses.replace(self)
+        defaults = EXPERIMENT_PRESETS[c.preset]
+        c.episodes = defaults["episodes"] if c.episodes is None else c.episodes
+        c.seeds = list(defaults["seeds"] if c.seeds is None else c.seeds)
+        if not isinstance(c.episodes, int) or isinstance(c.episodes, bool) or c.episodes < 0:
+            raise ValueError(f"episodes must be an integer >= 0, got {c.episodes!r}")
+        if not c.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in c.seeds):
+            raise ValueError(f"seeds must be a non-empty list of integers, got {c.seeds!r}")
+        if len(set(c.seeds)) != len(c.seeds):
+            raise ValueError(f"seeds must be distinct, got {c.seeds}")
+        distill = self.distill_config()
+        if c.methods is None:
+            c.methods = default_methods(distill.knowledge)
+        valid = valid_methods(distill.knowledge)
+        bad = [m for m in c.methods if m not in valid and not m.startswith("fixed:")]
+        if bad:
+            raise ValueError(f"unknown method(s) {bad}; valid: {valid} or fixed:<bits>")
+        if len(set(c.methods)) != len(c.methods):
+            raise ValueError(f"duplicate methods in {c.methods}")
+        if SELECTOR in c.methods and c.agent not in agent_names():
+            raise ValueError(f"unknown agent {c.agent!r}; valid: {agent_names()}")
+        if c.name is None:
+            c.name = f"glue_ac-{c.preset}-{Path(str(distill.task)).stem}"
+        return c
+
+    def distill_config(self) -> DistillConfig:
+        return get_preset(self.preset, **self.distill)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["distill_resolved"] = self.distill_config().to_dict()
+        return d
+
+
+def default_methods(knowledge: Sequence[str]) -> list[str]:
+    singles = [f"only:{k}" for k in knowledge if k != "finetune"]
+    return [SELECTOR, *BASELINES, *singles]
+
+
+def valid_methods(knowledge: Sequence[str]) -> list[str]:
+    return [SELECTOR, *BASELINES, *[f"only:{k}" for k in knowledge]]
+
+
+def method_agent_name(method: str, knowledge: Sequence[str]) -> str:
+    """The agents.make_agent name of a baseline method."""
+    if method.startswith("only:"):
+        return "fixed:" + "".join("1" if k == method[5:] else "0" for k in knowledge)
+    return method
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------
+
+
+_LOADED_PLUGINS: set[Path] = set()
+
+
+def load_plugins(paths: Sequence[str]) -> None:
+    """Import user plug-in files (explicitly named only; each file once per process)."""
+    for i, p in enumerate(paths):
+        path = Path(p)
+        if not path.is_file() or path.suffix != ".py":
+            raise FileNotFoundError(f"plugin {p!r} is not a .py file")
+        if path.resolve() in _LOADED_PLUGINS:
+            continue
+        _LOADED_PLUGINS.add(path.resolve())
+        spec = importlib.util.spec_from_file_location(f"kd_env_plugin_{i}_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+
+
+def _progress(iterable, total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, file=sys.stderr)
+
+
+def distil_episode(env: KnowledgeSelectionEnv, agent, seed: int) -> dict[str, Any]:
+    """One deterministic distillation run; returns the unit's result row (with curves)."""
+    start = time.perf_counter()
+    obs, info = env.reset(seed=seed)
+    agent.reset()
+    curve = [info["probe_metric"]]
+    actions: list[list[float]] = []
+    total = 0.0
+    train_seconds = 0.0
+    crashed = False
+    while True:
+        action = agent.act(obs, deterministic=True)
+        obs, reward, terminated, truncated, info = env.step(action)
+        total += reward
+        train_seconds += info["phase_seconds"]
+        actions.append([float(x) for x in info["action"]])
+        curve.append(info["probe_metric"])
+        crashed = crashed or info["crashed"]
+        if terminated or truncated:
+            break
+    d = env.distiller
+    test = d.evaluate("test")
+    return {
+        "seed": seed, "metric_name": d.task.metric, "metric": float(test["main"]),
+        "test_metrics": {k: float(v) for k, v in test.items()}, "dev_metric": float(info["probe_metric"]),
+        "return": float(total), "train_seconds": float(train_seconds),
+        "wall_seconds": float(time.perf_counter() - start),
+        "student_parameters": int(d.student.num_parameters()), "crashed": bool(crashed),
+        "actions": actions, "curve": [float(x) for x in curve],
+        "mean_weights": [float(x) for x in np.mean(actions, axis=0)],
+    }
+
+
+class Run:
+    """One experiment run folder: resumable units, atomic files."""
+
+    def __init__(self, config: ExperimentConfig):
+        self.config = config
+        self.dir = Path(config.out) / config.name
+        self.units = self.dir / "units"
+        self.selector_dir = self.dir / "selector"
+
+    def prepare(self) -> None:
+        saved = self.dir / "config.yaml"
+        current = self.config.to_dict()
+        if saved.exists():
+            previous = yaml.safe_load(saved.read_text())
+            keep = ("methods", "seeds", "out")  # adding methods/seeds to a finished run is fine
+            diff = sorted(k for k in current if k not in keep and previous.get(k) != current[k])
+            if diff:
+                raise SystemExit(f"error: {self.dir} holds a run with a different config (keys {diff}); "
+                                 f"pass --name for a new run or remove the folder")
+        self.units.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(saved, yaml.safe_dump(current, sort_keys=True))
+
+    def unit_path(self, method: str, seed: int) -> Path:
+        return self.units / f"{method.replace(':', '-')}__seed{seed}.json"
+
+    def load_unit(self, method: str, seed: int) -> dict[str, Any] | None:
+        p = self.unit_path(method, seed)
+        if not p.exists():
+            return None
+        try:
+            row = json.loads(p.read_text())
+        except ValueError:
+            p.unlink()  # atomic writes make this unreachable unless edited by hand
+            return None
+        return row if row.get("method") == method and row.get("seed") == seed else None
+
+
+def train_selector(run: Run, env: KnowledgeSelectionEnv) -> tuple[Any, list[float]]:
+    """Train the selector (or load it when a previous run finished this stage)."""
+    c = run.config
+    done = run.selector_dir / "done.json"
+    ckpt = run.selector_dir / "agent"
+    if done.exists():
+        agent = load_agent(str(ckpt), env)
+        return agent, json.loads(done.read_text())["returns"]
+    params = {"seed": c.selector_seed, **c.agent_params}
+    if c.agent in ("ac", "ac_q"):
+        params.setdefault("log_dir", str(run.dir / "tb" / "selector"))
+    agent = make_agent(c.agent, env, **params)
+    returns: list[float] = []
+    recorder = _ReturnRecorder(env, returns, c.episodes)
+    env.reset(seed=c.selector_seed)
+    if c.episodes > 0:
+        agent.learn(recorder, total_episodes=c.episodes)
+    recorder.close_bar()
+    run.selector_dir.mkdir(parents=True, exist_ok=True)
+    agent.save(str(ckpt))
+    atomic_write_json(done, {"returns": returns, "episodes": c.episodes, "agent": c.agent})
+    return agent, returns
+
+
+class _ReturnRecorder:
+    """A transparent proxy of the env that records episode returns and shows progress."""
+
+    def __init__(self, env, returns: list[float], episodes: int):
+        self._env = env
+        self._returns = returns
+        self._current = 0.0
+        self._bar = _progress(range(episodes), episodes, "train selector") if episodes else None
+
+    def __getattr__(self, name):
+        return getattr(self._env, name)
+
+    @property
+    def unwrapped(self):
+        return self._env.unwrapped
+
+    def reset(self, **kwargs):
+        self._current = 0.0
+        return self._env.reset(**kwargs)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self._env.step(action)
+        self._current += reward
+        if terminated or truncated:
+            self._returns.append(self._current)
+            if self._bar is not None:
+                self._bar.update(1)
+                self._bar.set_postfix(ret=f"{self._current:+.3f}")
+        return obs, reward, terminated, truncated, info
+
+    def close_bar(self):
+        if self._bar is not None:
+            self._bar.close()
+
+
+def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
+    """Run (or resume) the whole pipeline; returns the summary written to results.json."""
+    load_plugins(config.plugins)
+    c = config.resolved()
+    run = Run(c)
+    run.prepare()
+    distill = c.distill_config()
+    t0 = time.perf_counter()
+    print(f"[1/4] teacher: {distill.teacher} on {distill.task} (fine-tuned and cached once)", file=sys.stderr)
+    env = KnowledgeSelectionEnv(distill, action_mode=c.action_mode, observation=c.observation,
+                                reward=c.reward, reward_params=c.reward_params or None)
+    d = env.distiller
+    knowledge = list(d.knowledge_names)
+    teacher_probe = evaluate_model(d.teacher_model, d.dev_data, d.task, d.device, distill.eval_batch_size,
+                                   indices=d.probe_indices)
+    teacher = {"metric": d.teacher_metrics["test"]["main"], "dev_metric": teacher_probe["main"],
+               "parameters": d.teacher_metrics.get("parameters"),
+               "fine_tune_seconds": d.teacher_metrics["fine_tune"]["seconds"]}
+    rows: list[dict[str, Any]] = []
+    selector_returns: list[float] = []
+    todo = [(m, s) for m in c.methods for s in c.seeds]
+    if SELECTOR in c.methods:
+        print(f"[2/4] selector: {c.agent}, {c.episodes} episodes x {distill.num_phases} phases", file=sys.stderr)
+        selector, selector_returns = train_selector(run, env)
+    print(f"[3/4] distil: {len(c.methods)} methods x {len(c.seeds)} seeds", file=sys.stderr)
+    bar = _progress(todo, len(todo), "distil students")
+    for method, seed in bar:
+        bar.set_postfix(method=method, seed=seed)
+        row = run.load_unit(method, seed)
+        if row is None:
+            if method == SELECTOR:
+                agent = selector
+            else:
+                agent = make_agent(method_agent_name(method, knowledge), env, seed=seed)
+            row = {"method": method, **distil_episode(env, agent, seed)}
+            atomic_write_json(run.unit_path(method, seed), row)
+        rows.append(row)
+    bar.close()
+    env.close()
+    print("[4/4] report", file=sys.stderr)
+    summary = write_report(run, rows, teacher, knowledge, selector_returns, distill)
+    summary["wall_seconds_this_invocation"] = time.perf_counter() - t0
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], knowledge: list[str],
+                 selector_returns: list[float], distill: DistillConfig) -> dict[str, Any]:
+    c = run.config
+    metric_name = rows[0]["metric_name"] if rows else "metric"
+    by_method: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in rows:
+        by_method.setdefault(r["method"], {})[r["seed"]] = r
+    table = []
+    for method in c.methods:
+        seeds = by_method.get(method, {})
+        m, s = mean_std([r["metric"] for r in seeds.values()])
+        dm, ds = mean_std([r["dev_metric"] for r in seeds.values()])
+        table.append({"method": method, "mean": m, "std": s, "dev_mean": dm, "dev_std": ds, "n": len(seeds),
+                      "train_seconds": float(np.mean([r["train_seconds"] for r in seeds.values()])),
+                      "parameters": next(iter(seeds.values()))["student_parameters"] if seeds else None})
+    fixed = [t for t in table if t["method"] not in (SELECTOR, "random_hard", "random_soft") and t["n"]]
+    best_fixed = max(fixed, key=lambda t: t["mean"])["method"] if fixed else None
+    comparisons = {}
+    if SELECTOR in by_method:
+        sel = {s: r["metric"] for s, r in by_method[SELECTOR].items()}
+        for other in ("vanilla_kd", best_fixed):
+            if other and other in by_method and other != SELECTOR:
+                comparisons[other] = paired_difference(sel, {s: r["metric"] for s, r in by_method[other].items()})
+    # files
+    write_csv(run.dir / "results.csv", rows, RESULT_COLUMNS)
+    summary = {"name": c.name, "task": distill.task, "metric": metric_name, "teacher": teacher,
+               "methods": table, "best_fixed": best_fixed, "selector_vs": comparisons,
+               "selector_returns": selector_returns, "rows": rows, "knowledge": knowledge,
+               "date": time.strftime("%Y-%m-%d")}
+    atomic_write_json(run.dir / "results.json", summary)
+    md = [f"# {c.name}\n", f"Task `{distill.task}`, teacher `{distill.teacher}`, {distill.student_layers}-layer "
+          f"student, {distill.total_steps} optimizer steps per student in {distill.num_phases} phases, "
+          f"seeds {c.seeds}; selector `{c.agent}` ({c.action_mode}) trained for {c.episodes} episodes "
+          f"with reward `{c.reward}`. Metric: {metric_name} on the held-out split.\n"]
+    md.append(markdown_table(
+        ["method", f"test {metric_name} (mean ± std)", "dev-probe (mean ± std)", "seeds", "train s/student",
+         "student params"],
+        [[t["method"], f"{t['mean']:.4f} ± {t['std']:.4f}", f"{t['dev_mean']:.4f} ± {t['dev_std']:.4f}", t["n"],
+          f"{t['train_seconds']:.1f}", t["parameters"]] for t in table]
+        + [["teacher", f"{teacher['metric']:.4f}", f"{teacher['dev_metric']:.4f}", "-", "-", teacher["parameters"]]]))
+    if comparisons:
+        md.append("\nPaired difference, selector minus baseline (same seeds), 95% t-interval:\n")
+        md.append(markdown_table(["baseline", "mean diff", "95% CI", "selector wins"],
+                                 [[k + (" (best fixed subset)" if k == best_fixed else ""), f"{v['mean']:+.4f}",
+                                   f"[{v['low']:+.4f}, {v['high']:+.4f}]", f"{v['wins']}/{v['n']}"]
+                                  for k, v in comparisons.items()]))
+    atomic_write_text(run.dir / "results.md", "\n".join(md))
+    # plots
+    if SELECTOR in by_method:
+        acts = [np.asarray(r["actions"]) for r in by_method[SELECTOR].values()]
+        length = min(len(a) for a in acts)
+        heat = np.mean([a[:length] for a in acts], axis=0).T
+        plot_heatmap(heat, knowledge, run.dir / "selection_heatmap.png",
+                     f"{c.agent} selector: knowledge x phase ({distill.task}, {len(acts)} seeds)")
+    curves = {m: [r["curve"] for r in seeds.values()] for m, seeds in by_method.items()}
+    if curves:
+        plot_curves(curves, run.dir / "dev_curves.png", f"dev-probe {metric_name}",
+                    f"dev probe during distillation ({distill.task})")
+    if selector_returns:
+        plot_returns(selector_returns, run.dir / "selector_returns.png", f"{c.agent} selector training")
+    _tensorboard(run, rows)
+    return summary
+
+
+def _tensorboard(run: Run, rows: list[dict[str, Any]]) -> None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # pragma: no cover - tensorboard is a dependency
+        return
+    writer = SummaryWriter(str(run.dir / "tb" / "students"))
+    for r in rows:
+        for i, v in enumerate(r["curve"]):
+            writer.add_scalar(f"{r['method']}/seed{r['seed']}/probe_metric", v, i)
+        writer.add_scalar(f"{r['method']}/test_metric", r["metric"], r["seed"])
+    writer.close()
+
+
+def print_summary(summary: dict[str, Any], out=sys.stdout) -> None:
+    metric = summary["metric"]
+    print(f"\n{summary['name']}: test {metric} (mean ± std over seeds)", file=out)
+    width = max(len(t["method"]) for t in summary["methods"]) + 2
+    for t in sorted(summary["methods"], key=lambda t: -t["mean"] if t["n"] else math.inf):
+        print(f"  {t['method']:<{width}} {t['mean']:.4f} ± {t['std']:.4f}   (n={t['n']})", file=out)
+    print(f"  {'teacher':<{width}} {summary['teacher']['metric']:.4f}", file=out)
+    for k, v in summary["selector_vs"].items():
+        print(f"  selector - {k}: {v['mean']:+.4f}  95% CI [{v['low']:+.4f}, {v['high']:+.4f}]", file=out)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes integers, e.g. '0,1,2' or '3' (first N); got {text!r}") from None
+    if len(values) == 1 and "," not in text:
+        if values[0] <= 0:
+            raise argparse.ArgumentTypeError(f"--seeds N needs N > 0; got {text!r}")
+        return list(range(values[0]))
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.glue_ac", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(EXPERIMENT_PRESETS), help="default: text (embedded offline)")
+    p.add_argument("--config", help="YAML file of ExperimentConfig keys (CLI flags override it)")
+    p.add_argument("--task", help="rt-polarity, digits, a GLUE task, or a CSV/TSV path")
+    p.add_argument("--data-dir", help="local GLUE folder (<TASK>/train.tsv, dev.tsv)")
+    p.add_argument("--teacher", help="HF model name or local folder (default: bundled MiniLM-L6)")
+    p.add_argument("--student-layers", type=int)
+    p.add_argument("--seeds", type=_seeds, help="'0,1,2' or a count N (seeds 0..N-1)")
+    p.add_argument("--agent", help=f"selector agent; one of {agent_names()}")
+    p.add_argument("--episodes", type=int, help="selector training episodes")
+    p.add_argument("--methods", help=f"comma list; default: {','.join(default_methods(('finetune', 'response', 'feature', 'relation')))}")
+    p.add_argument("--action-mode", choices=["weights", "mask"])
+    p.add_argument("--reward", help="registered reward name (default dev_loss_delta)")
+    p.add_argument("--plugin", action="append", default=None, help="python file registering rewards/knowledge")
+    p.add_argument("--name", help="run folder name")
+    p.add_argument("--out", help="output root (default runs)")
+    p.add_argument("--device", help="cpu, cuda, auto")
+    return p
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> ExperimentConfig:
+    args = build_parser().parse_args(argv)
+    data: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise SystemExit(f"error: --config {args.config}: no such file")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise SystemExit(f"error: {args.config}: expected a mapping of keys {ExperimentConfig.field_names()}")
+        data.update(loaded)
+    unknown = sorted(set(data) - set(ExperimentConfig.field_names()))
+    if unknown:
+        raise SystemExit(f"error: unknown config key(s) {unknown} in {args.config}; valid: {ExperimentConfig.field_names()}")
+    distill = dict(data.get("distill") or {})
+    for flag, key in (("task", "task"), ("data_dir", "data_dir"), ("teacher", "teacher"),
+                      ("student_layers", "student_layers"), ("device", "device")):
+        if getattr(args, flag) is not None:
+            distill[key] = getattr(args, flag)
+    data["distill"] = distill
+    for flag in ("preset", "agent", "episodes", "seeds", "action_mode", "reward", "name", "out"):
+        if getattr(args, flag) is not None:
+            data[flag] = getattr(args, flag)
+    if args.methods is not None:
+        data["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.plugin:
+        data["plugins"] = list(data.get("plugins") or []) + args.plugin
+    try:
+        config = ExperimentConfig(**data)
+        load_plugins(config.plugins)
+        DistillConfig.from_dict({**get_preset(config.preset if config.preset in preset_names() else "text").to_dict(),
+                                 **config.distill})
+        config.resolved()
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = config_from_args(argv)
+    summary = run_experiment(config)
+    print_summary(summary)
+    print(f"\nwrote {Path(config.out) / config.resolved().name}/ (results.md, results.csv, results.json, plots)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

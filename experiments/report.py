@@ -1,0 +1,166 @@
+"""Tables, statistics and plots for experiment results (one place for all of them)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from kd_env.io import atomic_write_bytes, atomic_write_text
+
+__all__ = [
+    "mean_std",
+    "t_interval",
+    "paired_difference",
+    "write_csv",
+    "markdown_table",
+    "plot_heatmap",
+    "plot_curves",
+    "plot_returns",
+]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) == 0:
+        return math.nan, math.nan
+    return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and two-sided Student-t confidence interval of the mean."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=np.float64)
+    m = float(x.mean())
+    if len(x) < 2:
+        return m, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return m, m - half, m + half
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float], confidence: float = 0.95) -> dict[str, Any]:
+    """Mean of ``a[s] - b[s]`` over the seeds both have, with a t confidence interval."""
+    seeds = sorted(set(a) & set(b))
+    diffs = [a[s] - b[s] for s in seeds]
+    if not diffs:
+        return {"n": 0, "mean": math.nan, "low": math.nan, "high": math.nan, "wins": 0}
+    m, lo, hi = t_interval(diffs, confidence)
+    return {"n": len(diffs), "mean": m, "low": lo, "high": hi, "wins": int(sum(d > 0 for d in diffs))}
+
+
+def write_csv(path: str | Path, rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:
+    """Write rows atomically (extra keys ignored)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt_csv(row.get(k)) for k in columns})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _fmt_csv(v: Any) -> Any:
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return " ".join(str(x) for x in v)
+    return v
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(str(c) for c in r) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Plots (matplotlib, Agg; written atomically)
+# --------------------------------------------------------------------------------------------
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_heatmap(matrix: np.ndarray, knowledge: Sequence[str], path: str | Path, title: str) -> None:
+    """Knowledge type (rows) x training phase (columns): mean weight the selector gave it."""
+    plt = _figure()
+    k, p = matrix.shape
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * p + 2.5), 0.55 * k + 1.6))
+    im = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
+    ax.set_yticks(range(k), labels=list(knowledge))
+    ax.set_xticks(range(p), labels=[str(i + 1) for i in range(p)])
+    ax.set_xlabel("training phase")
+    ax.set_title(title, fontsize=10)
+    for i in range(k):
+        for j in range(p):
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if matrix[i, j] < 0.6 else "black")
+    fig.colorbar(im, ax=ax, label="mean weight / selection frequency")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_curves(curves: dict[str, list[list[float]]], path: str | Path, ylabel: str, title: str) -> None:
+    """One line per method: mean over seeds per phase, with a min-max band."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for name, runs in sorted(curves.items()):
+        length = min(len(r) for r in runs)
+        arr = np.asarray([r[:length] for r in runs], dtype=np.float64)
+        x = np.arange(0, length)
+        style = {"linewidth": 2.5} if name == "selector" else {"linewidth": 1.2}
+        ax.plot(x, arr.mean(0), label=name, **style)
+        if len(arr) > 1:
+            ax.fill_between(x, arr.min(0), arr.max(0), alpha=0.12)
+    ax.set_xlabel("phase (0 = before training)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_returns(returns: Sequence[float], path: str | Path, title: str) -> None:
+    """The selector's training return per episode (and a running mean)."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    r = np.asarray(returns, dtype=np.float64)
+    ax.plot(np.arange(1, len(r) + 1), r, marker="o", linewidth=1, label="episode return")
+    if len(r) >= 3:
+        w = min(5, len(r))
+        run = np.convolve(r, np.ones(w) / w, mode="valid")
+        ax.plot(np.arange(w, len(r) + 1), run, linewidth=2, label=f"running mean ({w})")
+    ax.set_xlabel("selector training episode")
+    ax.set_ylabel("return")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def group_by(rows: Iterable[dict[str, Any]], key: str) -> dict[Any, list[dict[str, Any]]]:
+    out: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        out[r[key]].append(r)
+    return dict(out)
