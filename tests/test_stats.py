@@ -1,0 +1,132 @@
+"""experiments.stats: IQM, stratified bootstrap intervals and probability of improvement,
+checked against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from experiments.stats import (
+    aggregate_iqm,
+    aggregate_mean,
+    as_tasks,
+    format_interval,
+    interquartile_mean,
+    interval_estimate,
+    poi_interval,
+    probability_of_improvement,
+    stratified_bootstrap,
+)
+
+
+@pytest.mark.parametrize("values, expected", [
+    (list(range(1, 9)), 4.5),                 # drop 1,2 and 7,8 -> mean(3,4,5,6)
+    ([0, 1, 2, 3, 100], 2.0),                 # floor(5/4)=1 cut each end -> mean(1,2,3)
+    ([5, 1, 3, 2, 4, 100, -50, 7], 3.5),      # unsorted: sorted -50,1,2,3,4,5,7,100 -> mean(2,3,4,5)
+    ([2.0, 4.0], 3.0),                        # fewer than 4 values: the plain mean
+    ([7.0], 7.0),
+])
+def test_interquartile_mean_hand_computed(values, expected):
+    assert interquartile_mean(values) == pytest.approx(expected)
+
+
+def test_iqm_matches_scipy_trim_mean():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    for n in (4, 5, 6, 7, 13, 40):
+        x = rng.normal(size=n)
+        assert interquartile_mean(x) == pytest.approx(stats.trim_mean(x, 0.25))
+
+
+def test_iqm_is_robust_to_one_outlier():
+    assert interquartile_mean([1, 2, 3, 4, 5, 6, 7, 1e9]) == pytest.approx(4.5)
+
+
+def test_score_layouts():
+    matrix = np.array([[1.0, 10.0], [3.0, 30.0]])  # runs x tasks
+    tasks = as_tasks(matrix)
+    assert [t.tolist() for t in tasks] == [[1.0, 3.0], [10.0, 30.0]]
+    assert aggregate_mean(tasks) == pytest.approx((2.0 + 20.0) / 2)
+    ragged = as_tasks([[1.0, 2.0, 3.0], [4.0]])
+    assert [t.size for t in ragged] == [3, 1]
+    assert aggregate_iqm(ragged) == pytest.approx(2.5)  # pooled 1,2,3,4 -> mean(2,3)
+    assert as_tasks([1.0, 2.0])[0].tolist() == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ([], "no task"),
+    ([[1.0], []], "no runs"),
+    ([1.0, float("nan")], "non-finite"),
+    (np.zeros((2, 2, 2)), "1-D"),
+])
+def test_bad_scores_raise(bad, message):
+    with pytest.raises(ValueError, match=message):
+        as_tasks(bad)
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="unknown statistic"):
+        interval_estimate([1.0, 2.0], statistic="median")
+    with pytest.raises(ValueError, match="confidence"):
+        interval_estimate([1.0, 2.0], confidence=95)
+    with pytest.raises(ValueError, match="reps"):
+        stratified_bootstrap([1.0, 2.0], reps=0)
+    with pytest.raises(ValueError, match="tasks"):
+        probability_of_improvement([[1.0], [2.0]], [[1.0]])
+
+
+@pytest.mark.parametrize("statistic", ["mean", "iqm"])
+def test_interval_contains_point_and_narrows_with_more_data(statistic):
+    rng = np.random.default_rng(1)
+    small = rng.normal(0.8, 0.05, size=6)
+    large = rng.normal(0.8, 0.05, size=600)
+    p_small, lo_small, hi_small = interval_estimate(small, statistic, reps=1000, seed=0)
+    p_large, lo_large, hi_large = interval_estimate(large, statistic, reps=1000, seed=0)
+    assert lo_small <= p_small <= hi_small
+    assert lo_large <= p_large <= hi_large
+    assert hi_large - lo_large < 0.3 * (hi_small - lo_small)
+    assert lo_large < 0.8 < hi_large
+
+
+def test_bootstrap_is_seeded_and_constant_data_collapses():
+    x = [0.1, 0.5, 0.9, 0.3]
+    a = stratified_bootstrap(x, "mean", reps=200, seed=3)
+    b = stratified_bootstrap(x, "mean", reps=200, seed=3)
+    assert a.shape == (200,) and np.array_equal(a, b)
+    assert interval_estimate([0.7, 0.7, 0.7], "iqm") == pytest.approx((0.7, 0.7, 0.7))
+
+
+def test_bootstrap_of_two_runs_spans_both():
+    # mean of 2 resampled runs takes values a, (a+b)/2, b: the 95% interval spans [a, b]
+    point, low, high = interval_estimate([1.0, 3.0], "mean", reps=4000)
+    assert (point, low, high) == pytest.approx((2.0, 1.0, 3.0))
+
+
+def test_stratified_bootstrap_resamples_within_tasks():
+    # task 0 is constant 0, task 1 constant 1: any within-task resample keeps the mean at 0.5
+    reps = stratified_bootstrap([[0.0, 0.0, 0.0], [1.0, 1.0]], "mean", reps=100)
+    assert np.allclose(reps, 0.5)
+
+
+def test_probability_of_improvement_hand_computed():
+    assert probability_of_improvement([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == pytest.approx(0.5)
+    assert probability_of_improvement([5.0, 6.0], [1.0, 2.0, 3.0]) == pytest.approx(1.0)
+    assert probability_of_improvement([1.0, 2.0], [5.0, 6.0]) == pytest.approx(0.0)
+    # pairs: (1 vs 1) tie, (1 vs 3) loss, (4 vs 1) win, (4 vs 3) win -> (2 + 0.5) / 4
+    assert probability_of_improvement([1.0, 4.0], [1.0, 3.0]) == pytest.approx(0.625)
+    # averaged over tasks: task 0 dominated (1.0), task 1 identical (0.5)
+    assert probability_of_improvement([[9.0], [2.0]], [[1.0], [2.0]]) == pytest.approx(0.75)
+
+
+def test_poi_interval():
+    same = [0.2, 0.4, 0.6, 0.8]
+    point, low, high = poi_interval(same, same, reps=500)
+    assert point == pytest.approx(0.5) and low <= 0.5 <= high
+    point, low, high = poi_interval([0.9, 0.95, 0.92], [0.1, 0.2, 0.15], reps=500)
+    assert (point, low, high) == pytest.approx((1.0, 1.0, 1.0))
+
+
+def test_format_interval():
+    assert format_interval(0.5, 0.25, 0.75) == "0.500 [0.250, 0.750]"
+    assert format_interval(float("nan"), 0, 0) == "nan"
