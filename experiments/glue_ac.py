@@ -50,7 +50,7 @@ SELECTOR = "selector"
 
 #: experiment-level defaults per preset (the distillation settings live in kd_env.presets)
 EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
-    "text": {"episodes": 8, "seeds": [0, 1, 2]},
+    "text": {"episodes": 6, "seeds": [0, 1, 2]},
     "quick": {"episodes": 4, "seeds": [0, 1]},
     "digits": {"episodes": 20, "seeds": [0, 1, 2, 3, 4]},
     "paper": {"episodes": 30, "seeds": [0, 1, 2]},

@@ -123,14 +123,18 @@ def plot_curves(curves: dict[str, list[list[float]]], path: str | Path, ylabel: 
     """One line per method: mean over seeds per phase, with a min-max band."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for name, runs in sorted(curves.items()):
+    colors = plt.get_cmap("tab20").colors
+    length = 0
+    for i, (name, runs) in enumerate(sorted(curves.items())):
         length = min(len(r) for r in runs)
         arr = np.asarray([r[:length] for r in runs], dtype=np.float64)
         x = np.arange(0, length)
-        style = {"linewidth": 2.5} if name == "selector" else {"linewidth": 1.2}
-        ax.plot(x, arr.mean(0), label=name, **style)
+        color = "black" if name == "selector" else colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20]
+        style = {"linewidth": 2.8, "zorder": 5} if name == "selector" else {"linewidth": 1.3}
+        ax.plot(x, arr.mean(0), label=name, color=color, marker="o", markersize=3, **style)
         if len(arr) > 1:
-            ax.fill_between(x, arr.min(0), arr.max(0), alpha=0.12)
+            ax.fill_between(x, arr.min(0), arr.max(0), alpha=0.10, color=color)
+    ax.set_xticks(range(length))
     ax.set_xlabel("phase (0 = before training)")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)

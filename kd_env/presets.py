@@ -61,13 +61,13 @@ class DistillConfig:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
     max_grad_norm: float = 1.0
-    total_steps: int = 120
+    total_steps: int = 60
     """optimizer steps per episode (the budget)"""
-    steps_per_action: int = 12
+    steps_per_action: int = 10
     """optimizer steps per phase (one env step)"""
-    train_examples: int | None = 4096
+    train_examples: int | None = 2048
     """distil on the first N examples of a seeded shuffle of train (None: all); bounds the cache"""
-    dev_probe_size: int = 400
+    dev_probe_size: int = 256
     """examples in the fixed, seeded dev probe used for rewards"""
     eval_batch_size: int = 128
     # teacher fine-tuning
