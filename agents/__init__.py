@@ -1,0 +1,27 @@
+"""Agents that choose, phase by phase, which knowledge a student distils from.
+
+All share one protocol (:class:`Agent`: ``act``, ``reset``, ``learn``, ``save``, ``load``) and
+one registry::
+
+    import gymnasium as gym
+    import kd_env  # registers the envs
+    from agents import make_agent, run_episode
+
+    env = gym.make("kd_env/DigitsKD-v0", action_mode="weights")
+    agent = make_agent("ac", env, seed=0).learn(env, total_episodes=20)
+    print(run_episode(env, agent, seed=123)["final_probe_metric"])
+
+Names: ``ac``, ``ac_q`` (our actor-critic selector, :mod:`agents.actor_critic`); ``ppo``,
+``a2c``, ``dqn``, ``sac``, ``td3``, ``ddpg`` (stable-baselines3, :mod:`agents.sb3`);
+``finetune``, ``vanilla_kd``, ``pkd``, ``all``, ``random_hard``, ``random_soft``,
+``fixed:<bits>``, ``schedule:<file>`` (:mod:`agents.baselines`).
+"""
+
+from __future__ import annotations
+
+from . import actor_critic, baselines, sb3  # noqa: F401 - register their agents
+from .base import Agent, CheckpointError, EnvSpec, agent_names, agent_table, env_spec, load_agent, make_agent, \
+    register_agent, run_episode
+
+__all__ = ["Agent", "CheckpointError", "EnvSpec", "agent_names", "agent_table", "env_spec", "load_agent",
+           "make_agent", "register_agent", "run_episode"]

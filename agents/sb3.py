@@ -1,0 +1,361 @@
+"""stable-baselines3 algorithms behind the :class:`~agents.base.Agent` protocol.
+
+======  =================  =================================================================
+name    action mode        how
+======  =================  =================================================================
+ppo     mask or weights    natively (``MultiBinary`` / ``Box``)
+a2c     mask or weights    natively
+dqn     mask or weights    through :class:`MaskIndexWrapper`: ``Discrete(2^K)``, bit k of the
+                           index = knowledge k (in weights mode the mask is sent as 0.0/1.0)
+sac     weights only       natively (``Box``); a mask env raises ``ValueError`` (make the env
+td3     weights only       with ``action_mode="weights"``: a continuous policy on a mask would
+ddpg    weights only       need a threshold the critic never sees)
+======  =================  =================================================================
+
+Defaults are sized for an expensive env, where one step is a training phase (``n`` =
+``num_phases``, the episode length):
+
+* PPO: ``n_steps = 4 n`` (four episodes per rollout), ``batch_size = 2 n`` (divides it),
+  ``n_epochs = 10``, ``ent_coef = 0.01``.
+* A2C: ``n_steps = n`` (one update per episode), ``ent_coef = 0.01``.
+* DQN: ``learning_starts = 2 n``, ``train_freq = 1`` (a gradient step per phase),
+  ``target_update_interval = 4 n``, ``exploration_fraction = 0.5``, ``buffer_size = 10000``,
+  ``batch_size = 32``.
+* SAC / TD3 / DDPG: ``learning_starts = 2 n``, ``train_freq = 1``, ``buffer_size = 10000``,
+  ``batch_size = 64``; TD3/DDPG explore with Gaussian noise of std ``action_noise_std = 0.1``.
+* all: ``device = "cpu"``, ``policy = "MultiInputPolicy"`` for ``Dict`` observations else
+  ``"MlpPolicy"``.
+
+Any other keyword goes to the SB3 constructor unchanged (``learning_rate``, ``policy_kwargs``,
+``tensorboard_log`` ...).  ``learn(total_episodes=N)`` runs ``N * num_phases`` timesteps.
+Checkpoints keep SB3's own ``model.zip``; loading rebuilds the model from the header and reads
+the parameters only (``set_parameters``: ``torch.load(weights_only=True)``, no pickled objects).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from .base import Agent, CheckpointError, EpisodeCallback, EpisodeLogger, as_gym_env, register_agent, \
+    selection_frequencies
+
+__all__ = ["SB3Agent", "MaskIndexWrapper", "ALGORITHMS", "sb3_defaults", "mask_to_index", "index_to_mask"]
+
+#: name -> (SB3 class name, action modes it handles)
+ALGORITHMS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "ppo": ("PPO", ("mask", "weights")),
+    "a2c": ("A2C", ("mask", "weights")),
+    "dqn": ("DQN", ("mask", "weights")),
+    "sac": ("SAC", ("weights",)),
+    "td3": ("TD3", ("weights",)),
+    "ddpg": ("DDPG", ("weights",)),
+}
+MODEL_FILE = "model.zip"
+MAX_DQN_KNOWLEDGE = 16
+
+
+def index_to_mask(index: int, k: int) -> np.ndarray:
+    """Bit ``j`` of ``index`` -> entry ``j`` of a 0/1 mask of length ``k``."""
+    index = int(index)
+    if not 0 <= index < 2**k:
+        raise ValueError(f"index {index} is outside [0, {2**k})")
+    return np.array([(index >> j) & 1 for j in range(k)], dtype=np.int8)
+
+
+def mask_to_index(mask: Any) -> int:
+    """The inverse of :func:`index_to_mask`."""
+    bits = np.asarray(mask).reshape(-1)
+    if not np.all((bits == 0) | (bits == 1)):
+        raise ValueError(f"mask must hold 0/1 values, got {bits.tolist()}")
+    return int(sum(int(b) << j for j, b in enumerate(bits)))
+
+
+class MaskIndexWrapper(gym.ActionWrapper):
+    """Expose ``Discrete(2^K)`` over a knowledge-selection env: action ``i`` applies the mask
+    whose bit ``k`` is bit ``k`` of ``i`` (as 0/1 weights in weights mode).
+
+    Args:
+        env: a mask (``MultiBinary(K)``) or weights (``Box(0, 1, (K,))``) env, K <= 16.
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        inner = env.action_space
+        if isinstance(inner, spaces.MultiBinary):
+            self.k, self.weights = int(inner.shape[0]), False
+        elif isinstance(inner, spaces.Box) and len(inner.shape) == 1:
+            self.k, self.weights = int(inner.shape[0]), True
+        else:
+            raise ValueError(f"MaskIndexWrapper needs a MultiBinary(K) or Box(0, 1, (K,)) action space, got {inner}")
+        if self.k > MAX_DQN_KNOWLEDGE:
+            raise ValueError(f"{self.k} knowledge types give 2^{self.k} discrete actions; at most {MAX_DQN_KNOWLEDGE}")
+        self.action_space = spaces.Discrete(2**self.k)
+
+    def action(self, action: Any) -> np.ndarray:
+        mask = index_to_mask(int(np.asarray(action).reshape(())), self.k)
+        return mask.astype(np.float32) if self.weights else mask
+
+    def reverse_action(self, action: Any) -> int:
+        return mask_to_index(np.asarray(action))
+
+
+def sb3_defaults(algo: str, num_phases: int) -> dict[str, Any]:
+    """The default SB3 keyword arguments of ``algo`` for episodes of ``num_phases`` steps."""
+    n = max(1, int(num_phases))
+    if algo == "ppo":
+        return {"n_steps": 4 * n, "batch_size": 2 * n, "n_epochs": 10, "ent_coef": 0.01, "device": "cpu"}
+    if algo == "a2c":
+        return {"n_steps": n, "ent_coef": 0.01, "device": "cpu"}
+    if algo == "dqn":
+        return {"learning_starts": 2 * n, "train_freq": 1, "gradient_steps": 1, "target_update_interval": 4 * n,
+                "exploration_fraction": 0.5, "exploration_final_eps": 0.05, "buffer_size": 10_000,
+                "batch_size": 32, "device": "cpu"}
+    if algo in ("sac", "td3", "ddpg"):
+        return {"learning_starts": 2 * n, "train_freq": 1, "gradient_steps": 1, "buffer_size": 10_000,
+                "batch_size": 64, "device": "cpu"}
+    raise ValueError(f"unknown SB3 algorithm {algo!r}; valid: {sorted(ALGORITHMS)}")
+
+
+# ---- JSON-safe hyperparameters (policy_kwargs may name torch.nn classes) ---------------------
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, type) and issubclass(value, torch.nn.Module) and getattr(torch.nn, value.__name__, None) is value:
+        return {"__torch_nn__": value.__name__}
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"hyperparameter value {value!r} ({type(value).__name__}) cannot be written to a JSON checkpoint "
+                    f"header; pass plain values (e.g. action_noise_std instead of an action_noise object)")
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__torch_nn__"}:
+            cls = getattr(torch.nn, str(value["__torch_nn__"]), None)
+            if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+                raise CheckpointError(f"unknown torch.nn class {value['__torch_nn__']!r} in a checkpoint header")
+            return cls
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+class SB3Agent(Agent):
+    """A stable-baselines3 algorithm as an :class:`~agents.base.Agent`.
+
+    Args:
+        env: the env (a kd_env env or any env with a MultiBinary/Box action space).
+        algo: ``ppo``, ``a2c``, ``dqn``, ``sac``, ``td3`` or ``ddpg``.
+        seed: SB3's seed (network init, sampling, the env's first reset).
+        policy: SB3 policy name (default: ``MultiInputPolicy`` for Dict observations, else
+            ``MlpPolicy``).
+        log_dir: folder for our per-episode ``episodes.csv`` and TensorBoard scalars.
+        action_noise_std: TD3/DDPG Gaussian exploration noise std (ignored by the others).
+        **sb3_kwargs: passed to the SB3 constructor, over :func:`sb3_defaults`.
+
+    Raises:
+        ValueError: an action mode the algorithm cannot handle, or bad SB3 arguments.
+    """
+
+    def __init__(self, env: Any, algo: str, seed: int | None = 0, policy: str | None = None,
+                 log_dir: str | None = None, tensorboard: bool = True, action_noise_std: float = 0.1,
+                 **sb3_kwargs: Any):
+        super().__init__(env)
+        if algo not in ALGORITHMS:
+            raise ValueError(f"unknown SB3 algorithm {algo!r}; valid: {sorted(ALGORITHMS)}")
+        class_name, modes = ALGORITHMS[algo]
+        if self.action_mode not in modes:
+            raise ValueError(f"{algo} handles action_mode {list(modes)}, not {self.action_mode!r}: create the env "
+                             f"with gym.make(..., action_mode='weights') (or use ppo, a2c or dqn on masks)")
+        if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0):
+            raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+        if not isinstance(action_noise_std, (int, float)) or not action_noise_std >= 0:
+            raise ValueError(f"action_noise_std must be >= 0, got {action_noise_std!r}")
+        import stable_baselines3 as sb3
+
+        self.name = algo
+        self.algo = algo
+        self.seed = None if seed is None else int(seed)
+        self.policy = policy or ("MultiInputPolicy" if isinstance(self.observation_space, spaces.Dict) else "MlpPolicy")
+        self.log_dir = log_dir
+        self.tensorboard = tensorboard
+        self.action_noise_std = float(action_noise_std)
+        self.sb3_kwargs = dict(sb3_kwargs)
+        _encode(self.sb3_kwargs)  # fail early on values a checkpoint could not hold
+        params = {**sb3_defaults(algo, self.spec.num_phases), **self.sb3_kwargs}
+        if algo in ("td3", "ddpg") and "action_noise" not in params and self.action_noise_std > 0:
+            from stable_baselines3.common.noise import NormalActionNoise
+
+            k = len(self.knowledge_names)
+            params["action_noise"] = NormalActionNoise(np.zeros(k), self.action_noise_std * np.ones(k))
+        self._env = env
+        cls = getattr(sb3, class_name)
+        try:
+            self.model = cls(self.policy, self._wrap(env), seed=self.seed, verbose=0, **params)
+        except (TypeError, AssertionError) as exc:
+            raise ValueError(f"bad arguments for {class_name}: {exc}") from None
+
+    def _wrap(self, env: Any) -> gym.Env:
+        env = as_gym_env(env)
+        return MaskIndexWrapper(env) if self.algo == "dqn" else env
+
+    # ---- acting -----------------------------------------------------------------------------
+    def _to_env_action(self, action: Any) -> np.ndarray:
+        if self.algo == "dqn":
+            return self._format_action(index_to_mask(int(np.asarray(action).reshape(-1)[0]), len(self.knowledge_names)))
+        arr = np.asarray(action, dtype=np.float64).reshape(-1)
+        if self.action_mode == "mask":
+            return (arr > 0.5).astype(np.int8)
+        return np.clip(arr, 0.0, 1.0).astype(np.float32)
+
+    def act(self, obs: Any, deterministic: bool = False) -> np.ndarray:
+        action, _ = self.model.predict(obs, deterministic=deterministic)
+        return self._to_env_action(action)
+
+    # ---- learning ---------------------------------------------------------------------------
+    def learn(self, env: Any, total_episodes: int | None = None, total_steps: int | None = None,
+              callback: EpisodeCallback | Any = None) -> "SB3Agent":
+        """Train for ``total_steps`` timesteps, or ``total_episodes * num_phases`` (the smaller
+        when both are given).
+
+        Args:
+            env: the env (same spaces as at construction).
+            total_episodes: episodes to run.
+            total_steps: env steps (phases) to run.
+            callback: ``callback(agent, record)`` after each finished episode (``False`` stops),
+                or an SB3 ``BaseCallback`` (passed through).
+        """
+        from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+
+        if total_episodes is None and total_steps is None:
+            raise ValueError("learn needs total_episodes or total_steps")
+        budgets = []
+        if total_episodes is not None:
+            budgets.append(int(total_episodes) * self.spec.num_phases)
+        if total_steps is not None:
+            budgets.append(int(total_steps))
+        timesteps = min(budgets)
+        if timesteps < 0:
+            raise ValueError(f"learn needs a non-negative budget, got {timesteps}")
+        if env is not self._env:
+            if env.action_space != self.action_space:
+                raise ValueError(f"env action space {env.action_space} differs from the agent's {self.action_space}")
+            self.model.set_env(self._wrap(env))
+            if self.seed is not None:
+                self.model.get_env().seed(self.seed + len(self.episode_log))
+            self._env = env
+        if timesteps == 0:
+            return self
+        logger = EpisodeLogger(self.log_dir, self.episode_log, tensorboard=self.tensorboard)
+        recorder = _EpisodeRecorder(self, logger, callback if not isinstance(callback, BaseCallback) else None)
+        callbacks: Any = recorder
+        if isinstance(callback, BaseCallback):
+            callbacks = CallbackList([recorder, callback])
+        try:
+            self.model.learn(total_timesteps=timesteps, callback=callbacks, reset_num_timesteps=False,
+                             progress_bar=False)
+        finally:
+            logger.close()
+        return self
+
+    # ---- persistence ------------------------------------------------------------------------
+    def hyperparameters(self) -> dict[str, Any]:
+        hp = {"seed": self.seed, "policy": self.policy, "action_noise_std": self.action_noise_std}
+        hp.update(_encode(self.sb3_kwargs))
+        return hp
+
+    def save(self, path: Any) -> None:
+        super().save(path)
+        self.model.save(Path(path) / MODEL_FILE)
+
+    def load(self, path: Any) -> "SB3Agent":
+        super().load(path)
+        file = Path(path) / MODEL_FILE
+        if not file.is_file():
+            raise CheckpointError(f"{str(path)!r} holds no {MODEL_FILE} for {self.algo!r}")
+        try:
+            self.model.set_parameters(str(file), exact_match=True, device=self.model.device)
+        except Exception as exc:  # noqa: BLE001 - UnpicklingError, KeyError, RuntimeError, BadZipFile
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"refusing to load {str(file)!r}: not a weights-only {self.algo} archive for this "
+                                  f"env ({first})") from None
+        return self
+
+
+class _EpisodeRecorder:
+    """An SB3 callback (built lazily as a BaseCallback subclass) that logs one record per
+    finished episode and calls the user's ``callback(agent, record)``."""
+
+    def __new__(cls, agent: SB3Agent, logger: EpisodeLogger, user_callback: EpisodeCallback | None):
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        class Recorder(BaseCallback):
+            def __init__(self):
+                super().__init__(verbose=0)
+                self._start()
+
+            def _start(self):
+                self.env_return = 0.0
+                self.actions: list[np.ndarray] = []
+                self.started = time.perf_counter()
+
+            def _on_step(self) -> bool:
+                rewards = self.locals.get("rewards")
+                dones = self.locals.get("dones")
+                infos = self.locals.get("infos") or [{}]
+                actions = self.locals.get("actions")
+                info = infos[0]
+                if "action" in info:
+                    applied = np.asarray(info["action"], np.float32)
+                else:
+                    applied = agent._to_env_action(actions[0]).astype(np.float32)
+                self.actions.append(applied)
+                self.env_return += float(np.asarray(rewards).reshape(-1)[0])
+                if dones is not None and bool(np.asarray(dones).reshape(-1)[0]):
+                    record = {"episode": len(agent.episode_log) + 1, "steps": int(self.num_timesteps),
+                              "length": len(self.actions), "return": self.env_return,
+                              **selection_frequencies(self.actions, agent.knowledge_names),
+                              "final_probe_metric": float(info.get("probe_metric", math.nan)),
+                              "seconds": time.perf_counter() - self.started}
+                    logger.log(record)
+                    self._start()
+                    if user_callback is not None and user_callback(agent, record) is False:
+                        return False
+                return True
+
+        return Recorder()
+
+
+def _sb3_factory(algo: str):
+    def factory(env: Any, **hyperparameters: Any) -> SB3Agent:
+        return SB3Agent(env, algo, **{k: _decode(v) for k, v in hyperparameters.items()})
+
+    factory.__name__ = f"make_{algo}"
+    return factory
+
+
+_DESCRIPTIONS = {
+    "ppo": "stable-baselines3 PPO on the mask (MultiBinary) or the weights (Box)",
+    "a2c": "stable-baselines3 A2C on the mask or the weights",
+    "dqn": "stable-baselines3 DQN over Discrete(2^K) masks (bit k = knowledge k)",
+    "sac": "stable-baselines3 SAC on the weights (weights mode only)",
+    "td3": "stable-baselines3 TD3 on the weights (weights mode only)",
+    "ddpg": "stable-baselines3 DDPG on the weights (weights mode only)",
+}
+for _algo in ALGORITHMS:
+    register_agent(_algo, description=_DESCRIPTIONS[_algo])(_sb3_factory(_algo))
+
