@@ -448,6 +448,19 @@ def load_local(path: str | os.PathLike, seed: int = 0) -> TaskData:
                     metric="accuracy", info={"source": str(p)})
 
 
+def check_task_name(name: str) -> None:
+    """Raise ``ValueError`` unless ``name`` is a built-in task, a GLUE task, or an existing
+    CSV/TSV file or folder (cheap: nothing is loaded)."""
+    key = str(name).lower()
+    if key in ("rt-polarity", "rt_polarity", "rotten-tomatoes", "digits") or key.replace("-", "") in GLUE_TASKS:
+        return
+    p = Path(str(name))
+    if (p.suffix.lower() in (".csv", ".tsv") and p.is_file()) or p.is_dir():
+        return
+    raise ValueError(f"unknown task {name!r}; valid: {list(TASK_NAMES)} or a path to an existing .csv/.tsv "
+                     f"file or folder")
+
+
 def load_task(name: str, data_dir: str | os.PathLike | None = None, seed: int = 0) -> TaskData:
     """Load a task by name.
 

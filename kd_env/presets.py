@@ -120,6 +120,9 @@ class DistillConfig:
                 raise ValueError(f"config.{name} must be one of {list(valid)}, got {getattr(self, name)!r}")
         if not self.knowledge:
             raise ValueError("config.knowledge must name at least one knowledge type")
+        from .data import check_task_name
+
+        check_task_name(self.task)
 
     @property
     def num_phases(self) -> int:

@@ -1,0 +1,163 @@
+"""The main job end to end (quick preset, in subprocesses), its resume, and its flag checks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments.glue_ac import RESULT_COLUMNS, config_from_args
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["--preset", "quick", "--methods", "selector,vanilla_kd,random_hard,only:response", "--seeds", "0,1",
+        "--episodes", "3"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                "PYTHONPATH": str(ROOT)})
+    return env
+
+
+def _run(out: Path, name: str, extra: list[str] | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "experiments.glue_ac", *ARGS, "--out", str(out), "--name", name, *(extra or [])]
+    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "results.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    proc = _run(out, "full")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "full"
+
+
+def test_quick_run_writes_every_file_with_its_schema(finished_run: Path):
+    for name in ("results.json", "results.csv", "results.md", "config.yaml", "selection_heatmap.png",
+                 "dev_curves.png", "selector_returns.png"):
+        assert (finished_run / name).is_file(), name
+    assert list((finished_run / "tb").rglob("events.out.tfevents.*")), "no TensorBoard logs"
+    rows = _rows(finished_run)
+    assert list(rows[0].keys()) == RESULT_COLUMNS
+    pairs = sorted((r["method"], int(r["seed"])) for r in rows)
+    methods = ["only:response", "random_hard", "selector", "vanilla_kd"]
+    assert pairs == sorted((m, s) for m in methods for s in (0, 1))
+    for r in rows:
+        assert 0.0 <= float(r["metric"]) <= 1.0
+        assert 0.0 <= float(r["dev_metric"]) <= 1.0
+        assert float(r["train_seconds"]) > 0
+        assert int(r["student_parameters"]) > 0
+        assert len(r["mean_weights"].split()) == 4
+    summary = json.loads((finished_run / "results.json").read_text())
+    assert 0.5 < summary["teacher"]["metric"] <= 1.0
+    assert len(summary["selector_returns"]) == 3
+    assert "vanilla_kd" in summary["selector_vs"]
+    md = (finished_run / "results.md").read_text()
+    assert "| teacher |" in md and "selector" in md and "95% CI" in md
+    # only:response trains on the response term alone, every phase
+    for r in summary["rows"]:
+        if r["method"] == "only:response":
+            assert all(a == [0.0, 1.0, 0.0, 0.0] for a in r["actions"])
+
+
+def test_plots_are_valid_pngs(finished_run: Path):
+    import matplotlib.image as mpimg
+
+    for name in ("selection_heatmap.png", "dev_curves.png", "selector_returns.png"):
+        data = (finished_run / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        img = mpimg.imread(finished_run / name)
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+        assert img.std() > 0.01  # not a blank canvas
+
+
+def test_rerun_of_a_finished_run_does_not_retrain(finished_run: Path):
+    before = {p.name: p.stat().st_mtime_ns for p in (finished_run / "units").iterdir()}
+    start = time.perf_counter()
+    proc = _run(finished_run.parent, "full")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "train selector" not in proc.stderr
+    after = {p.name: p.stat().st_mtime_ns for p in (finished_run / "units").iterdir()}
+    assert before == after
+    assert "selector" in proc.stdout and "vanilla_kd" in proc.stdout
+    assert time.perf_counter() - start < 120
+
+
+def test_killed_after_selector_resumes_without_retraining_and_same_rows(finished_run: Path, tmp_path: Path):
+    name = "killed"
+    cmd = [sys.executable, "-m", "experiments.glue_ac", *ARGS, "--out", str(tmp_path), "--name", name]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = tmp_path / name / "selector" / "done.json"
+    deadline = time.time() + 200
+    while not done.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert done.exists(), "selector stage never finished"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    selector_mtime = done.stat().st_mtime_ns
+    resumed = _run(tmp_path, name)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "train selector" not in resumed.stderr
+    assert done.stat().st_mtime_ns == selector_mtime
+    ref = {(r["method"], r["seed"]): r for r in _rows(finished_run)}
+    got = {(r["method"], r["seed"]): r for r in _rows(tmp_path / name)}
+    assert ref.keys() == got.keys()
+    for key, r in ref.items():
+        assert abs(float(r["metric"]) - float(got[key]["metric"])) < 1e-6, key
+        assert abs(float(r["return"]) - float(got[key]["return"])) < 1e-6, key
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "selector,bogus"], "unknown method(s) ['bogus']"),
+    (["--agent", "nope"], "unknown agent 'nope'"),
+    (["--preset", "quick", "--episodes", "-1"], "episodes must be an integer >= 0"),
+    (["--task", "no_such_task"], "unknown task"),
+])
+def test_bad_flags_are_errors_listing_valid_values(argv, message, tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        config_from_args([*argv, "--out", str(tmp_path)])
+    assert isinstance(exc.value.code, str) and message in exc.value.code, exc.value.code
+    assert not any(tmp_path.iterdir()), "a bad flag must not create run files"
+
+
+def test_bad_seeds_flag(capsys):
+    with pytest.raises(SystemExit):
+        config_from_args(["--seeds", "a,b"])
+    assert "--seeds takes integers" in capsys.readouterr().err
+
+
+def test_config_file_unknown_key_is_an_error(tmp_path: Path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("preset: quick\nepisodez: 3\n")
+    with pytest.raises(SystemExit) as exc:
+        config_from_args(["--config", str(cfg)])
+    assert "episodez" in str(exc.value.code) and "episodes" in str(exc.value.code)
+
+
+def test_config_file_values_are_overridden_by_flags(tmp_path: Path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("preset: quick\nepisodes: 7\nseeds: [3, 4]\ndistill: {total_steps: 20}\n")
+    config = config_from_args(["--config", str(cfg), "--episodes", "2"]).resolved()
+    assert config.episodes == 2 and config.seeds == [3, 4]
+    assert config.distill_config().total_steps == 20
+
+
+def test_bad_distill_key_in_config_file(tmp_path: Path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("preset: quick\ndistill: {total_stepz: 20}\n")
+    with pytest.raises(SystemExit) as exc:
+        config_from_args(["--config", str(cfg)])
+    assert "total_stepz" in str(exc.value.code)
