@@ -22,6 +22,8 @@ __all__ = [
     "plot_heatmap",
     "plot_curves",
     "plot_returns",
+    "plot_learning_curves",
+    "plot_selection_bars",
 ]
 
 
@@ -168,3 +170,65 @@ def group_by(rows: Iterable[dict[str, Any]], key: str) -> dict[Any, list[dict[st
     for r in rows:
         out[r[key]].append(r)
     return dict(out)
+
+
+def plot_learning_curves(curves: dict[str, dict[str, Any]], path: str | Path, title: str) -> None:
+    """Evaluation return (left) and test metric (right) against training env steps.
+
+    ``curves[name]`` holds ``timesteps`` (E,), ``return`` and ``test`` (one array of E values
+    per run) and ``learns``: learners are drawn as mean lines with a 95% bootstrap band over
+    runs; non-learners (one evaluation) as dashed horizontal lines at their mean.
+    """
+    from experiments.stats import interval_estimate
+
+    plt = _figure()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    x_max = max([float(np.max(c["timesteps"])) for c in curves.values() if len(c["timesteps"])] + [1.0])
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, c) in enumerate(sorted(curves.items())):
+        color = colors[i % len(colors)]
+        for ax, key in zip(axes, ("return", "test")):
+            runs = np.asarray(c[key], dtype=np.float64)  # (runs, E)
+            if runs.size == 0:
+                continue
+            if c["learns"] and runs.shape[1] > 1:
+                x = np.asarray(c["timesteps"], dtype=np.float64)
+                bands = [interval_estimate(runs[:, j], "mean", reps=500) for j in range(runs.shape[1])]
+                ax.plot(x, [b[0] for b in bands], marker="o", markersize=3, color=color, label=name)
+                if runs.shape[0] > 1:
+                    ax.fill_between(x, [b[1] for b in bands], [b[2] for b in bands], color=color, alpha=0.15)
+            else:
+                ax.axhline(float(runs[:, -1].mean()), color=color, linestyle="--", linewidth=1.2, label=f"{name}")
+    for ax, ylabel in zip(axes, ("held-out episode return", "final student's test metric")):
+        ax.set_xlabel("training env steps (phases)")
+        ax.set_ylabel(ylabel)
+        ax.set_xlim(0, x_max * 1.02)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2, loc="best")
+    fig.suptitle(title + " (mean over seeds, 95% bootstrap CI; dashed: baselines)", fontsize=10)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_selection_bars(frequencies: dict[str, np.ndarray], knowledge: Sequence[str], path: str | Path,
+                        title: str) -> None:
+    """Grouped bars: for each algorithm, the mean selection frequency (mask) or mean weight of
+    each knowledge type."""
+    plt = _figure()
+    names = list(frequencies)
+    k = len(knowledge)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) + 2), 4.2))
+    width = 0.8 / max(1, k)
+    x = np.arange(len(names))
+    for j, kname in enumerate(knowledge):
+        values = [float(frequencies[n][j]) for n in names]
+        ax.bar(x + (j - (k - 1) / 2) * width, values, width, label=kname)
+    ax.set_xticks(x, labels=names, rotation=30, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("selection frequency / mean weight")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=min(k, 5))
+    _save(fig, path)
+    plt.close(fig)
+
