@@ -1,0 +1,309 @@
+"""The distillation engine: phases with knowledge weights, budget, state, seeding, crashes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import kd_env
+from kd_env import DistillConfig, build_distiller, get_preset
+from kd_env.knowledge import KNOWLEDGE_REGISTRY, register_knowledge
+from kd_env.teacher import LiveTeacher, TeacherCache, cache_root
+
+ONES = np.ones(4)
+
+
+@pytest.fixture(scope="module")
+def quick():
+    """The ``quick`` preset's distiller (digits; MLP teacher fine-tuned once per session)."""
+    distiller = build_distiller(get_preset("quick"))
+    yield distiller
+    distiller.close()
+
+
+@pytest.fixture
+def fresh(quick):
+    quick.reset(0)
+    return quick
+
+
+def _params(distiller) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in distiller.student.named_parameters()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _moments(distiller) -> dict:
+    return {i: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()}
+            for i, s in distiller.optimizer.state_dict()["state"].items()}
+
+
+def _same_moments(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        a[i].keys() == b[i].keys() and all(torch.equal(torch.as_tensor(a[i][k]), torch.as_tensor(b[i][k])) for k in a[i])
+        for i in a)
+
+
+def test_quick_preset_builds(quick):
+    cfg = quick.config
+    assert cfg.task == "digits" and quick.task.kind == "features"
+    assert quick.knowledge_names == list(kd_env.DEFAULT_KNOWLEDGE)
+    assert isinstance(quick.teacher, TeacherCache)
+    assert quick.teacher.path.parent == cache_root() / "teacher_outputs"
+    assert cache_root() == Path(os.environ["KD_ENV_CACHE"])  # the session's sandbox, not ~/.cache
+    assert quick.layer_map == [0, 2, 3]  # 3-layer MLP teacher -> 2-layer student, skip
+    assert quick.teacher_metrics["test"]["accuracy"] > 0.8  # the teacher learned digits
+    assert len(quick.probe_indices) == min(cfg.dev_probe_size, len(quick.dev_data))
+
+
+def test_zero_weights_phase_changes_nothing_but_the_budget(fresh):
+    fresh.train_phase(ONES)  # make optimizer moments exist
+    params, moments, step = _params(fresh), _moments(fresh), fresh.step
+    result = fresh.train_phase(np.zeros(4))
+    assert fresh.step == step + fresh.config.steps_per_action
+    assert result.steps == fresh.config.steps_per_action and result.trained_steps == 0
+    assert _same(params, _params(fresh))
+    assert _same_moments(moments, _moments(fresh))
+    assert fresh.scheduler.last_epoch == fresh.step  # the schedule stays aligned with the budget
+    assert result.total_loss == 0.0 and result.grad_norm == 0.0
+    assert np.all(np.isfinite(result.losses)) and np.all(result.losses > 0)  # still measured
+    assert not result.crashed
+
+
+def test_masked_phase_trains(fresh):
+    before = _params(fresh)
+    result = fresh.train_phase([1, 0, 1, 0])
+    after = _params(fresh)
+    assert result.trained_steps == result.steps == fresh.config.steps_per_action
+    assert sum(not torch.equal(before[k], after[k]) for k in before) >= len(before) - 1
+    assert np.all(np.isfinite(result.losses)) and result.total_loss > 0 and result.grad_norm > 0
+    assert 0.0 <= result.student_accuracy <= 1.0 and 0.0 <= result.agreement <= 1.0
+    assert result.teacher_kl >= 0 and result.entropy >= 0
+    d = result.to_dict()
+    assert isinstance(d["losses"], list) and len(d["losses"]) == 4
+
+
+def test_response_only_lowers_kl_to_teacher(fresh):
+    first = fresh.train_phase([0, 1, 0, 0])
+    for _ in range(2):
+        last = fresh.train_phase([0, 1, 0, 0])
+    assert last.teacher_kl < first.teacher_kl
+
+
+def test_state_dict_round_trip_is_exact(fresh):
+    fresh.train_phase(ONES)
+    state = fresh.state_dict()
+    a = fresh.train_phase([1.0, 0.5, 0.0, 2.0])
+    params_a = _params(fresh)
+    fresh.load_state_dict(state)
+    b = fresh.train_phase([1.0, 0.5, 0.0, 2.0])
+    np.testing.assert_array_equal(a.losses, b.losses)
+    assert a.total_loss == b.total_loss and a.student_ce == b.student_ce
+    assert _same(params_a, _params(fresh))
+    assert fresh.step == 2 * fresh.config.steps_per_action
+
+
+def _trajectory(distiller, seed: int) -> tuple[list, dict]:
+    distiller.reset(seed)
+    losses = [distiller.train_phase(w).losses.tolist() for w in ([1, 1, 0, 0], [0, 1, 1, 1])]
+    return losses, _params(distiller)
+
+
+def test_reset_is_seeded(quick):
+    l1, p1 = _trajectory(quick, 3)
+    l2, p2 = _trajectory(quick, 3)
+    assert l1 == l2 and _same(p1, p2)
+    l3, p3 = _trajectory(quick, 4)
+    assert l3 != l1 and not _same(p1, p3)
+    quick.reset(3)
+    assert quick.step == 0 and quick.position == 0 and quick.budget_left == quick.total_steps
+
+
+@pytest.mark.parametrize(("weights", "match"), [
+    (np.ones(3), r"shape \(4,\).*finetune.*relation.*\(3,\)"),
+    (np.ones((2, 4)), r"shape \(4,\)"),
+    ([1, np.nan, 0, 0], "finite"),
+    ([1, np.inf, 0, 0], "finite"),
+    ([1, -0.5, 0, 0], ">= 0"),
+])
+def test_bad_weights_raise(fresh, weights, match):
+    params, step = _params(fresh), fresh.step
+    with pytest.raises(ValueError, match=match):
+        fresh.train_phase(weights)
+    assert fresh.step == step and _same(params, _params(fresh))
+
+
+@pytest.fixture
+def nan_knowledge():
+    name = "test_nan_loss"
+
+    @register_knowledge(name, needs=("logits",))
+    def nan_loss(student, teacher, batch):
+        return student.logits.sum() * float("nan")
+
+    yield name
+    KNOWLEDGE_REGISTRY.pop(name, None)
+
+
+def test_nan_knowledge_crashes_the_phase_safely(nan_knowledge):
+    distiller = build_distiller(get_preset("quick", knowledge=("finetune", nan_knowledge)))
+    # not selected: the NaN term is reported as NaN and training with the others goes on
+    ok = distiller.train_phase([1, 0])
+    assert not ok.crashed and ok.trained_steps == distiller.config.steps_per_action
+    assert np.isfinite(ok.losses[0]) and np.isnan(ok.losses[1])
+    params = _params(distiller)
+    step = distiller.step
+    result = distiller.train_phase([1, 1])
+    assert result.crashed
+    assert result.trained_steps == 0 and result.steps == 1
+    assert distiller.step == step + 1  # the crashing step is spent
+    assert _same(params, _params(distiller))
+    assert distiller.student_is_finite()
+    assert all(torch.isfinite(p).all() for p in distiller.student.parameters())
+    assert distiller.measure().crashed
+    distiller.close()
+
+
+def test_measure_consumes_nothing(fresh):
+    fresh.train_phase(ONES)
+    params, step, position = _params(fresh), fresh.step, fresh.position
+    first = fresh.measure()
+    assert fresh.step == step and fresh.position == position and _same(params, _params(fresh))
+    assert first.steps == 0 and not first.crashed and np.all(np.isfinite(first.losses))
+    np.testing.assert_array_equal(fresh.measure().losses, first.losses)
+    assert fresh.student.training  # back in training mode
+
+
+def test_second_build_reuses_teacher_and_cache(quick, monkeypatch):
+    import kd_env.engine as engine
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the fine-tuned teacher and its cache must be reused")
+
+    monkeypatch.setattr(engine, "train_classifier", fail)
+    monkeypatch.setattr(TeacherCache, "build", staticmethod(fail))
+    again = build_distiller(get_preset("quick"))
+    assert again.teacher.path == quick.teacher.path
+    assert again.teacher_metrics == quick.teacher_metrics
+    again.close()
+
+
+def test_budget_is_capped(fresh):
+    total = fresh.total_steps
+    result = fresh.train_phase(ONES, steps=total + 25)
+    assert result.steps == total and fresh.step == total and fresh.budget_left == 0
+    params = _params(fresh)
+    after = fresh.train_phase(ONES)
+    assert after.steps == 0 and after.trained_steps == 0 and fresh.step == total
+    assert _same(params, _params(fresh))
+
+
+def test_phases_follow_the_config(fresh):
+    cfg = fresh.config
+    steps = [fresh.train_phase(ONES).steps for _ in range(cfg.num_phases)]
+    assert steps == [cfg.steps_per_action] * cfg.num_phases and sum(steps) == cfg.total_steps == fresh.step
+
+
+def test_evaluate(fresh):
+    probe = fresh.evaluate("probe")
+    assert probe["loss"] > 0 and np.isfinite(probe["loss"])
+    assert 0.0 <= probe["main"] <= 1.0 and probe["main"] == probe["accuracy"]
+    assert fresh.evaluate("probe") == probe  # deterministic, and evaluation does not train
+    for _ in range(3):
+        fresh.train_phase([1, 1, 0, 0])
+    trained = fresh.evaluate("probe")
+    assert trained["loss"] < probe["loss"]
+    test = fresh.evaluate("test")
+    assert 0.0 <= test["main"] <= 1.0
+    with pytest.raises(ValueError, match="probe"):
+        fresh.evaluate("bogus")
+
+
+def test_cls_embeddings(fresh):
+    fresh.train_phase(ONES)
+    s, t = fresh.cls_embeddings()
+    assert s.shape == (fresh.config.student_hidden,) and t.shape == (128,)
+    assert np.all(np.isfinite(s)) and np.all(np.isfinite(t))
+
+
+# --------------------------------------------------------------------------------------------
+# the text path: tiny BERT teacher, local CSV task
+# --------------------------------------------------------------------------------------------
+
+TEXT_KNOWLEDGE = ("finetune", "response", "feature", "relation", "attention")
+
+
+def _text_config(tiny_bert_dir, text_csv, **changes) -> DistillConfig:
+    return DistillConfig(task=str(text_csv), teacher=str(tiny_bert_dir), student_layers=1, max_len=16,
+                         batch_size=8, total_steps=4, steps_per_action=2, teacher_max_steps=2, train_examples=32,
+                         dev_probe_size=16, progress=False, knowledge=TEXT_KNOWLEDGE, **changes)
+
+
+@pytest.fixture(scope="module")
+def text_phase(tiny_bert_dir, text_csv):
+    distiller = build_distiller(_text_config(tiny_bert_dir, text_csv))
+    result = distiller.train_phase(np.ones(5))
+    yield distiller, result
+    distiller.close()
+
+
+def test_text_path_with_cache(text_phase):
+    distiller, result = text_phase
+    assert isinstance(distiller.teacher, TeacherCache)
+    assert set(distiller.teacher.fields) == {"logits", "hidden_cls", "hidden_tokens", "attentions"}
+    assert distiller.teacher.path.is_relative_to(cache_root() / "teacher_outputs")
+    assert distiller.teacher.manifest["num_examples"] == len(distiller.train_data) == 32
+    assert distiller.layer_map == [0, 3] and distiller.student.num_layers == 1
+    assert result.steps == result.trained_steps == 2 and not result.crashed
+    assert result.losses.shape == (5,) and np.all(np.isfinite(result.losses)) and np.all(result.losses > 0)
+    probe = distiller.evaluate("probe")
+    assert 0.0 <= probe["main"] <= 1.0 and np.isfinite(probe["loss"])
+    s, t = distiller.cls_embeddings()
+    assert s.shape == (32,) and t.shape == (32,)
+
+
+def test_text_path_live_teacher_matches_cache(text_phase, tiny_bert_dir, text_csv):
+    _, cached = text_phase
+    live = build_distiller(_text_config(tiny_bert_dir, text_csv, use_teacher_cache=False))
+    assert isinstance(live.teacher, LiveTeacher)
+    result = live.train_phase(np.ones(5))
+    # fp16-stored hidden states and attentions vs float32 live ones (the response term is ~1e-5 here)
+    np.testing.assert_allclose(result.losses, cached.losses, rtol=2e-2, atol=1e-7)
+    assert result.student_ce == pytest.approx(cached.student_ce, rel=1e-3)
+    live.close()
+
+
+def test_text_path_second_build_reuses_teacher_and_cache(text_phase, tiny_bert_dir, text_csv, monkeypatch):
+    import kd_env.engine as engine
+
+    first, _ = text_phase
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the fine-tuned teacher and its cache must be reused")
+
+    monkeypatch.setattr(engine, "train_classifier", fail)
+    monkeypatch.setattr(TeacherCache, "build", staticmethod(fail))
+    again = build_distiller(_text_config(tiny_bert_dir, text_csv))
+    assert again.teacher.path == first.teacher.path  # the reloaded teacher has the same fingerprint
+    again.close()
+
+
+def test_text_reset_redraws_only_the_head(text_phase):
+    distiller, _ = text_phase
+    model = distiller.student.model.model
+
+    def snapshot(seed):
+        distiller.reset(seed)
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    a, b, c = snapshot(1), snapshot(1), snapshot(2)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["classifier.weight"], c["classifier.weight"])
+    encoder = [k for k in a if not k.startswith("classifier.")]
+    assert encoder and all(torch.equal(a[k], c[k]) for k in encoder)  # pre-trained layers kept
