@@ -79,6 +79,7 @@ class KnowledgeSelectionEnv(gym.Env):
     ``terminated`` when the budget is spent (``ceil(total_steps / steps_per_action)`` phases) or
     when a phase crashes (non-finite loss or gradient): then the reward is ``crash_penalty``,
     ``info["crashed"]`` is True and the student is restored to its last finite state.
+    ``step()`` after either end raises ``RuntimeError``: call ``reset()``.
     ``truncated`` only comes from an external ``TimeLimit``.
 
     ## Arguments
@@ -218,13 +219,16 @@ class KnowledgeSelectionEnv(gym.Env):
             raise RuntimeError("step() called on a closed env")
         w = self._validate_action(action)
         d = self.distiller
-        if d.budget_left <= 0:
+        if d.budget_left <= 0 or (self.history and self.history[-1]["crashed"]):
             raise RuntimeError("step() after the episode ended; call reset()")
         start = time.perf_counter()
         snapshot = d.snapshot_student()
         phase = d.train_phase(w)
-        crashed = phase.crashed
-        if crashed and not d.student_is_finite():
+        # The engine stops on a non-finite loss or gradient; an update can also leave non-finite
+        # parameters after the phase's last step, which only the parameters themselves show.
+        student_finite = d.student_is_finite()
+        crashed = phase.crashed or not student_finite
+        if not student_finite:
             d.restore_student(snapshot)
         del snapshot
         terminated = crashed or d.budget_left <= 0
@@ -253,7 +257,7 @@ class KnowledgeSelectionEnv(gym.Env):
         info = self._info(phase, parts, crashed=crashed, seconds=time.perf_counter() - start)
         self.history.append({"phase": self.phase_index, "action": w.tolist(), "reward": reward,
                              "probe_loss": info["probe_loss"], "probe_metric": info["probe_metric"],
-                             "losses": info["losses"]})
+                             "losses": info["losses"], "crashed": crashed})
         return obs, reward, terminated, False, info
 
     def _info(self, phase: PhaseResult | None, rewards: dict[str, float], crashed: bool, seconds: float) -> dict:
@@ -322,8 +326,8 @@ class KnowledgeSelectionEnv(gym.Env):
             self.np_random.bit_generator.state = copy.deepcopy(state["np_random"])
 
     def __getstate__(self) -> dict[str, Any]:
-        reward, params = self._reward_spec
-        args = {**self._init_args, "reward": reward, "reward_params": params or None}
+        # the reward instance itself (not its name): it carries per-episode state
+        args = {**self._init_args, "reward": self.reward_fn, "reward_params": None}
         return {"config": self.config, "init_args": args, "state": self.state_dict()}
 
     def __setstate__(self, data: dict[str, Any]) -> None:

@@ -98,8 +98,30 @@ class Reward:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
+    def __reduce__(self):
+        # Pickle by registry name when registered: rewards made from functions are local classes
+        # that pickle cannot find by import path.  The instance state (e.g. the previous loss of a
+        # delta reward) travels with it, so an unpickled env continues its episode identically.
+        cls = type(self)
+        if REWARD_REGISTRY.get(self.name) is cls:
+            return (_registered_reward, (self.name,), dict(self.__dict__))
+        return (_new_reward, (cls,), dict(self.__dict__))
+
 
 REWARD_REGISTRY: dict[str, type[Reward]] = {}
+
+
+def _registered_reward(name: str) -> Reward:
+    """An uninitialised instance of registered reward ``name`` (pickle fills in its state)."""
+    if name not in REWARD_REGISTRY:
+        raise ValueError(f"unpickling reward {name!r}, which is not registered in this process; import "
+                         f"the module that registers it first; registered: {sorted(REWARD_REGISTRY)}")
+    cls = REWARD_REGISTRY[name]
+    return cls.__new__(cls)
+
+
+def _new_reward(cls: type) -> Reward:
+    return cls.__new__(cls)
 
 
 def register_reward(name: str, needs_probe: bool | None = None, overwrite: bool = False,
