@@ -1,0 +1,309 @@
+"""experiments.benchmark end to end on QuickKD with tiny budgets: files and schema, intervals,
+resume, the process executor, config errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments import benchmark
+from experiments.benchmark import (
+    DEFAULT_ALGOS,
+    SUMMARY_COLUMNS,
+    BenchmarkConfig,
+    ConfigError,
+    build_grid,
+    check_grid,
+    parse_override,
+    parse_value,
+    run_benchmark,
+)
+
+ENV = "kd_env/QuickKD-v0"
+PHASES = 4  # QuickKD: 40 steps, 10 per phase
+
+
+def tiny_config(out: Path, **changes) -> BenchmarkConfig:
+    """2 algorithms x 2 seeds x QuickKD: ac trains 2 episodes (evaluated after each), the
+    random_hard baseline is evaluated once; one held-out episode per evaluation."""
+    base = dict(name="tiny", algos=["ac", "random_hard"], envs=[ENV], seeds=[0, 1], episodes=2, eval_every=1,
+                eval_episodes=1, workers=1, out=str(out), bootstrap_reps=200, verbose=False)
+    return BenchmarkConfig(**{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def serial_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    return run_benchmark(tiny_config(out))
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def cell_arrays(run_dir: Path, algo: str, seed: int) -> dict[str, np.ndarray]:
+    with np.load(run_dir / algo / f"kd_env__QuickKD-v0__seed{seed}" / "evaluations.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+# ---- files and schema -------------------------------------------------------------------------
+
+
+def test_grid_writes_every_file_with_the_rl_zoo_schema(serial_run):
+    run_dir = serial_run.run_dir
+    assert not serial_run.failed
+    assert len(serial_run.executed) == 4 and not serial_run.skipped
+    for seed in (0, 1):
+        ac = cell_arrays(run_dir, "ac", seed)
+        assert {"timesteps", "results", "ep_lengths"} <= set(ac)
+        assert ac["timesteps"].tolist() == [PHASES, 2 * PHASES]  # after episode 1, and at the end
+        assert ac["results"].shape == ac["ep_lengths"].shape == (2, 1)
+        assert ac["ep_lengths"].tolist() == [[PHASES], [PHASES]]
+        assert ac["test_metrics"].shape == (2, 1) and np.all((ac["test_metrics"] >= 0) & (ac["test_metrics"] <= 1))
+        assert ac["final_actions"].shape == (1, PHASES, 4)
+        assert set(np.unique(ac["final_actions"])) <= {0.0, 1.0}
+        assert ac["train_returns"].shape == (2,)
+        baseline = cell_arrays(run_dir, "random_hard", seed)
+        assert baseline["timesteps"].tolist() == [0] and baseline["results"].shape == (1, 1)
+        result = json.loads((run_dir / "ac" / f"kd_env__QuickKD-v0__seed{seed}" / "result.json").read_text())
+        assert result["train_episodes"] == 2 and result["train_steps"] == 2 * PHASES
+        assert result["test_metric"] == pytest.approx(ac["test_metrics"][-1].mean())
+        assert result["return"] == pytest.approx(ac["results"][-1].mean())
+        # held-out: evaluation instances never among the training ones
+        assert not set(result["eval_seeds"]) & set(range(result["train_seeds"][0], result["train_seeds"][1] + 1))
+
+    runs = read_csv(run_dir / "runs.csv")
+    assert len(runs) == 4 and {r["algorithm"] for r in runs} == {"ac", "random_hard"}
+    assert {"test_metric", "return", "freq_finetune", "freq_relation"} <= set(runs[0])
+    summary = read_csv(run_dir / "summary.csv")
+    assert list(summary[0]) == SUMMARY_COLUMNS
+    assert [r["algorithm"] for r in summary] == ["ac", "random_hard"]
+    markdown = (run_dir / "summary.md").read_text()
+    assert "| algorithm |" in markdown and "P(> random_hard)" in markdown and "| ac | mask | 2 | 2 |" in markdown
+    plots = sorted(p.name for p in (run_dir / "plots").iterdir())
+    assert plots == ["kd_env__QuickKD-v0-learning_curves.png", "kd_env__QuickKD-v0-selection-ac.png",
+                     "kd_env__QuickKD-v0-selection-random_hard.png", "kd_env__QuickKD-v0-selection.png"]
+    for name in plots:
+        assert (run_dir / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_intervals_bracket_the_point_estimates(serial_run):
+    runs = read_csv(serial_run.run_dir / "runs.csv")
+    for row in serial_run.rows:
+        mine = [float(r["test_metric"]) for r in runs if r["algorithm"] == row["algorithm"]]
+        assert row["test_mean"] == pytest.approx(np.mean(mine))
+        assert row["test_iqm"] == pytest.approx(np.mean(mine))  # 2 runs: the IQM is the mean
+        for key in ("test_mean", "test_iqm", "return_mean", "return_iqm"):
+            assert row[f"{key}_low"] <= row[key] <= row[f"{key}_high"], key
+            assert row[f"{key}_low"] >= min(mine if key.startswith("test") else [-math.inf])
+    ac, reference = serial_run.rows
+    assert 0.0 <= ac["poi_low"] <= ac["poi_vs_random_hard"] <= ac["poi_high"] <= 1.0
+    assert math.isnan(reference["poi_vs_random_hard"])
+
+
+# ---- resume -----------------------------------------------------------------------------------
+
+
+def test_resume_skips_finished_cells_and_reruns_missing_or_changed_ones(serial_run, monkeypatch):
+    calls = []
+    real = benchmark.run_cell
+
+    def counting(cell, threads=1):
+        calls.append((cell.algo, cell.seed))
+        return real(cell, threads)
+
+    monkeypatch.setattr(benchmark, "run_cell", counting)
+    out = serial_run.run_dir.parent
+    again = run_benchmark(tiny_config(out))
+    assert calls == [] and not again.executed and len(again.skipped) == 4
+    assert _same_rows(again.rows, serial_run.rows)
+
+    (serial_run.run_dir / "random_hard" / "kd_env__QuickKD-v0__seed1" / "result.json").unlink()
+    partial = run_benchmark(tiny_config(out))
+    assert calls == [("random_hard", 1)] and len(partial.skipped) == 3
+
+    calls.clear()
+    changed = run_benchmark(tiny_config(out, overrides=["random_hard.p=0.9"]))
+    assert sorted(calls) == [("random_hard", 0), ("random_hard", 1)]
+    assert len(changed.skipped) == 2
+    calls.clear()
+    run_benchmark(tiny_config(out))  # back to p=0.5: those cells are rerun again
+    assert sorted(calls) == [("random_hard", 0), ("random_hard", 1)]
+
+
+def _same_rows(a, b) -> bool:
+    return all(x["algorithm"] == y["algorithm"] and x["test_mean"] == y["test_mean"] for x, y in zip(a, b))
+
+
+# ---- executors --------------------------------------------------------------------------------
+
+
+def _numbers(run_dir: Path) -> dict[tuple[str, int], dict[str, list]]:
+    out = {}
+    for algo in ("ac", "random_hard"):
+        for seed in (0, 1):
+            arrays = cell_arrays(run_dir, algo, seed)
+            out[(algo, seed)] = {k: arrays[k].tolist() for k in ("timesteps", "results", "test_metrics",
+                                                                 "final_actions", "train_returns")}
+    return out
+
+
+def test_process_executor_gives_the_serial_numbers(serial_run, tmp_path):
+    parallel = run_benchmark(tiny_config(tmp_path, workers=2))
+    assert not parallel.failed and len(parallel.executed) == 4
+    assert _numbers(parallel.run_dir) == _numbers(serial_run.run_dir)
+    for a, b in zip(parallel.rows, serial_run.rows):
+        assert (a["test_mean"], a["test_iqm_low"], a["return_mean"]) == (b["test_mean"], b["test_iqm_low"],
+                                                                          b["return_mean"])
+
+
+def test_ray_executor_gives_the_serial_numbers(serial_run, tmp_path):
+    pytest.importorskip("ray", reason="ray is not installed (optional: pip install ray); the Ray executor is "
+                                      "tested only where it is")
+    result = run_benchmark(tiny_config(tmp_path, executor="ray", workers=2))
+    assert not result.failed
+    assert _numbers(result.run_dir) == _numbers(serial_run.run_dir)
+
+
+def test_ray_executor_without_ray_is_a_clear_error(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(ConfigError, match="pip install"):
+        run_benchmark(tiny_config(tmp_path, executor="ray"))
+    assert not (tmp_path / "benchmark-tiny").exists()
+
+
+def test_sb3_budget_is_exact_in_episodes(tmp_path):
+    # PPO collects 4 episodes per rollout on QuickKD; the budget of 1 episode still holds
+    result = run_benchmark(tiny_config(tmp_path, algos=["ppo", "sac"], seeds=[0], episodes=1, plots=False))
+    assert not result.failed
+    for algo in ("ppo", "sac"):
+        data = json.loads((result.run_dir / algo / "kd_env__QuickKD-v0__seed0" / "result.json").read_text())
+        assert (data["train_episodes"], data["train_steps"]) == (1, PHASES)
+        assert data["settings"]["action_mode"] == ("weights" if algo == "sac" else "mask")
+
+
+def test_training_instances_ignore_the_agents_seed():
+    import gymnasium as gym
+
+    cell = build_grid(["random_hard"], [ENV], [3], eval_every=1, eval_episodes=1)[0]
+    env = benchmark._training_instances_wrapper(gym.make(ENV), cell)
+    try:
+        env.reset(seed=123)
+        first = env.unwrapped.np_random.bit_generator.state
+        reference = gym.make(ENV)
+        reference.reset(seed=3 * benchmark.TRAIN_SEED_STRIDE)
+        assert first == reference.unwrapped.np_random.bit_generator.state
+        reference.close()
+    finally:
+        env.close()
+    assert min(cell.eval_seeds()) > 3 * benchmark.TRAIN_SEED_STRIDE + benchmark.TRAIN_SEED_STRIDE
+
+
+# ---- configuration ------------------------------------------------------------------------------
+
+
+def test_shipped_configs_are_valid_for_every_env():
+    algos = list(DEFAULT_ALGOS) + ["ddpg", "random_soft", "pkd", "finetune", "fixed:1010"]
+    envs = ["kd_env/DigitsKD-v0", ENV, "kd_env/TextKD-v0"]
+    cells = build_grid(algos, envs, [0], eval_every=5, eval_episodes=2)
+    assert len(cells) == len(algos) * len(envs)
+    modes = {c.algo: c.settings.action_mode for c in cells}
+    assert {a for a, m in modes.items() if m == "weights"} == {"ac_q", "sac", "td3", "ddpg", "random_soft"}
+    assert all(c.settings.episodes == 0 for c in cells if c.algo in ("random_hard", "all", "vanilla_kd"))
+    # the agents accept every shipped hyperparameter (the dry run builds each one on QuickKD)
+    check_grid([c for c in cells if c.env_id == ENV], log=lambda _m: None)
+
+
+def test_overrides_and_values():
+    assert parse_value("1e-3") == pytest.approx(1e-3)
+    assert parse_value("3") == 3 and parse_value("true") is True and parse_value("[64, 64]") == [64, 64]
+    assert parse_value("dev_metric_delta") == "dev_metric_delta"
+    assert parse_override("ppo.learning_rate=1e-3") == ("ppo", ["hyperparams", "learning_rate"], 1e-3)
+    assert parse_override("ac.episodes=30") == ("ac", ["episodes"], 30)
+    assert parse_override("sac.env_kwargs.reward=final_metric") == ("sac", ["env_kwargs", "reward"], "final_metric")
+    cells = build_grid(["ppo", "ac"], [ENV], [0, 1], 2, 1, overrides=["ppo.learning_rate=1e-3", "ac.episodes=5",
+                                                                         "ac.env_kwargs.reward=final_metric"])
+    ppo = cells[0].settings
+    assert ppo.hyperparams["learning_rate"] == 1e-3 and ppo.hyperparams["n_epochs"] == 10  # merged over YAML
+    ac = cells[2].settings
+    assert ac.episodes == 5 and ac.env_kwargs == {"reward": "final_metric"}
+    assert cells[0].fingerprint() == build_grid(["ppo"], [ENV], [0], 2, 1, ["ppo.learning_rate=0.001"])[0].fingerprint()
+    assert cells[0].fingerprint() != cells[1].fingerprint()  # another seed
+
+
+def write_config(folder: Path, algo: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{algo}.yml").write_text(textwrap.dedent(text), encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("algo, text, message", [
+    ("ppo", "default:\n  episodez: 3\n", r"unknown key\(s\) \['episodez'\]"),
+    ("ppo", "default:\n  episodes: ten\n", "episodes must be an integer"),
+    ("ppo", "default:\n  action_mode: soft\n", "action_mode must be one of"),
+    ("ppo", "default:\n  hyperparams:\n    n_steps: ten\n", "n_steps='ten' has type str, expected int"),
+    ("ppo", "default:\n  hyperparams:\n    learning_rate: 1e-3\n", r"write 1\.0e-3"),
+    ("ppo", "default:\n  hyperparams:\n    learning_rat: 0.1\n", r"unknown hyperparameter\(s\) \['learning_rat'\]"),
+    ("ac", "default:\n  hyperparams:\n    hidden_sizes: 64\n", "hidden_sizes=64 has type int, expected list"),
+    ("ac", "default:\n  hyperparams:\n    seed: 3\n", "set by the grid"),
+    ("ac", "default:\n  hyperparams: [1, 2]\n", "hyperparams must be a mapping"),
+    ("ac", "kd_env/QuickKD-v0:\n  episodes: 3\n", "needs a 'default' entry"),
+    ("ac", "- 1\n- 2\n", "must hold a mapping"),
+    ("ac", "default: {episodes: [}\n", "not valid YAML"),
+    ("ac", "default:\n  env_kwargs:\n    action_mode: mask\n", "top level"),
+])
+def test_bad_config_files_raise_before_anything_runs(tmp_path, algo, text, message):
+    configs = write_config(tmp_path / "configs", algo, text)
+    with pytest.raises(ConfigError, match=message):
+        run_benchmark(tiny_config(tmp_path, algos=[algo], config_dir=str(configs)))
+    assert not (tmp_path / "benchmark-tiny").exists()
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(algos=["ac", "nope"]), "unknown algorithm"),
+    (dict(envs=["kd_env/NoSuchKD-v0"]), "unknown env id"),
+    (dict(seeds=[0, 0]), "must be distinct"),
+    (dict(seeds=[-1]), "seeds must be"),
+    (dict(eval_every=0), "eval_every"),
+    (dict(episodes=0), "episodes must be"),
+    (dict(overrides=["ppo.learning_rate=0.1"]), "not in the grid"),
+    (dict(overrides=["ac.lr"]), "ALGO.KEY=VALUE"),
+    (dict(overrides=["ac.lr=fast"]), "lr='fast' has type str"),
+    (dict(overrides=["ac.episodes=-2"]), "episodes must be an integer >= 0"),
+    (dict(algos=["sac"], overrides=["sac.action_mode=mask"]), "cannot build the agent"),
+    (dict(overrides=["ac.env_kwargs.total_stepz=3"]), "gym.make"),
+    (dict(workers=0), "workers"),
+    (dict(name="a/b"), "name"),
+    (dict(executor="dask"), "executor"),
+])
+def test_bad_grid_inputs_raise_before_any_cell_runs(tmp_path, monkeypatch, changes, message):
+    monkeypatch.setattr(benchmark, "run_cell", lambda *a, **k: pytest.fail("a cell ran"))
+    with pytest.raises(ConfigError, match=message):
+        run_benchmark(tiny_config(tmp_path, **changes))
+    assert not any((tmp_path / "benchmark-tiny").glob("*/*/result.json"))
+
+
+def test_cli_reports_config_errors(tmp_path, capsys):
+    code = benchmark.main(["--name", "x", "--out", str(tmp_path), "--algos", "ac", "--set", "ac.lr=fast"])
+    assert code == 2
+    assert "lr='fast'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--seeds", "two"])
+    assert benchmark.parse_args(["--seeds", "3"]).seeds == [0, 1, 2]
+    assert benchmark.parse_args(["--seeds", "4,7"]).seeds == [4, 7]
