@@ -193,8 +193,9 @@ class Distiller:
         budget) with loss ``sum_k weights[k] * L_k``.
 
         Only terms with non-zero weight are backpropagated; with ``all_losses`` the other terms
-        are still evaluated (no gradient) for reporting.  With all weights zero the student,
-        optimizer and schedule state are untouched, and the budget still advances.
+        are still evaluated (no gradient) for reporting.  With all weights zero the student's
+        parameters and the optimizer's moments are untouched; the budget and the learning-rate
+        schedule still advance (the schedule stays in step with the budget).
         A non-finite loss or gradient stops the phase before any update: the student keeps its
         last finite state and ``crashed`` is set.
         """
@@ -455,6 +456,13 @@ def build_distiller(config: DistillConfig, task: TaskData | None = None) -> Dist
         task: an already loaded task (saves re-reading it), else loaded from ``config.task``.
     """
     device = resolve_device(config.device)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    if config.deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     knowledge = make_knowledge(config.knowledge, config.knowledge_params)
     task = task or load_task(config.task, data_dir=config.data_dir, seed=config.seed)
     attentions = any(k.student_attentions for k in knowledge)

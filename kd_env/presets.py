@@ -88,6 +88,12 @@ class DistillConfig:
     """check of the teacher cache at open: ``full`` (checksums) or ``size``"""
     progress: bool = True
     """tqdm progress bars"""
+    threads: int | None = None
+    """torch intra-op threads set when the distiller is built (None: torch's default). One thread
+    is much faster for the tiny digits MLPs, and makes results independent of the core count"""
+    deterministic: bool = False
+    """``torch.use_deterministic_algorithms(True)`` (and the cuBLAS workspace setting): removes
+    the GPU kernels' nondeterminism; CPU runs with a fixed thread count are already repeatable"""
 
     def __post_init__(self) -> None:
         self.knowledge = tuple(self.knowledge)
@@ -120,6 +126,8 @@ class DistillConfig:
                 raise ValueError(f"config.{name} must be one of {list(valid)}, got {getattr(self, name)!r}")
         if not self.knowledge:
             raise ValueError("config.knowledge must name at least one knowledge type")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads <= 0):
+            raise ValueError(f"config.threads must be a positive integer or None, got {self.threads!r}")
         from .data import check_task_name
 
         check_task_name(self.task)
@@ -155,11 +163,11 @@ PRESETS: dict[str, DistillConfig] = {
     "quick": DistillConfig(task="digits", teacher="mlp", student_layers=2, batch_size=64, lr=3e-3,
                            total_steps=40, steps_per_action=10, train_examples=None, dev_probe_size=200,
                            warmup_fraction=0.0, teacher_epochs=20, teacher_lr=3e-3, teacher_batch_size=64,
-                           progress=False),
+                           progress=False, threads=1),
     "digits": DistillConfig(task="digits", teacher="mlp", student_layers=2, batch_size=64, lr=3e-3,
                             total_steps=150, steps_per_action=10, train_examples=None, dev_probe_size=359,
                             warmup_fraction=0.0, teacher_epochs=20, teacher_lr=3e-3, teacher_batch_size=64,
-                            progress=False),
+                            progress=False, threads=1),
     "text": DistillConfig(),
     "paper": DistillConfig(task="sst2", teacher="bert-base-uncased", student_layers=6, max_len=128,
                            batch_size=32, lr=5e-5, total_steps=6000, steps_per_action=200,
