@@ -122,6 +122,15 @@ def load_hf_classifier(name_or_path: str, num_labels: int, attentions: bool = Fa
     hf_logging.disable_progress_bar()
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs, **config_overrides)
+    except RuntimeError as exc:
+        if "mismatched" not in str(exc):
+            raise
+        from transformers import AutoConfig
+
+        have = getattr(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code), "num_labels", "?")
+        raise ValueError(f"model {name_or_path!r} has a classification head with {have} labels but the task has "
+                         f"{num_labels}; pass a model fine-tuned on this task, or a pre-trained model without a "
+                         f"task head") from None
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
