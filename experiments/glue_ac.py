@@ -120,6 +120,13 @@ class ExperimentConfig:
             raise ValueError(f"unknown method(s) {bad}; valid: {valid} or fixed:<bits>")
         if len(set(c.methods)) != len(c.methods):
             raise ValueError(f"duplicate methods in {c.methods}")
+        from kd_env.observations import observation_names
+        from kd_env.rewards import reward_names
+
+        if c.reward not in reward_names():
+            raise ValueError(f"unknown reward {c.reward!r}; valid: {reward_names()} (or register one in a --plugin file)")
+        if c.observation not in observation_names():
+            raise ValueError(f"unknown observation {c.observation!r}; valid: {observation_names()}")
         if SELECTOR in c.methods and c.agent not in agent_names():
             raise ValueError(f"unknown agent {c.agent!r}; valid: {agent_names()}")
         if c.name is None:
@@ -453,15 +460,16 @@ def print_summary(summary: dict[str, Any], out=sys.stdout) -> None:
 
 
 def _seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2]; ``"0-4"`` -> [0, 1, 2, 3, 4]; ``"7"`` -> [7]."""
     try:
-        values = [int(x) for x in text.split(",") if x.strip()]
+        if "-" in text.strip()[1:] and "," not in text:
+            lo, hi = (int(x) for x in text.split("-", 1))
+            if hi < lo:
+                raise ValueError
+            return list(range(lo, hi + 1))
+        return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds takes integers, e.g. '0,1,2' or '3' (first N); got {text!r}") from None
-    if len(values) == 1 and "," not in text:
-        if values[0] <= 0:
-            raise argparse.ArgumentTypeError(f"--seeds N needs N > 0; got {text!r}")
-        return list(range(values[0]))
-    return values
+        raise argparse.ArgumentTypeError(f"--seeds takes integers: '0,1,2', a range '0-4', or one seed '7'; got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -473,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="local GLUE folder (<TASK>/train.tsv, dev.tsv)")
     p.add_argument("--teacher", help="HF model name or local folder (default: bundled MiniLM-L6)")
     p.add_argument("--student-layers", type=int)
-    p.add_argument("--seeds", type=_seeds, help="'0,1,2' or a count N (seeds 0..N-1)")
+    p.add_argument("--seeds", type=_seeds, help="evaluation seeds: '0,1,2', a range '0-4', or one seed '7'")
     p.add_argument("--agent", help=f"selector agent; one of {agent_names()}")
     p.add_argument("--episodes", type=int, help="selector training episodes")
     p.add_argument("--methods", help=f"comma list; default: {','.join(default_methods(('finetune', 'response', 'feature', 'relation')))}")
