@@ -3,8 +3,9 @@
 ======  =================  =================================================================
 name    action mode        how
 ======  =================  =================================================================
-ppo     mask or weights    natively (``MultiBinary`` / ``Box``)
-a2c     mask or weights    natively
+ppo     mask or weights    natively (``MultiBinary``; weights through ``RescaleAction`` to
+                           ``Box(-1, 1)``, so the initial Gaussian is centred on 0.5)
+a2c     mask or weights    as ppo
 dqn     mask or weights    through :class:`MaskIndexWrapper`: ``Discrete(2^K)``, bit k of the
                            index = knowledge k (in weights mode the mask is sent as 0.0/1.0)
 sac     weights only       natively (``Box``); a mask env raises ``ValueError`` (make the env
@@ -209,15 +210,27 @@ class SB3Agent(Agent):
         except (TypeError, AssertionError) as exc:
             raise ValueError(f"bad arguments for {class_name}: {exc}") from None
 
+    @property
+    def _rescaled(self) -> bool:
+        """PPO/A2C on weights see ``Box(-1, 1)`` (their Gaussian starts at mean 0, which on
+        ``Box(0, 1)`` would clip half the weights to 0)."""
+        return self.algo in ("ppo", "a2c") and self.action_mode == "weights"
+
     def _wrap(self, env: Any) -> gym.Env:
         env = as_gym_env(env)
-        return MaskIndexWrapper(env) if self.algo == "dqn" else env
+        if self.algo == "dqn":
+            return MaskIndexWrapper(env)
+        if self._rescaled:
+            return gym.wrappers.RescaleAction(env, np.float32(-1.0), np.float32(1.0))
+        return env
 
     # ---- acting -----------------------------------------------------------------------------
     def _to_env_action(self, action: Any) -> np.ndarray:
         if self.algo == "dqn":
             return self._format_action(index_to_mask(int(np.asarray(action).reshape(-1)[0]), len(self.knowledge_names)))
         arr = np.asarray(action, dtype=np.float64).reshape(-1)
+        if self._rescaled:
+            arr = (np.clip(arr, -1.0, 1.0) + 1.0) / 2.0
         if self.action_mode == "mask":
             return (arr > 0.5).astype(np.int8)
         return np.clip(arr, 0.0, 1.0).astype(np.float32)
@@ -230,7 +243,8 @@ class SB3Agent(Agent):
     def learn(self, env: Any, total_episodes: int | None = None, total_steps: int | None = None,
               callback: EpisodeCallback | Any = None) -> "SB3Agent":
         """Train for ``total_steps`` timesteps, or ``total_episodes * num_phases`` (the smaller
-        when both are given).
+        when both are given).  Every call starts on a freshly reset env; on-policy algorithms
+        collect whole rollouts (``n_steps``), so PPO may run a few more steps than asked.
 
         Args:
             env: the env (same spaces as at construction).
@@ -260,6 +274,8 @@ class SB3Agent(Agent):
             self._env = env
         if timesteps == 0:
             return self
+        # Start on a fresh episode: the env may have been stepped (run_episode) since the last call.
+        self.model._last_obs = None
         logger = EpisodeLogger(self.log_dir, self.episode_log, tensorboard=self.tensorboard)
         recorder = _EpisodeRecorder(self, logger, callback if not isinstance(callback, BaseCallback) else None)
         callbacks: Any = recorder

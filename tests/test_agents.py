@@ -1,0 +1,610 @@
+"""Tests of the agents package: the protocol, our actor-critic, the SB3 adapters, baselines,
+checkpoints.
+
+Learning tests use :class:`SyntheticSelectionEnv`, a tiny env with a known best action (a
+contextual bandit in the env's shape: K knowledge bits, a few phases per episode, a
+summary-like Box observation).  Everything that needs the real environment uses QuickKD
+(digits, 4 phases per episode).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+import zipfile
+from itertools import product
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+import kd_env  # noqa: F401 - registers the env ids
+from agents import Agent, CheckpointError, agent_names, load_agent, make_agent, run_episode
+from agents.actor_critic import ActorCriticAgent
+from agents.base import env_spec
+from agents.sb3 import MaskIndexWrapper, index_to_mask, mask_to_index, sb3_defaults
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+K = 4
+BEST_MASK = (1, 0, 1, 1)
+TARGET_WEIGHTS = (0.8, 0.2, 0.6, 0.3)
+
+
+class SyntheticSelectionEnv(gym.Env):
+    """K knowledge bits, ``phases`` steps per episode, a known best action.
+
+    * mask mode: reward = number of bits equal to ``best`` (+ N(0, noise)); the best fixed mask
+      earns ``K`` per phase.
+    * weights mode: reward = ``-||w - target||`` (+ N(0, noise)).
+    * observation: ``[budget fraction, last action (K), K decaying "losses"]`` in [0, 1].
+    """
+
+    def __init__(self, action_mode: str = "mask", k: int = K, phases: int = 5, noise: float = 0.1,
+                 best: tuple = BEST_MASK, target: tuple = TARGET_WEIGHTS, knowledge_names: list[str] | None = None):
+        self.k, self.num_phases, self.noise, self.action_mode = k, phases, noise, action_mode
+        self.best = np.asarray(best, np.float64)[:k]
+        self.target = np.asarray(target, np.float64)[:k]
+        self.knowledge_names = knowledge_names or ["finetune", "response", "feature", "relation", "attention"][:k]
+        self.action_space = spaces.MultiBinary(k) if action_mode == "mask" else spaces.Box(0, 1, (k,), np.float32)
+        self.observation_space = spaces.Box(0, 1, (2 * k + 1,), np.float32)
+
+    def _obs(self) -> np.ndarray:
+        frac = self.t / self.num_phases
+        losses = np.exp(-frac * (1 + np.arange(self.k))) + 0.01 * self.np_random.random(self.k)
+        return np.clip(np.concatenate([[frac], self.last, losses]), 0, 1).astype(np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.last = np.zeros(self.k)
+        return self._obs(), {}
+
+    def step(self, action):
+        if self.t >= self.num_phases:
+            raise RuntimeError("step() after the episode ended; call reset()")
+        a = np.asarray(action, np.float64)
+        assert self.action_space.contains(np.asarray(action, self.action_space.dtype)), action
+        if self.action_mode == "mask":
+            reward = float(np.sum(a == self.best))
+        else:
+            reward = -float(np.linalg.norm(a - self.target))
+        reward += self.noise * float(self.np_random.normal())
+        self.t += 1
+        self.last = a
+        return self._obs(), reward, self.t >= self.num_phases, False, {"action": a.astype(np.float32)}
+
+
+def mean_return(env, agent, seeds=range(1000, 1010)) -> float:
+    return float(np.mean([run_episode(env, agent, deterministic=True, seed=s)["return"] for s in seeds]))
+
+
+def episode_observations(env, seed: int = 7, n: int | None = None) -> list:
+    """Observations of one episode under a fixed mask (inputs to compare agents' actions)."""
+    obs, _ = env.reset(seed=seed)
+    out = [obs]
+    action = np.ones(env.action_space.shape, dtype=env.action_space.dtype)
+    while True:
+        obs, _, terminated, truncated, _ = env.step(action)
+        out.append(obs)
+        if terminated or truncated or (n is not None and len(out) >= n):
+            return out
+
+
+# ---- QuickKD fixtures (the teacher is fine-tuned once per session into the session cache) ----
+
+@pytest.fixture(scope="module")
+def quick_mask():
+    env = gym.make("kd_env/QuickKD-v0")
+    yield env
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def quick_weights():
+    env = gym.make("kd_env/QuickKD-v0", action_mode="weights")
+    yield env
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def quick_cls():
+    env = gym.make("kd_env/QuickKD-v0", observation="cls")
+    yield env
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def quick_dict_weights():
+    env = gym.make("kd_env/QuickKD-v0", observation="dict", action_mode="weights")
+    yield env
+    env.close()
+
+
+# =============================================================================================
+# (a), (b) learning
+# =============================================================================================
+
+
+def test_ac_reaches_90_percent_of_best_fixed_mask():
+    """Budget: 300 training episodes (1500 phases), seed 0, under 60 s."""
+    env = SyntheticSelectionEnv("mask")
+    best = max(mean_return(env, make_agent("fixed:" + "".join(map(str, bits)), env))
+               for bits in product((0, 1), repeat=K))
+    start = time.perf_counter()
+    agent = make_agent("ac", env, seed=0)
+    reached = None
+
+    def stop_when_good(agent, record):
+        nonlocal reached
+        if record["episode"] % 25 == 0 and mean_return(env, agent, range(2000, 2005)) >= 0.9 * best:
+            reached = record["episode"]
+            return False
+        return None
+
+    agent.learn(env, total_episodes=300, callback=stop_when_good)
+    seconds = time.perf_counter() - start
+    final = mean_return(env, agent)
+    print(f"\nac on the synthetic mask env: {final:.2f} / best fixed mask {best:.2f} "
+          f"({100 * final / best:.0f}%) after {reached or 300} episodes, {seconds:.1f} s")
+    assert final >= 0.9 * best
+    assert seconds < 60
+
+
+def test_ac_q_weights_beats_random_soft():
+    """The DDPG-style variant on the weights mode: 60 episodes (300 phases)."""
+    env = SyntheticSelectionEnv("weights")
+    random_soft = mean_return(env, make_agent("random_soft", env, seed=0))
+    start = time.perf_counter()
+    agent = make_agent("ac_q", env, seed=0).learn(env, total_episodes=60)
+    seconds = time.perf_counter() - start
+    learned = mean_return(env, agent)
+    print(f"\nac_q on the synthetic weights env: {learned:.2f} vs random_soft {random_soft:.2f} "
+          f"(noise-free optimum 0) in {seconds:.1f} s")
+    assert learned > random_soft + 1.0
+    assert seconds < 60
+
+
+def test_ac_value_critic_weights_mode_learns():
+    env = SyntheticSelectionEnv("weights")
+    random_soft = mean_return(env, make_agent("random_soft", env, seed=0))
+    agent = make_agent("ac", env, seed=0).learn(env, total_episodes=200)
+    assert mean_return(env, agent) > random_soft + 1.0
+
+
+def test_ac_learns_on_quickkd_and_logs(quick_mask, tmp_path):
+    agent = make_agent("ac", quick_mask, seed=0, log_dir=str(tmp_path / "log"))
+    assert agent.learn(quick_mask, total_episodes=3) is agent
+    log = agent.episode_log
+    assert [r["episode"] for r in log] == [1, 2, 3]
+    names = quick_mask.unwrapped.knowledge_names
+    for r in log:
+        assert r["length"] == quick_mask.unwrapped.config.num_phases
+        assert all(0 <= r[f"freq_{n}"] <= 1 for n in names)
+        assert np.isfinite(r["actor_loss"]) and np.isfinite(r["critic_loss"]) and np.isfinite(r["return"])
+        assert 0 <= r["final_probe_metric"] <= 1
+    rows = (tmp_path / "log" / "episodes.csv").read_text().strip().splitlines()
+    assert len(rows) == 4 and "freq_finetune" in rows[0] and "actor_loss" in rows[0]
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "log").iterdir())
+    result = run_episode(quick_mask, agent, seed=3)
+    assert result["length"] == 4 and len(result["actions"]) == 4 and np.isfinite(result["final_probe_metric"])
+    assert result["return"] == pytest.approx(sum(result["rewards"]))
+
+
+def test_ac_total_steps_and_callback_stop(quick_weights):
+    agent = make_agent("ac", quick_weights, seed=0)
+    agent.learn(quick_weights, total_steps=5)  # rounded up to whole episodes of 4 phases
+    assert len(agent.episode_log) == 2 and agent.steps_done == 8
+    agent.learn(quick_weights, total_episodes=5, callback=lambda a, r: False)
+    assert len(agent.episode_log) == 3
+    action = agent.act(quick_weights.reset(seed=0)[0])
+    assert action.dtype == np.float32 and quick_weights.action_space.contains(action)
+
+
+def test_ac_cls_observation_uses_split_encoders(quick_cls):
+    agent = make_agent("ac", quick_cls, seed=0)
+    (kind, start, end, split), = agent.layout
+    s, t = quick_cls.unwrapped.distiller.cls_embeddings()
+    assert (kind, start, end, split) == ("cls", 0, len(s) + len(t), len(s))
+    assert len(agent.actor.encoder.encoders) == 2  # student and teacher encoders
+    first = agent.actor.encoder.encoders[0][0]
+    assert first.in_features == len(s) and agent.actor.encoder.encoders[1][0].in_features == len(t)
+    agent.learn(quick_cls, total_episodes=2)
+    assert quick_cls.action_space.contains(agent.act(quick_cls.reset(seed=1)[0], deterministic=True))
+
+
+def test_ac_q_dict_observation_on_quickkd(quick_dict_weights):
+    agent = make_agent("ac_q", quick_dict_weights, seed=0, learning_starts=4, batch_size=4)
+    assert [p[0] for p in agent.layout] == ["cls", "flat"]
+    agent.learn(quick_dict_weights, total_episodes=2)
+    assert np.isfinite(agent.episode_log[-1]["critic_loss"])
+    assert quick_dict_weights.action_space.contains(agent.act(quick_dict_weights.reset(seed=0)[0]))
+
+
+def test_ac_same_seed_same_run_on_digits(quick_mask):
+    def run():
+        agent = make_agent("ac", quick_mask, seed=5).learn(quick_mask, total_episodes=2)
+        evaluation = run_episode(quick_mask, agent, deterministic=False, seed=11)
+        return [r["return"] for r in agent.episode_log], evaluation["actions"], evaluation["return"]
+
+    assert run() == run()
+
+
+def test_exploration_reward_changes_learning_return_only():
+    agent = make_agent("ac", SyntheticSelectionEnv("mask"), seed=0, exploration_coef=0.5)
+    assert agent.exploration == "hard"
+    assert agent._exploration_term(np.array([1, 0, 1, 0]), None) == 0.0
+    assert agent._exploration_term(np.array([1, 0, 1, 0]), np.array([1, 0, 1, 0])) == -0.5
+    assert agent._exploration_term(np.array([1, 0, 1, 0]), np.array([1, 1, 1, 0])) == 0.0
+    soft = make_agent("ac", SyntheticSelectionEnv("weights"), seed=0, exploration_coef=2.0)
+    assert soft.exploration == "soft"
+    assert soft._exploration_term(np.array([1.0, 0, 0, 0]), np.array([1.0, 1, 0, 0])) == pytest.approx(-2 / np.sqrt(2))
+    # always the same action: every phase after the first is penalised, the env return is not
+    env = SyntheticSelectionEnv("mask", noise=0.0)
+    same = make_agent("ac", env, seed=0, exploration_coef=0.5, lr=1e-9)
+    with torch.no_grad():
+        same.actor.body[-1].bias.fill_(30.0)  # every bit 1 with probability ~1
+    same.learn(env, total_episodes=3)
+    for r in same.episode_log:
+        assert r["return"] == pytest.approx(float(np.sum(BEST_MASK)) * env.num_phases)  # 3 bits right per phase
+        assert r["learning_return"] == pytest.approx(r["return"] - 0.5 * (env.num_phases - 1))
+
+
+# =============================================================================================
+# (c) stable-baselines3
+# =============================================================================================
+
+
+@pytest.mark.parametrize("algo, mode", [("ppo", "mask"), ("a2c", "mask"), ("dqn", "mask"), ("sac", "weights"),
+                                        ("td3", "weights"), ("ddpg", "weights"), ("ppo", "weights")])
+def test_sb3_short_learn_on_quickkd(algo, mode, quick_mask, quick_weights):
+    env = quick_mask if mode == "mask" else quick_weights
+    agent = make_agent(algo, env, seed=0)
+    agent.learn(env, total_episodes=2)
+    n = env.unwrapped.config.num_phases
+    assert agent.model.num_timesteps >= 2 * n
+    assert len(agent.episode_log) >= 2 and all(r["length"] == n for r in agent.episode_log)
+    obs, _ = env.reset(seed=0)
+    for deterministic in (True, False):
+        action = agent.act(obs, deterministic=deterministic)
+        assert env.action_space.contains(action), action
+        assert action.dtype == (np.int8 if mode == "mask" else np.float32)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "dqn"])
+def test_sb3_learn_again_after_evaluation(algo):
+    env = SyntheticSelectionEnv("mask")
+    agent = make_agent(algo, env, seed=0, learning_starts=2) if algo == "dqn" else make_agent(algo, env, seed=0)
+    agent.learn(env, total_episodes=2)
+    run_episode(env, agent, seed=0)  # leaves the env at the end of an episode
+    before = agent.model.num_timesteps
+    agent.learn(env, total_episodes=2)
+    assert agent.model.num_timesteps >= before + 10
+
+
+def test_sb3_defaults_follow_episode_length(quick_mask):
+    n = quick_mask.unwrapped.config.num_phases
+    ppo = make_agent("ppo", quick_mask, seed=0)
+    assert ppo.model.n_steps == 4 * n and (4 * n) % ppo.model.batch_size == 0
+    assert make_agent("a2c", quick_mask, seed=0).model.n_steps == n
+    assert sb3_defaults("dqn", 15)["learning_starts"] == 30
+    custom = make_agent("ppo", quick_mask, seed=0, n_steps=8, batch_size=4, learning_rate=1e-3)
+    assert (custom.model.n_steps, custom.model.batch_size, custom.model.learning_rate) == (8, 4, 1e-3)
+
+
+def test_sb3_dict_observation_uses_multi_input_policy(quick_dict_weights):
+    agent = make_agent("sac", quick_dict_weights, seed=0, learning_starts=2)
+    assert agent.policy == "MultiInputPolicy"
+    agent.learn(quick_dict_weights, total_episodes=1)
+    assert quick_dict_weights.action_space.contains(agent.act(quick_dict_weights.reset(seed=0)[0]))
+
+
+@pytest.mark.parametrize("k", [1, 4, 5])
+def test_dqn_wrapper_round_trips_every_mask(k):
+    env = SyntheticSelectionEnv("mask", k=k, best=(1,) * k, target=(0.5,) * k)
+    wrapped = MaskIndexWrapper(env)
+    assert wrapped.action_space == spaces.Discrete(2**k)
+    seen = set()
+    for index in range(2**k):
+        mask = wrapped.action(index)
+        assert env.action_space.contains(mask)
+        assert mask_to_index(mask) == index == wrapped.reverse_action(mask)
+        assert [int(b) for b in mask] == [(index >> j) & 1 for j in range(k)]
+        seen.add(tuple(mask))
+    assert len(seen) == 2**k
+    for bits in product((0, 1), repeat=k):
+        assert tuple(index_to_mask(mask_to_index(bits), k)) == bits
+    weights = MaskIndexWrapper(SyntheticSelectionEnv("weights", k=k, best=(1,) * k, target=(0.5,) * k))
+    assert weights.action(2**k - 1).dtype == np.float32
+    with pytest.raises(ValueError):
+        index_to_mask(2**k, k)
+
+
+def test_sb3_continuous_algorithms_refuse_a_mask_env(quick_mask):
+    for algo in ("sac", "td3", "ddpg"):
+        with pytest.raises(ValueError, match="action_mode='weights'"):
+            make_agent(algo, quick_mask)
+
+
+# =============================================================================================
+# (d) checkpoints
+# =============================================================================================
+
+
+@pytest.mark.parametrize("name, mode", [("ac", "mask"), ("ac", "weights"), ("ac_q", "mask"), ("ac_q", "weights"),
+                                        ("ppo", "mask"), ("ppo", "weights"), ("a2c", "mask"), ("dqn", "mask"),
+                                        ("sac", "weights"), ("td3", "weights")])
+def test_save_load_gives_identical_actions(name, mode, tmp_path):
+    env = SyntheticSelectionEnv(mode)
+    extra = {"learning_starts": 5} if name in ("ac_q", "dqn", "sac", "td3") else {}
+    agent = make_agent(name, env, seed=3, **extra).learn(env, total_episodes=4)
+    agent.save(tmp_path / "ckpt")
+    assert json.loads((tmp_path / "ckpt" / "agent.json").read_text())["agent"] == name
+    restored = load_agent(tmp_path / "ckpt", env)
+    assert type(restored) is type(agent) and restored.hyperparameters() == agent.hyperparameters()
+    observations = episode_observations(env)
+    for obs in observations:
+        np.testing.assert_array_equal(agent.act(obs, deterministic=True), restored.act(obs, deterministic=True))
+    if name.startswith("ac"):  # every tensor restored, the normaliser's statistics included
+        for mine, theirs in ((agent.actor, restored.actor), (agent.critic, restored.critic),
+                             (agent.obs_norm, restored.obs_norm)):
+            for (key, a), b in zip(mine.state_dict().items(), theirs.state_dict().values()):
+                assert torch.equal(a, b), key
+        assert restored.episodes_done == agent.episodes_done == 4
+
+
+def test_saved_agents_load_in_a_new_process(quick_mask, tmp_path):
+    ac = make_agent("ac", quick_mask, seed=0).learn(quick_mask, total_episodes=2)
+    ppo = make_agent("ppo", quick_mask, seed=0)
+    ac.save(tmp_path / "ac")
+    ppo.save(tmp_path / "ppo")
+    observations = np.stack(episode_observations(quick_mask))
+    np.save(tmp_path / "obs.npy", observations)
+    script = tmp_path / "act.py"
+    script.write_text(
+        "import json, sys\n"
+        "import gymnasium as gym, numpy as np\n"
+        f"sys.path.insert(0, {str(REPO_ROOT)!r})\n"
+        "import kd_env\n"
+        "from agents import load_agent\n"
+        "env = gym.make('kd_env/QuickKD-v0')\n"
+        f"obs = np.load({str(tmp_path / 'obs.npy')!r})\n"
+        "out = {n: [load_agent(sys.argv[1] + '/' + n, env).act(o, deterministic=True).tolist() for o in obs]\n"
+        "       for n in ('ac', 'ppo')}\n"
+        "print(json.dumps(out))\n")
+    result = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["ac"] == [ac.act(o, deterministic=True).tolist() for o in observations]
+    assert out["ppo"] == [ppo.act(o, deterministic=True).tolist() for o in observations]
+
+
+class _Payload:
+    """Unpickling this would create ``marker`` (it must never run)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_crafted_pickle_checkpoint_is_refused(tmp_path):
+    env = SyntheticSelectionEnv("mask")
+    make_agent("ac", env, seed=0).save(tmp_path / "ac")
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "ac" / "weights.pt", "wb") as fh:
+        pickle.dump({"actor": _Payload(marker)}, fh, protocol=2)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_agent(tmp_path / "ac", env)
+    assert not marker.exists()
+    # the same payload inside an SB3 archive
+    make_agent("ppo", env, seed=0).save(tmp_path / "ppo")
+    with zipfile.ZipFile(tmp_path / "ppo" / "model.zip", "w") as zf:
+        zf.writestr("policy.pth", pickle.dumps({"x": _Payload(marker)}, protocol=2))
+        zf.writestr("data", "{}")
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_agent(tmp_path / "ppo", env)
+    assert not marker.exists()
+
+
+def test_checkpoint_errors(tmp_path):
+    env = SyntheticSelectionEnv("mask")
+    with pytest.raises(CheckpointError, match="no agent checkpoint"):
+        load_agent(tmp_path / "missing", env)
+    make_agent("ac", env, seed=0).save(tmp_path / "ac")
+    other = SyntheticSelectionEnv("mask", knowledge_names=["response", "finetune", "feature", "relation"])
+    with pytest.raises(CheckpointError, match="knowledge"):
+        load_agent(tmp_path / "ac", other)
+    with pytest.raises(CheckpointError, match="action_mode"):
+        load_agent(tmp_path / "ac", SyntheticSelectionEnv("weights"))
+    (tmp_path / "ac" / "agent.json").write_text("not json")
+    with pytest.raises(CheckpointError, match="JSON"):
+        load_agent(tmp_path / "ac", env)
+
+
+# =============================================================================================
+# (e) construction errors
+# =============================================================================================
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"lr": -1e-3}, "lr"), ({"lr": 0}, "lr"), ({"gamma": 1.5}, "gamma"), ({"gamma": -0.1}, "gamma"),
+    ({"gae_lambda": 2}, "gae_lambda"), ({"ent_coef": -0.1}, "ent_coef"), ({"tau": 0}, "tau"),
+    ({"hidden_sizes": ()}, "hidden_sizes"), ({"hidden_sizes": (64, -1)}, "hidden_sizes"),
+    ({"batch_size": 128, "buffer_size": 64}, "batch_size"), ({"critic": "v"}, "critic"),
+    ({"exploration": "often"}, "exploration"), ({"exploration_coef": -1}, "exploration_coef"),
+    ({"encoder_sizes": (64,)}, "encoder_sizes"), ({"seed": -1}, "seed"), ({"activation": "gelu"}, "activation"),
+    ({"learning_rate": 1e-3}, "learning_rate"),
+])
+def test_bad_actor_critic_hyperparameters_raise(params, field):
+    env = SyntheticSelectionEnv("mask")
+    with pytest.raises(ValueError, match=field):
+        make_agent("ac_q" if "tau" in params else "ac", env, **params)
+
+
+def test_bad_agent_construction_raises(quick_mask):
+    with pytest.raises(ValueError) as info:
+        make_agent("reinforce", quick_mask)
+    for name in ("ac", "ac_q", "ppo", "dqn", "sac", "vanilla_kd", "fixed:<bits>", "schedule:<file>"):
+        assert name in str(info.value)
+    with pytest.raises(ValueError, match="critic"):
+        make_agent("ac", quick_mask, critic="q")
+    with pytest.raises(ValueError, match="action_mode='weights'"):
+        make_agent("random_soft", quick_mask)
+    with pytest.raises(ValueError, match="4 knowledge types"):
+        make_agent("fixed:101", quick_mask)
+    with pytest.raises(ValueError, match="0s and 1s"):
+        make_agent("fixed:10a1", quick_mask)
+    with pytest.raises(ValueError, match="bad arguments for PPO"):
+        make_agent("ppo", quick_mask, not_an_sb3_argument=1)
+    with pytest.raises(ValueError, match="state_encoder"):
+        make_agent("ac", quick_mask, state_encoder="cnn")
+    with pytest.raises(ValueError, match="Box"):
+        make_agent("ac", _DiscreteObsEnv())
+
+
+class _DiscreteObsEnv(SyntheticSelectionEnv):
+    def __init__(self):
+        super().__init__("mask")
+        self.observation_space = spaces.Discrete(3)
+
+
+def test_registry_lists_every_agent():
+    names = agent_names()
+    expected = ["ac", "ac_q", "ppo", "a2c", "dqn", "sac", "td3", "ddpg", "finetune", "vanilla_kd", "pkd", "all",
+                "random_hard", "random_soft", "fixed:<bits>", "schedule:<file>"]
+    assert sorted(names) == sorted(expected)
+    env = SyntheticSelectionEnv("mask")
+    for name in names:
+        if name in ("sac", "td3", "ddpg", "random_soft", "schedule:<file>"):
+            continue
+        agent = make_agent(name.replace("<bits>", "1010"), env)
+        assert isinstance(agent, Agent)
+        assert env.action_space.contains(agent.act(env.reset(seed=0)[0], deterministic=True))
+
+
+# =============================================================================================
+# (f) baselines
+# =============================================================================================
+
+
+def test_named_baselines_follow_knowledge_names(quick_mask, quick_weights):
+    assert quick_mask.unwrapped.knowledge_names == ["finetune", "response", "feature", "relation"]
+    expected = {"finetune": [1, 0, 0, 0], "vanilla_kd": [1, 1, 0, 0], "pkd": [1, 1, 1, 0], "all": [1, 1, 1, 1],
+                "fixed:1010": [1, 0, 1, 0]}
+    obs, _ = quick_mask.reset(seed=0)
+    for name, mask in expected.items():
+        action = make_agent(name, quick_mask).act(obs)
+        assert action.dtype == np.int8 and action.tolist() == mask
+        weights = make_agent(name, quick_weights).act(obs)
+        assert weights.dtype == np.float32 and weights.tolist() == [float(b) for b in mask]
+        assert make_agent(name, quick_mask).learn(quick_mask, total_episodes=1).episode_log == []
+    # another order plus attention: masks follow the names
+    env = SyntheticSelectionEnv("mask", k=5, best=(1,) * 5, target=(0.5,) * 5,
+                                knowledge_names=["response", "attention", "finetune", "relation", "feature"])
+    obs, _ = env.reset(seed=0)
+    assert make_agent("vanilla_kd", env).act(obs).tolist() == [1, 0, 1, 0, 0]
+    assert make_agent("pkd", env).act(obs).tolist() == [1, 0, 1, 0, 1]
+    assert make_agent("all", env).act(obs).tolist() == [1] * 5
+    without = SyntheticSelectionEnv("mask", knowledge_names=["finetune", "response", "relation", "attention"])
+    with pytest.raises(ValueError, match="feature"):
+        make_agent("pkd", without)
+
+
+def test_fixed_mask_drives_quickkd(quick_mask):
+    result = run_episode(quick_mask, make_agent("fixed:1100", quick_mask), seed=0)
+    assert result["actions"] == [[1.0, 1.0, 0.0, 0.0]] * 4
+    assert all(info["action"].tolist() == [1, 1, 0, 0] for info in result["infos"])
+    assert result["final_probe_metric"] > 0.1  # better than chance on 10 digits
+
+
+def _schedule_rows():
+    return [[1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 1]]
+
+
+def test_schedule_from_yaml_honours_phases_and_reset(tmp_path):
+    import yaml
+
+    path = tmp_path / "curriculum.yaml"
+    path.write_text(yaml.safe_dump(_schedule_rows()))
+    env = SyntheticSelectionEnv("mask", phases=5)
+    agent = make_agent(f"schedule:{path}", env)
+    expected = _schedule_rows() + [_schedule_rows()[-1]] * 2  # the last row repeats
+    first = run_episode(env, agent, seed=0)["actions"]
+    assert first == [[float(v) for v in row] for row in expected]
+    assert run_episode(env, agent, seed=1)["actions"] == first  # run_episode calls reset()
+    agent.act(env.reset(seed=0)[0])
+    agent.reset()
+    assert agent.act(env.reset(seed=0)[0]).tolist() == _schedule_rows()[0]
+    # checkpoints hold the rows, not the path
+    agent.save(tmp_path / "ckpt")
+    path.unlink()
+    assert run_episode(env, load_agent(tmp_path / "ckpt", env), seed=0)["actions"] == first
+
+
+def test_schedule_from_csv_with_header_and_errors(tmp_path):
+    env = SyntheticSelectionEnv("weights", phases=3)
+    path = tmp_path / "curriculum.csv"
+    # header in another order: columns are mapped to the env's knowledge order
+    path.write_text("response,finetune,relation,feature\n1,0.5,0,0\n0,1,0.25,1\n")
+    actions = run_episode(env, make_agent(f"schedule:{path}", env), seed=0)["actions"]
+    assert actions == [[0.5, 1.0, 0.0, 0.0], [1.0, 0.0, 1.0, 0.25], [1.0, 0.0, 1.0, 0.25]]
+    plain = tmp_path / "plain.csv"
+    plain.write_text("1,0,0,0\n1,1,0,0\n")
+    assert run_episode(SyntheticSelectionEnv("mask", phases=2), make_agent(f"schedule:{plain}",
+                                                                          SyntheticSelectionEnv("mask")),
+                       seed=0)["actions"] == [[1, 0, 0, 0], [1, 1, 0, 0]]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1,0,0\n")
+    with pytest.raises(ValueError, match="3 entries"):
+        make_agent(f"schedule:{bad}", env)
+    ragged = tmp_path / "ragged.yaml"
+    ragged.write_text("[[1, 0, 0, 0], [1, 0]]\n")
+    with pytest.raises(ValueError, match="row 2"):
+        make_agent(f"schedule:{ragged}", env)
+    notlist = tmp_path / "notlist.yaml"
+    notlist.write_text("phase1: [1, 0, 0, 0]\n")
+    with pytest.raises(ValueError, match="list of lists"):
+        make_agent(f"schedule:{notlist}", env)
+    soft = tmp_path / "soft.csv"
+    soft.write_text("0.5,0,0,0\n")
+    with pytest.raises(ValueError, match="0 or 1"):
+        make_agent(f"schedule:{soft}", SyntheticSelectionEnv("mask"))
+    with pytest.raises(ValueError, match="not found"):
+        make_agent(f"schedule:{tmp_path / 'none.yaml'}", env)
+
+
+def test_random_baselines_are_seeded(tmp_path):
+    env = SyntheticSelectionEnv("mask", phases=8)
+    a = run_episode(env, make_agent("random_hard", env, seed=7), seed=0)["actions"]
+    b = run_episode(env, make_agent("random_hard", env, seed=7), seed=0)["actions"]
+    c = run_episode(env, make_agent("random_hard", env, seed=8), seed=0)["actions"]
+    assert a == b and a != c
+    assert len({tuple(x) for x in a}) > 1 and all(v in (0.0, 1.0) for row in a for v in row)
+    mean = np.mean([make_agent("random_hard", env, seed=1).act(None) for _ in range(1)] +
+                   [make_agent("random_hard", env, seed=s).act(None) for s in range(200)])
+    assert 0.4 < mean < 0.6
+    weights_env = SyntheticSelectionEnv("weights", phases=8)
+    soft = run_episode(weights_env, make_agent("random_soft", weights_env, seed=7), seed=0)["actions"]
+    assert soft == run_episode(weights_env, make_agent("random_soft", weights_env, seed=7), seed=0)["actions"]
+    assert all(0 <= v <= 1 for row in soft for v in row) and len({v for row in soft for v in row}) > 8
+    # a saved random agent continues its sequence
+    agent = make_agent("random_hard", env, seed=3)
+    agent.act(None)
+    agent.save(tmp_path / "rh")
+    assert load_agent(tmp_path / "rh", env).act(None).tolist() == agent.act(None).tolist()
+
+
+def test_env_spec_reads_kd_env(quick_mask):
+    spec = env_spec(quick_mask)
+    assert spec.action_mode == "mask" and spec.num_phases == 4 and spec.observation_name == "summary"
+    assert spec.knowledge_names == ["finetune", "response", "feature", "relation"]
+    assert isinstance(make_agent("ac", quick_mask), ActorCriticAgent)
