@@ -103,7 +103,7 @@ __all__ = [
 DEFAULT_ALGOS = ("ac", "ac_q", "ppo", "a2c", "dqn", "sac", "td3", "random_hard", "all", "vanilla_kd")
 DEFAULT_ENVS = ("kd_env/DigitsKD-v0",)
 DEFAULT_SEEDS = 5
-DEFAULT_EVAL_EVERY = 5
+DEFAULT_EVAL_EVERY = 4
 DEFAULT_EVAL_EPISODES = 2
 DEFAULT_WORKERS = 2
 REFERENCE_ALGO = "random_hard"
@@ -807,9 +807,8 @@ def _execute_processes(cells: Sequence[Cell], on_done: OnDone, workers: int, thr
                 except Exception:  # noqa: BLE001 - a worker that died (killed, out of memory)
                     payload, error = None, traceback.format_exc()
                 on_done(cell, payload, error)
-        except BaseException:
-            for future in futures:
-                future.cancel()
+        except BaseException:  # Ctrl-C or a failing on_done: drop the queued cells, do not wait for them
+            pool.shutdown(wait=False, cancel_futures=True)
             raise
 
 
@@ -1009,8 +1008,8 @@ def summarize(run_dir: Path, cells: Sequence[Cell], payloads: dict[Cell, dict[st
                          "test_metric": r["test_metric"], "return": r["return"], "probe_metric": r["probe_metric"],
                          "train_seconds": r["seconds"]["train"], "eval_seconds": r["seconds"]["eval"],
                          "total_seconds": r["seconds"]["total"],
-                         **{f"freq_{k}": v for k, v in r["selection"].items()}})
-    knowledge_columns = sorted({k for row in run_rows for k in row if k.startswith("freq_")})
+                         **{f"freq_{k}": r["selection"][k] for k in r["knowledge"]}})
+    knowledge_columns = list(dict.fromkeys(k for row in run_rows for k in row if k.startswith("freq_")))
     write_csv(run_dir / "runs.csv", run_rows, RUN_COLUMNS + knowledge_columns)
 
     rows: list[dict[str, Any]] = []

@@ -188,6 +188,17 @@ def test_ray_executor_without_ray_is_a_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / "benchmark-tiny").exists()
 
 
+def test_evaluations_do_not_change_training(serial_run):
+    # the same cell evaluated only at the end: its final numbers match the run evaluated after
+    # every episode (evaluation uses its own env and leaves the global RNG streams alone)
+    cell = build_grid(["ac"], [ENV], [0], eval_every=2, eval_episodes=1, episodes=2)[0]
+    payload = benchmark.run_cell(cell)
+    assert payload["arrays"]["timesteps"].tolist() == [2 * PHASES]
+    reference = cell_arrays(serial_run.run_dir, "ac", 0)
+    assert payload["arrays"]["results"][-1].tolist() == reference["results"][-1].tolist()
+    assert payload["arrays"]["train_returns"].tolist() == reference["train_returns"].tolist()
+
+
 def test_sb3_budget_is_exact_in_episodes(tmp_path):
     # PPO collects 4 episodes per rollout on QuickKD; the budget of 1 episode still holds
     result = run_benchmark(tiny_config(tmp_path, algos=["ppo", "sac"], seeds=[0], episodes=1, plots=False))
