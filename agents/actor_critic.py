@@ -36,6 +36,13 @@ never to the env's reported return.  ``hard``: ``-exploration_coef`` when the ac
 previous phase's action; ``soft``: ``-exploration_coef * cos(a_t, a_{t-1})``.  ``auto`` picks
 hard for masks and soft for weights.
 
+Two stages, as in the paper: ``learn`` trains the selector over repeated distillation episodes,
+then ``act(obs, deterministic=True)`` drives a fresh student::
+
+    env = gym.make("kd_env/DigitsKD-v0", action_mode="weights", observation="cls")
+    agent = make_agent("ac_q", env, seed=0).learn(env, total_episodes=30)
+    result = run_episode(env, agent, deterministic=True, seed=123)  # a fresh student
+
 Logs: one record per training episode in ``agent.episode_log`` (return, learning return, mean
 selection frequency per knowledge type ``freq_<name>``, actor/critic losses, entropy, final
 probe metric, seconds), and with ``log_dir`` a CSV (``episodes.csv``) and TensorBoard scalars.

@@ -227,9 +227,10 @@ def test_ac_q_dict_observation_on_quickkd(quick_dict_weights):
     assert quick_dict_weights.action_space.contains(agent.act(quick_dict_weights.reset(seed=0)[0]))
 
 
-def test_ac_same_seed_same_run_on_digits(quick_mask):
+@pytest.mark.parametrize("name, extra", [("ac", {}), ("ac_q", {"learning_starts": 4, "batch_size": 4})])
+def test_ac_same_seed_same_run_on_digits(name, extra, quick_mask):
     def run():
-        agent = make_agent("ac", quick_mask, seed=5).learn(quick_mask, total_episodes=2)
+        agent = make_agent(name, quick_mask, seed=5, **extra).learn(quick_mask, total_episodes=2)
         evaluation = run_episode(quick_mask, agent, deterministic=False, seed=11)
         return [r["return"] for r in agent.episode_log], evaluation["actions"], evaluation["return"]
 
