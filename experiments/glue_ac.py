@@ -114,6 +114,10 @@ class ExperimentConfig:
         distill = self.distill_config()
         if c.methods is None:
             c.methods = default_methods(distill.knowledge)
+            if c.action_mode == "mask":
+                c.methods = [m for m in c.methods if m != "random_soft"]  # soft weights need action_mode=weights
+        if c.action_mode == "mask" and "random_soft" in c.methods:
+            raise ValueError("method random_soft needs action_mode 'weights' (it outputs soft weights)")
         valid = valid_methods(distill.knowledge)
         bad = [m for m in c.methods if m not in valid and not m.startswith("fixed:")]
         if bad:
