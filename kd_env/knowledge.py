@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .models import ModelOutputs
+from .registry import Registry, check_function_params
 
 __all__ = [
     "Knowledge",
@@ -87,7 +88,7 @@ class Knowledge:
         return f"{type(self).__name__}(name={self.name!r}, needs={self.needs})"
 
 
-KNOWLEDGE_REGISTRY: dict[str, type[Knowledge]] = {}
+KNOWLEDGE_REGISTRY: Registry = Registry("knowledge")
 
 
 def register_knowledge(name: str, needs: Iterable[str] | None = None, cost: float | None = None,
@@ -102,8 +103,6 @@ def register_knowledge(name: str, needs: Iterable[str] | None = None, cost: floa
     """
 
     def wrap(obj):
-        if name in KNOWLEDGE_REGISTRY and not overwrite and KNOWLEDGE_REGISTRY[name].__qualname__ != getattr(obj, "__qualname__", None):
-            raise ValueError(f"knowledge {name!r} is already registered; pass overwrite=True to replace it")
         if inspect.isclass(obj) and issubclass(obj, Knowledge):
             cls = obj
             if needs is not None:
@@ -115,9 +114,7 @@ def register_knowledge(name: str, needs: Iterable[str] | None = None, cost: floa
 
             class FunctionKnowledge(Knowledge):
                 def __init__(self, **params: Any):
-                    extra = [p for p in params if p not in fn_params]
-                    if extra:
-                        raise TypeError(f"knowledge {name!r} got unknown parameters {extra}")
+                    check_function_params("knowledge", name, fn_params, params)
                     self.params = params
 
                 def __call__(self, student, teacher, batch):
@@ -132,17 +129,16 @@ def register_knowledge(name: str, needs: Iterable[str] | None = None, cost: floa
         bad = [n for n in cls.needs if n not in TEACHER_OUTPUTS]
         if bad:
             raise ValueError(f"knowledge {name!r}: unknown teacher outputs {bad}; valid: {list(TEACHER_OUTPUTS)}")
-        cls.name = name
         if cost is not None:
             cls.cost = float(cost)
-        KNOWLEDGE_REGISTRY[name] = cls
+        KNOWLEDGE_REGISTRY.add(name, cls, obj, overwrite)
         return obj
 
     return wrap
 
 
 def knowledge_names() -> list[str]:
-    return sorted(KNOWLEDGE_REGISTRY)
+    return KNOWLEDGE_REGISTRY.names()
 
 
 def make_knowledge(names: Iterable[str], params: dict[str, dict[str, Any]] | None = None) -> list[Knowledge]:

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 from gymnasium import spaces
 
+from .registry import Registry
+
 if TYPE_CHECKING:  # pragma: no cover
     from .env import KnowledgeSelectionEnv
 
@@ -63,7 +65,7 @@ class Observation:
         raise NotImplementedError
 
 
-OBSERVATION_REGISTRY: dict[str, type[Observation]] = {}
+OBSERVATION_REGISTRY: Registry = Registry("observation")
 
 
 def register_observation(name: str, space: Callable | None = None, overwrite: bool = False) -> Callable:
@@ -71,9 +73,6 @@ def register_observation(name: str, space: Callable | None = None, overwrite: bo
     with ``space=fn(env) -> gymnasium.Space``."""
 
     def wrap(obj):
-        existing = OBSERVATION_REGISTRY.get(name)
-        if existing is not None and not overwrite and existing.__qualname__ != getattr(obj, "__qualname__", None):
-            raise ValueError(f"observation {name!r} is already registered; pass overwrite=True to replace it")
         if inspect.isclass(obj) and issubclass(obj, Observation):
             cls = obj
         elif callable(obj):
@@ -92,23 +91,20 @@ def register_observation(name: str, space: Callable | None = None, overwrite: bo
             cls.__qualname__ = getattr(obj, "__qualname__", cls.__qualname__)
         else:
             raise TypeError("register_observation decorates an Observation subclass or a function")
-        cls.name = name
-        OBSERVATION_REGISTRY[name] = cls
+        OBSERVATION_REGISTRY.add(name, cls, obj, overwrite)
         return obj
 
     return wrap
 
 
 def observation_names() -> list[str]:
-    return sorted(OBSERVATION_REGISTRY)
+    return OBSERVATION_REGISTRY.names()
 
 
 def make_observation(spec: str | Observation, **params: Any) -> Observation:
     if isinstance(spec, Observation):
         return spec
-    if spec not in OBSERVATION_REGISTRY:
-        raise ValueError(f"unknown observation {spec!r}; valid: {observation_names()}")
-    return OBSERVATION_REGISTRY[spec](**params)
+    return OBSERVATION_REGISTRY.lookup(spec)(**params)
 
 
 def _squash(x: float) -> float:

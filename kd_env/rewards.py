@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from .engine import PhaseResult
+from .registry import Registry, check_function_params
 
 if TYPE_CHECKING:  # pragma: no cover
     from .env import KnowledgeSelectionEnv
@@ -108,7 +109,7 @@ class Reward:
         return (_new_reward, (cls,), dict(self.__dict__))
 
 
-REWARD_REGISTRY: dict[str, type[Reward]] = {}
+REWARD_REGISTRY: Registry = Registry("reward")
 
 
 def _registered_reward(name: str) -> Reward:
@@ -136,9 +137,6 @@ def register_reward(name: str, needs_probe: bool | None = None, overwrite: bool 
     """
 
     def wrap(obj):
-        existing = REWARD_REGISTRY.get(name)
-        if existing is not None and not overwrite and existing.__qualname__ != getattr(obj, "__qualname__", None):
-            raise ValueError(f"reward {name!r} is already registered; pass overwrite=True to replace it")
         if inspect.isclass(obj) and issubclass(obj, Reward):
             cls = obj
         elif callable(obj):
@@ -147,9 +145,7 @@ def register_reward(name: str, needs_probe: bool | None = None, overwrite: bool 
 
             class FunctionReward(Reward):
                 def __init__(self, **kwargs: Any):
-                    extra = [k for k in kwargs if k not in params]
-                    if extra:
-                        raise TypeError(f"reward {name!r} got unknown parameters {extra}")
+                    check_function_params("reward", name, params, kwargs)
                     self.kwargs = kwargs
                     self.parts = {}
 
@@ -165,15 +161,14 @@ def register_reward(name: str, needs_probe: bool | None = None, overwrite: bool 
             cls.needs_probe = bool(needs_probe)
         if reward_range is not None:
             cls.range = tuple(reward_range)
-        cls.name = name
-        REWARD_REGISTRY[name] = cls
+        REWARD_REGISTRY.add(name, cls, obj, overwrite)
         return obj
 
     return wrap
 
 
 def reward_names() -> list[str]:
-    return sorted(REWARD_REGISTRY)
+    return REWARD_REGISTRY.names()
 
 
 def make_reward(spec: str | Reward, **params: Any) -> Reward:
