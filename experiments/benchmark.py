@@ -118,7 +118,7 @@ EVAL_SEED_BASE = 1_000_000_000
 MAX_EVAL_EPISODES = 1000
 MAX_SEED = 9_999
 #: bump when a cell's outputs change meaning (finished cells of another format are rerun)
-CELL_FORMAT = 1
+CELL_FORMAT = 2
 RESULT_FILE = "result.json"
 EVALUATIONS_FILE = "evaluations.npz"
 
@@ -656,7 +656,7 @@ def _run_cell(cell: Cell, threads: int) -> dict[str, Any]:
         episodes_at: list[int] = []
         evaluations: list[dict[str, np.ndarray]] = []
         train_returns: list[float] = []
-        progress = {"episodes": 0, "steps": 0, "eval_seconds": 0.0}
+        progress = {"episodes": 0, "steps": 0, "overrun": 0, "eval_seconds": 0.0}
 
         def evaluate_now() -> None:
             t0 = time.perf_counter()
@@ -666,12 +666,16 @@ def _run_cell(cell: Cell, threads: int) -> dict[str, Any]:
             progress["eval_seconds"] += time.perf_counter() - t0
 
         def on_episode(_agent: Any, record: dict[str, Any]) -> bool:
+            if progress["episodes"] >= s.episodes:
+                # An on-policy SB3 rollout (PPO: 4 episodes) ran past the budget: stop it here,
+                # untrained.  Stopping at the budget itself would also drop the update of a
+                # rollout that ends exactly there.
+                progress["overrun"] += 1
+                return False
             progress["episodes"] += 1
             progress["steps"] += int(record.get("length", num_phases))
             train_returns.append(float(record.get("return", math.nan)))
-            if progress["episodes"] >= s.episodes:
-                return False  # the budget is spent (SB3 would finish its rollout otherwise)
-            if progress["episodes"] % cell.eval_every == 0:
+            if progress["episodes"] < s.episodes and progress["episodes"] % cell.eval_every == 0:
                 evaluate_now()
             return True
 
@@ -683,6 +687,7 @@ def _run_cell(cell: Cell, threads: int) -> dict[str, Any]:
         train_seconds = time.perf_counter() - train_start - progress["eval_seconds"]
         evaluate_now()
         metric_name = main_metric_name(base.distiller.task)
+        updates = _agent_updates(agent)
     finally:
         train_env.close()
         eval_env.close()
@@ -711,6 +716,8 @@ def _run_cell(cell: Cell, threads: int) -> dict[str, Any]:
         "num_phases": num_phases,
         "train_episodes": progress["episodes"],
         "train_steps": progress["steps"],
+        "overrun_episodes": progress["overrun"],
+        "agent_updates": updates,
         "test_metric": float(final["test"].mean()),
         "return": float(final["returns"].mean()),
         "probe_metric": float(final["probe"].mean()),
@@ -723,6 +730,15 @@ def _run_cell(cell: Cell, threads: int) -> dict[str, Any]:
                     "total": time.perf_counter() - start},
     }
     return {"arrays": arrays, "result": result}
+
+
+def _agent_updates(agent: Any) -> int | None:
+    """Gradient updates the agent made (ours: ``updates_done``; SB3: ``_n_updates``), if known."""
+    for owner, name in ((agent, "updates_done"), (getattr(agent, "model", None), "_n_updates")):
+        value = getattr(owner, name, None)
+        if isinstance(value, (int, np.integer)):
+            return int(value)
+    return None
 
 
 # ---- cell files -----------------------------------------------------------------------------

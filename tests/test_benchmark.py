@@ -199,14 +199,24 @@ def test_evaluations_do_not_change_training(serial_run):
     assert payload["arrays"]["train_returns"].tolist() == reference["train_returns"].tolist()
 
 
-def test_sb3_budget_is_exact_in_episodes(tmp_path):
-    # PPO collects 4 episodes per rollout on QuickKD; the budget of 1 episode still holds
-    result = run_benchmark(tiny_config(tmp_path, algos=["ppo", "sac"], seeds=[0], episodes=1, plots=False))
-    assert not result.failed
-    for algo in ("ppo", "sac"):
-        data = json.loads((result.run_dir / algo / "kd_env__QuickKD-v0__seed0" / "result.json").read_text())
-        assert (data["train_episodes"], data["train_steps"]) == (1, PHASES)
-        assert data["settings"]["action_mode"] == ("weights" if algo == "sac" else "mask")
+@pytest.mark.parametrize("episodes, updates", [(1, 0), (4, 10)])
+def test_sb3_budget_is_exact_in_episodes(tmp_path, episodes, updates):
+    # PPO collects 4 episodes (16 steps) per rollout on QuickKD, then makes n_epochs=10 updates:
+    # a budget of 1 episode stops the rollout untrained; a budget of 4 keeps its update
+    cell = build_grid(["ppo"], [ENV], [0], eval_every=10, eval_episodes=1, episodes=episodes)[0]
+    result = benchmark.run_cell(cell)["result"]
+    assert (result["train_episodes"], result["train_steps"]) == (episodes, episodes * PHASES)
+    assert result["agent_updates"] == updates
+    assert result["overrun_episodes"] == (1 if episodes == 1 else 0)
+
+
+def test_weights_mode_agents_run(tmp_path):
+    result = benchmark.run_cell(build_grid(["sac"], [ENV], [0], eval_every=10, eval_episodes=1, episodes=3)[0])
+    r = result["result"]
+    assert r["settings"]["action_mode"] == "weights" and r["train_episodes"] == 3
+    assert r["agent_updates"] > 0  # learning_starts = 2 episodes
+    actions = result["arrays"]["final_actions"]
+    assert np.all((actions >= 0) & (actions <= 1))
 
 
 def test_training_instances_ignore_the_agents_seed():
