@@ -289,38 +289,69 @@ def load_digits_task(seed: int = 0) -> TaskData:
 
 
 def _read_table(path: Path, text_cols: tuple[str, str | None] | None = None, label_col: str = "label",
-                regression: bool = False, label_names: list[str] | None = None) -> Split:
-    """Read a CSV/TSV with a header into a :class:`Split`."""
+                regression: bool = False, label_names: list[str] | None = None,
+                allow_empty_text: bool = False) -> Split:
+    """Read a CSV/TSV with a header into a :class:`Split`.
+
+    Errors name the file (and the line, counting the header as line 1): a missing column, no
+    data rows, an empty label, an empty text field (unless ``allow_empty_text``), a label that
+    is not an integer ``>= 0`` (a float for ``regression``, one of ``label_names`` when given).
+    """
     delim = "\t" if path.suffix.lower() == ".tsv" else ","
+    expected = "a header row with columns text[,text_b],label" if text_cols is None else \
+        f"a header row with columns {[c for c in (*text_cols, label_col) if c]}"
     with open(path, encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh, delimiter=delim, quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL)
         header = reader.fieldnames or []
+        if not header:
+            raise ValueError(f"{path}: empty file, no rows; expected {expected} and one example per line")
         a, b = text_cols or ("text", "text_b" if "text_b" in header else None)
         missing = [c for c in (a, b, label_col) if c is not None and c not in header]
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing}; found {header}; expected "
                              f"{[c for c in (a, b, label_col) if c]}")
         ta, tb, ys = [], [] if b else None, []
-        for line_no, row in enumerate(reader, start=2):
+        for row in reader:
+            line_no = reader.line_num  # the physical line (a quoted field may span lines)
             raw = row[label_col]
-            if raw is None or raw == "":
+            if raw is None or raw.strip() == "":
                 raise ValueError(f"{path}:{line_no}: empty {label_col!r}")
+            for col in (a, b):
+                if col is not None and not allow_empty_text and not (row[col] or "").strip():
+                    raise ValueError(f"{path}:{line_no}: empty text in column {col!r}; every example needs text")
             ta.append(row[a] or "")
             if b:
                 tb.append(row[b] or "")
-            ys.append(raw)
+            ys.append((line_no, raw.strip()))
+    if not ys:
+        raise ValueError(f"{path}: no rows (only a header); expected {expected} and one example per line")
     if regression:
-        labels = np.asarray([float(y) for y in ys], dtype=np.float32)
+        values = []
+        for line_no, y in ys:
+            try:
+                values.append(float(y))
+            except ValueError:
+                raise ValueError(f"{path}:{line_no}: label {y!r} is not a number (regression task)") from None
+        labels = np.asarray(values, dtype=np.float32)
     elif label_names is not None:
-        bad = sorted({y for y in ys if y not in label_names})
+        bad = [(n, y) for n, y in ys if y not in label_names]
         if bad:
-            raise ValueError(f"{path}: unknown labels {bad[:5]}; valid: {label_names}")
-        labels = np.asarray([label_names.index(y) for y in ys], dtype=np.int64)
+            raise ValueError(f"{path}:{bad[0][0]}: unknown label {bad[0][1]!r} "
+                             f"({len({y for _, y in bad})} unknown in all: {sorted({y for _, y in bad})[:5]}); "
+                             f"valid: {label_names}")
+        labels = np.asarray([label_names.index(y) for _, y in ys], dtype=np.int64)
     else:
-        try:
-            labels = np.asarray([int(y) for y in ys], dtype=np.int64)
-        except ValueError as exc:
-            raise ValueError(f"{path}: labels must be integers 0..C-1 ({exc})") from None
+        values = []
+        for line_no, y in ys:
+            try:
+                value = int(y)
+            except ValueError:
+                value = -1
+            if value < 0:
+                raise ValueError(f"{path}:{line_no}: label {y!r} is not a class index; labels must be integers "
+                                 f"0..C-1")
+            values.append(value)
+        labels = np.asarray(values, dtype=np.int64)
     return Split(labels=labels, texts=ta, texts_b=tb)
 
 
@@ -355,7 +386,8 @@ def _load_glue_local(task: str, data_dir: str | os.PathLike) -> dict[str, Split]
         if task == "cola":
             out[split] = _read_cola(path)
         else:
-            out[split] = _read_table(path, (a, b), label, regression=task == "stsb", label_names=names)
+            out[split] = _read_table(path, (a, b), label, regression=task == "stsb", label_names=names,
+                                     allow_empty_text=True)  # official GLUE files are read as published
     return out
 
 
