@@ -14,6 +14,8 @@ paper      BERT-base teacher -> 6-layer student on a GLUE task (hub or ``data_di
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -96,9 +98,50 @@ class DistillConfig:
     the GPU kernels' nondeterminism; CPU runs with a fixed thread count are already repeatable"""
 
     def __post_init__(self) -> None:
+        self._check_types()
         self.knowledge = tuple(self.knowledge)
         self.teacher_hidden = tuple(int(x) for x in self.teacher_hidden)
         self.validate()
+
+    def _check_types(self) -> None:
+        """``ValueError`` naming the field when a value has the wrong type (a config file typo such
+        as ``knowledge: 5`` or ``total_steps: "10"``), before anything converts it."""
+        from .knowledge import knowledge_names
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        knowledge = self.knowledge
+        if isinstance(knowledge, str) or not isinstance(knowledge, (list, tuple)) or \
+                not all(isinstance(k, str) for k in knowledge):
+            raise ValueError(f"config.knowledge must be a list of knowledge type names, got {knowledge!r}; "
+                             f"valid names: {knowledge_names()}")
+        if not isinstance(self.teacher_hidden, (list, tuple)) or not all(is_int(x) for x in self.teacher_hidden):
+            raise ValueError(f"config.teacher_hidden must be a list of integers, got {self.teacher_hidden!r}")
+        if not isinstance(self.knowledge_params, dict) or not all(
+                isinstance(k, str) and isinstance(v, dict) for k, v in self.knowledge_params.items()):
+            raise ValueError(f"config.knowledge_params must map knowledge names to parameter mappings, e.g. "
+                             f"{{'response': {{'temperature': 4}}}}, got {self.knowledge_params!r}")
+        for name in ("task", "teacher", "layer_strategy", "student_init", "student_init_from", "device",
+                     "verify_cache"):
+            if not isinstance(getattr(self, name), (str, os.PathLike)):
+                raise ValueError(f"config.{name} must be a string, got {getattr(self, name)!r}")
+        for name in ("data_dir", "cache_dir"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), (str, os.PathLike)):
+                raise ValueError(f"config.{name} must be a path (a string) or None, got {getattr(self, name)!r}")
+        for name in ("trust_remote_code", "use_teacher_cache", "progress", "deterministic"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"config.{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("weight_decay", "warmup_fraction", "max_grad_norm", "teacher_epochs"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise ValueError(f"config.{name} must be a number, got {v!r}")
+        if not is_int(self.seed):
+            raise ValueError(f"config.seed must be an integer, got {self.seed!r}")
+        for name in ("train_examples", "teacher_max_steps"):
+            v = getattr(self, name)
+            if v is not None and not is_int(v):
+                raise ValueError(f"config.{name} must be an integer or None, got {v!r}")
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad field and what is valid."""
