@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .data import BatchSampler, TaskData, load_task
-from .knowledge import Knowledge, make_knowledge
+from .knowledge import KNOWLEDGE_REGISTRY, Knowledge, knowledge_names, make_knowledge
 from .models import (
     MLPClassifier,
     SequenceClassifier,
@@ -418,8 +418,19 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
     else:
         if summary_path.exists():
             model = MLPClassifier(task["train"].features.shape[1], config.teacher_hidden, task.num_labels)
-            model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
-            return model.to(device).eval(), json.loads(summary_path.read_text())
+            try:
+                # weights only: a pickle planted in the cache that would build objects is refused
+                model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+                summary = json.loads(summary_path.read_text())
+            except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ValueError ...
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                import warnings
+
+                warnings.warn(f"teacher checkpoint {folder / 'model.pt'} refused (not a weights-only state_dict "
+                              f"of this teacher: {first}); fine-tuning the teacher again", RuntimeWarning,
+                              stacklevel=2)
+            else:
+                return model.to(device).eval(), summary
         torch.manual_seed(config.seed)
         model = MLPClassifier(task["train"].features.shape[1], config.teacher_hidden, task.num_labels)
     torch.manual_seed(config.seed)
@@ -465,6 +476,12 @@ def build_distiller(config: DistillConfig, task: TaskData | None = None) -> Dist
         torch.use_deterministic_algorithms(True)
     knowledge = make_knowledge(config.knowledge, config.knowledge_params)
     task = task or load_task(config.task, data_dir=config.data_dir, seed=config.seed)
+    if task.kind != "text":  # MLPs have no attention maps: say so before any teacher is trained
+        for k in knowledge:
+            if k.student_attentions:
+                usable = [n for n in knowledge_names() if "attentions" not in KNOWLEDGE_REGISTRY[n].needs]
+                raise ValueError(f"knowledge {k.name!r} needs attention maps, which the MLP teacher and student of "
+                                 f"task {task.name!r} do not have; valid knowledge types here: {usable}")
     attentions = any(k.student_attentions for k in knowledge)
     tokenizer = None
     if task.kind == "text":
