@@ -95,6 +95,26 @@ class ExperimentConfig:
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
 
+    @classmethod
+    def check_types(cls, data: dict[str, Any]) -> None:
+        """``ValueError`` naming the key when a value (from a config file) has the wrong type."""
+        kinds = {"mapping": (dict,), "string": (str,), "integer": (int,), "list": (list,)}
+        expected = {"preset": "string", "distill": "mapping", "agent": "string", "agent_params": "mapping",
+                    "action_mode": "string", "observation": "string", "reward": "string",
+                    "reward_params": "mapping", "episodes": "integer", "seeds": "list", "methods": "list",
+                    "name": "string", "out": "string", "plugins": "list", "selector_seed": "integer"}
+        nullable = {"episodes", "seeds", "methods", "name", "distill", "agent_params", "reward_params", "plugins"}
+        for key, value in data.items():
+            kind = expected.get(key)
+            if kind is None or (value is None and key in nullable):
+                continue
+            if not isinstance(value, kinds[kind]) or isinstance(value, bool):
+                article = "an" if kind[0] in "aeiou" else "a"
+                raise ValueError(f"config key {key!r} must be {article} {kind}, got {value!r} ({type(value).__name__})")
+        for key in ("methods", "plugins"):
+            if isinstance(data.get(key), list) and not all(isinstance(x, str) for x in data[key]):
+                raise ValueError(f"config key {key!r} must be a list of strings, got {data[key]!r}")
+
     def resolved(self) -> "ExperimentConfig":
         """Fill the per-preset defaults and validate; errors name the bad key and valid values."""
         if self.preset not in EXPERIMENT_PRESETS:
@@ -233,18 +253,23 @@ class Run:
         self.units = self.dir / "units"
         self.selector_dir = self.dir / "selector"
 
-    def prepare(self) -> None:
+    def check(self) -> None:
+        """``SystemExit`` when the folder holds a run with another config (nothing is written)."""
         saved = self.dir / "config.yaml"
-        current = self.config.to_dict()
         if saved.exists():
-            previous = yaml.safe_load(saved.read_text())
+            previous = yaml.safe_load(saved.read_text()) or {}
+            current = self.config.to_dict()
             keep = ("methods", "seeds", "out")  # adding methods/seeds to a finished run is fine
             diff = sorted(k for k in current if k not in keep and previous.get(k) != current[k])
             if diff:
                 raise SystemExit(f"error: {self.dir} holds a run with a different config (keys {diff}); "
                                  f"pass --name for a new run or remove the folder")
+
+    def prepare(self) -> None:
+        """Check, then create the folder and write config.yaml."""
+        self.check()
         self.units.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(saved, yaml.safe_dump(current, sort_keys=True))
+        atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=True))
 
     def unit_path(self, method: str, seed: int) -> Path:
         return self.units / f"{method.replace(':', '-')}__seed{seed}.json"
@@ -325,12 +350,16 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     load_plugins(config.plugins)
     c = config.resolved()
     run = Run(c)
-    run.prepare()
+    run.check()
     distill = c.distill_config()
     t0 = time.perf_counter()
     print(f"[1/4] teacher: {distill.teacher} on {distill.task} (fine-tuned and cached once)", file=sys.stderr)
-    env = KnowledgeSelectionEnv(distill, action_mode=c.action_mode, observation=c.observation,
-                                reward=c.reward, reward_params=c.reward_params or None)
+    try:  # bad task files, models or knowledge fail here, before the run folder is written
+        env = KnowledgeSelectionEnv(distill, action_mode=c.action_mode, observation=c.observation,
+                                    reward=c.reward, reward_params=c.reward_params or None)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    run.prepare()
     d = env.distiller
     knowledge = list(d.knowledge_names)
     teacher_probe = evaluate_model(d.teacher_model, d.dev_data, d.task, d.device, distill.eval_batch_size,
@@ -505,13 +534,22 @@ def config_from_args(argv: Sequence[str] | None = None) -> ExperimentConfig:
         path = Path(args.config)
         if not path.is_file():
             raise SystemExit(f"error: --config {args.config}: no such file")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}  # plain data only: no tags that build objects
+        except yaml.YAMLError as exc:
+            first = " ".join(str(exc).split())
+            raise SystemExit(f"error: {args.config} is not a plain YAML mapping of keys "
+                             f"{ExperimentConfig.field_names()} ({first})") from None
         if not isinstance(loaded, dict):
             raise SystemExit(f"error: {args.config}: expected a mapping of keys {ExperimentConfig.field_names()}")
         data.update(loaded)
     unknown = sorted(set(data) - set(ExperimentConfig.field_names()))
     if unknown:
         raise SystemExit(f"error: unknown config key(s) {unknown} in {args.config}; valid: {ExperimentConfig.field_names()}")
+    try:
+        ExperimentConfig.check_types(data)
+    except ValueError as exc:
+        raise SystemExit(f"error: {args.config}: {exc}") from None
     distill = dict(data.get("distill") or {})
     for flag, key in (("task", "task"), ("data_dir", "data_dir"), ("teacher", "teacher"),
                       ("student_layers", "student_layers"), ("device", "device")):
