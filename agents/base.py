@@ -22,6 +22,7 @@ Checkpoints are folders::
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -33,6 +34,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
+
+from kd_env.io import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "Agent",
@@ -201,17 +204,15 @@ class Agent:
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         state = self._state_dict()
-        if state is not None:
-            tmp = folder / (WEIGHTS_FILE + ".tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, folder / WEIGHTS_FILE)
+        if state is not None:  # each file atomically (temporary file, fsync, rename): old or new, never half
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            atomic_write_bytes(folder / WEIGHTS_FILE, buffer.getvalue())
         header = {"format": CHECKPOINT_FORMAT, "agent": self.name, "hyperparameters": self.hyperparameters(),
                   "env": self.spec.describe(), "extra": self._extra_header(),
                   "has_weights": state is not None}
         text = json.dumps(header, indent=2, sort_keys=True, default=_json_default)
-        tmp = folder / (HEADER_FILE + ".tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        os.replace(tmp, folder / HEADER_FILE)
+        atomic_write_text(folder / HEADER_FILE, text + "\n")
 
     def load(self, path: str | os.PathLike) -> "Agent":
         """Restore the state saved at ``path`` into this agent (built with the same name and

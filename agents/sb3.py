@@ -35,6 +35,7 @@ the parameters only (``set_parameters``: ``torch.load(weights_only=True)``, no p
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from pathlib import Path
@@ -44,6 +45,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
+
+from kd_env.io import atomic_write_bytes
 
 from .base import Agent, CheckpointError, EpisodeCallback, EpisodeLogger, as_gym_env, register_agent, \
     selection_frequencies
@@ -296,7 +299,9 @@ class SB3Agent(Agent):
 
     def save(self, path: Any) -> None:
         super().save(path)
-        self.model.save(Path(path) / MODEL_FILE)
+        buffer = io.BytesIO()  # SB3 writes the zip in place; an atomic write keeps the old one until done
+        self.model.save(buffer)
+        atomic_write_bytes(Path(path) / MODEL_FILE, buffer.getvalue())
 
     def load(self, path: Any) -> "SB3Agent":
         super().load(path)
