@@ -52,10 +52,11 @@ training RNG streams), so every executor gives the same numbers for the same ``-
 
 Default budget (no flags): 10 algorithms (ac, ac_q, ppo, a2c, dqn, sac, td3; random_hard, all,
 vanilla_kd) x 5 seeds x kd_env/DigitsKD-v0 (15 phases per episode), 2 worker processes.  The
-learners train 10 episodes (150 env steps) and are evaluated after 5 and 10 episodes on 2
-held-out instances each; the baselines run 2 evaluation episodes.  That is 400 DigitsKD episodes
-of ~0.6-1.5 s (with the agents' updates) and took 6.2 min wall on a shared 2-core box.  The
-budget is a smoke-scale benchmark: raise ``--episodes`` (and ``--seeds``) for conclusions.
+learners train 12 episodes (180 env steps; the configs' ``episodes``) and are evaluated after
+4, 8 and 12 episodes on 2 held-out instances each; the baselines run 2 evaluation episodes:
+7 x 5 x (12 + 6) + 3 x 5 x 2 = 660 DigitsKD episodes of ~0.5-1.5 s (with the agents' updates).
+Measured: 6.7 min wall on a 2-core box shared with other jobs (load ~4), 4.4 min at lighter
+load.  It is a smoke-scale benchmark: raise ``--episodes`` and ``--seeds`` for conclusions.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import inspect
 import io
 import json
 import math
@@ -71,6 +73,7 @@ import random
 import sys
 import time
 import traceback
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -342,11 +345,11 @@ _SIMPLE_TYPES = {bool: "bool", int: "int", float: "float", str: "str", tuple: "l
 
 def _allowed_kinds(annotation: Any) -> set[str] | None:
     """The YAML kinds an annotation admits (``None``: cannot tell, do not check)."""
-    if annotation is inspect_empty() or annotation is Any:
+    if annotation is inspect.Parameter.empty or annotation is Any:
         return None
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    if origin is typing.Union or (origin is not None and type(annotation).__name__ == "UnionType"):
+    if origin in (typing.Union, types.UnionType):
         kinds: set[str] = set()
         for arg in args:
             sub = _allowed_kinds(arg)
@@ -358,12 +361,6 @@ def _allowed_kinds(annotation: Any) -> set[str] | None:
     if annotation in _SIMPLE_TYPES:
         return {_SIMPLE_TYPES[annotation]}
     return set()  # a class (callable, schedule, noise object ...): nothing from YAML but null fits it
-
-
-def inspect_empty() -> Any:
-    import inspect
-
-    return inspect.Parameter.empty
 
 
 def _value_kind_ok(value: Any, kinds: set[str]) -> bool:
@@ -387,8 +384,6 @@ def _value_kind_ok(value: Any, kinds: set[str]) -> bool:
 def hyperparameter_annotations(algo: str) -> dict[str, Any] | None:
     """Name -> type annotation of every hyperparameter ``algo`` accepts, or ``None`` when the
     agent's signature says nothing (only the dry run checks those)."""
-    import inspect
-
     key = algo.partition(":")[0]
     if key in ("ac", "ac_q"):
         from agents.actor_critic import ActorCriticConfig
