@@ -160,6 +160,31 @@ def test_main_job_records_the_crash_of_a_unit(tmp_path, capsys):
     assert read_json(run / "units" / "selector__seed0.json")["crashed"] is True
 
 
+def test_finite_loss_with_a_non_finite_gradient_crashes_the_phase_before_any_update():
+    """sqrt at 0 has a finite value and an infinite derivative: the engine must look at the gradient
+    too, not only at the loss."""
+    from kd_env import register_knowledge
+
+    @register_knowledge("sqrt_at_zero", needs=("logits",), overwrite=True)
+    def sqrt_at_zero(student, teacher, batch):
+        return torch.sqrt(((student.logits - student.logits.detach()) ** 2).sum())  # = 0, d/dx = NaN
+
+    env = gym.make(QUICK, knowledge=("finetune", "sqrt_at_zero"), crash_penalty=-4.0)
+    env.reset(seed=0)
+    _, reward, terminated, _, info = env.step(np.array([1, 0]))
+    assert not info["crashed"] and info["losses"]["sqrt_at_zero"] == 0.0  # finite when only reported
+    distiller = env.unwrapped.distiller
+    before = {k: v.clone() for k, v in distiller.student.state_dict().items()}
+    moments = {k: {n: t.clone() for n, t in s.items() if torch.is_tensor(t)}
+               for k, s in distiller.optimizer.state_dict()["state"].items()}
+    _, reward, terminated, _, info = env.step(np.array([1, 1]))
+    assert info["crashed"] and terminated and reward == -4.0
+    assert all(torch.equal(v, before[k]) for k, v in distiller.student.state_dict().items())
+    after = distiller.optimizer.state_dict()["state"]
+    assert all(torch.equal(t, after[k][n]) for k, s in moments.items() for n, t in s.items())  # no step taken
+    assert info["optimizer_steps"] == 11  # one phase, plus the crashing step
+
+
 # ---- atomic writes ---------------------------------------------------------------------------------
 
 
