@@ -85,7 +85,7 @@ def textbrewer_step_fn(distiller, steps: int):
 
 
 def bench_text(args, rows: list[list[str]]) -> None:
-    cfg = get_preset("text", progress=True)
+    cfg = get_preset("text", progress=True, threads=args.threads)
     if args.fresh_cache:
         os.environ["KD_ENV_CACHE"] = tempfile.mkdtemp(prefix="kd_env_bench_")
         t = time.perf_counter()
@@ -141,7 +141,7 @@ def bench_text(args, rows: list[list[str]]) -> None:
 
 
 def bench_digits(args, rows: list[list[str]]) -> None:
-    d = build_distiller(get_preset("digits"))
+    d = build_distiller(get_preset("digits", threads=args.threads or 1))
     for weights, label in (([1, 1, 1, 1], "all four knowledge types"), ([1, 0, 0, 0], "finetune only")):
         rates = []
         for _ in range(args.reps):
@@ -159,13 +159,17 @@ def main(argv=None) -> int:
     p.add_argument("--fresh-cache", action="store_true", help="fine-tune and cache the teacher from scratch")
     p.add_argument("--steps", type=int, default=8, help="steps per timed repetition")
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     rows: list[list[str]] = []
     if not args.digits_only:
         bench_text(args, rows)
     bench_digits(args, rows)
-    print(f"\nengine_speed on {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    print(f"\nengine_speed on {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads (text), "
           f"cache root {cache_root()}\n")
     print("| measurement | value | note |\n|---|---|---|")
     for r in rows:

@@ -150,6 +150,8 @@ class Distiller:
         cfg = self.config
         decay, no_decay = [], []
         for name, p in self.student.named_parameters():
+            if not p.requires_grad:
+                continue
             (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -511,6 +513,8 @@ def build_distiller(config: DistillConfig, task: TaskData | None = None) -> Dist
                                       trust_remote_code=config.trust_remote_code)
         keep = layer_map(teacher.num_layers, config.student_layers, config.student_init)[1:]
         student_model: nn.Module = SequenceClassifier(truncate_layers(base, keep))
+        if config.freeze_embeddings:
+            student_model.model.get_input_embeddings().weight.requires_grad_(False)
         fresh = False
     else:
         student_model = MLPClassifier(task["train"].features.shape[1], [config.student_hidden] * config.student_layers,
