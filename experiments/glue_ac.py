@@ -42,6 +42,7 @@ from experiments.report import (
     write_csv,
 )
 from kd_env import DistillConfig, KnowledgeSelectionEnv, get_preset, preset_names
+from kd_env.data import DataUnavailableError
 from kd_env.io import atomic_write_json, atomic_write_text
 from kd_env.teacher import evaluate_model
 
@@ -357,7 +358,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     try:  # bad task files, models or knowledge fail here, before the run folder is written
         env = KnowledgeSelectionEnv(distill, action_mode=c.action_mode, observation=c.observation,
                                     reward=c.reward, reward_params=c.reward_params or None)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ModuleNotFoundError, DataUnavailableError) as exc:
         raise SystemExit(f"error: {exc}") from None
     run.prepare()
     d = env.distiller

@@ -39,6 +39,7 @@ __all__ = [
     "encode_split",
     "collate",
     "BatchSampler",
+    "DataUnavailableError",
 ]
 
 
@@ -404,13 +405,17 @@ def _read_cola(path: Path) -> Split:
     return Split(labels=np.asarray(labels, dtype=np.int64), texts=texts)
 
 
+class DataUnavailableError(RuntimeError):
+    """A data set could not be fetched (offline hub, network error); the message says what to do."""
+
+
 def _load_glue_hub(task: str) -> dict[str, Split]:
     import datasets
 
     try:
         ds = datasets.load_dataset("glue", task)
     except Exception as exc:  # noqa: BLE001 - offline or hub errors, re-raised with advice
-        raise RuntimeError(
+        raise DataUnavailableError(
             f"could not load GLUE {task!r} from the hub ({type(exc).__name__}: {exc}). Offline? "
             f"Pass data_dir= (or --data-dir) pointing at a local GLUE folder with "
             f"{GLUE_TASKS[task]['dir']}/train.tsv and dev.tsv."
