@@ -441,8 +441,10 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
                            max_steps=config.teacher_max_steps, progress=config.progress)
     dev = BatchSampler(task, task["dev"], tokenizer, config.max_len)
     test = BatchSampler(task, task[task.eval_split], tokenizer, config.max_len)
-    summary = {"fine_tune": fit, "dev": evaluate_model(model, dev, task, device),
-               "test": evaluate_model(model, test, task, device), "ident": ident,
+    summary = {"fine_tune": fit, "dev": evaluate_model(model, dev, task, device, progress=config.progress,
+                                                       desc="evaluate teacher (dev)"),
+               "test": evaluate_model(model, test, task, device, progress=config.progress,
+                                      desc="evaluate teacher (test)"), "ident": ident,
                "parameters": sum(p.numel() for p in model.parameters())}
     tmp = folder.with_name(folder.name + ".tmp")
     import shutil

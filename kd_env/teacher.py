@@ -142,7 +142,8 @@ def train_classifier(model: nn.Module, sampler: BatchSampler, *, epochs: float, 
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, sampler: BatchSampler, task: TaskData, device: torch.device,
-                   batch_size: int = 128, indices: np.ndarray | None = None) -> dict[str, float]:
+                   batch_size: int = 128, indices: np.ndarray | None = None, progress: bool = False,
+                   desc: str = "evaluate") -> dict[str, float]:
     """Loss and task metrics of ``model`` on ``sampler`` (optionally a subset ``indices``)."""
     was_training = model.training
     model.eval()
@@ -151,7 +152,8 @@ def evaluate_model(model: nn.Module, sampler: BatchSampler, task: TaskData, devi
         lengths = np.asarray([len(sampler.encoded[i]["input_ids"]) for i in order])
         order = order[np.argsort(lengths, kind="stable")]
     logits, labels = [], []
-    for start in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    for start in _progress(starts, len(starts), desc, progress):
         batch = _to(sampler.batch(order[start : start + batch_size]), device)
         logits.append(model(batch).logits.float().cpu())
         labels.append(batch["labels"].cpu())
