@@ -452,8 +452,14 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     if task.kind == "text":
-        model.model.save_pretrained(tmp / "model")
-        tokenizer.save_pretrained(tmp / "model")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        try:
+            model.model.save_pretrained(tmp / "model")
+            tokenizer.save_pretrained(tmp / "model")
+        finally:
+            hf_logging.enable_progress_bar()
     else:
         torch.save(model.state_dict(), tmp / "model.pt")
     atomic_write_json(tmp / "teacher.json", summary)
