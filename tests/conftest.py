@@ -97,6 +97,14 @@ def _restore_torch_rng():
     torch.set_rng_state(state)
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Tests that build a distiller with ``threads=N`` must not leak that setting."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding a tiny random ``BertForSequenceClassification`` (2 labels) and its

@@ -7,7 +7,6 @@ fine-tuned once per session into the conftest's temporary ``KD_ENV_CACHE``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import pickle
@@ -20,20 +19,13 @@ import torch
 
 import kd_env
 from kd_env import KnowledgeSelectionEnv, register_knowledge
+from tests.helpers import assert_same
 
 QUICK = "kd_env/QuickKD-v0"
 DIGITS = "kd_env/DigitsKD-v0"
 OBSERVATIONS = ("summary", "cls", "dict")
 ACTION_MODES = ("mask", "weights")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The MLPs are tiny: one thread is ~10x faster than two on a shared two-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -54,33 +46,6 @@ def make_quick_env():
 
 def strip_time(info: dict) -> dict:
     return {k: v for k, v in info.items() if k != "phase_seconds"}
-
-
-def assert_same(a, b, path: str = "") -> None:
-    """Recursive exact equality of nested dicts/lists/arrays/tensors/dataclasses/floats (NaN == NaN)."""
-    if dataclasses.is_dataclass(a) and not isinstance(a, type):
-        assert type(a) is type(b), path
-        for f in dataclasses.fields(a):
-            assert_same(getattr(a, f.name), getattr(b, f.name), f"{path}.{f.name}")
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys {sorted(map(str, a))} vs {sorted(map(str, b))}"
-        for k in a:
-            assert_same(a[k], b[k], f"{path}[{k!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{path}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
-        assert torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
-                                     and torch.equal(a.nan_to_num(), b.nan_to_num())), path
-    elif isinstance(a, np.ndarray):
-        assert isinstance(b, np.ndarray) and a.shape == b.shape, path
-        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), f"{path}: {a} vs {b}"
-    elif isinstance(a, float) and math.isnan(a):
-        assert isinstance(b, float) and math.isnan(b), path
-    else:
-        assert a == b, f"{path}: {a!r} vs {b!r}"
 
 
 def student_params(env) -> dict[str, torch.Tensor]:

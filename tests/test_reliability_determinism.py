@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from reliability_helpers import assert_same
+from tests.helpers import assert_same
 
 import kd_env  # noqa: F401 - registers the env ids
 from agents import make_agent
@@ -24,13 +24,6 @@ from kd_env.engine import build_distiller
 DIGITS = "kd_env/DigitsKD-v0"
 BUDGET = {"total_steps": 40}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ---- the engine ------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from reliability_helpers import read_json
+from tests.helpers import read_json
 
 import kd_env  # noqa: F401 - registers the env ids
 from agents import load_agent, make_agent
@@ -33,13 +33,6 @@ from kd_env.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 QUICK = "kd_env/QuickKD-v0"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ---- injected non-finite losses --------------------------------------------------------------------

@@ -19,7 +19,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from reliability_helpers import assert_same
+from tests.helpers import assert_same
 
 import kd_env  # noqa: F401 - registers the env ids
 from agents import make_agent
@@ -29,13 +29,6 @@ from kd_env import KnowledgeSelectionEnv, get_preset
 QUICK = "kd_env/QuickKD-v0"
 K = 4  # QuickKD's knowledge types: finetune, response, feature, relation
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ---- the bad-input table ---------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reliability_helpers import PYTHON, ROOT, TIMING_KEYS, assert_close, read_csv_rows, read_json, subprocess_env
+from tests.helpers import PYTHON, ROOT, TIMING_KEYS, assert_close, read_csv_rows, read_json, subprocess_env
 
 KILLS = 3
 MAX_ATTEMPTS = 8

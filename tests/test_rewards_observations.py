@@ -8,7 +8,6 @@ import math
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from gymnasium import spaces
 
 from kd_env import Reward, observation_names, register_observation, register_reward, reward_names
@@ -19,13 +18,6 @@ QUICK = "kd_env/QuickKD-v0"
 BUILT_IN_REWARDS = ["cost_penalized", "dev_loss_delta", "dev_metric_delta", "final_metric", "train_loss_delta"]
 ACTIONS = [np.array(a, np.int8) for a in ([1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 1], [1, 0, 1, 1])]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ---- user-defined rewards and observations (registered at import, as users do) -------------------
