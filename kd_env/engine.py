@@ -9,8 +9,10 @@ once); :class:`Distiller` itself only trains and evaluates.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -102,12 +104,17 @@ class Distiller:
         knowledge: the knowledge types, in action order.
         fresh_student: re-draw every student weight at reset (MLPs) rather than the head only.
         device: where the student trains.
+        teacher_metrics: the teacher's fine-tuning summary (dev/test metrics, time).
+        layer_map: teacher hidden index for each student hidden index.
+        teacher_model: the teacher itself (for evaluation and live comparisons; training reads
+            ``teacher``, normally the cache).
     """
 
     def __init__(self, config: DistillConfig, task: TaskData, train: BatchSampler, dev: BatchSampler,
                  test: BatchSampler, student: Student, teacher: TeacherCache | LiveTeacher,
                  knowledge: Sequence[Knowledge], fresh_student: bool, device: torch.device,
-                 teacher_metrics: dict[str, Any] | None = None):
+                 teacher_metrics: dict[str, Any] | None = None, layer_map: Sequence[int] | None = None,
+                 teacher_model: nn.Module | None = None):
         self.config = config
         self.task = task
         self.train_data, self.dev_data, self.test_data = train, dev, test
@@ -118,6 +125,8 @@ class Distiller:
         self.fresh_student = fresh_student
         self.device = device
         self.teacher_metrics = teacher_metrics or {}
+        self.layer_map = list(layer_map) if layer_map is not None else None
+        self.teacher_model = teacher_model
         self.need_attentions = any(k.student_attentions for k in self.knowledge)
         self._initial_state = copy.deepcopy(self.student.state_dict())
         probe_rng = np.random.default_rng(config.seed + 7919)
@@ -405,8 +414,6 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
              "epochs": config.teacher_epochs, "lr": config.teacher_lr, "bs": config.teacher_batch_size,
              "max_steps": config.teacher_max_steps, "max_len": config.max_len, "seed": config.seed,
              "hidden": list(config.teacher_hidden) if task.kind != "text" else None}
-    import hashlib
-
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     folder = root / f"{Path(str(config.teacher)).name}-{task.name}-{key}"
     summary_path = folder / "teacher.json"
@@ -447,8 +454,6 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
                                       desc="evaluate teacher (test)"), "ident": ident,
                "parameters": sum(p.numel() for p in model.parameters())}
     tmp = folder.with_name(folder.name + ".tmp")
-    import shutil
-
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     if task.kind == "text":
@@ -542,8 +547,5 @@ def build_distiller(config: DistillConfig, task: TaskData | None = None) -> Dist
             verify=config.verify_cache, progress=config.progress)
     else:
         source = LiveTeacher(teacher, mapping, fields, device)
-    distiller = Distiller(config, task, train, dev, test, student, source, knowledge, fresh, device,
-                          teacher_metrics=teacher_summary)
-    distiller.layer_map = mapping
-    distiller.teacher_model = teacher
-    return distiller
+    return Distiller(config, task, train, dev, test, student, source, knowledge, fresh, device,
+                     teacher_metrics=teacher_summary, layer_map=mapping, teacher_model=teacher)

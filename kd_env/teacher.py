@@ -31,7 +31,7 @@ from torch import nn
 from .data import BatchSampler, TaskData, compute_metrics
 from .io import atomic_write_bytes, atomic_write_json
 from .io import fsync_dir as _fsync_dir
-from .models import MLPClassifier, ModelOutputs, SequenceClassifier, align_teacher
+from .models import ModelOutputs, align_teacher
 
 __all__ = [
     "cache_root",
@@ -404,10 +404,3 @@ class TeacherCache:
     def close(self) -> None:
         self.arrays = {}
 
-
-def build_mlp_teacher(in_dim: int, hidden: Sequence[int], num_labels: int) -> MLPClassifier:
-    return MLPClassifier(in_dim, hidden, num_labels)
-
-
-def is_hf_teacher(model: nn.Module) -> bool:
-    return isinstance(model, SequenceClassifier)
