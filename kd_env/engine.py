@@ -8,6 +8,7 @@ once); :class:`Distiller` itself only trains and evaluates.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -44,7 +45,20 @@ from .teacher import (
     train_classifier,
 )
 
-__all__ = ["PhaseResult", "Distiller", "build_distiller", "prepare_teacher", "resolve_device"]
+__all__ = ["PhaseResult", "Distiller", "build_distiller", "prepare_teacher", "resolve_device", "private_torch_rng"]
+
+
+@contextlib.contextmanager
+def private_torch_rng(seed: int | None = None, device: torch.device | None = None):
+    """Run a block on a private torch random stream: the process-wide torch RNG (CPU, and the CUDA
+    device's when ``device`` is CUDA) is saved on entry and restored on exit, so the block neither
+    reads nor changes anyone else's randomness.  With ``seed`` the block starts from
+    ``torch.manual_seed(seed)``."""
+    devices = [device] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        yield
 
 
 def resolve_device(name: str) -> torch.device:
@@ -134,7 +148,35 @@ class Distiller:
         self.probe_indices = np.sort(probe_rng.choice(len(dev), size=n_probe, replace=False))
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self._torch_rng: dict[str, torch.Tensor] = {}
         self.reset(config.seed)
+
+    # ---- the distiller's own random stream --------------------------------------------------
+    @contextlib.contextmanager
+    def own_rng(self):
+        """Run a block on this distiller's own torch random stream (dropout, fresh weights).
+
+        The process-wide torch RNG is saved and restored around the block, and the distiller's
+        stream is carried from one block to the next, so two distillers, an agent sampling with
+        torch, or user code calling ``torch.rand`` between phases change nothing here, and a
+        pickled or ``state_dict`` copy continues exactly as the original.
+        """
+        cuda = self.device.type == "cuda"
+        with private_torch_rng(device=self.device):
+            if "cpu" in self._torch_rng:
+                torch.set_rng_state(self._torch_rng["cpu"])
+            if cuda and "cuda" in self._torch_rng:
+                torch.cuda.set_rng_state(self._torch_rng["cuda"], self.device)
+            try:
+                yield
+            finally:
+                self._torch_rng = {"cpu": torch.get_rng_state()}
+                if cuda:
+                    self._torch_rng["cuda"] = torch.cuda.get_rng_state(self.device)
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the distiller's torch random stream (``cpu``, and ``cuda`` on a GPU)."""
+        return {k: v.clone() for k, v in self._torch_rng.items()}
 
     # ---- episode life cycle -----------------------------------------------------------------
     @property
@@ -152,9 +194,13 @@ class Distiller:
     def reset(self, seed: int) -> None:
         """A freshly initialised student (seeded), a new optimizer and schedule, a new data order."""
         seed = int(seed)
-        torch.manual_seed(seed)
-        self.student.load_state_dict(self._initial_state)
-        self.student.reset_parameters(fresh_model=self.fresh_student)
+        self._torch_rng = {}
+        with self.own_rng():
+            torch.manual_seed(seed)
+            if self.device.type == "cuda":
+                torch.cuda.manual_seed(seed)
+            self.student.load_state_dict(self._initial_state)
+            self.student.reset_parameters(fresh_model=self.fresh_student)
         self.student.train()
         cfg = self.config
         decay, no_decay = [], []
@@ -211,6 +257,10 @@ class Distiller:
         last finite state and ``crashed`` is set.
         """
         w = self.check_weights(weights)
+        with self.own_rng():
+            return self._train_phase(w, steps, all_losses)
+
+    def _train_phase(self, w: np.ndarray, steps: int | None, all_losses: bool) -> PhaseResult:
         steps = self.config.steps_per_action if steps is None else int(steps)
         steps = max(0, min(steps, self.budget_left))
         start = time.perf_counter()
@@ -283,6 +333,10 @@ class Distiller:
     def measure(self) -> PhaseResult:
         """Every knowledge loss and the prediction statistics on the next training batch, without
         training and without consuming budget or data (used for the initial observation)."""
+        with self.own_rng():
+            return self._measure()
+
+    def _measure(self) -> PhaseResult:
         start = time.perf_counter()
         bs = self.config.batch_size
         idx = self.order[self.position : self.position + bs]
@@ -339,6 +393,10 @@ class Distiller:
     def evaluate(self, split: str = "probe") -> dict[str, float]:
         """Loss and task metrics of the student on ``probe`` (the fixed dev subset the env
         rewards on), ``dev`` or ``test``."""
+        with self.own_rng():
+            return self._evaluate(split)
+
+    def _evaluate(self, split: str) -> dict[str, float]:
         if split == "probe":
             return evaluate_model(self.student, self.dev_data, self.task, self.device,
                                   self.config.eval_batch_size, indices=self.probe_indices)
@@ -351,6 +409,10 @@ class Distiller:
     def cls_embeddings(self, batch_indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Mean final-layer [CLS] vectors of the student and of the teacher's mapped top layer on
         a batch (the paper's state)."""
+        with self.own_rng():
+            return self._cls_embeddings(batch_indices)
+
+    def _cls_embeddings(self, batch_indices: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         idx = batch_indices if batch_indices is not None else self.order[max(0, self.position - self.config.batch_size): self.position]
         if len(idx) == 0:
             idx = np.arange(min(self.config.batch_size, len(self.train_data)))
@@ -374,7 +436,7 @@ class Distiller:
             "order": self.order.copy(),
             "position": self.position,
             "step": self.step,
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": self.rng_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -385,7 +447,10 @@ class Distiller:
         self.order = state["order"].copy()
         self.position = int(state["position"])
         self.step = int(state["step"])
-        torch.set_rng_state(state["torch_rng"])
+        rng = state["torch_rng"]
+        if isinstance(rng, torch.Tensor):  # a state saved before the distiller owned its stream
+            rng = {"cpu": rng}
+        self._torch_rng = {k: v.clone() for k, v in rng.items()}
 
     def close(self) -> None:
         self.teacher.close()
@@ -440,12 +505,12 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
                               stacklevel=2)
             else:
                 return model.to(device).eval(), summary
-        torch.manual_seed(config.seed)
-        model = MLPClassifier(task["train"].features.shape[1], config.teacher_hidden, task.num_labels)
-    torch.manual_seed(config.seed)
-    fit = train_classifier(model, train, epochs=config.teacher_epochs, lr=config.teacher_lr,
-                           batch_size=config.teacher_batch_size, seed=config.seed, device=device,
-                           max_steps=config.teacher_max_steps, progress=config.progress)
+        with private_torch_rng(config.seed):
+            model = MLPClassifier(task["train"].features.shape[1], config.teacher_hidden, task.num_labels)
+    with private_torch_rng(config.seed, device):  # dropout during fine-tuning: a seeded private stream
+        fit = train_classifier(model, train, epochs=config.teacher_epochs, lr=config.teacher_lr,
+                               batch_size=config.teacher_batch_size, seed=config.seed, device=device,
+                               max_steps=config.teacher_max_steps, progress=config.progress)
     dev = BatchSampler(task, task["dev"], tokenizer, config.max_len)
     test = BatchSampler(task, task[task.eval_split], tokenizer, config.max_len)
     summary = {"fine_tune": fit, "dev": evaluate_model(model, dev, task, device, progress=config.progress,
@@ -489,6 +554,13 @@ def build_distiller(config: DistillConfig, task: TaskData | None = None) -> Dist
 
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
+    # teacher fine-tuning and the student's first weights draw from seeded private streams: building
+    # a distiller neither reads nor changes the process-wide torch RNG
+    with private_torch_rng(device=device):
+        return _assemble(config, task, device)
+
+
+def _assemble(config: DistillConfig, task: TaskData | None, device: torch.device) -> Distiller:
     knowledge = make_knowledge(config.knowledge, config.knowledge_params)
     task = task or load_task(config.task, data_dir=config.data_dir, seed=config.seed)
     if task.kind != "text":  # MLPs have no attention maps: say so before any teacher is trained
