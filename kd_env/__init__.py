@@ -2,7 +2,9 @@
 
 Environments (``gymnasium.make``): ``kd_env/DigitsKD-v0`` (digits, MLPs; fast),
 ``kd_env/QuickKD-v0`` (digits, tiny budget), ``kd_env/TextKD-v0`` (rt-polarity, MiniLM-L6
-teacher, 2-layer student).  Any :class:`DistillConfig` field can be passed to ``make``.
+teacher, 2-layer student), and the instance envs ``kd_env/DigitsKD-Instances-v0`` and
+``kd_env/TextKD-Instances-v0`` (situations that differ: gold-label share, label noise, teacher
+strength; see :mod:`kd_env.instances`).  Any :class:`DistillConfig` field can be passed to ``make``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,15 @@ from __future__ import annotations
 from .data import TaskData, compute_metrics, load_task
 from .engine import Distiller, PhaseResult, build_distiller
 from .env import KnowledgeSelectionEnv
-from .knowledge import DEFAULT_KNOWLEDGE, Knowledge, knowledge_names, make_knowledge, register_knowledge
+from .instances import Instance, InstanceSet, get_instance_set, instance_set_names, register_instance_set
+from .knowledge import (
+    DEFAULT_KNOWLEDGE,
+    Knowledge,
+    knowledge_names,
+    make_knowledge,
+    register_example_weighting,
+    register_knowledge,
+)
 from .models import ModelOutputs
 from .observations import Observation, observation_names, register_observation
 from .presets import DistillConfig, get_preset, preset_names
@@ -20,6 +30,12 @@ __version__ = "0.1.0"
 
 ENV_IDS = {"kd_env/DigitsKD-v0": "digits", "kd_env/QuickKD-v0": "quick", "kd_env/TextKD-v0": "text"}
 
+#: instance envs: an instance set over a preset, with a reward aligned with the final metric
+INSTANCE_ENV_IDS = {
+    "kd_env/DigitsKD-Instances-v0": {"config": "digits", "instances": "digits", "reward": "dev_metric_delta"},
+    "kd_env/TextKD-Instances-v0": {"config": "text", "instances": "text", "reward": "dev_metric_delta"},
+}
+
 
 def register_envs() -> None:
     """Register the Gymnasium ids (harmless when called again)."""
@@ -28,6 +44,9 @@ def register_envs() -> None:
     for env_id, preset in ENV_IDS.items():
         if env_id not in gym.registry:
             gym.register(id=env_id, entry_point="kd_env.env:KnowledgeSelectionEnv", kwargs={"config": preset})
+    for env_id, kwargs in INSTANCE_ENV_IDS.items():
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point="kd_env.env:KnowledgeSelectionEnv", kwargs=dict(kwargs))
 
 
 register_envs()
@@ -35,7 +54,9 @@ register_envs()
 __all__ = [
     "TaskData", "compute_metrics", "load_task",
     "Distiller", "PhaseResult", "build_distiller",
-    "KnowledgeSelectionEnv", "ENV_IDS", "register_envs",
+    "KnowledgeSelectionEnv", "ENV_IDS", "INSTANCE_ENV_IDS", "register_envs",
+    "Instance", "InstanceSet", "get_instance_set", "instance_set_names", "register_instance_set",
+    "register_example_weighting",
     "DEFAULT_KNOWLEDGE", "Knowledge", "knowledge_names", "make_knowledge", "register_knowledge",
     "ModelOutputs", "Observation", "observation_names", "register_observation",
     "DistillConfig", "get_preset", "preset_names",

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .data import BatchSampler, TaskData, load_task
-from .knowledge import KNOWLEDGE_REGISTRY, Knowledge, knowledge_names, make_knowledge
+from .knowledge import KNOWLEDGE_REGISTRY, Knowledge, check_example_weighting, knowledge_names, make_knowledge
 from .models import (
     MLPClassifier,
     SequenceClassifier,
@@ -106,6 +106,33 @@ class PhaseResult:
         return d
 
 
+def student_label_view(labels: np.ndarray, num_labels: int,
+                       config: DistillConfig) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The distillation set's labels as the student sees them under ``config``'s situation.
+
+    Returns ``(student_labels, label_mask)``: ``student_labels`` is ``labels`` with exactly
+    ``round(label_noise * N)`` entries (a seeded choice) flipped to a uniformly drawn *other*
+    class, or ``None`` without noise; ``label_mask`` marks the ``max(1, round(label_fraction *
+    N))`` examples (a seeded choice) that have a gold label, or ``None`` when all have one.
+    Both depend only on ``config.seed``, so they are fixed across the episodes of an instance.
+    """
+    n = len(labels)
+    student_labels = label_mask = None
+    if config.label_noise > 0:
+        if num_labels < 2:
+            raise ValueError("config.label_noise needs a classification task (regression labels cannot flip)")
+        rng = np.random.default_rng([config.seed, 2718])
+        flip = rng.choice(n, size=int(round(config.label_noise * n)), replace=False)
+        student_labels = np.asarray(labels).copy()
+        shift = rng.integers(1, num_labels, size=len(flip))
+        student_labels[flip] = (student_labels[flip] + shift) % num_labels
+    if config.label_fraction < 1:
+        rng = np.random.default_rng([config.seed, 3141])
+        label_mask = np.zeros(n, dtype=bool)
+        label_mask[rng.choice(n, size=max(1, int(round(config.label_fraction * n))), replace=False)] = True
+    return student_labels, label_mask
+
+
 class Distiller:
     """Trains a student from a teacher's outputs with per-phase knowledge weights.
 
@@ -149,7 +176,26 @@ class Distiller:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self._torch_rng: dict[str, torch.Tensor] = {}
+        self.student_labels, self.label_mask = student_label_view(train.labels, task.num_labels, config)
+        self.example_weighting: str | None = None
+        self._weighting_fn = None
         self.reset(config.seed)
+
+    def set_example_weighting(self, name: str | None) -> None:
+        """Use the registered per-example weighting ``name`` from now on (``None``: none), e.g.
+        ``"uncertainty"`` (Dynamic KD).  ``ValueError`` when it does not fit the knowledge in use."""
+        self._weighting_fn = None if name is None else check_example_weighting(name, self.knowledge)
+        self.example_weighting = name
+
+    def _train_batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """The training batch of examples ``idx`` as the student sees it: gold labels replaced by
+        the student's (possibly noisy) labels, and ``label_mask`` when only some are labelled."""
+        batch = self.train_data.batch(idx)
+        if self.student_labels is not None:
+            batch["labels"] = torch.from_numpy(self.student_labels[idx])
+        if self.label_mask is not None:
+            batch["label_mask"] = torch.from_numpy(self.label_mask[idx])
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     # ---- the distiller's own random stream --------------------------------------------------
     @contextlib.contextmanager
@@ -274,7 +320,7 @@ class Distiller:
         done = 0
         self.student.train()
         for _ in range(steps):
-            batch = {k: v.to(self.device) for k, v in self.train_data.batch(self._next_indices()).items()}
+            batch = self._train_batch(self._next_indices())
             terms, values, student_out, teacher_out = self._losses(batch, active, computed)
             done += 1
             if any(not math.isfinite(values[i]) for i in active):
@@ -285,7 +331,8 @@ class Distiller:
                     sums[i] += v
                     counts[i] += 1
             with torch.no_grad():
-                self._accumulate_prediction_stats(stats, student_out.logits, teacher_out.logits, batch["labels"])
+                self._accumulate_prediction_stats(stats, student_out.logits, teacher_out.logits, batch["labels"],
+                                                  batch.get("label_mask"))
             if active:
                 total = sum(float(w[i]) * terms[i] for i in active)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -319,13 +366,18 @@ class Distiller:
         teacher_out = self.teacher.outputs(batch)
         with torch.set_grad_enabled(bool(active)):
             student_out = self.student(batch, attentions=self.need_attentions)
+            example_weights = {}
+            if self._weighting_fn is not None:
+                with torch.no_grad():
+                    example_weights = self._weighting_fn(student_out, teacher_out, batch)
             terms: dict[int, torch.Tensor] = {}
             for i in computed:
-                if i in active:
-                    terms[i] = self.knowledge[i](student_out, teacher_out, batch)
-                else:
-                    with torch.no_grad():
-                        terms[i] = self.knowledge[i](student_out, teacher_out, batch)
+                k = self.knowledge[i]
+                with torch.set_grad_enabled(i in active and torch.is_grad_enabled()):
+                    if k.name in example_weights:
+                        terms[i] = k.weighted(student_out, teacher_out, batch, example_weights[k.name])
+                    else:
+                        terms[i] = k(student_out, teacher_out, batch)
         values = {i: float(t.detach()) for i, t in terms.items()}
         return terms, values, student_out, teacher_out
 
@@ -342,12 +394,13 @@ class Distiller:
         idx = self.order[self.position : self.position + bs]
         if len(idx) < min(bs, len(self.order)):
             idx = self.order[:bs]
-        batch = {k: v.to(self.device) for k, v in self.train_data.batch(idx).items()}
+        batch = self._train_batch(idx)
         self.student.eval()
         _, values, student_out, teacher_out = self._losses(batch, [], list(range(self.num_knowledge)))
         self.student.train()
         stats = {"ce": 0.0, "acc": 0.0, "kl": 0.0, "agree": 0.0, "ent": 0.0}
-        self._accumulate_prediction_stats(stats, student_out.logits, teacher_out.logits, batch["labels"])
+        self._accumulate_prediction_stats(stats, student_out.logits, teacher_out.logits, batch["labels"],
+                                          batch.get("label_mask"))
         losses = np.asarray([values[i] for i in range(self.num_knowledge)], dtype=np.float64)
         return PhaseResult(losses=losses, total_loss=0.0, student_ce=stats["ce"], student_accuracy=stats["acc"],
                            teacher_kl=stats["kl"], agreement=stats["agree"], entropy=stats["ent"], grad_norm=0.0,
@@ -374,17 +427,32 @@ class Distiller:
         sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def _accumulate_prediction_stats(self, stats: dict, logits: torch.Tensor, teacher_logits: torch.Tensor,
-                                     labels: torch.Tensor) -> None:
+                                     labels: torch.Tensor, label_mask: torch.Tensor | None = None) -> None:
+        """Add the batch's statistics to ``stats``.  CE and accuracy are over the examples the
+        student has labels for (0 for a batch without any); the rest over every example."""
         logits = logits.detach().float()
+        if label_mask is not None and logits.shape[-1] > 1:
+            m = label_mask.bool()
+            logp = torch.log_softmax(logits, -1)
+            if bool(m.any()):
+                stats["ce"] += float(nn.functional.nll_loss(logp[m], labels[m]))
+                stats["acc"] += float((logits[m].argmax(-1) == labels[m]).float().mean())
+            self._accumulate_teacher_stats(stats, logits, logp, teacher_logits)
+            return
         if logits.shape[-1] == 1:  # regression
             err = (logits.squeeze(-1) - labels.float()) ** 2
             stats["ce"] += float(err.mean())
             stats["kl"] += float(((logits - teacher_logits.float()) ** 2).mean())
             return
         logp = torch.log_softmax(logits, -1)
-        logq = torch.log_softmax(teacher_logits.float(), -1)
         stats["ce"] += float(nn.functional.nll_loss(logp, labels))
         stats["acc"] += float((logits.argmax(-1) == labels).float().mean())
+        self._accumulate_teacher_stats(stats, logits, logp, teacher_logits)
+
+    @staticmethod
+    def _accumulate_teacher_stats(stats: dict, logits: torch.Tensor, logp: torch.Tensor,
+                                  teacher_logits: torch.Tensor) -> None:
+        logq = torch.log_softmax(teacher_logits.float(), -1)
         stats["kl"] += float((logq.exp() * (logq - logp)).sum(-1).mean())
         stats["agree"] += float((logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean())
         stats["ent"] += float(-(logp.exp() * logp).sum(-1).mean())
@@ -479,10 +547,16 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
              "epochs": config.teacher_epochs, "lr": config.teacher_lr, "bs": config.teacher_batch_size,
              "max_steps": config.teacher_max_steps, "max_len": config.max_len, "seed": config.seed,
              "hidden": list(config.teacher_hidden) if task.kind != "text" else None}
+    teacher_split = task["train"]
+    if config.teacher_train_fraction < 1:  # a weaker teacher: fine-tuned on a seeded subset of train
+        ident["train_fraction"] = config.teacher_train_fraction
+        n = max(1, int(round(config.teacher_train_fraction * len(teacher_split))))
+        pick = np.sort(np.random.default_rng([config.seed, 1618]).permutation(len(teacher_split))[:n])
+        teacher_split = teacher_split.subset(pick)
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     folder = root / f"{Path(str(config.teacher)).name}-{task.name}-{key}"
     summary_path = folder / "teacher.json"
-    train = BatchSampler(task, task["train"], tokenizer, config.max_len)
+    train = BatchSampler(task, teacher_split, tokenizer, config.max_len)
     if task.kind == "text":
         if summary_path.exists():
             model = SequenceClassifier(load_hf_classifier(str(folder / "model"), task.num_labels, attentions=attentions))

@@ -11,6 +11,7 @@ import numpy as np
 from gymnasium import spaces
 
 from .engine import Distiller, PhaseResult, build_distiller
+from .instances import InstanceSet, get_instance_set
 from .observations import Observation, make_observation
 from .presets import DistillConfig, get_preset
 from .rewards import PhaseOutcome, Reward, make_reward
@@ -104,7 +105,8 @@ class KnowledgeSelectionEnv(gym.Env):
                  action_mode: str = "mask", observation: str | Observation = "summary",
                  reward: str | Reward = "dev_loss_delta", reward_params: dict | None = None,
                  crash_penalty: float | None = None, probe_every: int = 1, render_mode: str | None = None,
-                 record_time: bool = True, distiller: Distiller | None = None, **overrides: Any):
+                 record_time: bool = True, distiller: Distiller | None = None,
+                 instances: str | InstanceSet | None = None, instance_split: str = "train", **overrides: Any):
         super().__init__()
         if action_mode not in ACTION_MODES:
             raise ValueError(f"action_mode must be one of {list(ACTION_MODES)}, got {action_mode!r}")
@@ -113,9 +115,21 @@ class KnowledgeSelectionEnv(gym.Env):
         if not isinstance(probe_every, int) or probe_every < 1:
             raise ValueError(f"probe_every must be a positive integer, got {probe_every!r}")
         self.config = self._resolve_config(config, preset, overrides) if distiller is None else distiller.config
+        self.instance_set = get_instance_set(instances) if instances is not None else None
+        self.instance_split = instance_split
+        self.instance: str | None = None
+        self._distillers: dict[str, Distiller] = {}
+        if self.instance_set is not None:
+            if distiller is not None:
+                raise ValueError("pass either instances or a distiller, not both")
+            self.instance_set.split(instance_split)  # ValueError naming the valid splits
+            self._base_config = self.config
+            self.instance = self.instance_set.split(instance_split)[0]
+            self.config = self.instance_set.config(self.instance, self._base_config)
         self._init_args = dict(action_mode=action_mode, observation=observation, reward=reward,
                                reward_params=reward_params, crash_penalty=crash_penalty,
-                               probe_every=probe_every, render_mode=render_mode, record_time=record_time)
+                               probe_every=probe_every, render_mode=render_mode, record_time=record_time,
+                               instances=instances, instance_split=instance_split)
         self.record_time = bool(record_time)
         self.action_mode = action_mode
         self.render_mode = render_mode
@@ -125,6 +139,8 @@ class KnowledgeSelectionEnv(gym.Env):
         self._reward_spec = (reward if isinstance(reward, str) else self.reward_fn, dict(reward_params or {}))
         self.observation_fn = make_observation(observation)
         self.distiller = distiller if distiller is not None else build_distiller(self.config)
+        if self.instance is not None:
+            self._distillers[self.instance] = self.distiller
         k = self.distiller.num_knowledge
         self.knowledge_names = list(self.distiller.knowledge_names)
         self.action_space = spaces.MultiBinary(k) if action_mode == "mask" else spaces.Box(0.0, 1.0, (k,), np.float32)
@@ -148,6 +164,22 @@ class KnowledgeSelectionEnv(gym.Env):
         if preset is not None and config is not None:
             raise ValueError("pass either config or preset, not both")
         return base.replace(**overrides) if overrides else base
+
+    def _use_instance(self, name: str) -> None:
+        """Make instance ``name`` current, building its distiller the first time."""
+        if name == self.instance:
+            return
+        if name not in self._distillers:
+            config = self.instance_set.config(name, self._base_config)
+            distiller = build_distiller(config)
+            if distiller.knowledge_names != self.knowledge_names:
+                distiller.close()
+                raise ValueError(f"instance {name!r} changes the knowledge types: {self.knowledge_names} -> "
+                                 f"{distiller.knowledge_names}")
+            self._distillers[name] = distiller
+        self.distiller = self._distillers[name]
+        self.config = self.distiller.config
+        self.instance = name
 
     def _start_episode_state(self) -> None:
         k = self.distiller.num_knowledge
@@ -188,9 +220,23 @@ class KnowledgeSelectionEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         options = dict(options or {})
-        unknown = sorted(set(options) - {"reward", "reward_params", "config"})
+        valid = ["config", "example_weighting", "instance", "reward", "reward_params"]
+        unknown = sorted(set(options) - set(valid))
         if unknown:
-            raise ValueError(f"unknown reset option(s) {unknown}; valid: ['config', 'reward', 'reward_params']")
+            raise ValueError(f"unknown reset option(s) {unknown}; valid: {valid}")
+        if self.instance_set is not None:
+            if options.get("config"):
+                raise ValueError("reset option 'config' is not available on an instance env (each instance "
+                                 "fixes its config); make the env with the overrides instead")
+            name = options.get("instance")
+            if name is None:
+                pool = self.instance_set.split(self.instance_split)
+                name = pool[int(self.np_random.integers(len(pool)))]
+            else:
+                self.instance_set.instance(name)  # ValueError naming the valid instances
+            self._use_instance(name)
+        elif options.get("instance") is not None:
+            raise ValueError("reset option 'instance' needs an env made with instances=<set name>")
         if "config" in options and options["config"]:
             new_config = self.config.replace(**options["config"])
             if new_config != self.config:
@@ -207,6 +253,7 @@ class KnowledgeSelectionEnv(gym.Env):
             params = dict(options.get("reward_params") or {})
             self.reward_fn = make_reward(name, **params)
             self._reward_spec = (name, params)
+        self.distiller.set_example_weighting(options.get("example_weighting"))
         episode_seed = int(self.np_random.integers(0, 2**31 - 1))
         self.distiller.reset(episode_seed)
         self._start_episode_state()
@@ -274,6 +321,7 @@ class KnowledgeSelectionEnv(gym.Env):
             "phase_seconds": float(seconds) if self.record_time else 0.0,
             "crashed": bool(crashed),
             "rewards": dict(rewards),
+            "instance": self.instance,
         }
 
     def render(self):
@@ -292,7 +340,8 @@ class KnowledgeSelectionEnv(gym.Env):
         if getattr(self, "_closed", True):
             return
         self._closed = True
-        self.distiller.close()
+        for distiller in {id(d): d for d in [self.distiller, *self._distillers.values()]}.values():
+            distiller.close()
         super().close()
 
     # ---- state and pickling -----------------------------------------------------------------
@@ -310,11 +359,16 @@ class KnowledgeSelectionEnv(gym.Env):
             "history": copy.deepcopy(self.history),
             "np_random": copy.deepcopy(self.np_random.bit_generator.state) if self._np_random is not None else None,
             "reward": self.reward_fn.name,
+            "instance": self.instance,
+            "example_weighting": self.distiller.example_weighting,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         import copy
 
+        if state.get("instance") is not None:
+            self._use_instance(state["instance"])
+        self.distiller.set_example_weighting(state.get("example_weighting"))
         self.distiller.load_state_dict(state["distiller"])
         self.phase_index = state["phase_index"]
         self.last_action = state["last_action"].copy()
@@ -328,7 +382,8 @@ class KnowledgeSelectionEnv(gym.Env):
     def __getstate__(self) -> dict[str, Any]:
         # the reward instance itself (not its name): it carries per-episode state
         args = {**self._init_args, "reward": self.reward_fn, "reward_params": None}
-        return {"config": self.config, "init_args": args, "state": self.state_dict()}
+        config = self._base_config if self.instance_set is not None else self.config
+        return {"config": config, "init_args": args, "state": self.state_dict()}
 
     def __setstate__(self, data: dict[str, Any]) -> None:
         self.__init__(data["config"], **data["init_args"])

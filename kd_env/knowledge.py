@@ -44,6 +44,10 @@ __all__ = [
     "knowledge_names",
     "DEFAULT_KNOWLEDGE",
     "TEACHER_OUTPUTS",
+    "EXAMPLE_WEIGHTINGS",
+    "register_example_weighting",
+    "example_weighting_names",
+    "check_example_weighting",
 ]
 
 #: what a knowledge type may ask of the teacher
@@ -83,6 +87,33 @@ class Knowledge:
     def __call__(self, student: ModelOutputs, teacher: ModelOutputs | None,
                  batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
+
+    # ---- per-example form (for per-example weighting such as Dynamic KD) ----------------------
+    @property
+    def has_per_example(self) -> bool:
+        """Whether :meth:`per_example` is implemented (needed by per-example weightings)."""
+        return type(self).per_example is not Knowledge.per_example
+
+    def per_example(self, student: ModelOutputs, teacher: ModelOutputs | None,
+                    batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss of each example, ``(B,)``, such that :meth:`weighted` with unit weights equals
+        the term itself.  Knowledge without a per-example form leaves this unimplemented."""
+        raise NotImplementedError(f"knowledge {self.name!r} has no per-example form")
+
+    def example_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Which examples of the batch the term is defined on (``None``: all of them)."""
+        return None
+
+    def weighted(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: dict[str, torch.Tensor],
+                 example_weights: torch.Tensor) -> torch.Tensor:
+        """``sum_i w_i l_i / n`` over the examples the term is defined on (``n`` of them)."""
+        values = self.per_example(student, teacher, batch)
+        w = example_weights.to(values.dtype)
+        mask = self.example_mask(batch)
+        if mask is None:
+            return (values * w).sum() / values.shape[0]
+        m = mask.to(values.dtype)
+        return (values * w * m).sum() / m.sum().clamp_min(1)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, needs={self.needs})"
@@ -169,11 +200,24 @@ def _is_regression(logits: torch.Tensor) -> bool:
 
 @register_knowledge("finetune")
 class Finetune(Knowledge):
-    """Cross-entropy to the gold labels (MSE for regression tasks)."""
+    """Cross-entropy to the gold labels (MSE for regression tasks), averaged over the examples
+    that have a label (``batch["label_mask"]`` when only part of the distillation set is
+    labelled; examples without one add nothing and give no gradient)."""
 
     needs = ()
 
+    def per_example(self, student, teacher, batch):
+        labels = batch["labels"]
+        if _is_regression(student.logits):
+            return (student.logits.squeeze(-1) - labels.float()) ** 2
+        return F.cross_entropy(student.logits, labels, reduction="none")
+
+    def example_mask(self, batch):
+        return batch.get("label_mask")
+
     def __call__(self, student, teacher, batch):
+        if batch.get("label_mask") is not None:
+            return self.weighted(student, teacher, batch, torch.ones_like(batch["labels"], dtype=torch.float32))
         labels = batch["labels"]
         if _is_regression(student.logits):
             return F.mse_loss(student.logits.squeeze(-1), labels.float())
@@ -202,6 +246,14 @@ class Response(Knowledge):
         log_p_s = F.log_softmax(student.logits / t, dim=-1)
         log_p_t = F.log_softmax(teacher.logits.float() / t, dim=-1)
         return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean") * t * t
+
+    def per_example(self, student, teacher, batch):
+        if _is_regression(student.logits):
+            return ((student.logits - teacher.logits.to(student.logits.dtype)) ** 2).mean(-1)
+        t = self.temperature
+        log_p_s = F.log_softmax(student.logits / t, dim=-1)
+        log_p_t = F.log_softmax(teacher.logits.float() / t, dim=-1)
+        return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1) * t * t
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -330,3 +382,66 @@ class Attention(Knowledge):
             else:
                 losses.append(d.mean())
         return torch.stack(losses).mean()
+
+
+# --------------------------------------------------------------------------------------------
+# Per-example weightings: how much each example counts in each knowledge term
+# --------------------------------------------------------------------------------------------
+
+EXAMPLE_WEIGHTINGS: Registry = Registry("example weighting")
+
+
+def register_example_weighting(name: str, targets: Iterable[str], overwrite: bool = False) -> Callable:
+    """Decorator registering a per-example weighting under ``name``.
+
+    The function takes ``(student, teacher, batch)`` (model outputs and the batch; the student's
+    outputs are detached) and returns ``{knowledge name: (B,) weights}`` for the knowledge types
+    in ``targets``; each such term becomes ``sum_i w_i l_i / n`` (see :meth:`Knowledge.weighted`)
+    and is still multiplied by the action's weight for that knowledge.  Other terms are unchanged.
+    An env uses one with ``reset(options={"example_weighting": name})``.
+    """
+    targets = tuple(targets)
+
+    def wrap(fn):
+        fn.targets = targets
+        EXAMPLE_WEIGHTINGS.add(name, fn, fn, overwrite)
+        return fn
+
+    return wrap
+
+
+def example_weighting_names() -> list[str]:
+    return EXAMPLE_WEIGHTINGS.names()
+
+
+def check_example_weighting(name: str, knowledge: Iterable[Knowledge]) -> Callable:
+    """The registered weighting ``name``, checked against the knowledge types in use: each of its
+    targets must be in use and have a per-example form.  ``ValueError`` otherwise."""
+    if name not in EXAMPLE_WEIGHTINGS:
+        raise ValueError(f"unknown example weighting {name!r}; valid: {example_weighting_names()}")
+    fn = EXAMPLE_WEIGHTINGS[name]
+    by_name = {k.name: k for k in knowledge}
+    missing = [t for t in fn.targets if t not in by_name]
+    if missing:
+        raise ValueError(f"example weighting {name!r} weights knowledge {list(fn.targets)}, but {missing} "
+                         f"is not in use (in use: {list(by_name)})")
+    flat = [t for t in fn.targets if not by_name[t].has_per_example]
+    if flat:
+        raise ValueError(f"example weighting {name!r} needs per-example losses, which knowledge {flat} does not "
+                         f"provide (implement Knowledge.per_example)")
+    return fn
+
+
+@register_example_weighting("uncertainty", targets=("finetune", "response"))
+def uncertainty_weighting(student: ModelOutputs, teacher: ModelOutputs, batch: dict[str, torch.Tensor]):
+    """Dynamic KD's supervision adjustment (Li et al., EMNLP 2021): an example the student is
+    unsure of is learnt more from the teacher.  With ``u_i`` the entropy of the student's
+    prediction divided by ``log C`` (in [0, 1]): ``response`` gets weight ``u_i``, ``finetune``
+    ``1 - u_i``."""
+    logits = student.logits.detach().float()
+    if logits.shape[-1] == 1:
+        raise ValueError("example weighting 'uncertainty' needs class probabilities; regression tasks have none")
+    logp = torch.log_softmax(logits, -1)
+    u = -(logp.exp() * logp).sum(-1) / torch.log(torch.tensor(float(logits.shape[-1])))
+    u = u.clamp(0.0, 1.0)
+    return {"response": u, "finetune": 1.0 - u}

@@ -190,3 +190,28 @@ class DictObservation(Observation):
 
     def __call__(self, env):
         return {k: v(env) for k, v in self.parts.items()}
+
+
+@register_observation("instance_features")
+class InstanceFeatures(Observation):
+    """Opt-in: the ``summary`` vector followed by the current instance's situation
+    (:data:`kd_env.instances.FEATURE_FIELDS`, each in [0, 1]): a policy that *knows* the
+    instance.  Needs an env made with ``instances=<set>``."""
+
+    def __init__(self):
+        super().__init__()
+        self.summary = Summary()
+
+    def space(self, env):
+        from .instances import FEATURE_FIELDS
+
+        if getattr(env, "instance_set", None) is None:
+            raise ValueError("observation 'instance_features' needs an env made with instances=<set name>")
+        inner = self.summary.space(env)
+        n = len(FEATURE_FIELDS)
+        return spaces.Box(np.concatenate([inner.low, np.zeros(n, np.float32)]),
+                          np.concatenate([inner.high, np.ones(n, np.float32)]), dtype=np.float32)
+
+    def __call__(self, env):
+        features = env.instance_set.features(env.instance, env._base_config)
+        return np.concatenate([self.summary(env), np.clip(features, 0.0, 1.0)]).astype(np.float32)

@@ -74,6 +74,16 @@ class DistillConfig:
     """distil on the first N examples of a seeded shuffle of train (None: all); bounds the cache"""
     dev_probe_size: int = 200
     """examples in the fixed, seeded dev probe used for rewards"""
+    # the situation the student is distilled in (instance axes)
+    label_fraction: float = 1.0
+    """share of the distillation set that has gold labels (a fixed, seeded subset); the finetune
+    loss is masked per example, the teacher's outputs stay available on every example"""
+    label_noise: float = 0.0
+    """share of the student's gold labels flipped to another class (exact count, seeded,
+    symmetric); the teacher, the dev probe and the test split keep clean labels"""
+    teacher_train_fraction: float = 1.0
+    """share of the training split the teacher is fine-tuned on (a seeded subset; < 1 makes a
+    weaker teacher)"""
     eval_batch_size: int = 128
     # teacher fine-tuning
     teacher_epochs: float = 1.0
@@ -135,7 +145,8 @@ class DistillConfig:
         for name in ("trust_remote_code", "use_teacher_cache", "progress", "deterministic", "freeze_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"config.{name} must be true or false, got {getattr(self, name)!r}")
-        for name in ("weight_decay", "warmup_fraction", "max_grad_norm", "teacher_epochs"):
+        for name in ("weight_decay", "warmup_fraction", "max_grad_norm", "teacher_epochs", "label_fraction",
+                     "label_noise", "teacher_train_fraction"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool):
                 raise ValueError(f"config.{name} must be a number, got {v!r}")
@@ -163,6 +174,14 @@ class DistillConfig:
         if self.steps_per_action > self.total_steps:
             raise ValueError(f"config.steps_per_action ({self.steps_per_action}) exceeds config.total_steps "
                              f"({self.total_steps})")
+        if not 0 < self.label_fraction <= 1:
+            raise ValueError(f"config.label_fraction must be in (0, 1], got {self.label_fraction}")
+        if not 0 <= self.label_noise < 1:
+            raise ValueError(f"config.label_noise must be in [0, 1), got {self.label_noise}")
+        if not 0 < self.teacher_train_fraction <= 1:
+            raise ValueError(f"config.teacher_train_fraction must be in (0, 1], got {self.teacher_train_fraction}")
+        if not self.teacher_epochs > 0:
+            raise ValueError(f"config.teacher_epochs must be > 0, got {self.teacher_epochs}")
         if self.train_examples is not None and self.train_examples <= 0:
             raise ValueError(f"config.train_examples must be positive or None, got {self.train_examples}")
         choices = {"layer_strategy": ("skip", "first", "last"), "student_init": ("skip", "first", "last"),
