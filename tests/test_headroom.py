@@ -1,0 +1,94 @@
+"""The headroom tool end to end (``--quick``) on a tiny instance set over the quick preset, its
+resume, and its choices: made on selection seeds and dev, never on the test split."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import kd_env
+from experiments import headroom
+from kd_env import Instance, InstanceSet
+
+if "tiny-headroom" not in kd_env.instance_set_names():
+    kd_env.register_instance_set(InstanceSet(
+        name="tiny-headroom", base="quick",
+        instances=[Instance("clean", {}), Instance("few-labels", {"label_fraction": 0.05})],
+        held_out=["few-labels"], description="two quick instances for the headroom test"))
+
+ARGS = ["--quick", "--env", "kd_env/DigitsKD-Instances-v0", "--env-kwarg", "config=quick",
+        "--env-kwarg", "instances=tiny-headroom", "--selection-seeds", "0", "--test-seeds", "100-101",
+        "--random-episodes", "4"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("headroom")
+    assert headroom.main([*ARGS, "--out", str(out)]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_quick_report_has_every_part(quick_run):
+    out, res = quick_run
+    assert (out / "results.md").read_text().startswith("# Headroom on `kd_env/DigitsKD-Instances-v0`")
+    assert (out / "headroom.png").stat().st_size > 10_000
+    policies = {r["policy"]: r for r in res["policies"]}
+    assert sum(p.startswith("fixed:") for p in policies) == 16
+    for name in ("per-instance oracle", "greedy:reward", "greedy:probe"):
+        assert name in policies
+    assert res["best_schedule"] is not None and res["best_schedule"] in policies
+    for r in res["policies"]:
+        assert r["n"] > 0 and 0.0 <= r["test_mean"] <= 1.0
+    # every scored pair is a held-out instance on a test seed
+    units = [json.loads(line) for line in (out / "units.jsonl").read_text().splitlines()]
+    for u in units:
+        if u["policy"].startswith(("greedy:", "agent:")):
+            assert u["instance"] == "few-labels" and u["seed"] in (100, 101)
+    assert res["held_out_instances"] == ["few-labels"] and res["train_instances"] == ["clean"]
+    assert {a["reward"] for a in res["reward_alignment"]} >= {"dev_loss_delta", "dev_metric_delta"}
+    assert res["headroom"]["policy"] in policies
+
+
+def test_best_fixed_is_the_best_dev_mean_on_the_selection_seeds_of_train_instances(quick_run):
+    out, res = quick_run
+    units = [json.loads(line) for line in (out / "units.jsonl").read_text().splitlines()]
+    dev = {}
+    for u in units:
+        if u["policy"].startswith("fixed:") and u["seed"] == 0 and u["instance"] == "clean":
+            dev[u["policy"][6:]] = u["dev"]
+    assert res["best_fixed"] == max(dev, key=dev.get)
+    oracle_dev = {u["policy"][6:]: u["dev"] for u in units
+                  if u["policy"].startswith("fixed:") and u["seed"] == 0 and u["instance"] == "few-labels"}
+    assert res["per_instance_oracle"]["few-labels"] == max(oracle_dev, key=oracle_dev.get)
+    # the reference row and the paired differences
+    ref = {(u["instance"], u["seed"]): u["test"] for u in units if u["policy"] == f"fixed:{res['best_fixed']}"
+           and u["seed"] in (100, 101)}
+    oracle = {(u["instance"], u["seed"]): u["test"] for u in units
+              if u["policy"] == f"fixed:{res['per_instance_oracle']['few-labels']}" and u["seed"] in (100, 101)}
+    row = next(r for r in res["policies"] if r["policy"] == "per-instance oracle")
+    expected = sum(oracle[k] - ref[k] for k in ref) / len(ref)
+    assert row["diff_vs_best_fixed"]["mean"] == pytest.approx(expected)
+
+
+def test_rerun_resumes_and_a_cut_line_is_dropped(quick_run, tmp_path):
+    out, res = quick_run
+    copy = tmp_path / "again"
+    copy.mkdir()
+    lines = (out / "units.jsonl").read_text().splitlines()
+    (copy / "units.jsonl").write_text("\n".join(lines) + "\n" + lines[-1][: len(lines[-1]) // 2])
+    assert headroom.main([*ARGS, "--out", str(copy)]) == 0
+    again = json.loads((copy / "results.json").read_text())
+    assert len((copy / "units.jsonl").read_text().splitlines()) == len(lines)
+    for a, b in zip(res["policies"], again["policies"]):
+        assert a["policy"] == b["policy"] and a["test_mean"] == b["test_mean"]
+
+
+def test_bad_input_is_a_clean_error(tmp_path, capsys):
+    assert headroom.main(["--env", "kd_env/Nope-v0", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown env id" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit):
+        headroom.main(["--selection-seeds", "0-3", "--test-seeds", "3-5"])
+    with pytest.raises(SystemExit):
+        headroom.main(["--selection-seeds", "a-b"])

@@ -1,0 +1,166 @@
+"""Instance sets and the instance envs: seeded sampling, the held-out split, the situation axes,
+and the opt-in instance features."""
+
+from __future__ import annotations
+
+import pickle
+from collections import Counter
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import kd_env  # noqa: F401 - registers the env ids
+from kd_env import DistillConfig, Instance, InstanceSet, get_instance_set, get_preset
+from kd_env.engine import build_distiller, student_label_view
+from kd_env.instances import FEATURE_FIELDS
+
+TINY = InstanceSet(name="tiny-test", base="quick",
+                   instances=[Instance("clean", {}), Instance("few-labels", {"label_fraction": 0.1}),
+                              Instance("noisy", {"label_noise": 0.4})],
+                   held_out=["noisy"], description="three quick instances for tests")
+if "tiny-test" not in kd_env.instance_set_names():
+    kd_env.register_instance_set(TINY)
+
+
+def _env(**kwargs) -> gym.Env:
+    return gym.make("kd_env/DigitsKD-Instances-v0", config="quick", instances="tiny-test", record_time=False,
+                    **kwargs).unwrapped
+
+
+def test_registered_instance_sets_have_disjoint_train_and_held_out_instances():
+    for name in ("digits", "text"):
+        iset = get_instance_set(name)
+        assert set(iset.train_names).isdisjoint(iset.test_names)
+        assert sorted(iset.train_names + iset.test_names) == sorted(iset.names)
+    digits = get_instance_set("digits")
+    assert len(digits.names) == 12 and len(digits.test_names) == 4
+    for axis in ("label_fraction", "label_noise", "teacher_train_fraction"):  # every axis value is trained on
+        train_values = {getattr(digits.config(n), axis) for n in digits.train_names}
+        test_values = {getattr(digits.config(n), axis) for n in digits.test_names}
+        assert test_values <= train_values, axis
+
+
+def test_reset_draws_train_instances_only_seeded_and_reports_them():
+    env = _env()
+    try:
+        drawn = []
+        for seed in range(12):
+            _, info = env.reset(seed=seed)
+            drawn.append(info["instance"])
+            assert env.distiller.config.label_noise == 0.0  # never the held-out 'noisy'
+        assert set(drawn) == {"clean", "few-labels"}
+        again = [env.reset(seed=seed)[1]["instance"] for seed in range(12)]
+        assert again == drawn
+        _, info = env.reset(seed=0, options={"instance": "noisy"})  # explicit choice, even held out
+        assert info["instance"] == "noisy" and env.config.label_noise == 0.4
+        _, _, _, _, info = env.step(np.array([1, 1, 0, 0]))
+        assert info["instance"] == "noisy"
+        with pytest.raises(ValueError, match="unknown instance 'nope'.*valid"):
+            env.reset(seed=0, options={"instance": "nope"})
+    finally:
+        env.close()
+    test_env = _env(instance_split="test")
+    try:
+        assert Counter(test_env.reset(seed=s)[1]["instance"] for s in range(5)) == Counter({"noisy": 5})
+    finally:
+        test_env.close()
+    with pytest.raises(ValueError, match="instance split must be one of"):
+        _env(instance_split="dev")
+
+
+def test_instance_distillers_are_built_once_and_the_same_seed_gives_the_same_episode():
+    env = _env()
+    try:
+        env.reset(seed=0, options={"instance": "few-labels"})
+        first = env.distiller
+        a = [env.step(np.array([0, 1, 0, 0]))[1] for _ in range(2)]
+        env.reset(seed=0, options={"instance": "clean"})
+        env.reset(seed=0, options={"instance": "few-labels"})
+        assert env.distiller is first
+        assert [env.step(np.array([0, 1, 0, 0]))[1] for _ in range(2)] == a
+    finally:
+        env.close()
+
+
+def test_instance_features_observation_is_opt_in_and_survives_pickling():
+    env = _env(observation="instance_features")
+    try:
+        obs, _ = env.reset(seed=0, options={"instance": "few-labels"})
+        assert env.observation_space.contains(obs)
+        features = obs[-len(FEATURE_FIELDS):]
+        assert features[FEATURE_FIELDS.index("label_fraction")] == pytest.approx(0.1)
+        env.step(np.array([1, 1, 0, 0]))
+        twin = pickle.loads(pickle.dumps(env))
+        a, b = env.step(np.array([1, 0, 0, 0])), twin.step(np.array([1, 0, 0, 0]))
+        assert np.array_equal(a[0], b[0]) and a[1] == b[1] and b[4]["instance"] == "few-labels"
+        twin.close()
+    finally:
+        env.close()
+    plain = _env()
+    try:
+        assert plain.observation_space.shape == (2 * 4 + 9,)  # the default hides the instance
+    finally:
+        plain.close()
+    with pytest.raises(ValueError, match="instances=<set name>"):
+        gym.make("kd_env/QuickKD-v0", observation="instance_features")
+
+
+def test_instance_set_validation_names_what_is_wrong():
+    with pytest.raises(ValueError, match="unknown config key"):
+        InstanceSet("bad", "quick", [Instance("a", {"label_fracton": 0.1}), Instance("b", {})], held_out=["b"])
+    with pytest.raises(ValueError, match="held-out names"):
+        InstanceSet("bad", "quick", [Instance("a", {}), Instance("b", {})], held_out=["c"])
+    with pytest.raises(ValueError, match="knowledge types"):
+        InstanceSet("bad", "quick", [Instance("a", {"knowledge": ["finetune"]}), Instance("b", {})], held_out=["b"])
+    with pytest.raises(ValueError, match="unknown instance set"):
+        gym.make("kd_env/QuickKD-v0", instances="nope")
+    for field, bad in (("label_fraction", 0.0), ("label_fraction", 1.5), ("label_noise", 1.0),
+                       ("teacher_train_fraction", 0.0)):
+        with pytest.raises(ValueError, match=f"config.{field}"):
+            DistillConfig(task="digits", teacher="mlp", **{field: bad})
+
+
+def test_label_view_noise_is_exact_and_seeded_and_fraction_masks_a_seeded_subset():
+    labels = np.arange(200) % 10
+    cfg = get_preset("quick", label_noise=0.25, label_fraction=0.3)
+    noisy, mask = student_label_view(labels, 10, cfg)
+    flipped = noisy != labels
+    assert flipped.sum() == 50  # round(0.25 * 200), every flip to another class
+    assert mask.sum() == 60
+    again = student_label_view(labels, 10, cfg)
+    assert np.array_equal(again[0], noisy) and np.array_equal(again[1], mask)
+    other = student_label_view(labels, 10, cfg.replace(seed=1))
+    assert not np.array_equal(other[0], noisy) and not np.array_equal(other[1], mask)
+    assert student_label_view(labels, 10, get_preset("quick")) == (None, None)
+
+
+def test_label_fraction_trains_finetune_only_on_labelled_examples():
+    d = build_distiller(get_preset("quick", label_fraction=0.1))
+    try:
+        idx = np.arange(64)
+        batch = d._train_batch(idx)
+        assert torch.equal(batch["label_mask"], torch.from_numpy(d.label_mask[idx]))
+        assert 0 < int(batch["label_mask"].sum()) < 64
+        out = d.student(batch)
+        out.logits.retain_grad()
+        loss = d.knowledge[0](out, None, batch)
+        loss.backward()
+        grad_rows = out.logits.grad.abs().sum(-1)
+        unlabelled = ~batch["label_mask"]
+        assert torch.all(grad_rows[unlabelled] == 0) and torch.all(grad_rows[~unlabelled] > 0)
+        ce = torch.nn.functional.cross_entropy(out.logits.detach()[~unlabelled], batch["labels"][~unlabelled])
+        assert float(loss.detach()) == pytest.approx(float(ce), rel=1e-6)
+    finally:
+        d.close()
+
+
+def test_teacher_train_fraction_makes_a_weaker_teacher():
+    strong = build_distiller(get_preset("quick"))
+    weak = build_distiller(get_preset("quick", teacher_train_fraction=0.05, teacher_epochs=100))
+    try:
+        assert weak.teacher_metrics["test"]["accuracy"] < strong.teacher_metrics["test"]["accuracy"] - 0.05
+    finally:
+        strong.close()
+        weak.close()
