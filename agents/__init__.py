@@ -14,12 +14,13 @@ one registry::
 Names: ``ac``, ``ac_q`` (our actor-critic selector, :mod:`agents.actor_critic`); ``ppo``,
 ``a2c``, ``dqn``, ``sac``, ``td3``, ``ddpg`` (stable-baselines3, :mod:`agents.sb3`);
 ``finetune``, ``vanilla_kd``, ``pkd``, ``all``, ``random_hard``, ``random_soft``,
-``fixed:<bits>``, ``schedule:<file>`` (:mod:`agents.baselines`).
+``fixed:<bits>``, ``schedule:<file>`` (:mod:`agents.baselines`); ``dynamic_kd``, ``eskd``,
+``two_stage``, ``anneal`` (the literature's dynamic baselines, :mod:`agents.dynamic`).
 """
 
 from __future__ import annotations
 
-from . import actor_critic, baselines, sb3  # noqa: F401 - register their agents
+from . import actor_critic, baselines, dynamic, sb3  # noqa: F401 - register their agents
 from .base import Agent, CheckpointError, EnvSpec, agent_names, agent_table, env_spec, load_agent, make_agent, \
     register_agent, run_episode
 

@@ -1,10 +1,13 @@
 """The agent protocol, the agent registry, checkpoints and an episode runner.
 
 Every agent (our actor-critic selector, the stable-baselines3 adapters, the fixed baselines)
-exposes the same five methods, so experiments never branch on where an agent comes from:
+exposes the same methods, so experiments never branch on where an agent comes from:
 
 * ``act(obs, deterministic=False) -> np.ndarray``: an action valid for ``env.action_space``.
 * ``reset()``: called at the start of every episode (stateful agents such as schedules use it).
+* ``reset_options() -> dict``: env reset options the agent's method needs for an episode (e.g.
+  ``{"example_weighting": "uncertainty"}`` for Dynamic KD; default ``{}``); :func:`run_episode`
+  passes them to ``env.reset``, under the caller's own options.
 * ``learn(env, total_episodes=None, total_steps=None, callback=None) -> self``.
 * ``save(path)`` / ``load(path) -> self``.
 
@@ -47,6 +50,7 @@ __all__ = [
     "agent_names",
     "load_agent",
     "run_episode",
+    "episode_options",
     "env_spec",
     "read_header",
     "HEADER_FILE",
@@ -172,6 +176,16 @@ class Agent:
 
     def reset(self) -> None:
         """Start of an episode (default: nothing)."""
+
+    def reset_options(self) -> dict[str, Any]:
+        """Env reset options this agent's method needs for an episode (default: none).
+
+        An agent whose method changes how the student trains, beyond the per-phase action (e.g.
+        Dynamic KD's per-example weighting), says so here; whoever runs the agent's episode
+        resets the env with ``{**agent.reset_options(), **caller_options}`` (see
+        :func:`run_episode`).
+        """
+        return {}
 
     # ---- learning ---------------------------------------------------------------------------
     def learn(self, env: Any, total_episodes: int | None = None, total_steps: int | None = None,
@@ -393,11 +407,12 @@ def run_episode(env: Any, agent: Agent, deterministic: bool = True, seed: int | 
     """Run one episode of ``agent`` in ``env`` (no learning).
 
     Args:
-        env: the env (reset here with ``seed`` and ``options``).
+        env: the env (reset here with ``seed`` and the options below).
         agent: any :class:`Agent`; its :meth:`Agent.reset` is called first.
         deterministic: passed to ``agent.act``.
         seed: the env's reset seed.
-        options: the env's reset options.
+        options: the env's reset options, merged over the agent's own
+            (:meth:`Agent.reset_options`): a key given here wins.
 
     Returns:
         ``{"return", "length", "rewards", "actions" (one list per phase, as applied),
@@ -405,7 +420,7 @@ def run_episode(env: Any, agent: Agent, deterministic: bool = True, seed: int | 
         values are NaN for envs without a dev probe.
     """
     agent.reset()
-    obs, info = env.reset(seed=seed, options=options)
+    obs, info = env.reset(seed=seed, options=episode_options(agent, options))
     rewards: list[float] = []
     actions: list[list[float]] = []
     infos: list[dict[str, Any]] = []
@@ -420,6 +435,13 @@ def run_episode(env: Any, agent: Agent, deterministic: bool = True, seed: int | 
             "infos": infos, "final_probe_metric": float(info.get("probe_metric", math.nan)),
             "final_probe_loss": float(info.get("probe_loss", math.nan)),
             "terminated": bool(terminated), "truncated": bool(truncated)}
+
+
+def episode_options(agent: Agent, options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The env reset options of one of ``agent``'s episodes: ``{**agent.reset_options(),
+    **options}`` (``None`` when both are empty, i.e. a plain reset)."""
+    merged = {**agent.reset_options(), **(options or {})}
+    return merged or None
 
 
 class EpisodeLogger:

@@ -14,7 +14,10 @@ two never meet.  Per evaluation episode the benchmark records the episode return
 student's test metric (``env.unwrapped.distiller.evaluate("test")["main"]``, the task's metric,
 accuracy for digits); the cell's score is their mean over the evaluation episodes of the last
 evaluation.  The learners are also evaluated every ``--eval-every`` training episodes (learning
-curves); the baselines, which do not learn, only at the end.
+curves); the baselines, which do not learn, only at the end.  Any registered agent is a valid
+``--algos`` entry, among them the literature's dynamic baselines ``dynamic_kd``, ``eskd``,
+``two_stage`` and ``anneal`` (:mod:`agents.dynamic`; not in the default grid).  Evaluation
+episodes reset the env with the agent's own reset options (Dynamic KD's example weighting).
 
 Hyperparameters: ``experiments/configs/<algo>.yml`` (rl-baselines3-zoo style), one entry per env
 id merged over a ``default`` entry.  An entry holds ``action_mode`` (``mask`` or ``weights``:

@@ -10,9 +10,14 @@ Pipeline (resumable: rerun the same command after an interruption):
 2. selector: train the knowledge selector (``--agent``, default our actor-critic) over
    ``--episodes`` distillation episodes rewarded on the dev probe;
 3. distil a fresh student per seed with the trained selector acting deterministically;
-4. the same student budget for every baseline (``--methods``);
+4. the same student budget for every baseline (``--methods``): the fixed masks, the random
+   ones, and the literature's dynamic baselines on request (``dynamic_kd``, ``eskd``,
+   ``two_stage``, ``anneal``; :mod:`agents.dynamic`);
 5. evaluate every student (and the teacher) on the held-out split with the task's metric;
 6. write ``runs/<name>/``: results.json/.csv/.md, config.yaml, plots, TensorBoard logs.
+
+The best fixed mask (``best_fixed``, the selector's strongest single-mask rival) is chosen on the
+students' dev-probe metric, never on the held-out split.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import numpy as np
 import yaml
 
 from agents import agent_names, load_agent, make_agent
+from agents.base import episode_options
 from experiments.report import (
     markdown_table,
     mean_std,
@@ -47,7 +53,11 @@ from kd_env.io import atomic_write_json, atomic_write_text
 from kd_env.teacher import evaluate_model
 
 BASELINES = ("finetune", "vanilla_kd", "pkd", "all", "random_hard", "random_soft")
+#: the literature's dynamic baselines (agents.dynamic): valid --methods, not run by default
+DYNAMIC_BASELINES = ("dynamic_kd", "eskd", "two_stage", "anneal")
 SELECTOR = "selector"
+#: methods that are not one fixed mask (never candidates for best_fixed)
+NOT_FIXED = (SELECTOR, "random_hard", "random_soft", *DYNAMIC_BASELINES)
 
 #: experiment-level defaults per preset (the distillation settings live in kd_env.presets)
 EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
@@ -83,7 +93,8 @@ class ExperimentConfig:
     seeds: list[int] | None = None
     """evaluation seeds (default: per preset)"""
     methods: list[str] | None = None
-    """methods to compare (default: selector, the baselines and each single knowledge type)"""
+    """methods to compare (default: selector, the baselines and each single knowledge type; the dynamic
+    baselines dynamic_kd, eskd, two_stage, anneal on request)"""
     name: str | None = None
     """run folder name under ``out`` (default: glue_ac-<preset>-<task>)"""
     out: str = "runs"
@@ -173,7 +184,7 @@ def default_methods(knowledge: Sequence[str]) -> list[str]:
 
 
 def valid_methods(knowledge: Sequence[str]) -> list[str]:
-    return [SELECTOR, *BASELINES, *[f"only:{k}" for k in knowledge]]
+    return [SELECTOR, *BASELINES, *DYNAMIC_BASELINES, *[f"only:{k}" for k in knowledge]]
 
 
 def method_agent_name(method: str, knowledge: Sequence[str]) -> str:
@@ -213,10 +224,11 @@ def _progress(iterable, total: int, desc: str):
 
 
 def distil_episode(env: KnowledgeSelectionEnv, agent, seed: int) -> dict[str, Any]:
-    """One deterministic distillation run; returns the unit's result row (with curves)."""
+    """One deterministic distillation run; returns the unit's result row (with curves).  The env
+    is reset with the agent's own reset options (e.g. Dynamic KD's example weighting)."""
     start = time.perf_counter()
-    obs, info = env.reset(seed=seed)
     agent.reset()
+    obs, info = env.reset(seed=seed, options=episode_options(agent))
     curve = [info["probe_metric"]]
     actions: list[list[float]] = []
     total = 0.0
@@ -360,9 +372,16 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
                                     reward=c.reward, reward_params=c.reward_params or None)
     except (ValueError, FileNotFoundError, ModuleNotFoundError, DataUnavailableError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    run.prepare()
     d = env.distiller
     knowledge = list(d.knowledge_names)
+    try:  # a baseline that needs knowledge this env lacks fails here too (e.g. eskd without response)
+        for method in c.methods:
+            if method != SELECTOR:
+                make_agent(method_agent_name(method, knowledge), env)
+    except ValueError as exc:
+        env.close()
+        raise SystemExit(f"error: {exc}") from None
+    run.prepare()
     teacher_probe = evaluate_model(d.teacher_model, d.dev_data, d.task, d.device, distill.eval_batch_size,
                                    indices=d.probe_indices)
     teacher = {"metric": d.teacher_metrics["test"]["main"], "dev_metric": teacher_probe["main"],
@@ -400,6 +419,14 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
+def choose_best_fixed(table: list[dict[str, Any]]) -> str | None:
+    """The fixed mask (a named baseline, ``only:<k>`` or ``fixed:<bits>``) with the highest mean
+    dev-probe metric (``dev_mean``), or ``None`` when none ran.  Chosen on dev, never on test:
+    the test split only scores the choice.  Ties go to the first in ``table``'s order."""
+    fixed = [t for t in table if t["method"] not in NOT_FIXED and t["n"]]
+    return max(fixed, key=lambda t: t["dev_mean"])["method"] if fixed else None
+
+
 def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], knowledge: list[str],
                  selector_returns: list[float], distill: DistillConfig) -> dict[str, Any]:
     c = run.config
@@ -415,8 +442,7 @@ def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], 
         table.append({"method": method, "mean": m, "std": s, "dev_mean": dm, "dev_std": ds, "n": len(seeds),
                       "train_seconds": float(np.mean([r["train_seconds"] for r in seeds.values()])),
                       "parameters": next(iter(seeds.values()))["student_parameters"] if seeds else None})
-    fixed = [t for t in table if t["method"] not in (SELECTOR, "random_hard", "random_soft") and t["n"]]
-    best_fixed = max(fixed, key=lambda t: t["mean"])["method"] if fixed else None
+    best_fixed = choose_best_fixed(table)
     comparisons = {}
     if SELECTOR in by_method:
         sel = {s: r["metric"] for s, r in by_method[SELECTOR].items()}
@@ -426,7 +452,8 @@ def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], 
     # files
     write_csv(run.dir / "results.csv", rows, RESULT_COLUMNS)
     summary = {"name": c.name, "task": distill.task, "metric": metric_name, "teacher": teacher,
-               "methods": table, "best_fixed": best_fixed, "selector_vs": comparisons,
+               "methods": table, "best_fixed": best_fixed, "best_fixed_chosen_on": "dev-probe mean",
+               "selector_vs": comparisons,
                "selector_returns": selector_returns, "rows": rows, "knowledge": knowledge,
                "date": time.strftime("%Y-%m-%d")}
     atomic_write_json(run.dir / "results.json", summary)
@@ -440,6 +467,9 @@ def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], 
         [[t["method"], f"{t['mean']:.4f} ± {t['std']:.4f}", f"{t['dev_mean']:.4f} ± {t['dev_std']:.4f}", t["n"],
           f"{t['train_seconds']:.1f}", t["parameters"]] for t in table]
         + [["teacher", f"{teacher['metric']:.4f}", f"{teacher['dev_metric']:.4f}", "-", "-", teacher["parameters"]]]))
+    if best_fixed is not None:
+        md.append(f"\nBest fixed subset: `{best_fixed}`, chosen on the dev-probe mean (the students' final dev-probe "
+                  f"{metric_name}), never on the test split.\n")
     if comparisons:
         md.append("\nPaired difference, selector minus baseline (same seeds), 95% t-interval:\n")
         md.append(markdown_table(["baseline", "mean diff", "95% CI", "selector wins"],
@@ -484,6 +514,8 @@ def print_summary(summary: dict[str, Any], out=sys.stdout) -> None:
     for t in sorted(summary["methods"], key=lambda t: -t["mean"] if t["n"] else math.inf):
         print(f"  {t['method']:<{width}} {t['mean']:.4f} ± {t['std']:.4f}   (n={t['n']})", file=out)
     print(f"  {'teacher':<{width}} {summary['teacher']['metric']:.4f}", file=out)
+    if summary.get("best_fixed"):
+        print(f"  best fixed subset (chosen on the dev probe): {summary['best_fixed']}", file=out)
     for k, v in summary["selector_vs"].items():
         print(f"  selector - {k}: {v['mean']:+.4f}  95% CI [{v['low']:+.4f}, {v['high']:+.4f}]", file=out)
 
@@ -518,7 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_seeds, help="evaluation seeds: '0,1,2', a range '0-4', or one seed '7'")
     p.add_argument("--agent", help=f"selector agent; one of {agent_names()}")
     p.add_argument("--episodes", type=int, help="selector training episodes")
-    p.add_argument("--methods", help=f"comma list; default: {','.join(default_methods(('finetune', 'response', 'feature', 'relation')))}")
+    p.add_argument("--methods", help=f"comma list; default: {','.join(default_methods(('finetune', 'response', 'feature', 'relation')))}; "
+                                     f"also: {','.join(DYNAMIC_BASELINES)} (dynamic baselines), fixed:<bits>")
     p.add_argument("--action-mode", choices=["weights", "mask"])
     p.add_argument("--reward", help="registered reward name (default dev_loss_delta)")
     p.add_argument("--plugin", action="append", default=None, help="python file registering rewards/knowledge")

@@ -549,7 +549,8 @@ class _DiscreteObsEnv(SyntheticSelectionEnv):
 def test_registry_lists_every_agent():
     names = agent_names()
     expected = ["ac", "ac_q", "ppo", "a2c", "dqn", "sac", "td3", "ddpg", "finetune", "vanilla_kd", "pkd", "all",
-                "random_hard", "random_soft", "fixed:<bits>", "schedule:<file>"]
+                "random_hard", "random_soft", "fixed:<bits>", "schedule:<file>", "dynamic_kd", "eskd", "two_stage",
+                "anneal"]
     assert sorted(names) == sorted(expected)
     env = SyntheticSelectionEnv("mask")
     for name in names:

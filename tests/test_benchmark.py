@@ -219,6 +219,17 @@ def test_weights_mode_agents_run(tmp_path):
     assert np.all((actions >= 0) & (actions <= 1))
 
 
+def test_dynamic_baselines_run_as_cells():
+    expected = {"dynamic_kd": [[1, 1, 0, 0]] * PHASES,  # mask mode (its config)
+                "anneal": [[p / 3, 1 - p / 3, 0, 0] for p in range(PHASES)]}  # weights mode: response -> finetune
+    for algo, actions in expected.items():
+        payload = benchmark.run_cell(build_grid([algo], [ENV], [0], eval_every=1, eval_episodes=1)[0])
+        r = payload["result"]
+        assert r["train_episodes"] == 0 and r["settings"]["action_mode"] == ("weights" if algo == "anneal" else "mask")
+        np.testing.assert_allclose(payload["arrays"]["final_actions"][0], actions, atol=1e-6)
+        assert 0.0 <= r["test_metric"] <= 1.0
+
+
 def test_training_instances_ignore_the_agents_seed():
     import gymnasium as gym
 
@@ -240,13 +251,15 @@ def test_training_instances_ignore_the_agents_seed():
 
 
 def test_shipped_configs_are_valid_for_every_env():
-    algos = list(DEFAULT_ALGOS) + ["ddpg", "random_soft", "pkd", "finetune", "fixed:1010"]
+    algos = list(DEFAULT_ALGOS) + ["ddpg", "random_soft", "pkd", "finetune", "fixed:1010", "dynamic_kd", "eskd",
+                                   "two_stage", "anneal"]
     envs = ["kd_env/DigitsKD-v0", ENV, "kd_env/TextKD-v0"]
     cells = build_grid(algos, envs, [0], eval_every=5, eval_episodes=2)
     assert len(cells) == len(algos) * len(envs)
     modes = {c.algo: c.settings.action_mode for c in cells}
-    assert {a for a, m in modes.items() if m == "weights"} == {"ac_q", "sac", "td3", "ddpg", "random_soft"}
-    assert all(c.settings.episodes == 0 for c in cells if c.algo in ("random_hard", "all", "vanilla_kd"))
+    assert {a for a, m in modes.items() if m == "weights"} == {"ac_q", "sac", "td3", "ddpg", "random_soft", "anneal"}
+    assert all(c.settings.episodes == 0 for c in cells
+               if c.algo in ("random_hard", "all", "vanilla_kd", "dynamic_kd", "eskd", "two_stage", "anneal"))
     # the agents accept every shipped hyperparameter (the dry run builds each one on QuickKD)
     check_grid([c for c in cells if c.env_id == ENV], log=lambda _m: None)
 

@@ -161,3 +161,49 @@ def test_bad_distill_key_in_config_file(tmp_path: Path):
     with pytest.raises(SystemExit) as exc:
         config_from_args(["--config", str(cfg)])
     assert "total_stepz" in str(exc.value.code)
+
+
+def _unit(method: str, seed: int, test: float, dev: float) -> dict:
+    return {"method": method, "seed": seed, "metric_name": "accuracy", "metric": test, "dev_metric": dev,
+            "return": 0.0, "train_seconds": 1.0, "student_parameters": 10, "crashed": False,
+            "mean_weights": [1.0, 1.0, 0.0, 0.0], "actions": [[1.0, 1.0, 0.0, 0.0]] * 2, "curve": [0.1, dev, dev]}
+
+
+def test_best_fixed_is_chosen_on_dev_not_test(tmp_path: Path):
+    """A synthetic table where dev and test disagree: finetune is best on test, vanilla_kd on dev;
+    the dynamic and random baselines score higher still on dev but are not fixed masks."""
+    from experiments.glue_ac import ExperimentConfig, Run, choose_best_fixed, write_report
+
+    # (test, dev) per method; seeds 0 and 1 are shifted by -/+ 0.01
+    scores = {"finetune": (0.90, 0.50), "vanilla_kd": (0.80, 0.70), "only:response": (0.85, 0.60),
+              "eskd": (0.70, 0.99), "dynamic_kd": (0.70, 0.98), "random_hard": (0.60, 0.95), "selector": (0.75, 0.65)}
+    config = ExperimentConfig(preset="quick", methods=list(scores), seeds=[0, 1], episodes=0, out=str(tmp_path),
+                              name="synthetic").resolved()
+    run = Run(config)
+    run.prepare()
+    rows = [_unit(m, s, test + 0.02 * s - 0.01, dev + 0.02 * s - 0.01) for m, (test, dev) in scores.items() for s in (0, 1)]
+    teacher = {"metric": 0.95, "dev_metric": 0.96, "parameters": 100}
+    summary = write_report(run, rows, teacher, ["finetune", "response", "feature", "relation"], [],
+                           config.distill_config())
+    assert summary["best_fixed"] == "vanilla_kd" and summary["best_fixed_chosen_on"] == "dev-probe mean"
+    assert max((t for t in summary["methods"] if t["method"] in ("finetune", "vanilla_kd", "only:response")),
+               key=lambda t: t["mean"])["method"] == "finetune"  # test would have picked another one
+    assert set(summary["selector_vs"]) == {"vanilla_kd"}
+    md = (run.dir / "results.md").read_text()
+    assert "Best fixed subset: `vanilla_kd`, chosen on the dev-probe mean" in md and "never on the test split" in md
+    assert json.loads((run.dir / "results.json").read_text())["best_fixed"] == "vanilla_kd"
+    # ties go to the first fixed mask in the table; no fixed mask at all: None
+    table = [{"method": "pkd", "dev_mean": 0.7, "n": 2}, {"method": "fixed:1111", "dev_mean": 0.7, "n": 2},
+             {"method": "all", "dev_mean": 0.9, "n": 0}]
+    assert choose_best_fixed(table) == "pkd"
+    assert choose_best_fixed([{"method": "anneal", "dev_mean": 0.9, "n": 2}]) is None
+
+
+def test_a_baseline_without_its_knowledge_fails_before_the_run_folder(tmp_path: Path):
+    from experiments.glue_ac import ExperimentConfig, run_experiment
+
+    config = ExperimentConfig(preset="quick", distill={"knowledge": ["finetune", "feature", "relation"]},
+                              methods=["finetune", "eskd"], seeds=[0], episodes=0, out=str(tmp_path), name="no_response")
+    with pytest.raises(SystemExit, match=r"eskd needs knowledge \['finetune', 'response'\]"):
+        run_experiment(config)
+    assert not (tmp_path / "no_response").exists()
