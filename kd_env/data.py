@@ -21,6 +21,7 @@ import csv
 import hashlib
 import importlib.util
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -453,8 +454,15 @@ def load_glue(task: str, data_dir: str | os.PathLike | None = None, seed: int = 
 
 def load_local(path: str | os.PathLike, seed: int = 0) -> TaskData:
     """A user task from a CSV/TSV file (split 80/10/10, seeded) or a folder holding
-    ``train``/``dev``/``test`` files (``.csv`` or ``.tsv``) with columns ``text[,text_b],label``."""
+    ``train``/``dev``/``test`` files (``.csv`` or ``.tsv``) with columns ``text[,text_b],label``.
+
+    A folder needs ``train``; a missing ``test`` or ``dev`` is carved out of train (10% each,
+    seeded by ``seed``; ``info["carved"]`` lists them, ``info["test_is"]`` says where test came
+    from, and a ``UserWarning`` says so).  The test split is never the dev file: dev holds the
+    env's reward probe, so scoring on it would score what the policy was selected with.
+    """
     p = Path(path)
+    info: dict[str, Any] = {"source": str(p)}
     if p.is_dir():
         splits = {}
         for split in ("train", "dev", "test"):
@@ -463,10 +471,18 @@ def load_local(path: str | os.PathLike, seed: int = 0) -> TaskData:
                 splits[split] = _read_table(found[0])
         if "train" not in splits:
             raise FileNotFoundError(f"{p}: no train.csv or train.tsv (columns text[,text_b],label)")
+        carved = [split for split in ("test", "dev") if split not in splits]
+        if "test" not in splits:
+            splits["train"], splits["test"] = _carve_dev(splits["train"], seed=seed)
         if "dev" not in splits:
             splits["train"], splits["dev"] = _carve_dev(splits["train"], seed=seed)
-        if "test" not in splits:
-            splits["test"] = splits["dev"]
+        if carved:
+            info["carved"] = carved
+            if "test" in carved:
+                info["test_is"] = f"10% of {p.name}'s train file, carved with seed {seed}"
+            sizes = " and ".join(f"{split} ({len(splits[split])} examples)" for split in carved)
+            warnings.warn(f"{p}: no {' or '.join(carved)} file; carved {sizes} out of train (seed {seed}), "
+                          f"which leaves {len(splits['train'])} training examples", UserWarning, stacklevel=2)
     elif p.suffix.lower() in (".csv", ".tsv"):
         if not p.exists():
             raise FileNotFoundError(f"{p} does not exist")
@@ -482,7 +498,7 @@ def load_local(path: str | os.PathLike, seed: int = 0) -> TaskData:
         raise ValueError(f"{p}: a local task is a .csv/.tsv file or a folder with train/dev/test files")
     num_labels = int(max(int(s.labels.max()) for s in splits.values()) + 1)
     return TaskData(name=p.stem, num_labels=max(2, num_labels), splits=splits, kind="text",
-                    metric="accuracy", info={"source": str(p)})
+                    metric="accuracy", info=info)
 
 
 def check_task_name(name: str) -> None:

@@ -308,6 +308,70 @@ def test_local_csv_bad_label_names_file(tmp_path):
         load_task(str(wrong))
 
 
+def _task_folder(folder: Path, files: dict[str, int]) -> Path:
+    """A local task folder with ``{split: number of rows}`` CSV files of distinct invented sentences."""
+    from tests.conftest import invented_sentences, write_text_csv
+
+    rows = invented_sentences(sum(files.values()))
+    folder.mkdir(parents=True)
+    start = 0
+    for split, n in files.items():
+        write_text_csv(folder / f"{split}.csv", rows[start:start + n])
+        start += n
+    return folder
+
+
+def _texts(task, split: str) -> set[str]:
+    return set(task[split].texts)
+
+
+def test_local_folder_without_test_carves_test_from_train_not_dev(tmp_path):
+    folder = _task_folder(tmp_path / "no_test", {"train": 100, "dev": 20})
+    with pytest.warns(UserWarning, match=r"no test file; carved test \(10 examples\) out of train"):
+        task = load_task(str(folder), seed=0)
+    assert [len(task[s]) for s in ("train", "dev", "test")] == [90, 20, 10]
+    file_train = set(data._read_table(folder / "train.csv").texts)
+    assert _texts(task, "dev") == set(data._read_table(folder / "dev.csv").texts)  # dev is the dev file
+    assert _texts(task, "test") <= file_train  # test comes out of train ...
+    assert not _texts(task, "test") & (_texts(task, "train") | _texts(task, "dev"))  # ... and is held out
+    assert _texts(task, "train") | _texts(task, "test") == file_train
+    assert task.info["carved"] == ["test"] and "train" in task.info["test_is"]
+    with pytest.warns(UserWarning):
+        same, other = load_task(str(folder), seed=0), load_task(str(folder), seed=1)
+    assert _texts(same, "test") == _texts(task, "test") and _texts(other, "test") != _texts(task, "test")
+
+
+def test_local_folder_without_dev_carves_dev_from_train_as_before(tmp_path):
+    folder = _task_folder(tmp_path / "no_dev", {"train": 100, "test": 15})
+    with pytest.warns(UserWarning, match=r"no dev file; carved dev \(10 examples\)"):
+        task = load_task(str(folder), seed=2)
+    train, dev = data._carve_dev(data._read_table(folder / "train.csv"), seed=2)
+    assert task["train"].fingerprint() == train.fingerprint() and task["dev"].fingerprint() == dev.fingerprint()
+    assert _texts(task, "test") == set(data._read_table(folder / "test.csv").texts)
+    assert task.info["carved"] == ["dev"] and "test_is" not in task.info
+
+
+def test_local_folder_with_train_only_carves_disjoint_test_and_dev(tmp_path):
+    folder = _task_folder(tmp_path / "train_only", {"train": 100})
+    with pytest.warns(UserWarning, match=r"no test or dev file; carved test \(10 examples\) and dev \(9 examples\)"):
+        task = load_task(str(folder), seed=0)
+    sizes = [len(task[s]) for s in ("train", "dev", "test")]
+    assert sizes == [81, 9, 10]
+    assert len(_texts(task, "train") | _texts(task, "dev") | _texts(task, "test")) == 100  # disjoint, complete
+    assert task.info["carved"] == ["test", "dev"]
+
+
+def test_local_folder_with_every_file_carves_nothing(tmp_path):
+    import warnings
+
+    folder = _task_folder(tmp_path / "complete", {"train": 40, "dev": 10, "test": 10})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        task = load_task(str(folder))
+    assert [len(task[s]) for s in ("train", "dev", "test")] == [40, 10, 10]
+    assert "carved" not in task.info
+
+
 @pytest.fixture(scope="module")
 def tiny_tokenizer(tiny_bert_dir):
     return load_tokenizer(str(tiny_bert_dir))
