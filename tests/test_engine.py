@@ -307,3 +307,117 @@ def test_text_reset_redraws_only_the_head(text_phase):
     assert not torch.equal(a["classifier.weight"], c["classifier.weight"])
     encoder = [k for k in a if not k.startswith("classifier.")]
     assert encoder and all(torch.equal(a[k], c[k]) for k in encoder)  # pre-trained layers kept
+
+
+# --------------------------------------------------------------------------------------------
+# the situation of an instance: label noise, label fraction, per-example weighting
+# --------------------------------------------------------------------------------------------
+
+
+def _engine_terms(distiller, active: list[int]):
+    """The engine's knowledge terms on the first 32 examples of the epoch (eval mode, so that two
+    calls see the same student outputs)."""
+    batch = distiller._train_batch(distiller.order[:32])
+    distiller.student.eval()
+    try:
+        terms, _, student_out, teacher_out = distiller._losses(batch, active, list(range(distiller.num_knowledge)))
+    finally:
+        distiller.student.train()
+    return batch, terms, student_out, teacher_out
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize(("n", "noise", "num_labels"), [(100, 0.1, 2), (1437, 0.2, 10), (7, 0.3, 3), (50, 0.98, 4)])
+def test_label_noise_flips_exactly_round_noise_n_seeded(n, noise, num_labels):
+    from kd_env.engine import student_label_view
+
+    labels = np.arange(n) % num_labels
+    flips = {}
+    for seed in (0, 0, 1):
+        noisy, mask = student_label_view(labels, num_labels, get_preset("quick", label_noise=noise, seed=seed))
+        assert mask is None and noisy.shape == labels.shape and noisy.dtype == labels.dtype
+        changed = np.flatnonzero(noisy != labels)  # every flipped label differs from its original
+        assert len(changed) == round(noise * n)
+        assert noisy.min() >= 0 and noisy.max() < num_labels
+        if seed in flips:  # the same seed flips the same examples to the same labels
+            assert np.array_equal(changed, flips[seed][0]) and np.array_equal(noisy, flips[seed][1])
+        flips[seed] = (changed, noisy)
+    assert not np.array_equal(flips[0][0], flips[1][0])  # another seed, other examples
+    assert student_label_view(labels, num_labels, get_preset("quick", seed=0)) == (None, None)
+
+
+def test_label_fraction_masks_round_fraction_n_seeded():
+    from kd_env.engine import student_label_view
+
+    labels = np.arange(200) % 10
+    masks = [student_label_view(labels, 10, get_preset("quick", label_fraction=0.15, seed=s))[1] for s in (3, 3, 4)]
+    assert all(m.dtype == bool and m.sum() == 30 for m in masks)
+    assert np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[0], masks[2])
+    tiny = student_label_view(labels, 10, get_preset("quick", label_fraction=0.001, seed=0))[1]
+    assert tiny.sum() == 1  # at least one labelled example
+
+
+@pytest.fixture(scope="module")
+def situation():
+    """The quick preset with a quarter of the labels and 10% of them flipped."""
+    distiller = build_distiller(get_preset("quick", label_fraction=0.25, label_noise=0.1, seed=5))
+    yield distiller
+    distiller.close()
+
+
+def test_engine_trains_on_the_students_labels_and_only_labelled_examples(situation):
+    d = situation
+    gold = d.train_data.labels
+    n = len(gold)
+    assert int(d.label_mask.sum()) == round(0.25 * n)
+    assert int((d.student_labels != gold).sum()) == round(0.1 * n)
+    batch, terms, student_out, _ = _engine_terms(d, active=[0])
+    idx = d.order[:32]
+    assert torch.equal(batch["labels"], torch.from_numpy(d.student_labels[idx]))  # noisy, not gold
+    assert torch.equal(batch["label_mask"], torch.from_numpy(d.label_mask[idx]))
+    labelled = batch["label_mask"].bool()
+    assert 0 < int(labelled.sum()) < 32
+    # the finetune term: mean CE over the labelled examples; zero gradient on the others
+    logits = student_out.logits
+    torch.testing.assert_close(terms[0], torch.nn.functional.cross_entropy(logits[labelled], batch["labels"][labelled]))
+    logits.retain_grad()
+    terms[0].backward()
+    assert torch.equal(logits.grad[~labelled], torch.zeros_like(logits.grad[~labelled]))
+    assert bool((logits.grad[labelled].abs().sum(-1) > 0).all())
+    # the teacher's terms still use every example: response on all 32 rows has gradient everywhere
+    d.student.zero_grad(set_to_none=True)
+    _, terms, student_out, _ = _engine_terms(d, active=[1])
+    student_out.logits.retain_grad()
+    terms[1].backward()
+    assert bool((student_out.logits.grad.abs().sum(-1) > 0).all())
+    d.student.zero_grad(set_to_none=True)
+
+
+def test_engine_uncertainty_weighting_matches_the_formula(fresh):
+    fresh.set_example_weighting(None)
+    _, plain, _, _ = _engine_terms(fresh, active=[])
+    fresh.set_example_weighting("uncertainty")
+    try:
+        batch, weighted, student_out, teacher_out = _engine_terms(fresh, active=[])
+    finally:
+        fresh.set_example_weighting(None)
+    logits = student_out.logits.detach().double().numpy()
+    labels = batch["labels"].numpy()
+    p = _softmax(logits)
+    u = -(p * np.log(p)).sum(-1) / np.log(logits.shape[1])  # normalised entropy, in [0, 1]
+    ce = -np.log(p[np.arange(len(labels)), labels])
+    t = fresh.knowledge[1].temperature
+    p_s, p_t = _softmax(logits / t), _softmax(teacher_out.logits.double().numpy() / t)
+    kl = (p_t * (np.log(p_t) - np.log(p_s))).sum(-1) * t * t
+    assert float(plain[0]) == pytest.approx(ce.mean(), rel=1e-5)
+    assert float(plain[1]) == pytest.approx(kl.mean(), rel=1e-5)
+    assert float(weighted[0]) == pytest.approx(((1 - u) * ce).mean(), rel=1e-5)  # finetune: 1 - u_i
+    assert float(weighted[1]) == pytest.approx((u * kl).mean(), rel=1e-5)  # response: u_i
+    assert 0 < u.min() and u.max() < 1
+    assert float(weighted[2]) == float(plain[2]) and float(weighted[3]) == float(plain[3])  # not weighted
+    with pytest.raises(ValueError, match="uncertainty"):
+        fresh.set_example_weighting("no_such_weighting")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -293,3 +295,79 @@ def test_builtin_registry_contents():
     needs = {k.name: k.needs for k in make_knowledge([*DEFAULT_KNOWLEDGE, "attention"])}
     assert needs == {"finetune": (), "response": ("logits",), "feature": ("hidden_cls",),
                      "relation": ("hidden_tokens",), "attention": ("attentions",)}
+
+
+# --------------------------------------------------------------------------------------------
+# per-example losses, example weightings (Dynamic KD) and partly labelled batches
+# --------------------------------------------------------------------------------------------
+
+
+def _tiny_dynamic_kd_batch():
+    """2 examples, 2 classes.  Student logits (0, 0) and (ln 3, 0): probabilities (1/2, 1/2) and
+    (3/4, 1/4); teacher logits (ln 3, 0) and (0, 0); gold labels 0 and 1."""
+    student = ModelOutputs(logits=torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]], dtype=torch.float64,
+                                               requires_grad=True))
+    teacher = ModelOutputs(logits=torch.tensor([[math.log(3.0), 0.0], [0.0, 0.0]], dtype=torch.float64))
+    return student, teacher, {"labels": torch.tensor([0, 1])}
+
+
+def test_uncertainty_weights_and_weighted_terms_match_a_hand_computation():
+    from kd_env.knowledge import EXAMPLE_WEIGHTINGS
+
+    student, teacher, batch = _tiny_dynamic_kd_batch()
+    # u_i = entropy / log 2 (C = 2): example 1 is uniform -> 1; example 2:
+    # -(3/4 log2 3/4 + 1/4 log2 1/4) = 3/4 (2 - log2 3) + 1/4 * 2 = 2 - 3/4 log2 3 = 0.8112781...
+    u = [1.0, 2.0 - 0.75 * math.log2(3.0)]
+    assert u[1] == pytest.approx(0.8112781244591328, abs=1e-15)
+    weights = EXAMPLE_WEIGHTINGS["uncertainty"](student, teacher, batch)
+    assert sorted(weights) == ["finetune", "response"]
+    torch.testing.assert_close(weights["response"].double(), torch.tensor(u, dtype=torch.float64))
+    torch.testing.assert_close(weights["finetune"].double(), 1 - torch.tensor(u, dtype=torch.float64))
+
+    # finetune: CE of example 1 (label 0, p = 1/2) is ln 2, of example 2 (label 1, p = 1/4) is ln 4;
+    # the weighted term is sum_i (1 - u_i) CE_i / 2 = (0 * ln 2 + (1 - u_2) ln 4) / 2
+    finetune, response = make_knowledge(["finetune", "response"])  # response: temperature 2
+    by_hand = ((1 - u[0]) * math.log(2.0) + (1 - u[1]) * math.log(4.0)) / 2
+    got = finetune.weighted(student, teacher, batch, weights["finetune"])
+    assert _value(got) == pytest.approx(by_hand, abs=1e-7)  # the weights are float32
+
+    # response at T = 2: logits / 2 give (1/2, 1/2) and (a, b) with a = sqrt3 / (1 + sqrt3), b = 1 - a
+    # (e^{ln3/2} = sqrt 3); KL(teacher || student) per example, times T^2 = 4, weighted by u_i
+    a = math.sqrt(3.0) / (1 + math.sqrt(3.0))
+    b = 1 - a
+    kl_1 = a * math.log(a / 0.5) + b * math.log(b / 0.5)  # teacher (a, b), student (1/2, 1/2)
+    kl_2 = 0.5 * math.log(0.5 / a) + 0.5 * math.log(0.5 / b)  # teacher (1/2, 1/2), student (a, b)
+    by_hand = (u[0] * kl_1 + u[1] * kl_2) / 2 * 4
+    got = response.weighted(student, teacher, batch, weights["response"])
+    assert _value(got) == pytest.approx(by_hand, abs=1e-7)
+    # unit weights give back the plain (batch-mean) terms
+    ones = torch.ones(2, dtype=torch.float64)
+    for k in (finetune, response):
+        torch.testing.assert_close(k.weighted(student, teacher, batch, ones), k(student, teacher, batch))
+    # the weights carry no gradient (the student's outputs are detached for them)
+    assert not weights["response"].requires_grad
+
+
+def test_finetune_with_a_label_mask_ignores_unlabelled_examples():
+    (finetune,) = make_knowledge(["finetune"])
+    student, leaves = _student()  # 3 examples, 4 classes
+    labels = torch.tensor([2, 0, 3])
+    label_mask = torch.tensor([True, False, True])
+    loss = finetune(student, None, {"labels": labels, "label_mask": label_mask})
+    # the mean CE over the labelled examples 0 and 2 only
+    torch.testing.assert_close(loss, F.cross_entropy(student.logits[[0, 2]], labels[[0, 2]]))
+    loss.backward()
+    grad = leaves["logits"].grad
+    assert torch.equal(grad[1], torch.zeros(C, dtype=grad.dtype))  # no gradient from the unlabelled row
+    assert bool((grad[[0, 2]].abs().sum(-1) > 0).all())
+    # what an unlabelled example's label says does not matter
+    relabelled = finetune(student, None, {"labels": torch.tensor([2, 1, 3]), "label_mask": label_mask})
+    torch.testing.assert_close(relabelled, loss)
+    # with per-example weights (Dynamic KD) the mask still holds: weighted mean over labelled rows
+    student2, leaves2 = _student()
+    w = torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64)
+    weighted = finetune.weighted(student2, None, {"labels": labels, "label_mask": label_mask}, w)
+    ce = F.cross_entropy(student2.logits, labels, reduction="none")
+    torch.testing.assert_close(weighted, (0.25 * ce[0] + 1.0 * ce[2]) / 2)
+    weighted.backward()
+    assert torch.equal(leaves2["logits"].grad[1], torch.zeros(C, dtype=torch.float64))
