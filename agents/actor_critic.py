@@ -65,7 +65,8 @@ from torch.nn import functional as F
 
 from .base import Agent, EpisodeCallback, EpisodeLogger, register_agent, selection_frequencies
 
-__all__ = ["ActorCriticConfig", "ActorCriticAgent", "RunningNorm", "ObservationEncoder", "ReplayBuffer"]
+__all__ = ["ActorCriticConfig", "ActorCriticAgent", "RunningNorm", "ObservationEncoder", "ReplayBuffer", "gae",
+           "bernoulli_log_prob_entropy", "gaussian_log_prob_entropy", "td_target", "clipped_surrogate"]
 
 CRITICS = ("value", "q")
 STATE_ENCODERS = ("auto", "mlp", "split")
@@ -116,6 +117,13 @@ class ActorCriticConfig:
     """episodes per actor-critic update (value critic).  Advantages are normalised over the
     update's batch: over a single short episode, mean-centring removes the whole episode's
     outcome (the main learning signal) and 15 noisy samples per step let the policy drift"""
+    update_epochs: int = 1
+    """passes over each batch of episodes (value critic).  With more than one, the actor's loss
+    is PPO's clipped surrogate (``clip_range``), so several Adam steps can reuse the same
+    expensive episodes without the policy moving too far from the one that collected them; with
+    one it equals the plain advantage actor-critic gradient"""
+    clip_range: float = 0.2
+    """PPO ratio clip (value critic, ``update_epochs > 1``), in (0, 1)"""
     max_grad_norm: float = 0.5
     """gradient-norm clip of each update (> 0)"""
     init_log_std: float = -0.5
@@ -126,8 +134,10 @@ class ActorCriticConfig:
     """replay minibatch size (q critic); <= buffer_size"""
     tau: float = 0.01
     """Polyak factor of the target networks (q critic), in (0, 1]"""
-    learning_starts: int = 50
-    """transitions collected with uniformly random actions before the first q-critic update"""
+    learning_starts: int | None = None
+    """transitions collected with uniformly random actions before the first q-critic update
+    (``None``: sized to the budget of each ``learn`` call: a fifth of its env steps, at most 50).
+    A budget that would end before the first update is an error naming both numbers"""
     gradient_steps: int = 4
     """q-critic/actor updates per env step (phases are expensive, gradient steps are cheap)"""
     action_noise: float = 0.2
@@ -203,7 +213,11 @@ class ActorCriticConfig:
         positive_int("batch_size", self.batch_size)
         if self.batch_size > self.buffer_size:
             raise ValueError(f"batch_size ({self.batch_size}) must be <= buffer_size ({self.buffer_size})")
-        positive_int("learning_starts", self.learning_starts, minimum=0)
+        if self.learning_starts is not None:
+            positive_int("learning_starts", self.learning_starts, minimum=0)
+        positive_int("update_epochs", self.update_epochs)
+        if not 0 < number("clip_range", self.clip_range) < 1:
+            raise ValueError(f"clip_range must be in (0, 1), got {self.clip_range!r}")
         positive_int("gradient_steps", self.gradient_steps)
         if self.exploration not in EXPLORATION_MODES:
             raise ValueError(f"exploration must be one of {list(EXPLORATION_MODES)}, got {self.exploration!r}")
@@ -223,6 +237,53 @@ class ActorCriticConfig:
         d["hidden_sizes"] = list(self.hidden_sizes)
         d["encoder_sizes"] = list(self.encoder_sizes)
         return d
+
+
+# --------------------------------------------------------------------------------------------
+# The maths, as small functions (unit-tested against values computed by hand)
+# --------------------------------------------------------------------------------------------
+
+
+def gae(rewards: np.ndarray, values: np.ndarray, last_value: float, gamma: float, lam: float) -> np.ndarray:
+    """Generalised advantage estimates of one episode: ``A_t = sum_l (gamma lam)^l delta_{t+l}``
+    with ``delta_t = r_t + gamma V(s_{t+1}) - V(s_t)`` and ``V(s_T) = last_value`` (0 when the
+    episode terminated)."""
+    adv = np.zeros(len(rewards), dtype=np.float64)
+    running = 0.0
+    for t in reversed(range(len(rewards))):
+        next_value = values[t + 1] if t + 1 < len(rewards) else last_value
+        delta = rewards[t] + gamma * next_value - values[t]
+        running = delta + gamma * lam * running
+        adv[t] = running
+    return adv
+
+
+def bernoulli_log_prob_entropy(logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of a 0/1 ``mask`` under independent Bernoulli(sigmoid(logits)) bits, and the
+    distribution's entropy (both summed over the bits)."""
+    logp = -F.binary_cross_entropy_with_logits(logits, mask, reduction="none").sum(-1)
+    entropy = F.binary_cross_entropy_with_logits(logits, torch.sigmoid(logits), reduction="none").sum(-1)
+    return logp, entropy
+
+
+def gaussian_log_prob_entropy(mean: torch.Tensor, log_std: torch.Tensor,
+                              sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-density of ``sample`` under a diagonal Gaussian, and its entropy (summed over dims)."""
+    log_std = log_std.expand_as(mean)
+    logp = (-0.5 * ((sample - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    entropy = (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
+    return logp, entropy
+
+
+def td_target(rewards: torch.Tensor, next_q: torch.Tensor, terminated: torch.Tensor, gamma: float) -> torch.Tensor:
+    """The TD(0) target ``r + gamma (1 - terminated) Q'(s', a')``."""
+    return rewards + gamma * (1 - terminated) * next_q
+
+
+def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """PPO's clipped policy objective (to maximise): ``mean(min(rho A, clip(rho, 1-c, 1+c) A))``."""
+    ratio = torch.exp(logp - old_logp)
+    return torch.min(ratio * adv, torch.clamp(ratio, 1 - clip_range, 1 + clip_range) * adv).mean()
 
 
 # --------------------------------------------------------------------------------------------
@@ -572,6 +633,8 @@ class ActorCriticAgent(Agent):
         if self._logger is None:
             self._logger = EpisodeLogger(self.log_dir, self.episode_log, tensorboard=self.tensorboard)
         cfg = self.config
+        if cfg.critic == "q":
+            self._learning_starts = self._plan_learning_starts(env, total_episodes, total_steps)
         episodes = steps = 0
         pending: list[dict[str, Any]] = []  # value critic: episodes awaiting an update
         first = True
@@ -604,6 +667,23 @@ class ActorCriticAgent(Agent):
                 self._logger = None
         return self
 
+    def _plan_learning_starts(self, env: Any, total_episodes: int | None, total_steps: int | None) -> int:
+        """The q critic's random-action warm-up for this ``learn`` call, checked against the budget."""
+        phases = getattr(getattr(env, "unwrapped", env), "config", None)
+        phases = getattr(phases, "num_phases", None)
+        budget = [b for b in (total_steps, total_episodes * phases if total_episodes is not None and phases else None)
+                  if b is not None]
+        planned = min(budget) if budget else None
+        starts = self.config.learning_starts
+        if starts is None:
+            starts = 50 if planned is None else max(1, min(50, planned // 5))
+        if planned is not None and self.buffer.size + planned <= starts:
+            how = f" ({total_episodes} episodes x {phases} phases)" if total_episodes is not None and phases else ""
+            raise ValueError(f"ac_q would never update: this learn call runs {planned} env steps{how}, but "
+                             f"learning_starts={starts} random transitions come before the first update (the "
+                             f"buffer holds {self.buffer.size}); lower learning_starts or raise the budget")
+        return starts
+
     def _run_training_episode(self, env: Any, seed: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
         cfg = self.config
         start = time.perf_counter()
@@ -619,7 +699,7 @@ class ActorCriticAgent(Agent):
             if cfg.normalize_observations:
                 self.obs_norm.update(self._tensor(flat))
             x = self._normalized(flat)
-            if cfg.critic == "q" and self.buffer.size < cfg.learning_starts:
+            if cfg.critic == "q" and self.buffer.size < self._learning_starts:
                 action, raw = self._random_action()
             else:
                 action, raw = self._policy(x, deterministic=False)
@@ -633,7 +713,7 @@ class ActorCriticAgent(Agent):
             self.steps_done += 1
             if cfg.critic == "q":
                 self.buffer.add(flat, raw, r_learn, next_flat, bool(terminated))
-                if self.buffer.size >= max(cfg.learning_starts, 1):
+                if self.buffer.size >= max(self._learning_starts, 1):
                     for _ in range(cfg.gradient_steps):
                         q_losses.append(self._q_update())
             else:
@@ -662,14 +742,8 @@ class ActorCriticAgent(Agent):
 
     def _log_prob_entropy(self, out: torch.Tensor, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.action_mode == "mask":
-            logp = -F.binary_cross_entropy_with_logits(out, raw, reduction="none").sum(-1)
-            p = torch.sigmoid(out)
-            entropy = F.binary_cross_entropy_with_logits(out, p, reduction="none").sum(-1)
-            return logp, entropy
-        log_std = self.actor.log_std.expand_as(out)
-        logp = (-0.5 * ((raw - out) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        entropy = (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
-        return logp, entropy
+            return bernoulli_log_prob_entropy(out, raw)
+        return gaussian_log_prob_entropy(out, self.actor.log_std, raw)
 
     def _value_update(self, rollouts: list[dict[str, Any]]) -> dict[str, float]:
         cfg = self.config
@@ -681,14 +755,7 @@ class ActorCriticAgent(Agent):
                 last = 0.0
                 if ro["last_obs"] is not None:
                     last = float(self.critic(torch.as_tensor(ro["last_obs"], device=self.device)))
-                rewards = ro["rewards"].astype(np.float64)
-                adv = np.zeros_like(rewards)
-                gae = 0.0
-                for t in reversed(range(len(rewards))):
-                    next_value = values[t + 1] if t + 1 < len(rewards) else last
-                    delta = rewards[t] + cfg.gamma * next_value - values[t]
-                    gae = delta + cfg.gamma * cfg.gae_lambda * gae
-                    adv[t] = gae
+                adv = gae(ro["rewards"].astype(np.float64), values, last, cfg.gamma, cfg.gae_lambda)
                 obs_all.append(ro["obs"])
                 raw_all.append(ro["raw"])
                 adv_all.append(adv)
@@ -699,18 +766,22 @@ class ActorCriticAgent(Agent):
         returns = torch.as_tensor(np.concatenate(ret_all), dtype=torch.float32, device=self.device)
         if cfg.normalize_advantages and len(adv) > 1:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        out = self.actor(obs)
-        logp, entropy = self._log_prob_entropy(out, raw)
-        actor_loss = -(adv * logp).mean() - cfg.ent_coef * entropy.mean()
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm)
-        self.actor_optimizer.step()
-        critic_loss = 0.5 * F.mse_loss(self.critic(obs), returns)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
-        self.critic_optimizer.step()
+        with torch.no_grad():
+            old_logp, _ = self._log_prob_entropy(self.actor(obs), raw)
+        for _ in range(cfg.update_epochs):
+            out = self.actor(obs)
+            logp, entropy = self._log_prob_entropy(out, raw)
+            # the ratio is 1 on the first pass: the plain advantage actor-critic gradient
+            actor_loss = -clipped_surrogate(logp, old_logp, adv, cfg.clip_range) - cfg.ent_coef * entropy.mean()
+            self.actor_optimizer.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm)
+            self.actor_optimizer.step()
+            critic_loss = 0.5 * F.mse_loss(self.critic(obs), returns)
+            self.critic_optimizer.zero_grad(set_to_none=True)
+            critic_loss.backward()
+            nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
+            self.critic_optimizer.step()
         self.updates_done += 1
         return {"actor_loss": float(actor_loss.detach()), "critic_loss": float(critic_loss.detach()),
                 "entropy": float(entropy.detach().mean())}
@@ -735,7 +806,7 @@ class ActorCriticAgent(Agent):
         with torch.no_grad():
             target_out = self.actor_target(next_obs)
             next_action = (target_out > 0).float() if self.action_mode == "mask" else torch.sigmoid(target_out)
-            target = rewards + cfg.gamma * (1 - terminated) * self.critic_target(next_obs, next_action)
+            target = td_target(rewards, self.critic_target(next_obs, next_action), terminated, cfg.gamma)
         critic_loss = F.mse_loss(self.critic(obs, actions), target)
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
