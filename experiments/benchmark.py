@@ -592,16 +592,27 @@ class _PreservedGlobalRandomness:
         return False
 
 
+def evaluation_episodes(env: Any, seeds: Sequence[int]) -> list[tuple[int, str | None]]:
+    """The held-out episodes of an evaluation: each seed on each held-out instance of an instance
+    env (paired across algorithms), or each seed alone on a plain env."""
+    iset = getattr(env.unwrapped, "instance_set", None)
+    instances: list[str | None] = list(iset.test_names) if iset is not None else [None]
+    return [(int(seed), inst) for seed in seeds for inst in instances]
+
+
 def _evaluate(env: Any, agent: Any, seeds: Sequence[int], num_phases: int, k: int) -> dict[str, np.ndarray]:
-    """Deterministic episodes on the held-out instances ``seeds``."""
+    """Deterministic episodes on the held-out instances (seeds, and held-out situations of an
+    instance env; see :func:`evaluation_episodes`)."""
     from agents import run_episode
 
-    n = len(seeds)
+    episodes = evaluation_episodes(env, seeds)
+    n = len(episodes)
     out = {"returns": np.zeros(n), "lengths": np.zeros(n, np.int64), "test": np.zeros(n), "test_loss": np.zeros(n),
            "probe": np.zeros(n), "actions": np.full((n, num_phases, k), np.nan, np.float32)}
     with _PreservedGlobalRandomness():
-        for j, seed in enumerate(seeds):
-            episode = run_episode(env, agent, deterministic=True, seed=int(seed))
+        for j, (seed, instance) in enumerate(episodes):
+            options = {"instance": instance} if instance is not None else None
+            episode = run_episode(env, agent, deterministic=True, seed=seed, options=options)
             test = env.unwrapped.distiller.evaluate("test")
             out["returns"][j] = episode["return"]
             out["lengths"][j] = episode["length"]
@@ -650,6 +661,7 @@ def _run_cell(cell: Cell, threads: int) -> dict[str, Any]:
         k = len(knowledge)
         agent = make_agent(s.algo, train_env, seed=cell.seed, **s.hyperparams)
         eval_seeds = cell.eval_seeds()
+        eval_pairs = evaluation_episodes(eval_env, eval_seeds)
         timesteps: list[int] = []
         episodes_at: list[int] = []
         evaluations: list[dict[str, np.ndarray]] = []
@@ -703,6 +715,7 @@ def _run_cell(cell: Cell, threads: int) -> dict[str, Any]:
         "final_actions": final["actions"],
         "train_returns": np.asarray(train_returns, np.float64),
         "eval_seeds": np.asarray(eval_seeds, np.int64),
+        "eval_instances": np.asarray([str(i) for _, i in eval_pairs]),
     }
     selection = np.nanmean(final["actions"].reshape(-1, k), axis=0)
     result = {

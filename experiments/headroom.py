@@ -39,8 +39,9 @@ import numpy as np
 
 from agents import agent_names, make_agent, run_episode
 from kd_env.io import atomic_write_json, atomic_write_text
-from kd_env.rewards import reward_names
+from kd_env.rewards import BUILTIN_REWARDS, reward_names
 
+from .glue_ac import load_plugins
 from .report import markdown_table, mean_std, paired_difference
 
 DYNAMIC_BASELINES = ("dynamic_kd", "eskd", "two_stage", "anneal")
@@ -65,7 +66,7 @@ class HeadroomSettings:
     """reset seeds on which held-out results are scored (test metric)"""
     greedy_seeds: int = 5
     """how many of the test seeds the (16x costlier) greedy oracles run on"""
-    top_masks: int = 4
+    top_masks: int = 3
     """two-stage schedules combine the best this-many fixed masks"""
     switch_points: tuple[float, ...] = (1 / 3, 1 / 2, 2 / 3)
     """fractions of the phases after which a two-stage schedule switches"""
@@ -75,6 +76,8 @@ class HeadroomSettings:
     """rewards checked for alignment (default: every registered one that needs no parameters)"""
     workers: int = 1
     out: str | None = None
+    plugins: list[str] = field(default_factory=list)
+    """user files imported first in every process (rewards, knowledge, instance sets)"""
 
     @classmethod
     def quick(cls, **changes: Any) -> "HeadroomSettings":
@@ -119,12 +122,13 @@ def _actions_for(policy: str, phase: int) -> np.ndarray:
 class _Worker:
     """One env (all instances built lazily and kept) that runs units."""
 
-    def __init__(self, env_id: str, env_kwargs: dict[str, Any]):
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any], plugins: Sequence[str] = ()):
         import gymnasium as gym
         import torch
 
         import kd_env  # noqa: F401 - registers the ids
 
+        load_plugins(plugins)
         torch.set_num_threads(1)
         self.env = gym.make(env_id, **{"record_time": False, **env_kwargs}).unwrapped
         self.reward = self.env.reward_fn.name
@@ -206,15 +210,20 @@ class _Worker:
 _WORKER: _Worker | None = None
 
 
-def _init_worker(env_id: str, env_kwargs: dict[str, Any]) -> None:
+def _init_worker(env_id: str, env_kwargs: dict[str, Any], plugins: Sequence[str]) -> None:
     global _WORKER
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _WORKER = _Worker(env_id, env_kwargs)
+    _WORKER = _Worker(env_id, env_kwargs, plugins)
 
 
 def _run_unit(unit: dict[str, Any]) -> dict[str, Any]:
     assert _WORKER is not None
     return _WORKER.run(unit)
+
+
+def builtin_rewards() -> list[str]:
+    """The rewards kd_env ships (plug-in rewards are checked only when named with ``--rewards``)."""
+    return list(BUILTIN_REWARDS)
 
 
 def unit_key(unit: dict[str, Any]) -> str:
@@ -288,7 +297,7 @@ class HeadroomRun:
         s = self.settings
         units = sorted(units, key=lambda u: (str(u["instance"]), u["policy"]))  # keeps an instance's distiller warm
         if s.workers <= 1:
-            worker = _Worker(s.env, s.env_kwargs)
+            worker = _Worker(s.env, s.env_kwargs, s.plugins)
             try:
                 for u in units:
                     yield worker.run(u)
@@ -296,7 +305,7 @@ class HeadroomRun:
                 worker.close()
             return
         ctx = mp.get_context("spawn")
-        with ctx.Pool(s.workers, initializer=_init_worker, initargs=(s.env, s.env_kwargs)) as pool:
+        with ctx.Pool(s.workers, initializer=_init_worker, initargs=(s.env, s.env_kwargs, s.plugins)) as pool:
             yield from pool.imap_unordered(_run_unit, units, chunksize=4)
 
     # ---- stages ----------------------------------------------------------------------------------
@@ -343,7 +352,7 @@ class HeadroomRun:
                         for i in self.test_instances for sd in s.test_seeds[: s.greedy_seeds]]
         scored += self.run_units(greedy_units, "greedy oracles (branching every phase)")
         # 4. reward alignment over random policies on the train instances
-        rewards = list(s.rewards) or [r for r in reward_names() if r != "cost_penalized"] + ["cost_penalized"]
+        rewards = list(s.rewards) or builtin_rewards()
         rand_units = [{"policy": f"random:{e}", "instance": self.train_instances[e % len(self.train_instances)],
                        "seed": 5000 + e, "reward": rw} for e in range(s.random_episodes) for rw in rewards]
         rand = self.run_units(rand_units, "reward alignment (random policies)")
@@ -555,6 +564,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--test-seeds", type=_seed_list, help="reset seeds for scoring, e.g. 1000-1009")
     p.add_argument("--greedy-seeds", type=int, help="test seeds the greedy oracles run on")
     p.add_argument("--random-episodes", type=int, help="random-policy episodes for reward alignment")
+    p.add_argument("--rewards", help="comma-separated rewards to check for alignment (default: the built-in "
+                                     "ones; plug-in rewards load with --plugin)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                   help="import a Python file first (registers rewards, knowledge, instance sets)")
     p.add_argument("--workers", type=int, default=1, help="processes (one torch thread each)")
     p.add_argument("--out", help="output folder (default runs/headroom-<env name>)")
     args = p.parse_args(argv)
@@ -565,6 +578,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             changes[name] = getattr(args, name)
     if args.workers < 1:
         p.error("--workers must be >= 1")
+    try:
+        load_plugins(args.plugin)
+    except FileNotFoundError as exc:
+        p.error(str(exc))
+    changes["plugins"] = list(args.plugin)
+    if args.rewards:
+        changes["rewards"] = tuple(r.strip() for r in args.rewards.split(",") if r.strip())
+        unknown = [r for r in changes["rewards"] if r not in reward_names()]
+        if unknown:
+            p.error(f"unknown reward(s) {unknown}; valid: {reward_names()}")
     settings = HeadroomSettings.quick(**changes) if args.quick else HeadroomSettings(**changes)
     if set(settings.selection_seeds) & set(settings.test_seeds):
         p.error("selection and test seeds must not overlap")

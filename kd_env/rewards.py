@@ -285,3 +285,7 @@ class CostPenalized(Reward):
         compute = float(np.dot(outcome.weights, self.costs) / self.costs.sum())
         self.parts = {**self.base.parts, self.base.name: base, "compute": compute}
         return base - self.lam * compute
+
+
+#: the rewards kd_env ships (registered above, before any user code can add one)
+BUILTIN_REWARDS: tuple[str, ...] = tuple(REWARD_REGISTRY)
