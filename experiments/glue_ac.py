@@ -226,7 +226,7 @@ def distil_episode(env: KnowledgeSelectionEnv, agent, seed: int) -> dict[str, An
         action = agent.act(obs, deterministic=True)
         obs, reward, terminated, truncated, info = env.step(action)
         total += reward
-        train_seconds += info["phase_seconds"]
+        train_seconds += env.unwrapped.last_phase_seconds  # wall time stays out of info
         actions.append([float(x) for x in info["action"]])
         curve.append(info["probe_metric"])
         crashed = crashed or info["crashed"]

@@ -91,8 +91,9 @@ class KnowledgeSelectionEnv(gym.Env):
     * ``crash_penalty``: reward of a crashed phase (default: the reward's ``crash_value``).
     * ``probe_every``: evaluate the dev probe every N phases when the reward does not need it.
     * ``render_mode``: ``None`` or ``"ansi"``.
-    * ``record_time``: put the phase's wall time in ``info["phase_seconds"]`` (set False for
-      infos that are identical across identical runs, as ``check_env`` demands).
+    * ``record_time``: also put the phase's wall time in ``info["phase_seconds"]``.  Off by
+      default, so that identical runs give identical infos (as ``check_env`` demands); the wall
+      time of the last step is always in ``env.unwrapped.last_phase_seconds``.
 
     ## Version History
     * v0: initial version.
@@ -104,7 +105,7 @@ class KnowledgeSelectionEnv(gym.Env):
                  action_mode: str = "mask", observation: str | Observation = "summary",
                  reward: str | Reward = "dev_loss_delta", reward_params: dict | None = None,
                  crash_penalty: float | None = None, probe_every: int = 1, render_mode: str | None = None,
-                 record_time: bool = True, distiller: Distiller | None = None, **overrides: Any):
+                 record_time: bool = False, distiller: Distiller | None = None, **overrides: Any):
         super().__init__()
         if action_mode not in ACTION_MODES:
             raise ValueError(f"action_mode must be one of {list(ACTION_MODES)}, got {action_mode!r}")
@@ -157,6 +158,7 @@ class KnowledgeSelectionEnv(gym.Env):
         self.last_probe: dict[str, float] | None = self.distiller.evaluate("probe")
         self.episode_return = 0.0
         self.history: list[dict[str, Any]] = []
+        self.last_phase_seconds = 0.0  # wall time of the last step (kept out of info by default)
 
     def _validate_action(self, action: Any) -> np.ndarray:
         """The action as float64 weights, or ``ValueError`` naming the expected space."""
@@ -254,7 +256,8 @@ class KnowledgeSelectionEnv(gym.Env):
             parts = {self.reward_fn.name: reward, **self.reward_fn.parts}
         self.episode_return += reward
         obs = self.observation_fn(self)
-        info = self._info(phase, parts, crashed=crashed, seconds=time.perf_counter() - start)
+        self.last_phase_seconds = time.perf_counter() - start
+        info = self._info(phase, parts, crashed=crashed, seconds=self.last_phase_seconds)
         self.history.append({"phase": self.phase_index, "action": w.tolist(), "reward": reward,
                              "probe_loss": info["probe_loss"], "probe_metric": info["probe_metric"],
                              "losses": info["losses"], "crashed": crashed})
@@ -271,9 +274,9 @@ class KnowledgeSelectionEnv(gym.Env):
             "probe_metric": float(probe.get("main", math.nan)),
             "optimizer_steps": int(d.step),
             "phase": int(self.phase_index),
-            "phase_seconds": float(seconds) if self.record_time else 0.0,
             "crashed": bool(crashed),
             "rewards": dict(rewards),
+            **({"phase_seconds": float(seconds)} if self.record_time else {}),
         }
 
     def render(self):

@@ -19,7 +19,7 @@ import torch
 
 import kd_env
 from kd_env import KnowledgeSelectionEnv, register_knowledge
-from tests.helpers import assert_same
+from tests.helpers import assert_passes_env_checkers, assert_same
 
 QUICK = "kd_env/QuickKD-v0"
 DIGITS = "kd_env/DigitsKD-v0"
@@ -74,12 +74,19 @@ def action_sequence(n: int, k: int = 4, seed: int = 0, mode: str = "mask") -> li
 # ---- the Gymnasium contract ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("env_id", [QUICK, DIGITS])
+def test_registered_ids_as_made_pass_both_checkers_without_warnings(env_id):
+    """Issue 13 item 1: with default arguments (wall time used to be in info, so Gymnasium's
+    checker found two runs' infos different)."""
+    assert_passes_env_checkers(lambda: gym.make(env_id))
+
+
 @pytest.mark.parametrize("observation", OBSERVATIONS)
 @pytest.mark.parametrize("action_mode", ACTION_MODES)
 def test_gymnasium_check_env_passes_without_warnings(action_mode, observation):
     from gymnasium.utils.env_checker import check_env
 
-    env = gym.make(QUICK, action_mode=action_mode, observation=observation, record_time=False).unwrapped
+    env = gym.make(QUICK, action_mode=action_mode, observation=observation).unwrapped
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         check_env(env)
@@ -88,14 +95,25 @@ def test_gymnasium_check_env_passes_without_warnings(action_mode, observation):
 
 @pytest.mark.parametrize("observation", ("summary", "dict"))
 def test_sb3_check_env_passes_without_warnings_in_mask_mode(observation):
-    # (weights mode gets SB3's advice to use a symmetric Box: Box(0, 1) is the paper's soft action)
     from stable_baselines3.common.env_checker import check_env
 
-    env = gym.make(QUICK, observation=observation, record_time=False)
+    env = gym.make(QUICK, observation=observation)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        check_env(env)
+        check_env(env, warn=True)
     assert [str(w.message) for w in caught] == []
+
+
+def test_wall_time_is_kept_out_of_info_unless_asked_for():
+    env = gym.make(QUICK)
+    _, info = env.reset(seed=0)
+    assert "phase_seconds" not in info and env.unwrapped.last_phase_seconds == 0.0
+    _, _, _, _, info = env.step(np.array([1, 0, 0, 0]))
+    assert "phase_seconds" not in info and env.unwrapped.last_phase_seconds > 0.0
+    timed = gym.make(QUICK, record_time=True)
+    timed.reset(seed=0)
+    _, _, _, _, info = timed.step(np.array([1, 0, 0, 0]))
+    assert info["phase_seconds"] == timed.unwrapped.last_phase_seconds > 0.0
 
 
 def test_spaces_follow_the_configured_knowledge():
