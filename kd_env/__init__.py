@@ -3,6 +3,8 @@
 Environments (``gymnasium.make``): ``kd_env/DigitsKD-v0`` (digits, MLPs; fast),
 ``kd_env/QuickKD-v0`` (digits, tiny budget), ``kd_env/TextKD-v0`` (rt-polarity, MiniLM-L6
 teacher, 2-layer student).  Any :class:`DistillConfig` field can be passed to ``make``.
+For stable-baselines3 on the weights mode, wrap the env in :class:`SymmetricWeights`
+(``Box(-1, 1)`` actions).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from .models import ModelOutputs
 from .observations import Observation, observation_names, register_observation
 from .presets import DistillConfig, get_preset, preset_names
 from .rewards import PhaseOutcome, Reward, register_reward, reward_names
+from .wrappers import SymmetricWeights
 
 __version__ = "0.1.0"
 
@@ -40,4 +43,5 @@ __all__ = [
     "ModelOutputs", "Observation", "observation_names", "register_observation",
     "DistillConfig", "get_preset", "preset_names",
     "PhaseOutcome", "Reward", "register_reward", "reward_names",
+    "SymmetricWeights",
 ]

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import kd_env
-from kd_env import KnowledgeSelectionEnv, register_knowledge
+from kd_env import KnowledgeSelectionEnv, SymmetricWeights, register_knowledge
 from tests.helpers import assert_passes_env_checkers, assert_same
 
 QUICK = "kd_env/QuickKD-v0"
@@ -102,6 +102,34 @@ def test_sb3_check_env_passes_without_warnings_in_mask_mode(observation):
         warnings.simplefilter("always")
         check_env(env, warn=True)
     assert [str(w.message) for w in caught] == []
+
+
+def test_weights_mode_passes_both_checkers_through_symmetric_weights():
+    """Issue 13 item 2: SB3 warns on Box(0, 1); the documented wrapper gives Box(-1, 1)."""
+    from stable_baselines3.common.env_checker import check_env
+
+    with pytest.warns(UserWarning, match="symmetric"):
+        check_env(gym.make(QUICK, action_mode="weights"), warn=True)
+    assert_passes_env_checkers(lambda: SymmetricWeights(gym.make(QUICK, action_mode="weights")))
+
+
+def test_symmetric_weights_maps_minus_one_one_onto_the_weights():
+    env = SymmetricWeights(gym.make(QUICK, action_mode="weights", record_time=False))
+    assert env.action_space == gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+    twin = gym.make(QUICK, action_mode="weights", record_time=False)
+    env.reset(seed=3)
+    twin.reset(seed=3)
+    a = np.array([-1.0, 0.0, 0.5, 1.0], np.float32)
+    _, _, _, _, info = env.step(a)
+    assert info["action"].tolist() == [0.0, 0.5, 0.75, 1.0]
+    twin.step(np.array([0.0, 0.5, 0.75, 1.0], np.float32))
+    assert_same(list(env.step(-a)), list(twin.step(np.array([1.0, 0.5, 0.25, 0.0], np.float32))))
+    assert SymmetricWeights.to_weights([-3.0, 3.0]).tolist() == [0.0, 1.0]  # clipped
+    for bad in (np.array([1.5, 0, 0, 0]), np.array([np.nan, 0, 0, 0]), np.zeros(3), "0000"):
+        with pytest.raises(ValueError, match=r"Box\(-1, 1, \(4,\), float32\)"):
+            env.step(bad)
+    with pytest.raises(ValueError, match="needs no wrapper"):
+        SymmetricWeights(gym.make(QUICK))
 
 
 def test_wall_time_is_kept_out_of_info_unless_asked_for():
