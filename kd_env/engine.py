@@ -282,16 +282,20 @@ class Distiller:
     @torch.no_grad()
     def measure(self) -> PhaseResult:
         """Every knowledge loss and the prediction statistics on the next training batch, without
-        training and without consuming budget or data (used for the initial observation)."""
+        training and without consuming budget or data (used for the initial observation).
+
+        Measured as a phase measures them: in train mode (dropout on), so the initial observation
+        means what later ones mean.  The random generators are restored afterwards, so the values
+        are exactly those the first training step will see, and training is unchanged."""
         start = time.perf_counter()
         bs = self.config.batch_size
         idx = self.order[self.position : self.position + bs]
         if len(idx) < min(bs, len(self.order)):
             idx = self.order[:bs]
         batch = {k: v.to(self.device) for k, v in self.train_data.batch(idx).items()}
-        self.student.eval()
-        _, values, student_out, teacher_out = self._losses(batch, [], list(range(self.num_knowledge)))
         self.student.train()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            _, values, student_out, teacher_out = self._losses(batch, [], list(range(self.num_knowledge)))
         stats = {"ce": 0.0, "acc": 0.0, "kl": 0.0, "agree": 0.0, "ent": 0.0}
         self._accumulate_prediction_stats(stats, student_out.logits, teacher_out.logits, batch["labels"])
         losses = np.asarray([values[i] for i in range(self.num_knowledge)], dtype=np.float64)

@@ -57,6 +57,14 @@ class KnowledgeSelectionEnv(gym.Env):
     | K+8            | mean gradient norm, log1p                          | 0   | 10  |
     | K+9 .. 2K+8    | the last action                                    | 0   | 1   |
 
+    Indices 1 .. K+5 are means over the phase's optimizer steps, the student in train mode
+    (dropout on for text students).  The first observation, after ``reset``, has no phase
+    behind it: they are measured the same way on the first training batch, without an update,
+    so they equal what the first optimizer step sees; the gradient norm is 0 and the last
+    action all zeros there.  A non-finite loss reads as the cap 10 (the worst value), never 0.
+    Values are clipped into the bounds; ``env.observation_fn.unclipped(env)`` gives them
+    before clipping (on ordinary runs clipping changes nothing).
+
     ``"cls"``: the paper's state, the student's then the teacher's mean final-layer [CLS] vector
     on the phase's last batch (``Box(-100, 100)``).  ``"dict"``: ``Dict(summary=..., cls=...)``.
     Users add observations with :func:`kd_env.register_observation`.
@@ -96,7 +104,10 @@ class KnowledgeSelectionEnv(gym.Env):
       time of the last step is always in ``env.unwrapped.last_phase_seconds``.
 
     ## Version History
-    * v0: initial version.
+    * v0: initial version.  Amended (issue 13) without a new id, since no action, reward or
+      digits observation changed: ``info`` has no ``phase_seconds`` unless ``record_time=True``;
+      the first observation is measured in train mode like every later one (text students
+      only: MLPs have no dropout); a non-finite loss reads as the cap instead of 0.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}

@@ -122,3 +122,23 @@ def assert_passes_env_checkers(make_env: Callable[[], Any]) -> None:
         finally:
             env.close()
         assert [str(w.message) for w in caught] == [], f"{name} check_env warned"
+
+
+def unclipped_observation(env: Any) -> Any:
+    """The env's current observation before clipping (``Observation.unclipped``): an array, or a
+    dict of arrays for the ``dict`` observation."""
+    base = env.unwrapped
+    fn = base.observation_fn
+    if hasattr(fn, "parts"):
+        return {name: part.unclipped(base) for name, part in fn.parts.items()}
+    return fn.unclipped(base)
+
+
+def outside_bounds(space: Any, values: Any, tol: float = 1e-6) -> list[str]:
+    """Entries of unclipped ``values`` outside the Box (or Dict of Boxes) ``space`` by more than
+    ``tol``, or not finite, as readable strings (empty when all are inside)."""
+    if isinstance(values, dict):
+        return [f"{k}: {m}" for k in values for m in outside_bounds(space[k], values[k], tol)]
+    values = np.asarray(values, dtype=np.float64)
+    bad = ~np.isfinite(values) | (values < space.low - tol) | (values > space.high + tol)
+    return [f"[{i}] = {values[i]!r} not in [{space.low[i]}, {space.high[i]}]" for i in np.flatnonzero(bad)]

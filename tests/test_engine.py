@@ -307,3 +307,19 @@ def test_text_reset_redraws_only_the_head(text_phase):
     assert not torch.equal(a["classifier.weight"], c["classifier.weight"])
     encoder = [k for k in a if not k.startswith("classifier.")]
     assert encoder and all(torch.equal(a[k], c[k]) for k in encoder)  # pre-trained layers kept
+
+
+def test_text_initial_measure_sees_what_the_first_training_step_sees(text_phase):
+    """The initial observation (``measure``) is taken as a phase's statistics are: train mode,
+    dropout on; the RNG is restored, so it sees exactly what the first optimizer step sees
+    (it used to be eval mode: another quantity than every later observation)."""
+    distiller, _ = text_phase
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in distiller.student.modules())
+    distiller.reset(3)
+    rng = torch.get_rng_state()
+    measured = distiller.measure()
+    assert torch.equal(torch.get_rng_state(), rng) and distiller.step == 0
+    first_step = distiller.train_phase(np.ones(5), steps=1)
+    np.testing.assert_allclose(measured.losses, first_step.losses, rtol=1e-5)
+    for name in ("student_ce", "student_accuracy", "teacher_kl", "agreement", "entropy"):
+        assert getattr(measured, name) == pytest.approx(getattr(first_step, name), rel=1e-5), name

@@ -19,7 +19,8 @@ import torch
 
 import kd_env
 from kd_env import KnowledgeSelectionEnv, SymmetricWeights, register_knowledge
-from tests.helpers import assert_passes_env_checkers, assert_same
+from kd_env.observations import LOG_CAP
+from tests.helpers import assert_passes_env_checkers, assert_same, outside_bounds, unclipped_observation
 
 QUICK = "kd_env/QuickKD-v0"
 DIGITS = "kd_env/DigitsKD-v0"
@@ -161,15 +162,40 @@ def test_every_observation_lies_in_the_space_over_a_random_episode(action_mode, 
     env = gym.make(QUICK, action_mode=action_mode, observation=observation, total_steps=60)
     env.action_space.seed(3)
     obs, _ = env.reset(seed=3)
-    seen = [obs]
+    seen = [(obs, unclipped_observation(env))]
     done = False
     while not done:
         obs, _, term, trunc, _ = env.step(env.action_space.sample())
-        seen.append(obs)
+        seen.append((obs, unclipped_observation(env)))
         done = term or trunc
     assert len(seen) == 1 + 6
-    for i, o in enumerate(seen):
+    for i, (o, raw) in enumerate(seen):
         assert env.observation_space.contains(o), f"observation {i} outside {env.observation_space}: {o}"
+        # the returned observation is clipped, so test the statistics before clipping
+        assert outside_bounds(env.observation_space, raw) == [], f"observation {i} needed clipping"
+
+
+@pytest.mark.parametrize("action_mode", ACTION_MODES)
+def test_clipping_is_rare_on_real_digits_runs(action_mode):
+    """Clipping guards against diverged runs; on ordinary DigitsKD episodes (2 x 15 phases of
+    random actions, summary and cls) it must change (almost) nothing."""
+    changed, total = 0, 0
+    for observation in ("summary", "cls"):
+        env = gym.make(DIGITS, action_mode=action_mode, observation=observation)
+        env.action_space.seed(0)
+        for seed in (0, 1):
+            obs, _ = env.reset(seed=seed)
+            done = False
+            while True:
+                raw = unclipped_observation(env)
+                changed += int(np.sum(np.abs(np.asarray(obs, np.float64) - raw) > 1e-5))
+                total += raw.size
+                if done:
+                    break
+                obs, _, term, trunc, _ = env.step(env.action_space.sample())
+                done = term or trunc
+        env.close()
+    assert total > 1000 and changed / total <= 0.001, f"clipping changed {changed} of {total} values"
 
 
 def test_summary_observation_tracks_the_budget_and_the_last_action():
@@ -405,6 +431,9 @@ def test_nan_knowledge_crashes_with_the_penalty_and_restores_the_student(crash_p
     obs, reward, term, _, info = env.step(np.array([1, 0]))  # unselected NaN term: reported, not trained
     assert not term and not info["crashed"] and math.isnan(info["losses"]["nan_knowledge"])
     assert env.observation_space.contains(obs)
+    # a non-finite loss reads as the cap (the worst value), not as 0 (a perfect loss)
+    assert obs[2] == LOG_CAP and 0.0 < obs[1] < LOG_CAP
+    assert unclipped_observation(env)[2] == math.inf
     params = student_params(env)
     steps_before = info["optimizer_steps"]
     obs, reward, term, trunc, info = env.step(np.array([1, 1]))
