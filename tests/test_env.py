@@ -585,7 +585,10 @@ def test_registered_ids_and_direct_construction():
 
 
 @pytest.mark.parametrize("algo", ["PPO", "A2C"])
-def test_sb3_learns_a_few_hundred_steps_on_digits(algo):
+def test_sb3_trains_a_few_hundred_steps_on_digits_and_updates_its_policy(algo):
+    """Plain stable-baselines3 on the registered env, end to end: it trains (parameters change)
+    and predicts valid actions.  That SB3 *learns* a known optimum is tested on a synthetic env
+    (tests/test_agents.py::test_sb3_learns_the_best_mask_on_the_synthetic_env)."""
     import stable_baselines3 as sb3
 
     env = gym.make(DIGITS)
