@@ -266,11 +266,13 @@ class Run:
                 raise SystemExit(f"error: {self.dir} holds a run with a different config (keys {diff}); "
                                  f"pass --name for a new run or remove the folder")
 
-    def prepare(self) -> None:
-        """Check, then create the folder and write config.yaml."""
+    def prepare(self, label_mapping: dict[str, int] | None = None) -> None:
+        """Check, then create the folder and write config.yaml (with the task's class-name ->
+        class-id mapping, ``None`` for integer labels)."""
         self.check()
         self.units.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=True))
+        atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(
+            {**self.config.to_dict(), "label_mapping": label_mapping}, sort_keys=True))
 
     def unit_path(self, method: str, seed: int) -> Path:
         return self.units / f"{method.replace(':', '-')}__seed{seed}.json"
@@ -360,8 +362,9 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
                                     reward=c.reward, reward_params=c.reward_params or None)
     except (ValueError, FileNotFoundError, ModuleNotFoundError, DataUnavailableError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    run.prepare()
     d = env.distiller
+    labels = None if d.task.label_names is None else {name: i for i, name in enumerate(d.task.label_names)}
+    run.prepare(labels)
     knowledge = list(d.knowledge_names)
     teacher_probe = evaluate_model(d.teacher_model, d.dev_data, d.task, d.device, distill.eval_batch_size,
                                    indices=d.probe_indices)
@@ -390,7 +393,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     bar.close()
     env.close()
     print("[4/4] report", file=sys.stderr)
-    summary = write_report(run, rows, teacher, knowledge, selector_returns, distill)
+    summary = write_report(run, rows, teacher, knowledge, selector_returns, distill, labels)
     summary["wall_seconds_this_invocation"] = time.perf_counter() - t0
     return summary
 
@@ -401,7 +404,8 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
 
 
 def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], knowledge: list[str],
-                 selector_returns: list[float], distill: DistillConfig) -> dict[str, Any]:
+                 selector_returns: list[float], distill: DistillConfig,
+                 label_mapping: dict[str, int] | None = None) -> dict[str, Any]:
     c = run.config
     metric_name = rows[0]["metric_name"] if rows else "metric"
     by_method: dict[str, dict[int, dict[str, Any]]] = {}
@@ -428,7 +432,7 @@ def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], 
     summary = {"name": c.name, "task": distill.task, "metric": metric_name, "teacher": teacher,
                "methods": table, "best_fixed": best_fixed, "selector_vs": comparisons,
                "selector_returns": selector_returns, "rows": rows, "knowledge": knowledge,
-               "date": time.strftime("%Y-%m-%d")}
+               "label_mapping": label_mapping, "date": time.strftime("%Y-%m-%d")}
     atomic_write_json(run.dir / "results.json", summary)
     md = [f"# {c.name}\n", f"Task `{distill.task}`, teacher `{distill.teacher}`, {distill.student_layers}-layer "
           f"student, {distill.total_steps} optimizer steps per student in {distill.num_phases} phases, "
@@ -514,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="rt-polarity, digits, a GLUE task, or a CSV/TSV path")
     p.add_argument("--data-dir", help="local GLUE folder (<TASK>/train.tsv, dev.tsv)")
     p.add_argument("--teacher", help="HF model name or local folder (default: bundled MiniLM-L6)")
+    p.add_argument("--labels", help="class names of a CSV/TSV task in class-id order, e.g. 'neg,pos' (default: "
+                                    "integer labels are the ids; class names get ids in sorted order)")
     p.add_argument("--student-layers", type=int)
     p.add_argument("--seeds", type=_seeds, help="evaluation seeds: '0,1,2', a range '0-4', or one seed '7'")
     p.add_argument("--agent", help=f"selector agent; one of {agent_names()}")
@@ -556,6 +562,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> ExperimentConfig:
                       ("student_layers", "student_layers"), ("device", "device")):
         if getattr(args, flag) is not None:
             distill[key] = getattr(args, flag)
+    if args.labels is not None:
+        distill["labels"] = [x.strip() for x in args.labels.split(",") if x.strip()]
     data["distill"] = distill
     for flag in ("preset", "agent", "episodes", "seeds", "action_mode", "reward", "name", "out"):
         if getattr(args, flag) is not None:

@@ -494,7 +494,7 @@ def build_distiller(config: DistillConfig, task: TaskData | None = None) -> Dist
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     knowledge = make_knowledge(config.knowledge, config.knowledge_params)
-    task = task or load_task(config.task, data_dir=config.data_dir, seed=config.seed)
+    task = task or load_task(config.task, data_dir=config.data_dir, seed=config.seed, labels=config.labels)
     if task.kind != "text":  # MLPs have no attention maps: say so before any teacher is trained
         for k in knowledge:
             if k.student_attentions:

@@ -33,6 +33,9 @@ class DistillConfig:
     """task name (``rt-polarity``, ``digits``, a GLUE task) or a path to a CSV/TSV"""
     data_dir: str | None = None
     """local GLUE folder (``<TASK>/train.tsv``, ``dev.tsv``); no hub needed"""
+    labels: tuple[str, ...] | None = None
+    """class names of a CSV/TSV task in class-id order (None: integer labels are the ids, class
+    names get ids in sorted order)"""
     teacher: str = "minilm-l6"
     """HF model name or local folder; ``minilm-l6`` is the bundled pre-trained MiniLM; ``mlp`` for
     feature tasks"""
@@ -104,6 +107,7 @@ class DistillConfig:
         self._check_types()
         self.knowledge = tuple(self.knowledge)
         self.teacher_hidden = tuple(int(x) for x in self.teacher_hidden)
+        self.labels = None if self.labels is None else tuple(self.labels)
         self.validate()
 
     def _check_types(self) -> None:
@@ -119,6 +123,12 @@ class DistillConfig:
                 not all(isinstance(k, str) for k in knowledge):
             raise ValueError(f"config.knowledge must be a list of knowledge type names, got {knowledge!r}; "
                              f"valid names: {knowledge_names()}")
+        labels = self.labels
+        if labels is not None and (isinstance(labels, str) or not isinstance(labels, (list, tuple))
+                                   or len(labels) < 2 or not all(isinstance(x, str) and x.strip() for x in labels)
+                                   or len(set(labels)) != len(labels)):
+            raise ValueError(f"config.labels must be None or a list of at least 2 distinct, non-empty class names "
+                             f"in class-id order, e.g. ['neg', 'pos'], got {labels!r}")
         if not isinstance(self.teacher_hidden, (list, tuple)) or not all(is_int(x) for x in self.teacher_hidden):
             raise ValueError(f"config.teacher_hidden must be a list of integers, got {self.teacher_hidden!r}")
         if not isinstance(self.knowledge_params, dict) or not all(
@@ -191,6 +201,7 @@ class DistillConfig:
         d = dataclasses.asdict(self)
         d["knowledge"] = list(self.knowledge)
         d["teacher_hidden"] = list(self.teacher_hidden)
+        d["labels"] = None if self.labels is None else list(self.labels)
         return d
 
     @classmethod
