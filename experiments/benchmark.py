@@ -1,7 +1,7 @@
 """Benchmark RL algorithms on the knowledge-selection envs: algorithms x seeds x envs.
 
     python -m experiments.benchmark                                   # the default grid (below)
-    python -m experiments.benchmark --algos ac,ppo,random_hard --seeds 3 --episodes 40
+    python -m experiments.benchmark --algos ac,ppo,random_hard --seeds 0-2 --episodes 40
     python -m experiments.benchmark --envs kd_env/TextKD-v0 --workers 2
     python -m experiments.benchmark --set ppo.learning_rate=1.0e-3 --set ac.episodes=30
     python -m experiments.benchmark --executor ray [--address auto]   # needs the optional `ray`
@@ -83,6 +83,7 @@ import numpy as np
 import yaml
 
 from experiments import stats
+from experiments.cli import SEEDS_HELP, parse_seeds
 from experiments.report import markdown_table, plot_heatmap, plot_learning_curves, plot_selection_bars, write_csv
 from kd_env.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -1148,19 +1149,6 @@ def _csv_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def _seeds(text: str) -> list[int]:
-    """``5`` -> seeds 0..4; ``0,3,7`` -> those seeds."""
-    try:
-        if "," not in text:
-            n = int(text)
-            if n < 1:
-                raise ValueError
-            return list(range(n))
-        return [int(x) for x in _csv_list(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds takes a count (5) or a list (0,3,7), got {text!r}") from None
-
-
 def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     p = argparse.ArgumentParser(prog="python -m experiments.benchmark",
                                 description="Benchmark RL algorithms on the knowledge-selection envs "
@@ -1169,7 +1157,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     p.add_argument("--name", default="default", help="run folder: <out>/benchmark-<name>")
     p.add_argument("--algos", type=_csv_list, default=list(DEFAULT_ALGOS), help="comma-separated agent names")
     p.add_argument("--envs", type=_csv_list, default=list(DEFAULT_ENVS), help="comma-separated env ids")
-    p.add_argument("--seeds", type=_seeds, default=list(range(DEFAULT_SEEDS)), help="a count or a comma list")
+    p.add_argument("--seeds", type=parse_seeds, default=list(range(DEFAULT_SEEDS)),
+                   help=f"training {SEEDS_HELP}")
     p.add_argument("--episodes", type=int, default=None,
                    help="training episodes of every learner (default: each config's 'episodes')")
     p.add_argument("--eval-every", type=int, default=DEFAULT_EVAL_EVERY, help="evaluate every N training episodes")

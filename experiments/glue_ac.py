@@ -32,6 +32,7 @@ import numpy as np
 import yaml
 
 from agents import agent_names, load_agent, make_agent
+from experiments.cli import SEEDS_HELP, parse_seeds
 from experiments.report import (
     markdown_table,
     mean_std,
@@ -497,19 +498,6 @@ def print_summary(summary: dict[str, Any], out=sys.stdout) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _seeds(text: str) -> list[int]:
-    """``"0,1,2"`` -> [0, 1, 2]; ``"0-4"`` -> [0, 1, 2, 3, 4]; ``"7"`` -> [7]."""
-    try:
-        if "-" in text.strip()[1:] and "," not in text:
-            lo, hi = (int(x) for x in text.split("-", 1))
-            if hi < lo:
-                raise ValueError
-            return list(range(lo, hi + 1))
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds takes integers: '0,1,2', a range '0-4', or one seed '7'; got {text!r}") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.glue_ac", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -521,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="class names of a CSV/TSV task in class-id order, e.g. 'neg,pos' (default: "
                                     "integer labels are the ids; class names get ids in sorted order)")
     p.add_argument("--student-layers", type=int)
-    p.add_argument("--seeds", type=_seeds, help="evaluation seeds: '0,1,2', a range '0-4', or one seed '7'")
+    p.add_argument("--seeds", type=parse_seeds, help=f"evaluation {SEEDS_HELP} (default: per preset)")
     p.add_argument("--agent", help=f"selector agent; one of {agent_names()}")
     p.add_argument("--episodes", type=int, help="selector training episodes")
     p.add_argument("--methods", help=f"comma list; default: {','.join(default_methods(('finetune', 'response', 'feature', 'relation')))}")

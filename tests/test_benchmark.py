@@ -326,5 +326,7 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     assert "lr='fast'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--seeds", "two"])
-    assert benchmark.parse_args(["--seeds", "3"]).seeds == [0, 1, 2]
+    assert benchmark.parse_args(["--seeds", "3"]).seeds == [3]  # one seed, as in glue_ac (was 0, 1, 2)
+    assert benchmark.parse_args(["--seeds", "0-2"]).seeds == [0, 1, 2]
     assert benchmark.parse_args(["--seeds", "4,7"]).seeds == [4, 7]
+    assert benchmark.parse_args([]).seeds == [0, 1, 2, 3, 4]  # the default grid is unchanged
