@@ -34,9 +34,10 @@ Outputs, ``runs/benchmark-<name>/``::
     <algo>/<env>__seed<k>/result.json       the cell's scores, settings and timings; written
                                             last, atomically: a cell with it is finished
     runs.csv                                one row per cell
-    summary.csv, summary.md                 per env and algorithm: mean and IQM with 95%
+    summary.csv, summary.md, summary.json   per env and algorithm: mean and IQM with 95%
                                             stratified-bootstrap CIs of the test metric and the
                                             return, probability of improvement over random_hard
+                                            (one seed: no CI, "n/a (1 seed)" / null)
     plots/<env>-learning_curves.png         evaluation return and test metric vs env steps
     plots/<env>-selection.png               mean selection frequency per knowledge type
     plots/<env>-selection-<algo>.png        knowledge x phase heatmap of the final policy
@@ -84,7 +85,14 @@ import yaml
 
 from experiments import stats
 from experiments.cli import SEEDS_HELP, parse_seeds
-from experiments.report import markdown_table, plot_heatmap, plot_learning_curves, plot_selection_bars, write_csv
+from experiments.report import (
+    json_safe,
+    markdown_table,
+    plot_heatmap,
+    plot_learning_curves,
+    plot_selection_bars,
+    write_csv,
+)
 from kd_env.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -1049,6 +1057,7 @@ def summarize(run_dir: Path, cells: Sequence[Cell], payloads: dict[Cell, dict[st
             rows.append(row)
     aggregate = _aggregate_rows(by_env, payloads, config) if len(by_env) > 1 else []
     write_csv(run_dir / "summary.csv", rows + aggregate, SUMMARY_COLUMNS)
+    atomic_write_json(run_dir / "summary.json", json_safe(rows + aggregate))  # null where no interval
     atomic_write_text(run_dir / "summary.md", _summary_markdown(rows, aggregate, config))
     if config.plots:
         _plots(run_dir, by_env, payloads)

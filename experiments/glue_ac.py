@@ -33,7 +33,9 @@ import yaml
 
 from agents import agent_names, load_agent, make_agent
 from experiments.cli import SEEDS_HELP, parse_seeds
+from experiments.stats import format_bounds
 from experiments.report import (
+    json_safe,
     markdown_table,
     mean_std,
     paired_difference,
@@ -434,7 +436,7 @@ def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], 
                "methods": table, "best_fixed": best_fixed, "selector_vs": comparisons,
                "selector_returns": selector_returns, "rows": rows, "knowledge": knowledge,
                "label_mapping": label_mapping, "date": time.strftime("%Y-%m-%d")}
-    atomic_write_json(run.dir / "results.json", summary)
+    atomic_write_json(run.dir / "results.json", json_safe(summary))  # null, not NaN, where undefined
     md = [f"# {c.name}\n", f"Task `{distill.task}`, teacher `{distill.teacher}`, {distill.student_layers}-layer "
           f"student, {distill.total_steps} optimizer steps per student in {distill.num_phases} phases, "
           f"seeds {c.seeds}; selector `{c.agent}` ({c.action_mode}) trained for {c.episodes} episodes "
@@ -449,7 +451,7 @@ def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], 
         md.append("\nPaired difference, selector minus baseline (same seeds), 95% t-interval:\n")
         md.append(markdown_table(["baseline", "mean diff", "95% CI", "selector wins"],
                                  [[k + (" (best fixed subset)" if k == best_fixed else ""), f"{v['mean']:+.4f}",
-                                   f"[{v['low']:+.4f}, {v['high']:+.4f}]", f"{v['wins']}/{v['n']}"]
+                                   format_bounds(v["low"], v["high"], "+.4f"), f"{v['wins']}/{v['n']}"]
                                   for k, v in comparisons.items()]))
     atomic_write_text(run.dir / "results.md", "\n".join(md))
     # plots
@@ -490,7 +492,7 @@ def print_summary(summary: dict[str, Any], out=sys.stdout) -> None:
         print(f"  {t['method']:<{width}} {t['mean']:.4f} ± {t['std']:.4f}   (n={t['n']})", file=out)
     print(f"  {'teacher':<{width}} {summary['teacher']['metric']:.4f}", file=out)
     for k, v in summary["selector_vs"].items():
-        print(f"  selector - {k}: {v['mean']:+.4f}  95% CI [{v['low']:+.4f}, {v['high']:+.4f}]", file=out)
+        print(f"  selector - {k}: {v['mean']:+.4f}  95% CI {format_bounds(v['low'], v['high'], '+.4f')}", file=out)
 
 
 # --------------------------------------------------------------------------------------------
