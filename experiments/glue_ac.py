@@ -46,6 +46,7 @@ from experiments.report import (
 )
 from kd_env import DistillConfig, KnowledgeSelectionEnv, get_preset, preset_names
 from kd_env.data import DataUnavailableError
+from kd_env.engine import resolve_threads, usable_cpus
 from kd_env.io import atomic_write_json, atomic_write_text
 from kd_env.teacher import evaluate_model
 
@@ -359,6 +360,8 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     run.check()
     distill = c.distill_config()
     t0 = time.perf_counter()
+    print(f"glue_ac {c.name}: {resolve_threads(distill.threads)} torch thread(s) ({usable_cpus()} CPU(s) usable; "
+          f"distill.threads={distill.threads})", file=sys.stderr)
     print(f"[1/4] teacher: {distill.teacher} on {distill.task} (fine-tuned and cached once)", file=sys.stderr)
     try:  # bad task files, models or knowledge fail here, before the run folder is written
         env = KnowledgeSelectionEnv(distill, action_mode=c.action_mode, observation=c.observation,

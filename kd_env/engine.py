@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -44,7 +45,8 @@ from .teacher import (
     train_classifier,
 )
 
-__all__ = ["PhaseResult", "Distiller", "build_distiller", "prepare_teacher", "resolve_device"]
+__all__ = ["PhaseResult", "Distiller", "build_distiller", "prepare_teacher", "resolve_device", "resolve_threads",
+           "usable_cpus"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,6 +57,24 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available; valid here: 'cpu', 'auto'")
     return dev
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where the platform has
+    no ``sched_getaffinity``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_threads(threads: int | None) -> int:
+    """The torch intra-op thread count for ``DistillConfig.threads``: the value itself, or when
+    unset torch's default bounded by :func:`usable_cpus` (torch counts the machine's cores, not
+    those this process may use, and more threads than usable CPUs spin against each other)."""
+    if threads is not None:
+        return int(threads)
+    return max(1, min(torch.get_num_threads(), usable_cpus()))
 
 
 @dataclass
@@ -486,8 +506,7 @@ def build_distiller(config: DistillConfig, task: TaskData | None = None) -> Dist
         task: an already loaded task (saves re-reading it), else loaded from ``config.task``.
     """
     device = resolve_device(config.device)
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    torch.set_num_threads(resolve_threads(config.threads))
     if config.deterministic:
         import os
 

@@ -97,8 +97,9 @@ class DistillConfig:
     progress: bool = True
     """tqdm progress bars"""
     threads: int | None = None
-    """torch intra-op threads set when the distiller is built (None: torch's default). One thread
-    is much faster for the tiny digits MLPs, and makes results independent of the core count"""
+    """torch intra-op threads set when the distiller is built (None: torch's default, but at most
+    the CPUs this process may use, so that it cannot oversubscribe them). One thread is much
+    faster for the tiny digits MLPs, and makes results independent of the core count"""
     deterministic: bool = False
     """``torch.use_deterministic_algorithms(True)`` (and the cuBLAS workspace setting): removes
     the GPU kernels' nondeterminism; CPU runs with a fixed thread count are already repeatable"""

@@ -90,6 +90,7 @@ def test_rerun_of_a_finished_run_does_not_retrain(finished_run: Path):
     proc = _run(finished_run.parent, "full")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "train selector" not in proc.stderr
+    assert "glue_ac full: 1 torch thread(s) (" in proc.stderr  # the run header names the thread count
     after = {p.name: p.stat().st_mtime_ns for p in (finished_run / "units").iterdir()}
     assert before == after
     assert "selector" in proc.stdout and "vanilla_kd" in proc.stdout
