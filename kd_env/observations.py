@@ -207,5 +207,9 @@ class DictObservation(Observation):
     def space(self, env):
         return spaces.Dict({k: v.space(env) for k, v in self.parts.items()})
 
+    def unclipped(self, env) -> dict[str, np.ndarray]:
+        """Each part's values before clipping."""
+        return {k: v.unclipped(env) for k, v in self.parts.items()}
+
     def __call__(self, env):
         return {k: v(env) for k, v in self.parts.items()}

@@ -127,11 +127,7 @@ def assert_passes_env_checkers(make_env: Callable[[], Any]) -> None:
 def unclipped_observation(env: Any) -> Any:
     """The env's current observation before clipping (``Observation.unclipped``): an array, or a
     dict of arrays for the ``dict`` observation."""
-    base = env.unwrapped
-    fn = base.observation_fn
-    if hasattr(fn, "parts"):
-        return {name: part.unclipped(base) for name, part in fn.parts.items()}
-    return fn.unclipped(base)
+    return env.unwrapped.observation_fn.unclipped(env.unwrapped)
 
 
 def outside_bounds(space: Any, values: Any, tol: float = 1e-6) -> list[str]:
