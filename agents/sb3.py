@@ -3,7 +3,8 @@
 ======  =================  =================================================================
 name    action mode        how
 ======  =================  =================================================================
-ppo     mask or weights    natively (``MultiBinary``; weights through ``RescaleAction`` to
+ppo     mask or weights    natively (``MultiBinary``; weights through
+                           :class:`kd_env.wrappers.SymmetricWeights`, a ``RescaleAction`` to
                            ``Box(-1, 1)``, so the initial Gaussian is centred on 0.5)
 a2c     mask or weights    as ppo
 dqn     mask or weights    through :class:`MaskIndexWrapper`: ``Discrete(2^K)``, bit k of the
@@ -47,6 +48,7 @@ import torch
 from gymnasium import spaces
 
 from kd_env.io import atomic_write_bytes
+from kd_env.wrappers import SymmetricWeights
 
 from .base import Agent, CheckpointError, EpisodeCallback, EpisodeLogger, as_gym_env, register_agent, \
     selection_frequencies
@@ -224,7 +226,7 @@ class SB3Agent(Agent):
         if self.algo == "dqn":
             return MaskIndexWrapper(env)
         if self._rescaled:
-            return gym.wrappers.RescaleAction(env, np.float32(-1.0), np.float32(1.0))
+            return SymmetricWeights(env)
         return env
 
     # ---- acting -----------------------------------------------------------------------------
@@ -233,7 +235,7 @@ class SB3Agent(Agent):
             return self._format_action(index_to_mask(int(np.asarray(action).reshape(-1)[0]), len(self.knowledge_names)))
         arr = np.asarray(action, dtype=np.float64).reshape(-1)
         if self._rescaled:
-            arr = (np.clip(arr, -1.0, 1.0) + 1.0) / 2.0
+            arr = SymmetricWeights.to_weights(arr)
         if self.action_mode == "mask":
             return (arr > 0.5).astype(np.int8)
         return np.clip(arr, 0.0, 1.0).astype(np.float32)

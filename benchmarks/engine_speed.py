@@ -3,6 +3,7 @@
     python benchmarks/engine_speed.py                  # text + digits (text builds the teacher once)
     python benchmarks/engine_speed.py --digits-only
     python benchmarks/engine_speed.py --fresh-cache    # also time teacher fine-tuning + caching
+    python benchmarks/engine_speed.py --digits-only --relation-naive --threads 1   # the Gram trick
 
 Measured side by side in one run, interleaved, medians over repetitions:
 
@@ -11,7 +12,10 @@ Measured side by side in one run, interleaved, medians over repetitions:
 2. the same cached step vs TextBrewer 0.2.1 doing vanilla KD + one hidden-state match on the
    same models and batches (``pip install --no-deps textbrewer==0.2.1.post1``; skipped if absent);
 3. teacher fine-tuning + caching on rt-polarity: wall time, peak RSS, cache size on disk;
-4. the digits engine: optimizer steps per second.
+4. the digits engine: optimizer steps per second;
+5. with ``--relation-naive``: the digits engine with all four knowledge types, ``relation``
+   computed through the explicit H x H FSP matrices (``fsp_matrix``) instead of the token Gram
+   matrices (``fsp_mse``, the engine's form): the speed-up of never forming the H x H matrices.
 """
 
 from __future__ import annotations
@@ -26,11 +30,26 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's kd_env
 
-from kd_env import build_distiller, get_preset
-from kd_env.teacher import TeacherCache, cache_root
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from kd_env import build_distiller, get_preset  # noqa: E402
+from kd_env.knowledge import Relation, fsp_matrix, register_knowledge  # noqa: E402
+from kd_env.teacher import TeacherCache, cache_root  # noqa: E402
+
+NAIVE_RELATION = "relation_fsp_matrices"
+
+
+@register_knowledge(NAIVE_RELATION, overwrite=True)
+class RelationThroughFspMatrices(Relation):
+    """``relation`` computed the direct way, forming each H x H FSP matrix (same value as
+    :class:`~kd_env.knowledge.Relation`; for timing only)."""
+
+    @staticmethod
+    def pair_loss(a_s, b_s, a_t, b_t, mask):
+        return ((fsp_matrix(a_s, b_s, mask) - fsp_matrix(a_t, b_t, mask)) ** 2).mean()
 
 
 def _median_ms_per_step(fn, steps: int, reps: int) -> list[float]:
@@ -140,17 +159,36 @@ def bench_text(args, rows: list[list[str]]) -> None:
         rows.append(["TextBrewer", "not installed", "pip install --no-deps textbrewer==0.2.1.post1"])
 
 
+def _digits_steps_per_second(distiller, weights, reps: int) -> float:
+    """Median optimizer steps/s of 150-step phases on digits."""
+    rates = []
+    for _ in range(reps):
+        distiller.reset(0)
+        t = time.perf_counter()
+        distiller.train_phase(weights, steps=150)
+        rates.append(150 / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
 def bench_digits(args, rows: list[list[str]]) -> None:
-    d = build_distiller(get_preset("digits", threads=args.threads or 1))
+    config = get_preset("digits", threads=args.threads or 1)
+    d = build_distiller(config)
+    gram = None
     for weights, label in (([1, 1, 1, 1], "all four knowledge types"), ([1, 0, 0, 0], "finetune only")):
-        rates = []
-        for _ in range(args.reps):
-            d.reset(0)
-            t = time.perf_counter()
-            d.train_phase(weights, steps=150)
-            rates.append(150 / (time.perf_counter() - t))
-        rows.append([f"digits engine, {label}: optimizer steps/s", f"{statistics.median(rates):.0f}",
+        rate = _digits_steps_per_second(d, weights, args.reps)
+        gram = rate if gram is None else gram
+        rows.append([f"digits engine, {label}: optimizer steps/s", f"{rate:.0f}",
                      "target >= 300" if label.startswith("all") else ""])
+    d.close()
+    if args.relation_naive:
+        knowledge = tuple(NAIVE_RELATION if k == "relation" else k for k in config.knowledge)
+        naive = build_distiller(config.replace(knowledge=knowledge))
+        rate = _digits_steps_per_second(naive, [1, 1, 1, 1], args.reps)
+        naive.close()
+        rows.append(["digits engine, all four, relation through H x H FSP matrices: optimizer steps/s",
+                     f"{rate:.0f}", "the direct form, for comparison"])
+        rows.append(["**speed-up of the Gram form (all four knowledge types)**", f"**{gram / rate:.1f}x**",
+                     f"{rate:.0f} -> {gram:.0f} steps/s"])
 
 
 def main(argv=None) -> int:
@@ -160,6 +198,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=8, help="steps per timed repetition")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    p.add_argument("--relation-naive", action="store_true",
+                   help="also time relation through the explicit H x H FSP matrices on digits (the Gram trick)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,7 +1,7 @@
 """Benchmark RL algorithms on the knowledge-selection envs: algorithms x seeds x envs.
 
     python -m experiments.benchmark                                   # the default grid (below)
-    python -m experiments.benchmark --algos ac,ppo,random_hard --seeds 3 --episodes 40
+    python -m experiments.benchmark --algos ac,ppo,random_hard --seeds 0-2 --episodes 40
     python -m experiments.benchmark --envs kd_env/TextKD-v0 --workers 2
     python -m experiments.benchmark --set ppo.learning_rate=1.0e-3 --set ac.episodes=30
     python -m experiments.benchmark --executor ray [--address auto]   # needs the optional `ray`
@@ -37,9 +37,10 @@ Outputs, ``runs/benchmark-<name>/``::
     <algo>/<env>__seed<k>/result.json       the cell's scores, settings and timings; written
                                             last, atomically: a cell with it is finished
     runs.csv                                one row per cell
-    summary.csv, summary.md                 per env and algorithm: mean and IQM with 95%
+    summary.csv, summary.md, summary.json   per env and algorithm: mean and IQM with 95%
                                             stratified-bootstrap CIs of the test metric and the
                                             return, probability of improvement over random_hard
+                                            (one seed: no CI, "n/a (1 seed)" / null)
     plots/<env>-learning_curves.png         evaluation return and test metric vs env steps
     plots/<env>-selection.png               mean selection frequency per knowledge type
     plots/<env>-selection-<algo>.png        knowledge x phase heatmap of the final policy
@@ -86,7 +87,15 @@ import numpy as np
 import yaml
 
 from experiments import stats
-from experiments.report import markdown_table, plot_heatmap, plot_learning_curves, plot_selection_bars, write_csv
+from experiments.cli import SEEDS_HELP, parse_seeds
+from experiments.report import (
+    json_safe,
+    markdown_table,
+    plot_heatmap,
+    plot_learning_curves,
+    plot_selection_bars,
+    write_csv,
+)
 from kd_env.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -1064,6 +1073,7 @@ def summarize(run_dir: Path, cells: Sequence[Cell], payloads: dict[Cell, dict[st
             rows.append(row)
     aggregate = _aggregate_rows(by_env, payloads, config) if len(by_env) > 1 else []
     write_csv(run_dir / "summary.csv", rows + aggregate, SUMMARY_COLUMNS)
+    atomic_write_json(run_dir / "summary.json", json_safe(rows + aggregate))  # null where no interval
     atomic_write_text(run_dir / "summary.md", _summary_markdown(rows, aggregate, config))
     if config.plots:
         _plots(run_dir, by_env, payloads)
@@ -1164,19 +1174,6 @@ def _csv_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def _seeds(text: str) -> list[int]:
-    """``5`` -> seeds 0..4; ``0,3,7`` -> those seeds."""
-    try:
-        if "," not in text:
-            n = int(text)
-            if n < 1:
-                raise ValueError
-            return list(range(n))
-        return [int(x) for x in _csv_list(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds takes a count (5) or a list (0,3,7), got {text!r}") from None
-
-
 def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     p = argparse.ArgumentParser(prog="python -m experiments.benchmark",
                                 description="Benchmark RL algorithms on the knowledge-selection envs "
@@ -1185,7 +1182,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     p.add_argument("--name", default="default", help="run folder: <out>/benchmark-<name>")
     p.add_argument("--algos", type=_csv_list, default=list(DEFAULT_ALGOS), help="comma-separated agent names")
     p.add_argument("--envs", type=_csv_list, default=list(DEFAULT_ENVS), help="comma-separated env ids")
-    p.add_argument("--seeds", type=_seeds, default=list(range(DEFAULT_SEEDS)), help="a count or a comma list")
+    p.add_argument("--seeds", type=parse_seeds, default=list(range(DEFAULT_SEEDS)),
+                   help=f"training {SEEDS_HELP}")
     p.add_argument("--episodes", type=int, default=None,
                    help="training episodes of every learner (default: each config's 'episodes')")
     p.add_argument("--eval-every", type=int, default=DEFAULT_EVAL_EVERY, help="evaluate every N training episodes")

@@ -38,7 +38,10 @@ import yaml
 
 from agents import agent_names, load_agent, make_agent
 from agents.base import episode_options
+from experiments.cli import SEEDS_HELP, parse_seeds
+from experiments.stats import format_bounds
 from experiments.report import (
+    json_safe,
     markdown_table,
     mean_std,
     paired_difference,
@@ -49,6 +52,7 @@ from experiments.report import (
 )
 from kd_env import DistillConfig, KnowledgeSelectionEnv, get_preset, preset_names
 from kd_env.data import DataUnavailableError
+from kd_env.engine import resolve_threads, usable_cpus
 from kd_env.io import atomic_write_json, atomic_write_text
 from kd_env.teacher import evaluate_model
 
@@ -238,7 +242,7 @@ def distil_episode(env: KnowledgeSelectionEnv, agent, seed: int) -> dict[str, An
         action = agent.act(obs, deterministic=True)
         obs, reward, terminated, truncated, info = env.step(action)
         total += reward
-        train_seconds += info["phase_seconds"]
+        train_seconds += env.unwrapped.last_phase_seconds  # wall time stays out of info
         actions.append([float(x) for x in info["action"]])
         curve.append(info["probe_metric"])
         crashed = crashed or info["crashed"]
@@ -278,11 +282,13 @@ class Run:
                 raise SystemExit(f"error: {self.dir} holds a run with a different config (keys {diff}); "
                                  f"pass --name for a new run or remove the folder")
 
-    def prepare(self) -> None:
-        """Check, then create the folder and write config.yaml."""
+    def prepare(self, label_mapping: dict[str, int] | None = None) -> None:
+        """Check, then create the folder and write config.yaml (with the task's class-name ->
+        class-id mapping, ``None`` for integer labels)."""
         self.check()
         self.units.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=True))
+        atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(
+            {**self.config.to_dict(), "label_mapping": label_mapping}, sort_keys=True))
 
     def unit_path(self, method: str, seed: int) -> Path:
         return self.units / f"{method.replace(':', '-')}__seed{seed}.json"
@@ -366,6 +372,8 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     run.check()
     distill = c.distill_config()
     t0 = time.perf_counter()
+    print(f"glue_ac {c.name}: {resolve_threads(distill.threads)} torch thread(s) ({usable_cpus()} CPU(s) usable; "
+          f"distill.threads={distill.threads})", file=sys.stderr)
     print(f"[1/4] teacher: {distill.teacher} on {distill.task} (fine-tuned and cached once)", file=sys.stderr)
     try:  # bad task files, models or knowledge fail here, before the run folder is written
         env = KnowledgeSelectionEnv(distill, action_mode=c.action_mode, observation=c.observation,
@@ -373,6 +381,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     except (ValueError, FileNotFoundError, ModuleNotFoundError, DataUnavailableError) as exc:
         raise SystemExit(f"error: {exc}") from None
     d = env.distiller
+    labels = None if d.task.label_names is None else {name: i for i, name in enumerate(d.task.label_names)}
     knowledge = list(d.knowledge_names)
     try:  # a baseline that needs knowledge this env lacks fails here too (e.g. eskd without response)
         for method in c.methods:
@@ -381,7 +390,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     except ValueError as exc:
         env.close()
         raise SystemExit(f"error: {exc}") from None
-    run.prepare()
+    run.prepare(labels)
     teacher_probe = evaluate_model(d.teacher_model, d.dev_data, d.task, d.device, distill.eval_batch_size,
                                    indices=d.probe_indices)
     teacher = {"metric": d.teacher_metrics["test"]["main"], "dev_metric": teacher_probe["main"],
@@ -409,7 +418,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     bar.close()
     env.close()
     print("[4/4] report", file=sys.stderr)
-    summary = write_report(run, rows, teacher, knowledge, selector_returns, distill)
+    summary = write_report(run, rows, teacher, knowledge, selector_returns, distill, labels)
     summary["wall_seconds_this_invocation"] = time.perf_counter() - t0
     return summary
 
@@ -428,7 +437,8 @@ def choose_best_fixed(table: list[dict[str, Any]]) -> str | None:
 
 
 def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], knowledge: list[str],
-                 selector_returns: list[float], distill: DistillConfig) -> dict[str, Any]:
+                 selector_returns: list[float], distill: DistillConfig,
+                 label_mapping: dict[str, int] | None = None) -> dict[str, Any]:
     c = run.config
     metric_name = rows[0]["metric_name"] if rows else "metric"
     by_method: dict[str, dict[int, dict[str, Any]]] = {}
@@ -455,8 +465,8 @@ def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], 
                "methods": table, "best_fixed": best_fixed, "best_fixed_chosen_on": "dev-probe mean",
                "selector_vs": comparisons,
                "selector_returns": selector_returns, "rows": rows, "knowledge": knowledge,
-               "date": time.strftime("%Y-%m-%d")}
-    atomic_write_json(run.dir / "results.json", summary)
+               "label_mapping": label_mapping, "date": time.strftime("%Y-%m-%d")}
+    atomic_write_json(run.dir / "results.json", json_safe(summary))  # null, not NaN, where undefined
     md = [f"# {c.name}\n", f"Task `{distill.task}`, teacher `{distill.teacher}`, {distill.student_layers}-layer "
           f"student, {distill.total_steps} optimizer steps per student in {distill.num_phases} phases, "
           f"seeds {c.seeds}; selector `{c.agent}` ({c.action_mode}) trained for {c.episodes} episodes "
@@ -474,7 +484,7 @@ def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], 
         md.append("\nPaired difference, selector minus baseline (same seeds), 95% t-interval:\n")
         md.append(markdown_table(["baseline", "mean diff", "95% CI", "selector wins"],
                                  [[k + (" (best fixed subset)" if k == best_fixed else ""), f"{v['mean']:+.4f}",
-                                   f"[{v['low']:+.4f}, {v['high']:+.4f}]", f"{v['wins']}/{v['n']}"]
+                                   format_bounds(v["low"], v["high"], "+.4f"), f"{v['wins']}/{v['n']}"]
                                   for k, v in comparisons.items()]))
     atomic_write_text(run.dir / "results.md", "\n".join(md))
     # plots
@@ -517,25 +527,12 @@ def print_summary(summary: dict[str, Any], out=sys.stdout) -> None:
     if summary.get("best_fixed"):
         print(f"  best fixed subset (chosen on the dev probe): {summary['best_fixed']}", file=out)
     for k, v in summary["selector_vs"].items():
-        print(f"  selector - {k}: {v['mean']:+.4f}  95% CI [{v['low']:+.4f}, {v['high']:+.4f}]", file=out)
+        print(f"  selector - {k}: {v['mean']:+.4f}  95% CI {format_bounds(v['low'], v['high'], '+.4f')}", file=out)
 
 
 # --------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------
-
-
-def _seeds(text: str) -> list[int]:
-    """``"0,1,2"`` -> [0, 1, 2]; ``"0-4"`` -> [0, 1, 2, 3, 4]; ``"7"`` -> [7]."""
-    try:
-        if "-" in text.strip()[1:] and "," not in text:
-            lo, hi = (int(x) for x in text.split("-", 1))
-            if hi < lo:
-                raise ValueError
-            return list(range(lo, hi + 1))
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds takes integers: '0,1,2', a range '0-4', or one seed '7'; got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -546,8 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="rt-polarity, digits, a GLUE task, or a CSV/TSV path")
     p.add_argument("--data-dir", help="local GLUE folder (<TASK>/train.tsv, dev.tsv)")
     p.add_argument("--teacher", help="HF model name or local folder (default: bundled MiniLM-L6)")
+    p.add_argument("--labels", help="class names of a CSV/TSV task in class-id order, e.g. 'neg,pos' (default: "
+                                    "integer labels are the ids; class names get ids in sorted order)")
     p.add_argument("--student-layers", type=int)
-    p.add_argument("--seeds", type=_seeds, help="evaluation seeds: '0,1,2', a range '0-4', or one seed '7'")
+    p.add_argument("--seeds", type=parse_seeds, help=f"evaluation {SEEDS_HELP} (default: per preset)")
     p.add_argument("--agent", help=f"selector agent; one of {agent_names()}")
     p.add_argument("--episodes", type=int, help="selector training episodes")
     p.add_argument("--methods", help=f"comma list; default: {','.join(default_methods(('finetune', 'response', 'feature', 'relation')))}; "
@@ -589,6 +588,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> ExperimentConfig:
                       ("student_layers", "student_layers"), ("device", "device")):
         if getattr(args, flag) is not None:
             distill[key] = getattr(args, flag)
+    if args.labels is not None:
+        distill["labels"] = [x.strip() for x in args.labels.split(",") if x.strip()]
     data["distill"] = distill
     for flag in ("preset", "agent", "episodes", "seeds", "action_mode", "reward", "name", "out"):
         if getattr(args, flag) is not None:

@@ -16,6 +16,7 @@ from kd_env.io import atomic_write_bytes, atomic_write_text
 __all__ = [
     "mean_std",
     "t_interval",
+    "json_safe",
     "paired_difference",
     "write_csv",
     "markdown_table",
@@ -36,7 +37,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean and two-sided Student-t confidence interval of the mean."""
+    """Mean and two-sided Student-t confidence interval of the mean (NaN bounds for a single
+    value: see :data:`experiments.stats.NO_INTERVAL`)."""
     from scipy import stats
 
     x = np.asarray(values, dtype=np.float64)
@@ -55,6 +57,23 @@ def paired_difference(a: dict[int, float], b: dict[int, float], confidence: floa
         return {"n": 0, "mean": math.nan, "low": math.nan, "high": math.nan, "wins": 0}
     m, lo, hi = t_interval(diffs, confidence)
     return {"n": len(diffs), "mean": m, "low": lo, "high": hi, "wins": int(sum(d > 0 for d in diffs))}
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by ``None`` (JSON ``null``;
+    ``json.dumps`` would write ``NaN``, which is not JSON), recursively through dicts, lists and
+    tuples; numpy scalars and arrays become Python values."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def write_csv(path: str | Path, rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -177,9 +196,10 @@ def plot_learning_curves(curves: dict[str, dict[str, Any]], path: str | Path, ti
 
     ``curves[name]`` holds ``timesteps`` (E,), ``return`` and ``test`` (one array of E values
     per run) and ``learns``: learners are drawn as mean lines with a 95% bootstrap band over
-    runs; non-learners (one evaluation) as dashed horizontal lines at their mean.
+    runs (a learner with one run has none: its label says ``n/a (1 seed)``); non-learners (one
+    evaluation) as dashed horizontal lines at their mean.
     """
-    from experiments.stats import interval_estimate
+    from experiments.stats import NO_INTERVAL, interval_estimate
 
     plt = _figure()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -194,7 +214,8 @@ def plot_learning_curves(curves: dict[str, dict[str, Any]], path: str | Path, ti
             if c["learns"] and runs.shape[1] > 1:
                 x = np.asarray(c["timesteps"], dtype=np.float64)
                 bands = [interval_estimate(runs[:, j], "mean", reps=500) for j in range(runs.shape[1])]
-                ax.plot(x, [b[0] for b in bands], marker="o", markersize=3, color=color, label=name)
+                label = name if runs.shape[0] > 1 else f"{name} (CI {NO_INTERVAL})"
+                ax.plot(x, [b[0] for b in bands], marker="o", markersize=3, color=color, label=label)
                 if runs.shape[0] > 1:
                     ax.fill_between(x, [b[1] for b in bands], [b[2] for b in bands], color=color, alpha=0.15)
             else:

@@ -22,7 +22,9 @@ function                       what it computes
 =============================  ===================================================================
 
 Only numpy; replicates come from a seeded ``numpy.random.Generator``, so the intervals are
-reproducible.  The intervals are percentile intervals, as rliable's default.
+reproducible.  The intervals are percentile intervals, as rliable's default.  A sample with a
+single run (per task) has no interval: its bounds are NaN, written :data:`NO_INTERVAL` by
+:func:`format_interval` / :func:`format_bounds` (and ``null`` in JSON).
 """
 
 from __future__ import annotations
@@ -44,7 +46,12 @@ __all__ = [
     "probability_of_improvement",
     "poi_interval",
     "format_interval",
+    "format_bounds",
+    "NO_INTERVAL",
 ]
+
+#: how an interval that one run cannot give is written (terminal, markdown, plots)
+NO_INTERVAL = "n/a (1 seed)"
 
 Scores = Union[np.ndarray, Sequence[float], Sequence[Sequence[float]]]
 #: a statistic of a list of per-task score arrays
@@ -150,15 +157,23 @@ def interval_estimate(scores: Scores, statistic: str = "mean", confidence: float
     """Point estimate and stratified-bootstrap percentile interval of ``statistic``.
 
     Returns:
-        ``(point, low, high)``; with a single run per task the interval collapses to the point.
+        ``(point, low, high)``; with a single run per task there is no interval: ``low`` and
+        ``high`` are NaN (resampling one run would give a zero-width interval, a false certainty).
     """
     _check_confidence(confidence)
     tasks = as_tasks(scores)
     if statistic not in STATISTICS:
         raise ValueError(f"unknown statistic {statistic!r}; valid: {sorted(STATISTICS)}")
     point = STATISTICS[statistic](tasks)
+    if _single_run(tasks):
+        return point, math.nan, math.nan
     low, high = _percentile_interval(stratified_bootstrap(tasks, statistic, reps, seed), confidence)
     return point, low, high
+
+
+def _single_run(tasks: list[np.ndarray]) -> bool:
+    """Whether every task has a single run (then no interval can be estimated)."""
+    return all(t.size < 2 for t in tasks)
 
 
 def _poi_task(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -186,11 +201,14 @@ def poi_interval(x: Scores, y: Scores, confidence: float = 0.95, reps: int = 200
     runs of X and of Y are resampled independently within each task).
 
     Returns:
-        ``(point, low, high)``.
+        ``(point, low, high)``; ``low`` and ``high`` are NaN when X or Y has a single run per
+        task.
     """
     _check_confidence(confidence)
     tx, ty = as_tasks(x), as_tasks(y)
     point = probability_of_improvement(tx, ty)
+    if _single_run(tx) or _single_run(ty):
+        return point, math.nan, math.nan
     rng = np.random.default_rng(seed)
     per_task = []
     for a, b in zip(tx, ty):
@@ -203,8 +221,18 @@ def poi_interval(x: Scores, y: Scores, confidence: float = 0.95, reps: int = 200
     return point, low, high
 
 
+def format_bounds(low: float, high: float, spec: str = ".3f") -> str:
+    """``"[0.901, 0.925]"`` with the format ``spec`` (e.g. ``"+.4f"``), or :data:`NO_INTERVAL`
+    when a bound is not finite (one seed)."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return NO_INTERVAL
+    return f"[{low:{spec}}, {high:{spec}}]"
+
+
 def format_interval(point: float, low: float, high: float, digits: int = 3) -> str:
-    """``"0.912 [0.901, 0.925]"`` (``"nan"`` when the point is not finite)."""
+    """``"0.912 [0.901, 0.925]"``; ``"0.912 [n/a (1 seed)]"`` without an interval; ``"nan"``
+    when the point is not finite."""
     if not math.isfinite(point):
         return "nan"
-    return f"{point:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+    bounds = format_bounds(low, high, f".{digits}f")
+    return f"{point:.{digits}f} {bounds if bounds.startswith('[') else f'[{bounds}]'}"

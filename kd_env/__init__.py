@@ -5,6 +5,8 @@ Environments (``gymnasium.make``): ``kd_env/DigitsKD-v0`` (digits, MLPs; fast),
 teacher, 2-layer student), and the instance envs ``kd_env/DigitsKD-Instances-v0`` and
 ``kd_env/TextKD-Instances-v0`` (situations that differ: gold-label share, label noise, teacher
 strength; see :mod:`kd_env.instances`).  Any :class:`DistillConfig` field can be passed to ``make``.
+For stable-baselines3 on the weights mode, wrap the env in :class:`SymmetricWeights`
+(``Box(-1, 1)`` actions).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .models import ModelOutputs
 from .observations import Observation, observation_names, register_observation
 from .presets import DistillConfig, get_preset, preset_names
 from .rewards import PhaseOutcome, Reward, register_reward, reward_names
+from .wrappers import SymmetricWeights
 
 __version__ = "0.1.0"
 
@@ -61,4 +64,5 @@ __all__ = [
     "ModelOutputs", "Observation", "observation_names", "register_observation",
     "DistillConfig", "get_preset", "preset_names",
     "PhaseOutcome", "Reward", "register_reward", "reward_names",
+    "SymmetricWeights",
 ]

@@ -11,7 +11,10 @@ Built-in tasks:
   ``datasets.load_dataset("glue", task)``, or from a local folder in the standard layout
   (``<data_dir>/<TASK>/train.tsv``, ``dev.tsv``) with ``data_dir=``.
 * Any local ``.csv`` / ``.tsv`` file (or a folder with ``train``/``dev``/``test`` files) with
-  columns ``text[,text_b],label``.
+  columns ``text[,text_b],label``.  Labels are either all class ids (integers ``0..C-1``) or
+  all class names (``pos``, ``neg`` ...), which become ids in sorted order, or in the order of
+  ``labels=`` (``DistillConfig.labels``, ``--labels``); the names are kept in
+  :attr:`TaskData.label_names`.
 """
 
 from __future__ import annotations
@@ -95,6 +98,8 @@ class TaskData:
     metric: str = "accuracy"
     eval_split: str = "test"
     info: dict[str, Any] = field(default_factory=dict)
+    label_names: list[str] | None = None
+    """class names in class-id order, when the data names its classes (None: integer ids only)"""
 
     def __getitem__(self, split: str) -> Split:
         if split not in self.splits:
@@ -267,7 +272,7 @@ def load_rt_polarity(seed: int = 0) -> TaskData:
     full = Split(labels=np.asarray(labels, dtype=np.int64), texts=texts, groups=movies)
     splits = {k: full.subset(v) for k, v in split_idx.items()}
     return TaskData(name="rt-polarity", num_labels=2, splits=splits, kind="text", metric="accuracy",
-                    eval_split="test", info={"source": str(path)})
+                    eval_split="test", info={"source": str(path)}, label_names=["rotten", "fresh"])
 
 
 def load_digits_task(seed: int = 0) -> TaskData:
@@ -290,8 +295,12 @@ def load_digits_task(seed: int = 0) -> TaskData:
                     eval_split="test")
 
 
+#: one table's rows: (texts, second texts or None, [(line number, raw label)])
+_Rows = tuple[list[str], list[str] | None, list[tuple[int, str]]]
+
+
 def _read_table(path: Path, text_cols: tuple[str, str | None] | None = None, label_col: str = "label",
-                regression: bool = False, label_names: list[str] | None = None,
+                regression: bool = False, label_names: Sequence[str] | None = None,
                 allow_empty_text: bool = False) -> Split:
     """Read a CSV/TSV with a header into a :class:`Split`.
 
@@ -299,6 +308,13 @@ def _read_table(path: Path, text_cols: tuple[str, str | None] | None = None, lab
     data rows, an empty label, an empty text field (unless ``allow_empty_text``), a label that
     is not an integer ``>= 0`` (a float for ``regression``, one of ``label_names`` when given).
     """
+    ta, tb, ys = _read_rows(path, text_cols, label_col, allow_empty_text)
+    return Split(labels=_label_ids(path, ys, regression, label_names), texts=ta, texts_b=tb)
+
+
+def _read_rows(path: Path, text_cols: tuple[str, str | None] | None = None, label_col: str = "label",
+               allow_empty_text: bool = False) -> _Rows:
+    """The rows of a CSV/TSV with a header, labels unconverted (see :func:`_read_table`)."""
     delim = "\t" if path.suffix.lower() == ".tsv" else ","
     expected = "a header row with columns text[,text_b],label" if text_cols is None else \
         f"a header row with columns {[c for c in (*text_cols, label_col) if c]}"
@@ -327,6 +343,41 @@ def _read_table(path: Path, text_cols: tuple[str, str | None] | None = None, lab
             ys.append((line_no, raw.strip()))
     if not ys:
         raise ValueError(f"{path}: no rows (only a header); expected {expected} and one example per line")
+    return ta, tb, ys
+
+
+def _is_integer(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _class_names(tables: Sequence[tuple[Path, list[tuple[int, str]]]]) -> list[str] | None:
+    """The class names of local tables' raw labels, sorted, or ``None`` when every label is an
+    integer (class ids as they are).  ``ValueError`` naming the file and line when integers and
+    names are mixed."""
+    first: tuple[Path, int, str] | None = None
+    for path, ys in tables:
+        for line_no, y in ys:
+            if first is None:
+                first = (path, line_no, y)
+            elif _is_integer(y) != _is_integer(first[2]):
+                kind = "an integer" if _is_integer(y) else "a class name"
+                other = "the integer" if _is_integer(first[2]) else "the class name"
+                raise ValueError(f"{path}:{line_no}: label {y!r} is {kind}, but {first[0]}:{first[1]} has {other} "
+                                 f"{first[2]!r}; labels must be all integers 0..C-1 (class ids) or all class names "
+                                 f"(ids in sorted order, or in the order of DistillConfig.labels / --labels)")
+    if first is None or _is_integer(first[2]):
+        return None
+    return sorted({y for _, ys in tables for _, y in ys})
+
+
+def _label_ids(path: Path, ys: list[tuple[int, str]], regression: bool = False,
+               label_names: Sequence[str] | None = None) -> np.ndarray:
+    """Raw labels as class ids (floats for ``regression``; indices into ``label_names`` when
+    given); ``ValueError`` naming the file and line of a label that does not fit."""
     if regression:
         values = []
         for line_no, y in ys:
@@ -336,12 +387,13 @@ def _read_table(path: Path, text_cols: tuple[str, str | None] | None = None, lab
                 raise ValueError(f"{path}:{line_no}: label {y!r} is not a number (regression task)") from None
         labels = np.asarray(values, dtype=np.float32)
     elif label_names is not None:
-        bad = [(n, y) for n, y in ys if y not in label_names]
+        names = list(label_names)
+        bad = [(n, y) for n, y in ys if y not in names]
         if bad:
             raise ValueError(f"{path}:{bad[0][0]}: unknown label {bad[0][1]!r} "
                              f"({len({y for _, y in bad})} unknown in all: {sorted({y for _, y in bad})[:5]}); "
-                             f"valid: {label_names}")
-        labels = np.asarray([label_names.index(y) for _, y in ys], dtype=np.int64)
+                             f"valid: {names}")
+        labels = np.asarray([names.index(y) for _, y in ys], dtype=np.int64)
     else:
         values = []
         for line_no, y in ys:
@@ -351,10 +403,10 @@ def _read_table(path: Path, text_cols: tuple[str, str | None] | None = None, lab
                 value = -1
             if value < 0:
                 raise ValueError(f"{path}:{line_no}: label {y!r} is not a class index; labels must be integers "
-                                 f"0..C-1")
+                                 f"0..C-1, or all class names")
             values.append(value)
         labels = np.asarray(values, dtype=np.int64)
-    return Split(labels=labels, texts=ta, texts_b=tb)
+    return labels
 
 
 _MNLI_LABELS = ["entailment", "neutral", "contradiction"]
@@ -449,10 +501,21 @@ def load_glue(task: str, data_dir: str | os.PathLike | None = None, seed: int = 
     return TaskData(name=task, num_labels=meta["num_labels"], kind="text", is_regression=task == "stsb",
                     metric=meta["metric"], eval_split="test",
                     splits={"train": train, "dev": probe, "test": raw["dev"]},
-                    info={"source": str(data_dir) if data_dir else "hub:glue", "test_is": "GLUE dev"})
+                    info={"source": str(data_dir) if data_dir else "hub:glue", "test_is": "GLUE dev"},
+                    label_names=_GLUE_TSV[task][3])  # the hub's order too, where the files name classes
 
 
-def load_local(path: str | os.PathLike, seed: int = 0) -> TaskData:
+def _read_local_tables(files: dict[str, Path], labels: Sequence[str] | None) -> tuple[dict[str, Split], list[str] | None]:
+    """Read local CSV/TSV files (split name -> file) with one label mapping for all of them:
+    ``labels`` when given, else the sorted class names (or integer ids when every label is one)."""
+    rows = {split: _read_rows(path) for split, path in files.items()}
+    names = list(labels) if labels is not None else _class_names([(files[s], r[2]) for s, r in rows.items()])
+    splits = {split: Split(labels=_label_ids(files[split], ys, label_names=names), texts=ta, texts_b=tb)
+              for split, (ta, tb, ys) in rows.items()}
+    return splits, names
+
+
+def load_local(path: str | os.PathLike, seed: int = 0, labels: Sequence[str] | None = None) -> TaskData:
     """A user task from a CSV/TSV file (split 80/10/10, seeded) or a folder holding
     ``train``/``dev``/``test`` files (``.csv`` or ``.tsv``) with columns ``text[,text_b],label``.
 
@@ -460,17 +523,24 @@ def load_local(path: str | os.PathLike, seed: int = 0) -> TaskData:
     seeded by ``seed``; ``info["carved"]`` lists them, ``info["test_is"]`` says where test came
     from, and a ``UserWarning`` says so).  The test split is never the dev file: dev holds the
     env's reward probe, so scoring on it would score what the policy was selected with.
+
+    Args:
+        path: the file or folder.
+        seed: seed of the split.
+        labels: class names in class-id order.  Default: integer labels are the class ids; class
+            names (all labels must then be names) get ids in sorted order.
     """
     p = Path(path)
     info: dict[str, Any] = {"source": str(p)}
     if p.is_dir():
-        splits = {}
+        files = {}
         for split in ("train", "dev", "test"):
             found = [p / f"{split}{ext}" for ext in (".tsv", ".csv") if (p / f"{split}{ext}").exists()]
             if found:
-                splits[split] = _read_table(found[0])
-        if "train" not in splits:
+                files[split] = found[0]
+        if "train" not in files:
             raise FileNotFoundError(f"{p}: no train.csv or train.tsv (columns text[,text_b],label)")
+        splits, names = _read_local_tables(files, labels)
         carved = [split for split in ("test", "dev") if split not in splits]
         if "test" not in splits:
             splits["train"], splits["test"] = _carve_dev(splits["train"], seed=seed)
@@ -486,7 +556,8 @@ def load_local(path: str | os.PathLike, seed: int = 0) -> TaskData:
     elif p.suffix.lower() in (".csv", ".tsv"):
         if not p.exists():
             raise FileNotFoundError(f"{p} does not exist")
-        full = _read_table(p)
+        tables, names = _read_local_tables({"all": p}, labels)
+        full = tables["all"]
         rng = np.random.default_rng(seed)
         order = rng.permutation(len(full))
         n = len(full)
@@ -496,9 +567,9 @@ def load_local(path: str | os.PathLike, seed: int = 0) -> TaskData:
                   "test": full.subset(np.sort(order[n_dev : n_dev + n_test]))}
     else:
         raise ValueError(f"{p}: a local task is a .csv/.tsv file or a folder with train/dev/test files")
-    num_labels = int(max(int(s.labels.max()) for s in splits.values()) + 1)
+    num_labels = len(names) if names is not None else int(max(int(s.labels.max()) for s in splits.values()) + 1)
     return TaskData(name=p.stem, num_labels=max(2, num_labels), splits=splits, kind="text",
-                    metric="accuracy", info=info)
+                    metric="accuracy", info=info, label_names=names)
 
 
 def check_task_name(name: str) -> None:
@@ -514,7 +585,8 @@ def check_task_name(name: str) -> None:
                      f"file or folder")
 
 
-def load_task(name: str, data_dir: str | os.PathLike | None = None, seed: int = 0) -> TaskData:
+def load_task(name: str, data_dir: str | os.PathLike | None = None, seed: int = 0,
+              labels: Sequence[str] | None = None) -> TaskData:
     """Load a task by name.
 
     Args:
@@ -522,8 +594,17 @@ def load_task(name: str, data_dir: str | os.PathLike | None = None, seed: int = 
             folder.
         data_dir: for GLUE, a local folder in the standard layout (no hub needed).
         seed: seed of the deterministic split.
+        labels: for a CSV/TSV task, its class names in class-id order (default: sorted).
+
+    Raises:
+        ValueError: an unknown task, bad data (naming the file and line), or ``labels`` for a
+            task with fixed classes.
     """
     key = str(name).lower()
+    built_in = key in ("rt-polarity", "rt_polarity", "rotten-tomatoes", "digits") or key.replace("-", "") in GLUE_TASKS
+    if built_in and labels is not None:
+        raise ValueError(f"labels={list(labels)} applies to CSV/TSV tasks; task {name!r} has fixed classes "
+                         f"(leave labels unset)")
     if key in ("rt-polarity", "rt_polarity", "rotten-tomatoes"):
         return load_rt_polarity(seed)
     if key == "digits":
@@ -531,7 +612,7 @@ def load_task(name: str, data_dir: str | os.PathLike | None = None, seed: int = 
     if key.replace("-", "") in GLUE_TASKS:
         return load_glue(key, data_dir=data_dir, seed=seed)
     if Path(name).suffix.lower() in (".csv", ".tsv") or Path(name).is_dir():
-        return load_local(name, seed=seed)
+        return load_local(name, seed=seed, labels=labels)
     raise ValueError(f"unknown task {name!r}; valid: {list(TASK_NAMES)} or a path to a .csv/.tsv file")
 
 

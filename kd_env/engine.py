@@ -13,6 +13,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -45,7 +46,8 @@ from .teacher import (
     train_classifier,
 )
 
-__all__ = ["PhaseResult", "Distiller", "build_distiller", "prepare_teacher", "resolve_device", "private_torch_rng"]
+__all__ = ["PhaseResult", "Distiller", "build_distiller", "prepare_teacher", "resolve_device", "private_torch_rng",
+           "resolve_threads", "usable_cpus"]
 
 
 @contextlib.contextmanager
@@ -69,6 +71,24 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available; valid here: 'cpu', 'auto'")
     return dev
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where the platform has
+    no ``sched_getaffinity``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_threads(threads: int | None) -> int:
+    """The torch intra-op thread count for ``DistillConfig.threads``: the value itself, or when
+    unset torch's default bounded by :func:`usable_cpus` (torch counts the machine's cores, not
+    those this process may use, and more threads than usable CPUs spin against each other)."""
+    if threads is not None:
+        return int(threads)
+    return max(1, min(torch.get_num_threads(), usable_cpus()))
 
 
 @dataclass
@@ -384,7 +404,11 @@ class Distiller:
     @torch.no_grad()
     def measure(self) -> PhaseResult:
         """Every knowledge loss and the prediction statistics on the next training batch, without
-        training and without consuming budget or data (used for the initial observation)."""
+        training and without consuming budget or data (used for the initial observation).
+
+        Measured as a phase measures them: in train mode (dropout on), so the initial observation
+        means what later ones mean.  The distiller's random stream is not advanced, so the values
+        are exactly those the first training step will see, and training is unchanged."""
         with self.own_rng():
             return self._measure()
 
@@ -395,9 +419,9 @@ class Distiller:
         if len(idx) < min(bs, len(self.order)):
             idx = self.order[:bs]
         batch = self._train_batch(idx)
-        self.student.eval()
-        _, values, student_out, teacher_out = self._losses(batch, [], list(range(self.num_knowledge)))
         self.student.train()
+        with private_torch_rng(device=self.device):  # the stream the first training step will draw from
+            _, values, student_out, teacher_out = self._losses(batch, [], list(range(self.num_knowledge)))
         stats = {"ce": 0.0, "acc": 0.0, "kl": 0.0, "agree": 0.0, "ent": 0.0}
         self._accumulate_prediction_stats(stats, student_out.logits, teacher_out.logits, batch["labels"],
                                           batch.get("label_mask"))
@@ -621,8 +645,7 @@ def build_distiller(config: DistillConfig, task: TaskData | None = None) -> Dist
         task: an already loaded task (saves re-reading it), else loaded from ``config.task``.
     """
     device = resolve_device(config.device)
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    torch.set_num_threads(resolve_threads(config.threads))
     if config.deterministic:
         import os
 
@@ -636,7 +659,7 @@ def build_distiller(config: DistillConfig, task: TaskData | None = None) -> Dist
 
 def _assemble(config: DistillConfig, task: TaskData | None, device: torch.device) -> Distiller:
     knowledge = make_knowledge(config.knowledge, config.knowledge_params)
-    task = task or load_task(config.task, data_dir=config.data_dir, seed=config.seed)
+    task = task or load_task(config.task, data_dir=config.data_dir, seed=config.seed, labels=config.labels)
     if task.kind != "text":  # MLPs have no attention maps: say so before any teacher is trained
         for k in knowledge:
             if k.student_attentions:

@@ -58,6 +58,14 @@ class KnowledgeSelectionEnv(gym.Env):
     | K+8            | mean gradient norm, log1p                          | 0   | 10  |
     | K+9 .. 2K+8    | the last action                                    | 0   | 1   |
 
+    Indices 1 .. K+5 are means over the phase's optimizer steps, the student in train mode
+    (dropout on for text students).  The first observation, after ``reset``, has no phase
+    behind it: they are measured the same way on the first training batch, without an update,
+    so they equal what the first optimizer step sees; the gradient norm is 0 and the last
+    action all zeros there.  A non-finite loss reads as the cap 10 (the worst value), never 0.
+    Values are clipped into the bounds; ``env.observation_fn.unclipped(env)`` gives them
+    before clipping (on ordinary runs clipping changes nothing).
+
     ``"cls"``: the paper's state, the student's then the teacher's mean final-layer [CLS] vector
     on the phase's last batch (``Box(-100, 100)``).  ``"dict"``: ``Dict(summary=..., cls=...)``.
     Users add observations with :func:`kd_env.register_observation`.
@@ -92,11 +100,15 @@ class KnowledgeSelectionEnv(gym.Env):
     * ``crash_penalty``: reward of a crashed phase (default: the reward's ``crash_value``).
     * ``probe_every``: evaluate the dev probe every N phases when the reward does not need it.
     * ``render_mode``: ``None`` or ``"ansi"``.
-    * ``record_time``: put the phase's wall time in ``info["phase_seconds"]`` (set False for
-      infos that are identical across identical runs, as ``check_env`` demands).
+    * ``record_time``: also put the phase's wall time in ``info["phase_seconds"]``.  Off by
+      default, so that identical runs give identical infos (as ``check_env`` demands); the wall
+      time of the last step is always in ``env.unwrapped.last_phase_seconds``.
 
     ## Version History
-    * v0: initial version.
+    * v0: initial version.  Amended (issue 13) without a new id, since no action, reward or
+      digits observation changed: ``info`` has no ``phase_seconds`` unless ``record_time=True``;
+      the first observation is measured in train mode like every later one (text students
+      only: MLPs have no dropout); a non-finite loss reads as the cap instead of 0.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -105,7 +117,7 @@ class KnowledgeSelectionEnv(gym.Env):
                  action_mode: str = "mask", observation: str | Observation = "summary",
                  reward: str | Reward = "dev_loss_delta", reward_params: dict | None = None,
                  crash_penalty: float | None = None, probe_every: int = 1, render_mode: str | None = None,
-                 record_time: bool = True, distiller: Distiller | None = None,
+                 record_time: bool = False, distiller: Distiller | None = None,
                  instances: str | InstanceSet | None = None, instance_split: str = "train", **overrides: Any):
         super().__init__()
         if action_mode not in ACTION_MODES:
@@ -189,6 +201,7 @@ class KnowledgeSelectionEnv(gym.Env):
         self.last_probe: dict[str, float] | None = self.distiller.evaluate("probe")
         self.episode_return = 0.0
         self.history: list[dict[str, Any]] = []
+        self.last_phase_seconds = 0.0  # wall time of the last step (kept out of info by default)
 
     def _validate_action(self, action: Any) -> np.ndarray:
         """The action as float64 weights, or ``ValueError`` naming the expected space."""
@@ -301,7 +314,8 @@ class KnowledgeSelectionEnv(gym.Env):
             parts = {self.reward_fn.name: reward, **self.reward_fn.parts}
         self.episode_return += reward
         obs = self.observation_fn(self)
-        info = self._info(phase, parts, crashed=crashed, seconds=time.perf_counter() - start)
+        self.last_phase_seconds = time.perf_counter() - start
+        info = self._info(phase, parts, crashed=crashed, seconds=self.last_phase_seconds)
         self.history.append({"phase": self.phase_index, "action": w.tolist(), "reward": reward,
                              "probe_loss": info["probe_loss"], "probe_metric": info["probe_metric"],
                              "losses": info["losses"], "crashed": crashed})
@@ -318,10 +332,10 @@ class KnowledgeSelectionEnv(gym.Env):
             "probe_metric": float(probe.get("main", math.nan)),
             "optimizer_steps": int(d.step),
             "phase": int(self.phase_index),
-            "phase_seconds": float(seconds) if self.record_time else 0.0,
             "crashed": bool(crashed),
             "rewards": dict(rewards),
             "instance": self.instance,
+            **({"phase_seconds": float(seconds)} if self.record_time else {}),
         }
 
     def render(self):

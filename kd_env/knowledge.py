@@ -349,12 +349,18 @@ class Relation(Knowledge):
 
     needs = ("hidden_tokens",)
 
+    @staticmethod
+    def pair_loss(a_s: torch.Tensor, b_s: torch.Tensor, a_t: torch.Tensor, b_t: torch.Tensor,
+                  mask: torch.Tensor | None) -> torch.Tensor:
+        """The loss of one layer pair: :func:`fsp_mse` (token Gram matrices)."""
+        return fsp_mse(a_s, b_s, a_t, b_t, mask)
+
     def __call__(self, student, teacher, batch):
         losses = []
         for j in range(1, len(student.hidden)):
             a_s, b_s = student.hidden[j - 1], student.hidden[j]
             a_t, b_t = teacher.hidden[j - 1].to(a_s.dtype), teacher.hidden[j].to(a_s.dtype)
-            losses.append(fsp_mse(a_s, b_s, a_t, b_t, student.mask))
+            losses.append(self.pair_loss(a_s, b_s, a_t, b_t, student.mask))
         return torch.stack(losses).mean()
 
 

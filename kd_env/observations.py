@@ -9,6 +9,11 @@ Built in:
   :class:`kd_env.env.KnowledgeSelectionEnv`), each squashed into declared finite bounds.
 * ``cls``: the paper's state: the student's and the teacher's mean final-layer [CLS] vectors
   on the last batch, concatenated (clipped to +-100).
+
+Both compute their values first without any clipping (``unclipped(env)``, float64; a
+non-finite loss is ``+inf`` there) and then clip them into the space (a non-finite loss becomes
+the cap ``LOG_CAP``, never 0).  Clipping is a guard, not a normal case: the tests check that the
+unclipped values of real runs lie inside the bounds.
 * ``dict``: a one-level ``Dict`` of both (for stable-baselines3's ``MultiInputPolicy``).
 
 Add your own::
@@ -107,11 +112,21 @@ def make_observation(spec: str | Observation, **params: Any) -> Observation:
     return OBSERVATION_REGISTRY.lookup(spec)(**params)
 
 
-def _squash(x: float) -> float:
-    """``log1p(max(x, 0))`` clipped to ``[0, LOG_CAP]``; non-finite -> the cap."""
+def _log1p(x: float) -> float:
+    """``log1p(x)``, unclipped; a non-finite ``x`` (a diverged loss) is ``+inf``, which clipping
+    turns into the cap ``LOG_CAP`` (the worst value), never 0."""
+    x = float(x)
     if not math.isfinite(x):
-        return LOG_CAP
-    return float(min(LOG_CAP, math.log1p(max(0.0, x))))
+        return math.inf
+    return math.log1p(x) if x > -1.0 else -math.inf
+
+
+def _clip_into(values: np.ndarray, space: spaces.Box) -> np.ndarray:
+    """``values`` clipped into ``space`` as float32: ``+inf`` -> the upper bound, ``-inf`` -> the
+    lower one, NaN -> 0 clipped into the bounds."""
+    out = np.where(np.isposinf(values), space.high, np.where(np.isneginf(values), space.low, values))
+    out = np.nan_to_num(out, nan=0.0)
+    return np.clip(out, space.low, space.high).astype(np.float32)
 
 
 def summary_features(env: "KnowledgeSelectionEnv") -> list[tuple[str, float, float]]:
@@ -144,21 +159,23 @@ class Summary(Observation):
         high = np.asarray([r[2] for r in rows], dtype=np.float32)
         return spaces.Box(low, high, dtype=np.float32)
 
-    def __call__(self, env):
+    def unclipped(self, env) -> np.ndarray:
+        """The statistics before clipping, float64, in the order of :func:`summary_features`
+        (``+inf`` for a non-finite loss)."""
         d = env.distiller
         p = env.last_phase
         num_classes = max(2, d.task.num_labels)
         vals = [d.step / d.total_steps]
-        vals += [_squash(float(x)) if np.isfinite(x) else 0.0 for x in p.losses]
-        vals += [_squash(p.student_ce), float(p.student_accuracy), _squash(p.teacher_kl), float(p.agreement),
+        vals += [_log1p(x) for x in p.losses]
+        vals += [_log1p(p.student_ce), float(p.student_accuracy), _log1p(p.teacher_kl), float(p.agreement),
                  float(p.entropy) / math.log(num_classes)]
         probe = env.last_probe or {"loss": 0.0, "main": 0.0}
-        vals += [_squash(probe["loss"]), float(probe["main"]), _squash(p.grad_norm)]
+        vals += [_log1p(probe["loss"]), float(probe["main"]), _log1p(p.grad_norm)]
         vals += [float(x) for x in env.last_action]
-        space = self.space(env)
-        out = np.asarray(vals, dtype=np.float32)
-        out = np.nan_to_num(out, nan=0.0, posinf=LOG_CAP, neginf=0.0)
-        return np.clip(out, space.low, space.high)
+        return np.asarray(vals, dtype=np.float64)
+
+    def __call__(self, env):
+        return _clip_into(self.unclipped(env), self.space(env))
 
 
 @register_observation("cls")
@@ -170,11 +187,13 @@ class Cls(Observation):
         s, t = env.distiller.cls_embeddings()
         return spaces.Box(-CLS_BOUND, CLS_BOUND, (len(s) + len(t),), dtype=np.float32)
 
-    def __call__(self, env):
+    def unclipped(self, env) -> np.ndarray:
+        """Student then teacher [CLS] means before clipping, float64."""
         s, t = env.distiller.cls_embeddings()
-        out = np.concatenate([s, t]).astype(np.float32)
-        out = np.nan_to_num(out, nan=0.0, posinf=CLS_BOUND, neginf=-CLS_BOUND)
-        return np.clip(out, -CLS_BOUND, CLS_BOUND)
+        return np.concatenate([s, t]).astype(np.float64)
+
+    def __call__(self, env):
+        return _clip_into(self.unclipped(env), self.space(env))
 
 
 @register_observation("dict")
@@ -187,6 +206,10 @@ class DictObservation(Observation):
 
     def space(self, env):
         return spaces.Dict({k: v.space(env) for k, v in self.parts.items()})
+
+    def unclipped(self, env) -> dict[str, np.ndarray]:
+        """Each part's values before clipping."""
+        return {k: v.unclipped(env) for k, v in self.parts.items()}
 
     def __call__(self, env):
         return {k: v(env) for k, v in self.parts.items()}

@@ -33,6 +33,9 @@ class DistillConfig:
     """task name (``rt-polarity``, ``digits``, a GLUE task) or a path to a CSV/TSV"""
     data_dir: str | None = None
     """local GLUE folder (``<TASK>/train.tsv``, ``dev.tsv``); no hub needed"""
+    labels: tuple[str, ...] | None = None
+    """class names of a CSV/TSV task in class-id order (None: integer labels are the ids, class
+    names get ids in sorted order)"""
     teacher: str = "minilm-l6"
     """HF model name or local folder; ``minilm-l6`` is the bundled pre-trained MiniLM; ``mlp`` for
     feature tasks"""
@@ -104,8 +107,9 @@ class DistillConfig:
     progress: bool = True
     """tqdm progress bars"""
     threads: int | None = None
-    """torch intra-op threads set when the distiller is built (None: torch's default). One thread
-    is much faster for the tiny digits MLPs, and makes results independent of the core count"""
+    """torch intra-op threads set when the distiller is built (None: torch's default, but at most
+    the CPUs this process may use, so that it cannot oversubscribe them). One thread is much
+    faster for the tiny digits MLPs, and makes results independent of the core count"""
     deterministic: bool = False
     """``torch.use_deterministic_algorithms(True)`` (and the cuBLAS workspace setting): removes
     the GPU kernels' nondeterminism; CPU runs with a fixed thread count are already repeatable"""
@@ -114,6 +118,7 @@ class DistillConfig:
         self._check_types()
         self.knowledge = tuple(self.knowledge)
         self.teacher_hidden = tuple(int(x) for x in self.teacher_hidden)
+        self.labels = None if self.labels is None else tuple(self.labels)
         self.validate()
 
     def _check_types(self) -> None:
@@ -129,6 +134,12 @@ class DistillConfig:
                 not all(isinstance(k, str) for k in knowledge):
             raise ValueError(f"config.knowledge must be a list of knowledge type names, got {knowledge!r}; "
                              f"valid names: {knowledge_names()}")
+        labels = self.labels
+        if labels is not None and (isinstance(labels, str) or not isinstance(labels, (list, tuple))
+                                   or len(labels) < 2 or not all(isinstance(x, str) and x.strip() for x in labels)
+                                   or len(set(labels)) != len(labels)):
+            raise ValueError(f"config.labels must be None or a list of at least 2 distinct, non-empty class names "
+                             f"in class-id order, e.g. ['neg', 'pos'], got {labels!r}")
         if not isinstance(self.teacher_hidden, (list, tuple)) or not all(is_int(x) for x in self.teacher_hidden):
             raise ValueError(f"config.teacher_hidden must be a list of integers, got {self.teacher_hidden!r}")
         if not isinstance(self.knowledge_params, dict) or not all(
@@ -210,6 +221,7 @@ class DistillConfig:
         d = dataclasses.asdict(self)
         d["knowledge"] = list(self.knowledge)
         d["teacher_hidden"] = list(self.teacher_hidden)
+        d["labels"] = None if self.labels is None else list(self.labels)
         return d
 
     @classmethod

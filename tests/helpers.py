@@ -8,8 +8,9 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -102,3 +103,38 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def assert_passes_env_checkers(make_env: Callable[[], Any]) -> None:
+    """Gymnasium's ``check_env`` (on the unwrapped env, as it asks) and stable-baselines3's
+    ``check_env(warn=True)`` both pass without a single warning, each on a fresh env from
+    ``make_env`` (Gymnasium's checker closes the env it checks)."""
+    from gymnasium.utils.env_checker import check_env as gymnasium_check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    for name, check in (("stable-baselines3", lambda env: sb3_check_env(env, warn=True)),
+                        ("gymnasium", lambda env: gymnasium_check_env(env.unwrapped))):
+        env = make_env()
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                check(env)
+        finally:
+            env.close()
+        assert [str(w.message) for w in caught] == [], f"{name} check_env warned"
+
+
+def unclipped_observation(env: Any) -> Any:
+    """The env's current observation before clipping (``Observation.unclipped``): an array, or a
+    dict of arrays for the ``dict`` observation."""
+    return env.unwrapped.observation_fn.unclipped(env.unwrapped)
+
+
+def outside_bounds(space: Any, values: Any, tol: float = 1e-6) -> list[str]:
+    """Entries of unclipped ``values`` outside the Box (or Dict of Boxes) ``space`` by more than
+    ``tol``, or not finite, as readable strings (empty when all are inside)."""
+    if isinstance(values, dict):
+        return [f"{k}: {m}" for k in values for m in outside_bounds(space[k], values[k], tol)]
+    values = np.asarray(values, dtype=np.float64)
+    bad = ~np.isfinite(values) | (values < space.low - tol) | (values > space.high + tol)
+    return [f"[{i}] = {values[i]!r} not in [{space.low[i]}, {space.high[i]}]" for i in np.flatnonzero(bad)]

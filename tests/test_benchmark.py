@@ -108,6 +108,32 @@ def test_intervals_bracket_the_point_estimates(serial_run):
     assert math.isnan(reference["poi_vs_random_hard"])
 
 
+def _refuse_constant(name: str):
+    raise AssertionError(f"summary.json holds {name}, which is not JSON")
+
+
+def test_one_seed_summary_has_no_interval(serial_run, tmp_path, monkeypatch):
+    """Issue 13 item 5: with one seed the bootstrap used to give a zero-width 'interval'."""
+    from experiments import report
+
+    legends: list[str] = []
+
+    def keep_legend(fig, path):
+        legends.extend(t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts())
+
+    monkeypatch.setattr(report, "_save", keep_legend)
+    cells = [c for c in serial_run.cells if c.seed == 0]
+    payloads = {c: benchmark.read_cell(serial_run.run_dir, c) for c in cells}
+    rows = benchmark.summarize(tmp_path, cells, payloads, tiny_config(tmp_path, seeds=[0]))
+    assert all(math.isnan(r["test_mean_low"]) and math.isnan(r["poi_low"]) for r in rows)
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "n/a (1 seed)" in markdown and "nan" not in markdown.lower()
+    saved = json.loads((tmp_path / "summary.json").read_text(), parse_constant=_refuse_constant)
+    assert [r["algorithm"] for r in saved] == ["ac", "random_hard"]
+    assert saved[0]["test_mean_low"] is None and saved[0]["test_mean"] == pytest.approx(rows[0]["test_mean"])
+    assert "ac (CI n/a (1 seed))" in legends
+
+
 # ---- resume -----------------------------------------------------------------------------------
 
 
@@ -339,5 +365,7 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     assert "lr='fast'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--seeds", "two"])
-    assert benchmark.parse_args(["--seeds", "3"]).seeds == [0, 1, 2]
+    assert benchmark.parse_args(["--seeds", "3"]).seeds == [3]  # one seed, as in glue_ac (was 0, 1, 2)
+    assert benchmark.parse_args(["--seeds", "0-2"]).seeds == [0, 1, 2]
     assert benchmark.parse_args(["--seeds", "4,7"]).seeds == [4, 7]
+    assert benchmark.parse_args([]).seeds == [0, 1, 2, 3, 4]  # the default grid is unchanged

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import numpy as np
@@ -370,6 +371,72 @@ def test_local_folder_with_every_file_carves_nothing(tmp_path):
         task = load_task(str(folder))
     assert [len(task[s]) for s in ("train", "dev", "test")] == [40, 10, 10]
     assert "carved" not in task.info
+
+
+def _labelled_csv(path: Path, labels: list[str]) -> Path:
+    _write(path, ["text,label"] + [f"example number {i},{y}" for i, y in enumerate(labels)])
+    return path
+
+
+def test_local_csv_string_labels_get_ids_in_sorted_order(tmp_path):
+    """Issue 13 item 3: real CSVs name their classes (this used to be refused)."""
+    names = ["pos", "neg", "neutral"] * 10
+    task = load_task(str(_labelled_csv(tmp_path / "named.csv", names)))
+    assert task.label_names == ["neg", "neutral", "pos"] and task.num_labels == 3
+    texts = task["train"].texts + task["dev"].texts + task["test"].texts
+    ids = np.concatenate([task[s].labels for s in ("train", "dev", "test")])
+    assert ids.dtype == np.int64
+    for text, y in zip(texts, ids):
+        assert task.label_names[y] == names[int(text.split()[-1])]
+
+
+def test_local_csv_labels_option_sets_the_order_and_the_class_count(tmp_path):
+    path = _labelled_csv(tmp_path / "named.csv", ["pos", "neg"] * 10)
+    task = load_task(str(path), labels=("pos", "neg", "unused"))
+    assert task.label_names == ["pos", "neg", "unused"] and task.num_labels == 3
+    for split in task.splits.values():
+        for text, y in zip(split.texts, split.labels):
+            assert y == int(text.split()[-1]) % 2  # pos (even rows) -> 0, neg -> 1
+    with pytest.raises(ValueError, match=r"named\.csv:2: unknown label 'pos'.*valid: \['neg', 'positive'\]"):
+        load_task(str(path), labels=["neg", "positive"])
+    with pytest.raises(ValueError, match="CSV/TSV tasks"):
+        load_task("digits", labels=["a", "b"])
+
+
+def test_local_folder_maps_labels_across_its_files(tmp_path):
+    _labelled_csv(tmp_path / "train.csv", ["b", "c"] * 6)
+    _labelled_csv(tmp_path / "dev.csv", ["a", "c"])  # a class seen only in dev still gets its sorted id
+    task = load_task(str(tmp_path))
+    assert task.label_names == ["a", "b", "c"] and task.num_labels == 3
+    np.testing.assert_array_equal(task["dev"].labels, [0, 2])
+    assert set(task["train"].labels.tolist()) == {1, 2}
+
+
+def test_local_integer_labels_stay_class_ids(tmp_path):
+    task = load_task(str(_labelled_csv(tmp_path / "ids.csv", ["2", "0", "1"] * 5)))
+    assert task.label_names is None and task.num_labels == 3
+    for split in task.splits.values():
+        for text, y in zip(split.texts, split.labels):
+            assert y == [2, 0, 1][int(text.split()[-1]) % 3]
+
+
+@pytest.mark.parametrize("labels, where, message", [
+    (["1", "0", "positive"], "mixed.csv:4", "'positive' is a class name, but .*mixed.csv:2 has the integer '1'"),
+    (["pos", "neg", "1"], "mixed.csv:4", "'1' is an integer, but .*mixed.csv:2 has the class name 'pos'"),
+])
+def test_local_mixed_labels_name_the_file_and_line(tmp_path, labels, where, message):
+    with pytest.raises(ValueError, match=where) as err:
+        load_task(str(_labelled_csv(tmp_path / "mixed.csv", labels)))
+    assert re.search(message, str(err.value)), str(err.value)
+    assert "integers 0..C-1" in str(err.value) and "--labels" in str(err.value)
+
+
+@pytest.mark.parametrize("labels", [["pos"], ["a", "a"], ["a", ""], "ab", [1, 2]])
+def test_config_labels_are_checked(labels):
+    from kd_env import DistillConfig
+
+    with pytest.raises(ValueError, match="config.labels"):
+        DistillConfig(task="digits", labels=labels)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import torch
 
 import kd_env
 from kd_env import DistillConfig, build_distiller, get_preset
+from kd_env.engine import resolve_threads, usable_cpus
 from kd_env.knowledge import KNOWLEDGE_REGISTRY, register_knowledge
 from kd_env.teacher import LiveTeacher, TeacherCache, cache_root
 
@@ -421,3 +422,37 @@ def test_engine_uncertainty_weighting_matches_the_formula(fresh):
     assert float(weighted[2]) == float(plain[2]) and float(weighted[3]) == float(plain[3])  # not weighted
     with pytest.raises(ValueError, match="uncertainty"):
         fresh.set_example_weighting("no_such_weighting")
+
+
+def test_text_initial_measure_sees_what_the_first_training_step_sees(text_phase):
+    """The initial observation (``measure``) is taken as a phase's statistics are: train mode,
+    dropout on; the RNG is restored, so it sees exactly what the first optimizer step sees
+    (it used to be eval mode: another quantity than every later observation)."""
+    distiller, _ = text_phase
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in distiller.student.modules())
+    distiller.reset(3)
+    rng = torch.get_rng_state()
+    measured = distiller.measure()
+    assert torch.equal(torch.get_rng_state(), rng) and distiller.step == 0
+    first_step = distiller.train_phase(np.ones(5), steps=1)
+    np.testing.assert_allclose(measured.losses, first_step.losses, rtol=1e-5)
+    for name in ("student_ce", "student_accuracy", "teacher_kl", "agreement", "entropy"):
+        assert getattr(measured, name) == pytest.approx(getattr(first_step, name), rel=1e-5), name
+
+
+def test_unset_threads_never_exceed_the_usable_cpus(monkeypatch):
+    """Issue 13 item 9: with ``threads=None`` torch kept its default (the machine's cores) even
+    when this process may use fewer CPUs: oversubscription."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert usable_cpus() == 1
+    torch.set_num_threads(4)
+    distiller = build_distiller(get_preset("quick", threads=None))
+    distiller.close()
+    assert torch.get_num_threads() == 1
+    assert resolve_threads(3) == 3  # an explicit count is kept
+    monkeypatch.delattr(os, "sched_getaffinity")  # platforms without it: the CPU count
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    torch.set_num_threads(8)
+    assert usable_cpus() == 3 and resolve_threads(None) == 3
+    torch.set_num_threads(2)
+    assert resolve_threads(None) == 2  # never more than torch's own default

@@ -90,6 +90,7 @@ def test_rerun_of_a_finished_run_does_not_retrain(finished_run: Path):
     proc = _run(finished_run.parent, "full")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "train selector" not in proc.stderr
+    assert "glue_ac full: 1 torch thread(s) (" in proc.stderr  # the run header names the thread count
     after = {p.name: p.stat().st_mtime_ns for p in (finished_run / "units").iterdir()}
     assert before == after
     assert "selector" in proc.stdout and "vanilla_kd" in proc.stdout
@@ -207,3 +208,37 @@ def test_a_baseline_without_its_knowledge_fails_before_the_run_folder(tmp_path: 
     with pytest.raises(SystemExit, match=r"eskd needs knowledge \['finetune', 'response'\]"):
         run_experiment(config)
     assert not (tmp_path / "no_response").exists()
+
+
+def _refuse_constant(name: str):
+    raise AssertionError(f"results.json holds {name}, which is not JSON")
+
+
+def test_one_seed_report_writes_n_a_and_null_not_nan(tmp_path: Path):
+    """Issue 13 item 5: one seed used to print the selector's 95% CI as [+nan, +nan]."""
+    import io
+
+    from experiments.glue_ac import ExperimentConfig, Run, print_summary, write_report
+
+    config = ExperimentConfig(preset="quick", methods=["selector", "vanilla_kd"], seeds=[0], out=str(tmp_path),
+                              name="one").resolved()
+    run = Run(config)
+    run.prepare()
+    knowledge = ["finetune", "response", "feature", "relation"]
+
+    def row(method, metric):
+        return {"method": method, "seed": 0, "metric_name": "accuracy", "metric": metric, "dev_metric": metric,
+                "return": 0.1, "train_seconds": 1.0, "student_parameters": 10, "crashed": False,
+                "actions": [[1.0, 1.0, 0.0, 0.0]] * 4, "curve": [0.1, 0.5, 0.6, 0.7, metric],
+                "mean_weights": [1.0, 1.0, 0.0, 0.0]}
+
+    teacher = {"metric": 0.9, "dev_metric": 0.9, "parameters": 100, "fine_tune_seconds": 1.0}
+    summary = write_report(run, [row("selector", 0.8), row("vanilla_kd", 0.75)], teacher, knowledge, [0.1, 0.2],
+                           config.distill_config())
+    out = io.StringIO()
+    print_summary(summary, out)
+    for text in (out.getvalue(), (run.dir / "results.md").read_text()):
+        assert "n/a (1 seed)" in text and "nan" not in text.lower(), text
+    saved = json.loads((run.dir / "results.json").read_text(), parse_constant=_refuse_constant)
+    assert saved["selector_vs"]["vanilla_kd"]["low"] is None and saved["selector_vs"]["vanilla_kd"]["high"] is None
+    assert saved["selector_vs"]["vanilla_kd"]["mean"] == pytest.approx(0.05)

@@ -8,9 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
-from experiments.glue_ac import ExperimentConfig, run_experiment
-from tests.conftest import invented_sentences
+from experiments.glue_ac import ExperimentConfig, config_from_args, run_experiment
+from tests.conftest import invented_sentences, write_text_csv
 
 
 def _write_rte(folder: Path, n_train: int = 88, n_dev: int = 40) -> Path:
@@ -52,3 +53,24 @@ def test_paper_preset_on_local_glue_with_a_local_teacher(glue_dir: Path, tiny_be
     # GLUE students are scored on GLUE dev (the env's probe is carved from train): 40 examples
     assert all(abs(r["metric"] * 40 - round(r["metric"] * 40)) < 1e-9 for r in rows)
     assert (run_dir / "selection_heatmap.png").is_file()
+
+
+def test_csv_with_class_names_and_labels_flag_records_the_mapping(tiny_bert_dir: Path, tmp_path: Path):
+    """Issue 13 item 3: a CSV whose labels are names runs, in the order --labels gives, and the
+    name -> id mapping is in config.yaml and results.json."""
+    named = [(text, "good" if label else "bad") for text, label in invented_sentences(64)]
+    task = write_text_csv(tmp_path / "named.csv", named)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"distill": {
+        "max_len": 24, "batch_size": 8, "total_steps": 4, "steps_per_action": 2, "dev_probe_size": 8,
+        "teacher_max_steps": 2, "progress": False}}))
+    config = config_from_args(["--config", str(cfg), "--task", str(task), "--teacher", str(tiny_bert_dir),
+                               "--labels", "good, bad", "--methods", "vanilla_kd", "--seeds", "0", "--episodes", "0",
+                               "--out", str(tmp_path / "runs"), "--name", "named"])
+    assert config.distill_config().labels == ("good", "bad")
+    run_experiment(config)
+    run_dir = tmp_path / "runs" / "named"
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["label_mapping"] == {"good": 0, "bad": 1}
+    assert saved["distill_resolved"]["labels"] == ["good", "bad"]
+    assert json.loads((run_dir / "results.json").read_text())["label_mapping"] == {"good": 0, "bad": 1}

@@ -1,8 +1,9 @@
 """Reliability, bad input: every kind of wrong input fails at once with an error that names what
 is wrong and what would be valid, and starts no training and writes no run or cache files.
 
-Also property tests (hypothesis) on the env: random valid actions never leave the observation
-bounds; random invalid actions always raise ``ValueError`` and leave the env's state untouched.
+Also property tests (hypothesis) on the env: under random valid actions the observation's
+statistics lie inside its declared bounds before clipping; random invalid actions always raise
+``ValueError`` and leave the env's state untouched.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from tests.helpers import assert_same
+from tests.helpers import assert_same, outside_bounds, unclipped_observation
 
 import kd_env  # noqa: F401 - registers the env ids
 from agents import make_agent
@@ -278,17 +279,20 @@ def valid_actions(draw, mode: str) -> np.ndarray | list:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mode=st.sampled_from(["mask", "weights"]), seed=st.integers(0, 2**31 - 2), data=st.data())
-def test_random_valid_actions_keep_every_observation_in_bounds(envs, mode, seed, data):
+def test_random_valid_actions_keep_unclipped_statistics_in_bounds(envs, mode, seed, data):
     env = envs[mode]
     space = env.observation_space
     obs, _ = env.reset(seed=seed)
     assert space.contains(obs)
+    assert outside_bounds(space, unclipped_observation(env)) == []
     terminated, phases = False, 0
     while not terminated:
         action = data.draw(valid_actions(mode), label=f"action {phases}")
         obs, reward, terminated, truncated, info = env.step(action)
         phases += 1
         assert space.contains(obs), (obs, space)
+        # obs is clipped into the space: the statistics before clipping are what can go wrong
+        assert outside_bounds(space, unclipped_observation(env)) == [], f"phase {phases} needed clipping"
         assert np.all(np.isfinite(obs)) and math.isfinite(reward) and not truncated
         assert obs[0] == pytest.approx(min(1.0, phases * 10 / 40))  # the budget fraction
         assert np.allclose(obs[-K:], np.asarray(action, np.float64))  # the last action, as applied

@@ -30,7 +30,7 @@ KILL_WINDOW = (0.2, 0.9)
 GLUE_AC = ["-m", "experiments.glue_ac", "--preset", "quick", "--methods", "selector,vanilla_kd,random_hard,only:response",
            "--seeds", "0,1,2", "--episodes", "4", "--name", "run"]
 BENCHMARK = ["-m", "experiments.benchmark", "--algos", "ac,dqn,random_hard", "--envs", "kd_env/QuickKD-v0",
-             "--seeds", "2", "--episodes", "3", "--eval-every", "1", "--eval-episodes", "1", "--workers", "1",
+             "--seeds", "0-1", "--episodes", "3", "--eval-every", "1", "--eval-episodes", "1", "--workers", "1",
              "--bootstrap-reps", "200", "--no-plots", "--name", "run"]
 
 

@@ -3,13 +3,19 @@ checked against hand-computed values."""
 
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 import pytest
 
+from experiments.report import json_safe, paired_difference, t_interval
 from experiments.stats import (
+    NO_INTERVAL,
     aggregate_iqm,
     aggregate_mean,
     as_tasks,
+    format_bounds,
     format_interval,
     interquartile_mean,
     interval_estimate,
@@ -130,3 +136,27 @@ def test_poi_interval():
 def test_format_interval():
     assert format_interval(0.5, 0.25, 0.75) == "0.500 [0.250, 0.750]"
     assert format_interval(float("nan"), 0, 0) == "nan"
+    assert format_interval(0.5, float("nan"), float("nan")) == "0.500 [n/a (1 seed)]"
+    assert format_bounds(-0.01, 0.02, "+.4f") == "[-0.0100, +0.0200]"
+    assert format_bounds(float("nan"), float("nan"), "+.4f") == NO_INTERVAL == "n/a (1 seed)"
+
+
+def test_one_run_has_no_interval():
+    """Issue 13 item 5: one seed gives no interval (NaN bounds, written n/a), not a zero-width one."""
+    for statistic in ("mean", "iqm"):
+        point, low, high = interval_estimate([0.7], statistic)
+        assert point == 0.7 and math.isnan(low) and math.isnan(high)
+    point, low, high = interval_estimate([[0.7], [0.2]], "mean")  # 2 tasks of 1 run each
+    assert point == pytest.approx(0.45) and math.isnan(low) and math.isnan(high)
+    point, low, high = poi_interval([0.9], [0.1, 0.2, 0.3], reps=100)
+    assert point == 1.0 and math.isnan(low) and math.isnan(high)
+    m, low, high = t_interval([0.3])
+    assert m == 0.3 and math.isnan(low) and math.isnan(high)
+    assert paired_difference({0: 0.7}, {0: 0.6})["mean"] == pytest.approx(0.1)
+
+
+def test_json_safe_writes_null_for_non_finite_values():
+    value = {"a": float("nan"), "b": [1.0, float("inf"), np.float64("nan"), np.float32(2.5)], "c": (np.int64(3),),
+             "d": np.array([0.5, np.nan])}
+    assert json_safe(value) == {"a": None, "b": [1.0, None, None, 2.5], "c": [3], "d": [0.5, None]}
+    assert "NaN" not in json.dumps(json_safe(value))
