@@ -4,8 +4,12 @@ flag means the same in each."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Sequence
 
-__all__ = ["SEEDS_HELP", "parse_seeds"]
+__all__ = ["SEEDS_HELP", "parse_seeds", "load_plugins"]
 
 #: the ``--seeds`` help text of every script
 SEEDS_HELP = ("seeds: one seed '7' (the seed 7, not 7 seeds), a list '0,3,7', a range '0-4' (0 to 4 inclusive), "
@@ -41,3 +45,21 @@ def parse_seeds(text: str) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise bad("a seed is named twice")
     return seeds
+
+
+_LOADED_PLUGINS: set[Path] = set()
+
+
+def load_plugins(paths: Sequence[str]) -> None:
+    """Import user plug-in files (explicitly named only; each file once per process)."""
+    for i, p in enumerate(paths):
+        path = Path(p)
+        if not path.is_file() or path.suffix != ".py":
+            raise FileNotFoundError(f"plugin {p!r} is not a .py file")
+        if path.resolve() in _LOADED_PLUGINS:
+            continue
+        _LOADED_PLUGINS.add(path.resolve())
+        spec = importlib.util.spec_from_file_location(f"kd_env_plugin_{i}_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)

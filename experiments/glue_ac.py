@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import sys
@@ -38,7 +37,7 @@ import yaml
 
 from agents import agent_names, load_agent, make_agent
 from agents.base import episode_options
-from experiments.cli import SEEDS_HELP, parse_seeds
+from experiments.cli import SEEDS_HELP, load_plugins, parse_seeds
 from experiments.stats import format_bounds
 from experiments.report import (
     json_safe,
@@ -201,24 +200,6 @@ def method_agent_name(method: str, knowledge: Sequence[str]) -> str:
 # --------------------------------------------------------------------------------------------
 # Running
 # --------------------------------------------------------------------------------------------
-
-
-_LOADED_PLUGINS: set[Path] = set()
-
-
-def load_plugins(paths: Sequence[str]) -> None:
-    """Import user plug-in files (explicitly named only; each file once per process)."""
-    for i, p in enumerate(paths):
-        path = Path(p)
-        if not path.is_file() or path.suffix != ".py":
-            raise FileNotFoundError(f"plugin {p!r} is not a .py file")
-        if path.resolve() in _LOADED_PLUGINS:
-            continue
-        _LOADED_PLUGINS.add(path.resolve())
-        spec = importlib.util.spec_from_file_location(f"kd_env_plugin_{i}_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
 
 
 def _progress(iterable, total: int, desc: str):

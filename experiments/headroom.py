@@ -41,7 +41,7 @@ from agents import agent_names, make_agent, run_episode
 from kd_env.io import atomic_write_json, atomic_write_text
 from kd_env.rewards import BUILTIN_REWARDS, reward_names
 
-from .glue_ac import load_plugins
+from .cli import SEEDS_HELP, load_plugins, parse_seeds
 from .report import markdown_table, mean_std, paired_difference
 
 DYNAMIC_BASELINES = ("dynamic_kd", "eskd", "two_stage", "anneal")
@@ -141,17 +141,21 @@ class _Worker:
             out["instance"] = instance
         return out
 
-    def finish(self, returns: float, length: int) -> dict[str, Any]:
+    def finish(self, returns: float, length: int, splits: Sequence[str] = ("dev", "test")) -> dict[str, Any]:
+        """The episode's outcome: return, length, and the final student's metric on ``splits``
+        (a selection unit needs only dev, a scoring unit only test; text evaluations are costly)."""
         d = self.env.distiller
-        dev, test = d.evaluate("dev"), d.evaluate("test")
-        return {"return": float(returns), "length": int(length), "dev": float(dev["main"]),
-                "test": float(test["main"]), "probe": float(self.env.last_probe["main"])}
+        out = {"return": float(returns), "length": int(length), "probe": float(self.env.last_probe["main"])}
+        for split in ("dev", "test"):
+            out[split] = float(d.evaluate(split)["main"]) if split in splits else None
+        return out
 
     def run(self, unit: dict[str, Any]) -> dict[str, Any]:
         policy, instance, seed = unit["policy"], unit["instance"], int(unit["seed"])
+        splits = unit.get("splits", ("dev", "test"))
         start = time.perf_counter()
         if policy.startswith("greedy:"):
-            out = self._greedy(policy[7:], instance, seed)
+            out = self._greedy(policy[7:], instance, seed, splits)
         elif policy.startswith("random:"):
             out = self._random(policy, instance, seed, unit["reward"])
         elif policy.startswith(("fixed:", "schedule:")):
@@ -161,17 +165,17 @@ class _Worker:
                 _, r, done, _, _ = self.env.step(_actions_for(policy, phase))
                 total += r
                 phase += 1
-            out = self.finish(total, phase)
+            out = self.finish(total, phase, splits)
         elif policy.startswith("agent:"):
             agent = make_agent(policy[6:], self.env, seed=seed)
             ep = run_episode(self.env, agent, seed=seed, options=self.options(instance))
-            out = self.finish(ep["return"], ep["length"])
+            out = self.finish(ep["return"], ep["length"], splits)
         else:
             raise ValueError(f"unknown policy {policy!r}")
         out["seconds"] = time.perf_counter() - start
         return {**unit, **out}
 
-    def _greedy(self, by: str, instance: str | None, seed: int) -> dict[str, Any]:
+    def _greedy(self, by: str, instance: str | None, seed: int, splits: Sequence[str]) -> dict[str, Any]:
         env = self.env
         env.reset(seed=seed, options=self.options(instance))
         masks = all_masks(len(env.knowledge_names))
@@ -189,7 +193,7 @@ class _Worker:
             env.load_state_dict(after)
             total, length, done = total + r, length + 1, term
             chosen.append(m)
-        out = self.finish(total, length)
+        out = self.finish(total, length, splits)
         out["actions"] = chosen
         return out
 
@@ -309,8 +313,8 @@ class HeadroomRun:
             yield from pool.imap_unordered(_run_unit, units, chunksize=4)
 
     # ---- stages ----------------------------------------------------------------------------------
-    def fixed_units(self, instances, seeds) -> list[dict[str, Any]]:
-        return [{"policy": f"fixed:{m}", "instance": i, "seed": s}
+    def fixed_units(self, instances, seeds, split: str) -> list[dict[str, Any]]:
+        return [{"policy": f"fixed:{m}", "instance": i, "seed": s, "splits": [split]}
                 for m in all_masks(len(self.knowledge)) for i in instances for s in seeds]
 
     def execute(self) -> dict[str, Any]:
@@ -318,7 +322,7 @@ class HeadroomRun:
         self.load()
         instances = list(dict.fromkeys(self.train_instances + self.test_instances))
         # 1. selection: every fixed mask on every instance's selection seeds (dev metric)
-        sel = self.run_units(self.fixed_units(instances, s.selection_seeds), "fixed masks, selection seeds")
+        sel = self.run_units(self.fixed_units(instances, s.selection_seeds, "dev"), "fixed masks, selection seeds")
         masks = all_masks(len(self.knowledge))
         dev_train = {m: np.mean([r["dev"] for r in sel if r["policy"] == f"fixed:{m}"
                                  and r["instance"] in self.train_instances]) for m in masks}
@@ -333,22 +337,23 @@ class HeadroomRun:
         top = ranked[: s.top_masks]
         switches = sorted({min(self.num_phases - 1, max(1, int(round(f * self.num_phases)))) for f in s.switch_points})
         schedules = [schedule_name(a, b, k) for a in top for b in top if a != b for k in switches]
-        sched_units = [{"policy": p, "instance": i, "seed": sd} for p in schedules
+        sched_units = [{"policy": p, "instance": i, "seed": sd, "splits": ["dev"]} for p in schedules
                        for i in self.train_instances for sd in s.selection_seeds]
         sched_sel = self.run_units(sched_units, "two-stage schedules, selection seeds")
         sched_dev = {p: np.mean([r["dev"] for r in sched_sel if r["policy"] == p]) for p in schedules}
         best_schedule = max(schedules, key=lambda p: sched_dev[p]) if schedules else None
         # 3. scoring on held-out instances and test seeds
-        test_units = self.fixed_units(self.test_instances, s.test_seeds)
+        test_units = self.fixed_units(self.test_instances, s.test_seeds, "test")
         if best_schedule:
-            test_units += [{"policy": best_schedule, "instance": i, "seed": sd}
+            test_units += [{"policy": best_schedule, "instance": i, "seed": sd, "splits": ["test"]}
                            for i in self.test_instances for sd in s.test_seeds]
         available = set(agent_names())
         dynamic = [b for b in DYNAMIC_BASELINES if b in available]
-        test_units += [{"policy": f"agent:{b}", "instance": i, "seed": sd}
+        test_units += [{"policy": f"agent:{b}", "instance": i, "seed": sd, "splits": ["test"]}
                        for b in dynamic for i in self.test_instances for sd in s.test_seeds]
         scored = self.run_units(test_units, "scoring on held-out instances, test seeds")
-        greedy_units = [{"policy": f"greedy:{by}", "instance": i, "seed": sd} for by in ("reward", "probe")
+        greedy_units = [{"policy": f"greedy:{by}", "instance": i, "seed": sd, "splits": ["test"]}
+                        for by in ("reward", "probe")
                         for i in self.test_instances for sd in s.test_seeds[: s.greedy_seeds]]
         scored += self.run_units(greedy_units, "greedy oracles (branching every phase)")
         # 4. reward alignment over random policies on the train instances
@@ -528,21 +533,6 @@ def plot(res: dict[str, Any], path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _seed_list(text: str) -> list[int]:
-    """``"0-4"`` or ``"0,1,2"`` -> seeds."""
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            if "-" in part.strip()[1:]:
-                a, b = part.split("-", 1)
-                out.extend(range(int(a), int(b) + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must look like '0-4' or '0,1,2', got {text!r}") from None
-    return out
-
-
 def _kwarg(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--env-kwarg takes key=value, got {text!r}")
@@ -560,8 +550,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--env-kwarg", action="append", type=_kwarg, default=[], metavar="KEY=VALUE",
                    help="extra gym.make keyword (JSON value), repeatable, e.g. total_steps=60")
     p.add_argument("--quick", action="store_true", help="few seeds and schedules: minutes on digits")
-    p.add_argument("--selection-seeds", type=_seed_list, help="reset seeds for every choice, e.g. 0-4")
-    p.add_argument("--test-seeds", type=_seed_list, help="reset seeds for scoring, e.g. 1000-1009")
+    p.add_argument("--selection-seeds", type=parse_seeds, help="reset seeds for every choice; " + SEEDS_HELP)
+    p.add_argument("--test-seeds", type=parse_seeds, help="reset seeds for scoring; " + SEEDS_HELP)
     p.add_argument("--greedy-seeds", type=int, help="test seeds the greedy oracles run on")
     p.add_argument("--random-episodes", type=int, help="random-policy episodes for reward alignment")
     p.add_argument("--rewards", help="comma-separated rewards to check for alignment (default: the built-in "
