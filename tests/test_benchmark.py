@@ -277,9 +277,10 @@ def test_training_instances_ignore_the_agents_seed():
 
 
 def test_shipped_configs_are_valid_for_every_env():
-    algos = list(DEFAULT_ALGOS) + ["ddpg", "random_soft", "pkd", "finetune", "fixed:1010", "dynamic_kd", "eskd",
-                                   "two_stage", "anneal"]
-    envs = ["kd_env/DigitsKD-v0", ENV, "kd_env/TextKD-v0"]
+    extra = ["a2c", "sac", "td3", "all", "ddpg", "random_soft", "pkd", "finetune", "fixed:1010", "dynamic_kd", "eskd",
+             "two_stage", "anneal"]
+    algos = list(dict.fromkeys(list(DEFAULT_ALGOS) + extra))
+    envs = ["kd_env/DigitsKD-v0", ENV, "kd_env/TextKD-v0", "kd_env/DigitsKD-Instances-v0"]
     cells = build_grid(algos, envs, [0], eval_every=5, eval_episodes=2)
     assert len(cells) == len(algos) * len(envs)
     modes = {c.algo: c.settings.action_mode for c in cells}

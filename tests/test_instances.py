@@ -164,3 +164,18 @@ def test_teacher_train_fraction_makes_a_weaker_teacher():
     finally:
         strong.close()
         weak.close()
+
+
+def test_benchmark_evaluates_every_held_out_instance_for_every_seed():
+    from experiments.benchmark import evaluation_episodes
+
+    env = _env()
+    try:
+        assert evaluation_episodes(env, [7, 8]) == [(7, "noisy"), (8, "noisy")]
+    finally:
+        env.close()
+    plain = gym.make("kd_env/QuickKD-v0")
+    try:
+        assert evaluation_episodes(plain, [7, 8]) == [(7, None), (8, None)]
+    finally:
+        plain.close()
