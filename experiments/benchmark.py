@@ -92,6 +92,7 @@ from experiments.cli import SEEDS_HELP, parse_seeds
 from experiments.report import (
     json_safe,
     markdown_table,
+    paired_difference,
     plot_heatmap,
     plot_learning_curves,
     plot_selection_bars,
@@ -920,6 +921,9 @@ class BenchmarkConfig:
     fresh: bool = False
     """rerun finished cells too"""
     plots: bool = True
+    baseline: str = "vanilla_kd"
+    """the fixed policy every algorithm is compared with, paired by seed (same held-out episodes);
+    vanilla KD is the best single fixed mask on DigitsKD-Instances-v0's train instances (dev)"""
     bootstrap_reps: int = 2000
     confidence: float = 0.95
     verbose: bool = True
@@ -1024,7 +1028,8 @@ SUMMARY_COLUMNS = [
     "env", "algorithm", "action_mode", "runs", "train_episodes", "metric_name",
     "test_mean", "test_mean_low", "test_mean_high", "test_iqm", "test_iqm_low", "test_iqm_high",
     "return_mean", "return_mean_low", "return_mean_high", "return_iqm", "return_iqm_low", "return_iqm_high",
-    "poi_vs_random_hard", "poi_low", "poi_high", "seconds_per_run",
+    "poi_vs_random_hard", "poi_low", "poi_high", "diff_vs_baseline", "diff_low", "diff_high", "diff_wins",
+    "seconds_per_run",
 ]
 
 
@@ -1073,6 +1078,7 @@ def summarize(run_dir: Path, cells: Sequence[Cell], payloads: dict[Cell, dict[st
                 row.update({"poi_vs_random_hard": point, "poi_low": low, "poi_high": high})
             else:
                 row.update({"poi_vs_random_hard": math.nan, "poi_low": math.nan, "poi_high": math.nan})
+            row.update(_paired_with_baseline(algo, algo_cells, algos.get(config.baseline), payloads, config))
             rows.append(row)
     aggregate = _aggregate_rows(by_env, payloads, config) if len(by_env) > 1 else []
     write_csv(run_dir / "summary.csv", rows + aggregate, SUMMARY_COLUMNS)
@@ -1081,6 +1087,21 @@ def summarize(run_dir: Path, cells: Sequence[Cell], payloads: dict[Cell, dict[st
     if config.plots:
         _plots(run_dir, by_env, payloads)
     return rows + aggregate
+
+
+def _paired_with_baseline(algo: str, cells: Sequence[Cell], baseline: Sequence[Cell] | None,
+                          payloads: dict[Cell, dict[str, Any]], config: BenchmarkConfig) -> dict[str, Any]:
+    """Mean over seeds of (algorithm - baseline) test metric with a t interval; a cell and the
+    baseline's cell of the same seed are scored on the same held-out episodes, so they pair."""
+    empty = {"diff_vs_baseline": math.nan, "diff_low": math.nan, "diff_high": math.nan, "diff_wins": math.nan}
+    if baseline is None or algo == config.baseline:
+        return empty
+    mine = {c.seed: payloads[c]["result"]["test_metric"] for c in cells}
+    theirs = {c.seed: payloads[c]["result"]["test_metric"] for c in baseline}
+    d = paired_difference(mine, theirs, config.confidence)
+    if d["n"] == 0:
+        return empty
+    return {"diff_vs_baseline": d["mean"], "diff_low": d["low"], "diff_high": d["high"], "diff_wins": d["wins"]}
 
 
 def _aggregate_rows(by_env: dict[str, dict[str, list[Cell]]], payloads: dict[Cell, dict[str, Any]],
@@ -1107,7 +1128,8 @@ def _aggregate_rows(by_env: dict[str, dict[str, list[Cell]]], payloads: dict[Cel
 def _fmt(row: dict[str, Any], key: str, digits: int = 3) -> str:
     """``point [low, high]`` of ``key`` (its bounds are ``key_low``/``key_high``; for the
     probability of improvement ``poi_low``/``poi_high``), or a dash when absent."""
-    low_key, high_key = ("poi_low", "poi_high") if key.startswith("poi") else (f"{key}_low", f"{key}_high")
+    low_key, high_key = {"poi": ("poi_low", "poi_high"), "diff": ("diff_low", "diff_high")}.get(
+        key.split("_")[0], (f"{key}_low", f"{key}_high"))
     value = row.get(key)
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         return "—"
@@ -1122,15 +1144,19 @@ def _summary_markdown(rows: list[dict[str, Any]], aggregate: list[dict[str, Any]
              f"({config.bootstrap_reps} resamples) over runs (seeds); IQM = interquartile mean. "
              f"P(> {REFERENCE_ALGO}) = probability that a run of the algorithm has a higher test metric than a "
              f"run of {REFERENCE_ALGO} (ties count half).", ""]
-    header = ["algorithm", "mode", "runs", "train eps", "test mean", "test IQM", "return mean", "return IQM",
-              f"P(> {REFERENCE_ALGO})", "s/run"]
+    lines += [f"Paired diff = mean over seeds of (algorithm - {config.baseline}) test metric, each seed's runs "
+              f"scored on the same held-out episodes, with a {pct} t interval over seeds; wins = seeds won.", ""]
+    header = ["algorithm", "mode", "runs", "train eps", "test mean", "test IQM", f"paired diff vs {config.baseline}",
+              "wins", "return mean", "return IQM", f"P(> {REFERENCE_ALGO})", "s/run"]
     envs = list(dict.fromkeys(r["env"] for r in rows))
     for env_id in envs:
         env_rows = sorted((r for r in rows if r["env"] == env_id), key=lambda r: -r["test_iqm"])
         metric = env_rows[0]["metric_name"]
         lines += [f"## {env_id} (test metric: {metric})", ""]
         table = [[r["algorithm"], r["action_mode"], r["runs"], r["train_episodes"], _fmt(r, "test_mean"),
-                  _fmt(r, "test_iqm"), _fmt(r, "return_mean"), _fmt(r, "return_iqm"), _fmt(r, "poi_vs_random_hard", 2),
+                  _fmt(r, "test_iqm"), _fmt(r, "diff_vs_baseline", 4),
+                  "—" if not math.isfinite(r["diff_wins"]) else f"{int(r['diff_wins'])}/{r['runs']}",
+                  _fmt(r, "return_mean"), _fmt(r, "return_iqm"), _fmt(r, "poi_vs_random_hard", 2),
                   f"{r['seconds_per_run']:.1f}"] for r in env_rows]
         lines.append(markdown_table(header, table))
     if aggregate:
@@ -1200,6 +1226,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     p.add_argument("--executor", choices=EXECUTORS, default="local")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--out", default="runs", help="parent folder of the run folder")
+    p.add_argument("--baseline", default="vanilla_kd",
+                   help="fixed policy the summary compares every algorithm with, paired by seed (default %(default)s)")
     p.add_argument("--config-dir", default=str(CONFIG_DIR), help="folder of <algo>.yml configs")
     p.add_argument("--fresh", action="store_true", help="rerun finished cells too")
     p.add_argument("--no-plots", dest="plots", action="store_false")
@@ -1208,7 +1236,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     return BenchmarkConfig(name=a.name, algos=a.algos, envs=a.envs, seeds=a.seeds, episodes=a.episodes,
                            eval_every=a.eval_every, eval_episodes=a.eval_episodes, overrides=a.overrides,
                            workers=a.workers, threads=a.threads, executor=a.executor, address=a.address, out=a.out,
-                           config_dir=a.config_dir, fresh=a.fresh, plots=a.plots, bootstrap_reps=a.bootstrap_reps)
+                           config_dir=a.config_dir, fresh=a.fresh, plots=a.plots, bootstrap_reps=a.bootstrap_reps,
+                           baseline=a.baseline)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -370,3 +370,25 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     assert benchmark.parse_args(["--seeds", "0-2"]).seeds == [0, 1, 2]
     assert benchmark.parse_args(["--seeds", "4,7"]).seeds == [4, 7]
     assert benchmark.parse_args([]).seeds == [0, 1, 2, 3, 4]  # the default grid is unchanged
+
+
+def test_summary_pairs_every_algorithm_with_the_baseline_by_seed():
+    from experiments.benchmark import _paired_with_baseline
+
+    class FakeCell:
+        def __init__(self, seed):
+            self.seed = seed
+
+    mine = [FakeCell(s) for s in (0, 1, 2)]
+    base = [FakeCell(s) for s in (0, 1, 2)]
+    payloads = {c: {"result": {"test_metric": v}} for c, v in zip(mine, (0.80, 0.70, 0.90))}
+    payloads.update({c: {"result": {"test_metric": v}} for c, v in zip(base, (0.75, 0.72, 0.80))})
+    config = BenchmarkConfig(baseline="vanilla_kd")
+    row = _paired_with_baseline("ac", mine, base, payloads, config)
+    diffs = np.array([0.05, -0.02, 0.10])
+    half = 4.302652729911275 * diffs.std(ddof=1) / np.sqrt(3)  # t(0.975, 2)
+    assert row["diff_vs_baseline"] == pytest.approx(diffs.mean())
+    assert (row["diff_low"], row["diff_high"]) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
+    assert row["diff_wins"] == 2
+    assert math.isnan(_paired_with_baseline("vanilla_kd", base, base, payloads, config)["diff_vs_baseline"])
+    assert math.isnan(_paired_with_baseline("ac", mine, None, payloads, config)["diff_vs_baseline"])
