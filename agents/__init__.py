@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from . import actor_critic, baselines, dynamic, sb3  # noqa: F401 - register their agents
 from .base import Agent, CheckpointError, EnvSpec, agent_names, agent_table, env_spec, load_agent, make_agent, \
-    register_agent, run_episode
+    make_vector_env, register_agent, run_episode
 
 __all__ = ["Agent", "CheckpointError", "EnvSpec", "agent_names", "agent_table", "env_spec", "load_agent",
-           "make_agent", "register_agent", "run_episode"]
+           "make_agent", "make_vector_env", "register_agent", "run_episode"]

@@ -59,6 +59,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import gymnasium as gym
 from gymnasium import spaces
 from torch import nn
 from torch.nn import functional as F
@@ -503,6 +504,7 @@ class ActorCriticAgent(Agent):
         self.episodes_done = 0
         self.steps_done = 0
         self.updates_done = 0
+        self.discarded_episodes = 0
         self._logger: EpisodeLogger | None = None
 
     # ---- construction helpers ---------------------------------------------------------------
@@ -614,8 +616,15 @@ class ActorCriticAgent(Agent):
         steps are done (whichever comes first).  The env's first reset in this call is seeded
         with ``seed + episodes done so far`` (when ``seed`` is set), later ones continue its RNG.
 
+        ``env`` may be a Gymnasium vector env (``gymnasium.make_vec(id, num_envs=N,
+        vectorization_mode="async")`` runs N episodes at once in N processes; see
+        :func:`agents.make_vector_env`): the N episodes of a batch run in lockstep, the policy acts
+        on all N observations at once, and each finished episode is then learnt from and counted
+        as one episode of the budget, in sub-env order.  Episodes of the last batch beyond the
+        budget are discarded unused (their count is in ``agent.discarded_episodes``).
+
         Args:
-            env: the env (same spaces as at construction).
+            env: the env (same spaces as at construction), or a vector env of N copies.
             total_episodes: episodes to run.
             total_steps: env steps (phases) to run, rounded up to whole episodes.
             callback: ``callback(agent, record)`` after each episode; ``False`` stops.
@@ -628,8 +637,10 @@ class ActorCriticAgent(Agent):
         for name, value in (("total_episodes", total_episodes), ("total_steps", total_steps)):
             if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0):
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-        if env.action_space != self.action_space:
-            raise ValueError(f"env action space {env.action_space} differs from the agent's {self.action_space}")
+        vector = isinstance(env, gym.vector.VectorEnv)
+        space = env.single_action_space if vector else env.action_space
+        if space != self.action_space:
+            raise ValueError(f"env action space {space} differs from the agent's {self.action_space}")
         if self._logger is None:
             self._logger = EpisodeLogger(self.log_dir, self.episode_log, tensorboard=self.tensorboard)
         cfg = self.config
@@ -638,11 +649,17 @@ class ActorCriticAgent(Agent):
         episodes = steps = 0
         pending: list[dict[str, Any]] = []  # value critic: episodes awaiting an update
         first = True
+        batch: list[tuple[dict[str, Any], dict[str, Any]]] = []  # vector env: finished, not yet consumed
         try:
             while (total_episodes is None or episodes < total_episodes) and (total_steps is None or steps < total_steps):
                 seed = cfg.seed + self.episodes_done if (first and cfg.seed is not None) else None
                 first = False
-                record, rollout = self._run_training_episode(env, seed)
+                if vector:
+                    if not batch:
+                        batch = self._run_vector_episodes(env, seed)
+                    record, rollout = batch.pop(0)
+                else:
+                    record, rollout = self._run_training_episode(env, seed)
                 episodes += 1
                 steps += record["length"]
                 losses: dict[str, float] = {}
@@ -662,15 +679,89 @@ class ActorCriticAgent(Agent):
                 if callback is not None and callback(self, record) is False:
                     break
         finally:
+            self.discarded_episodes += len(batch)
             if self._logger is not None:
                 self._logger.close()
                 self._logger = None
         return self
 
+    def _flatten_batch(self, obs: Any, n: int) -> np.ndarray:
+        if self._obs_keys is not None:
+            return np.concatenate([np.asarray(obs[k], np.float32).reshape(n, -1) for k in self._obs_keys], axis=1)
+        return np.asarray(obs, np.float32).reshape(n, -1)
+
+    def _run_vector_episodes(self, venv: Any, seed: int | None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """One episode in each sub-env of ``venv``, in lockstep; ``(record, rollout)`` per sub-env,
+        as :meth:`_run_training_episode` gives for one env."""
+        cfg = self.config
+        n = venv.num_envs
+        start = time.perf_counter()
+        self.reset()
+        obs, _ = venv.reset(seed=seed)
+        flats = self._flatten_batch(obs, n)
+        traj = [{"obs": [], "raw": [], "rewards": [], "actions": [], "return": 0.0, "learning_return": 0.0,
+                 "previous": None, "probe": math.nan, "q_losses": []} for _ in range(n)]
+        done = np.zeros(n, dtype=bool)
+        while not done.all():
+            active = np.flatnonzero(~done)
+            if cfg.normalize_observations:
+                self.obs_norm.update(self._tensor(flats[active]))
+            x = self._normalized(flats)
+            if cfg.critic == "q" and self.buffer.size < self._learning_starts:
+                pairs = [self._random_action() for _ in range(n)]
+                actions, raws = np.stack([a for a, _ in pairs]), np.stack([r for _, r in pairs])
+            else:
+                actions, raws = self._policy(x, deterministic=False)
+            next_obs, rewards, terminated, truncated, info = venv.step(actions)
+            next_flats = self._flatten_batch(next_obs, n)
+            for i in active:
+                t = traj[i]
+                r_learn = float(rewards[i]) + self._exploration_term(actions[i], t["previous"])
+                t["return"] += float(rewards[i])
+                t["learning_return"] += r_learn
+                t["previous"] = np.asarray(actions[i], np.float32)
+                t["actions"].append(t["previous"])
+                self.steps_done += 1
+                if cfg.critic == "q":
+                    self.buffer.add(flats[i], raws[i], r_learn, next_flats[i], bool(terminated[i]))
+                    if self.buffer.size >= max(self._learning_starts, 1):
+                        t["q_losses"] += [self._q_update() for _ in range(cfg.gradient_steps)]
+                else:
+                    t["obs"].append(x[i].cpu().numpy())
+                    t["raw"].append(raws[i])
+                    t["rewards"].append(r_learn)
+                if terminated[i] or truncated[i]:
+                    done[i] = True
+                    if "probe_metric" in info and info.get("_probe_metric", np.ones(n, bool))[i]:
+                        t["probe"] = float(info["probe_metric"][i])
+            flats = next_flats
+        seconds = (time.perf_counter() - start) / n
+        out = []
+        for t in traj:
+            self.episodes_done += 1
+            if cfg.critic == "value":
+                rollout = {"obs": np.stack(t["obs"]), "raw": np.stack(t["raw"]),
+                           "rewards": np.asarray(t["rewards"], np.float32), "last_obs": None}
+            else:
+                q = t["q_losses"]
+                rollout = {"losses": {k: float(np.mean([d[k] for d in q])) for k in q[0]} if q else {}}
+            record = {"episode": self.episodes_done, "steps": self.steps_done, "length": len(t["actions"]),
+                      "return": t["return"], "learning_return": t["learning_return"],
+                      **selection_frequencies(t["actions"], self.knowledge_names),
+                      "final_probe_metric": t["probe"], "seconds": seconds}
+            out.append((record, rollout))
+        return out
+
     def _plan_learning_starts(self, env: Any, total_episodes: int | None, total_steps: int | None) -> int:
         """The q critic's random-action warm-up for this ``learn`` call, checked against the budget."""
-        phases = getattr(getattr(env, "unwrapped", env), "config", None)
-        phases = getattr(phases, "num_phases", None)
+        if isinstance(env, gym.vector.VectorEnv):
+            try:
+                config = env.get_attr("config")[0]
+            except (AttributeError, IndexError):
+                config = None
+        else:
+            config = getattr(getattr(env, "unwrapped", env), "config", None)
+        phases = getattr(config, "num_phases", None)
         budget = [b for b in (total_steps, total_episodes * phases if total_episodes is not None and phases else None)
                   if b is not None]
         planned = min(budget) if budget else None

@@ -41,6 +41,7 @@ from gymnasium import spaces
 from kd_env.io import atomic_write_bytes, atomic_write_text
 
 __all__ = [
+    "make_vector_env",
     "Agent",
     "EnvSpec",
     "EpisodeLogger",
@@ -400,6 +401,21 @@ def load_agent(path: str | os.PathLike, env: Any) -> Agent:
 # --------------------------------------------------------------------------------------------
 # Running and logging
 # --------------------------------------------------------------------------------------------
+
+
+def make_vector_env(env_id: str, num_envs: int, vectorization_mode: str = "async", **kwargs: Any) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of ``gym.make(env_id, **kwargs)`` as one Gymnasium vector env, for
+    agents that learn from several episodes at once (``ac``, ``ac_q``).  ``"async"`` runs each copy
+    in its own spawned process with one torch thread (``threads=1`` unless given), so N copies use
+    N cores; ``"sync"`` steps them in turn in this process."""
+    if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
+        raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+    if vectorization_mode not in ("async", "sync"):
+        raise ValueError(f"vectorization_mode must be 'async' or 'sync', got {vectorization_mode!r}")
+    kwargs = {"threads": 1, **kwargs}
+    vector_kwargs = {"context": "spawn"} if vectorization_mode == "async" else {}
+    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization_mode,
+                        vector_kwargs=vector_kwargs, **kwargs)
 
 
 def run_episode(env: Any, agent: Agent, deterministic: bool = True, seed: int | None = None,

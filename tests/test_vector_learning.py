@@ -1,0 +1,49 @@
+"""Selector training on several envs at once (a Gymnasium vector env)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import kd_env  # noqa: F401
+from agents import make_agent, make_vector_env
+
+
+@pytest.mark.parametrize("name, mode, extra", [("ac", "mask", {"episodes_per_update": 2}),
+                                               ("ac_q", "weights", {"batch_size": 4})])
+def test_ac_learns_from_a_vector_env_and_counts_episodes(name, mode, extra):
+    venv = make_vector_env("kd_env/QuickKD-v0", 2, vectorization_mode="sync", action_mode=mode)
+    single = gym.make("kd_env/QuickKD-v0", action_mode=mode)
+    try:
+        agent = make_agent(name, single, seed=0, **extra)
+        records = []
+        agent.learn(venv, total_episodes=5, callback=lambda a, r: records.append(r) or True)
+        assert [r["episode"] for r in records] == [1, 2, 3, 4, 5]
+        assert all(r["length"] == 4 for r in records)  # QuickKD: 4 phases
+        assert agent.episodes_done == 6 and agent.discarded_episodes == 1  # the 3rd batch's 2nd episode
+        assert agent.updates_done > 0
+        assert all(np.isfinite(r["final_probe_metric"]) for r in records)
+    finally:
+        venv.close()
+        single.close()
+
+
+def test_async_and_sync_vector_envs_train_the_same_agent():
+    runs = []
+    for mode in ("sync", "async"):
+        venv = make_vector_env("kd_env/QuickKD-v0", 2, vectorization_mode=mode)
+        try:
+            agent = make_agent("ac", gym.make("kd_env/QuickKD-v0"), seed=3)
+            agent.learn(venv, total_episodes=4)
+            runs.append([p.detach().clone() for p in agent.actor.parameters()])
+        finally:
+            venv.close()
+    assert all(np.allclose(a.numpy(), b.numpy()) for a, b in zip(*runs))
+
+
+def test_make_vector_env_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="num_envs"):
+        make_vector_env("kd_env/QuickKD-v0", 0)
+    with pytest.raises(ValueError, match="vectorization_mode"):
+        make_vector_env("kd_env/QuickKD-v0", 2, vectorization_mode="threads")
