@@ -14,6 +14,12 @@ Usage::
 
     python benchmarks/agent_speed.py                               # ac ac_q ppo a2c dqn sac td3 random_hard
     python benchmarks/agent_speed.py --algos ac,ppo --episodes 10 --threads 1
+    python benchmarks/agent_speed.py --workers 1,2 --env kd_env/TextKD-v0 --episodes 4
+
+``--workers 1,2`` instead measures selector-training episodes per hour of ``ac`` learning from
+one env and from a vector env of N copies in N spawned processes (one torch thread each;
+``agents.make_vector_env``), interleaved over ``--repeats`` rounds, and prints the median and
+range of each and of the speed-up.
 
 Prints a markdown table.  Not a test: timings depend on the machine and its load; the env is
 built (and its teacher cached) and one warm-up episode run before any timing.
@@ -93,14 +99,65 @@ def measure(algo: str, env_id: str, episodes: int) -> dict:
             "overhead": agent_seconds / env.seconds if env.seconds else float("nan")}
 
 
+def episodes_per_hour(env_id: str, workers: int, episodes: int) -> float:
+    """``ac`` learning ``episodes`` episodes from one env (``workers=1``) or from a vector env of
+    ``workers`` copies in spawned processes; episodes per wall hour (env building excluded)."""
+    from agents import make_vector_env
+
+    settings = resolve_settings("ac", env_id, load_algo_config("ac"))
+    kwargs = {"action_mode": settings.action_mode, "threads": 1, **settings.env_kwargs}
+    probe = gym.make(env_id, **kwargs)
+    env = probe if workers == 1 else make_vector_env(env_id, workers, **kwargs)
+    try:
+        env.reset(seed=0)
+        agent = make_agent("ac", probe, seed=0, **settings.hyperparams)
+        start = time.perf_counter()
+        agent.learn(env, total_episodes=episodes)
+        wall = time.perf_counter() - start
+    finally:
+        env.close()
+        if env is not probe:
+            probe.close()
+    return 3600.0 * episodes / wall
+
+
+def workers_table(env_id: str, counts: list[int], episodes: int, repeats: int) -> str:
+    import numpy as np
+
+    rates: dict[int, list[float]] = {n: [] for n in counts}
+    for _ in range(repeats):  # interleaved: the machine's load drifts over minutes
+        for n in counts:
+            rates[n].append(episodes_per_hour(env_id, n, episodes))
+            print(f"  {n} worker(s): {rates[n][-1]:.0f} episodes/h", file=sys.stderr)
+    base = np.asarray(rates[counts[0]])
+    rows = []
+    for n in counts:
+        r = np.asarray(rates[n])
+        ratio = r / base
+        rows.append([n, f"{np.median(r):.0f} [{r.min():.0f}, {r.max():.0f}]",
+                     f"{np.median(ratio):.2f} [{ratio.min():.2f}, {ratio.max():.2f}]"])
+    return markdown_table(["workers", "selector-training episodes/h (median [range])",
+                           f"speed-up vs {counts[0]} (median [range])"], rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--algos", default=",".join(DEFAULT_ALGOS), help="comma-separated agent names")
     p.add_argument("--env", default=DIGITS)
     p.add_argument("--episodes", type=int, default=4, help="learning episodes per algorithm")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--workers", default=None, help="e.g. 1,2: episodes/hour of ac with 1 and 2 parallel envs")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the --workers measurement")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.workers:
+        counts = [int(w) for w in args.workers.split(",")]
+        gym.make(args.env).close()  # fine-tune and cache the teacher once, outside the timings
+        table = workers_table(args.env, counts, args.episodes, args.repeats)
+        print(f"\n{args.env}, ac learning {args.episodes} episodes per measurement, {args.repeats} interleaved "
+              f"rounds, {os.cpu_count()} CPUs (load: {os.getloadavg()[0]:.1f})\n")
+        print(table)
+        return 0
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     gym.make(args.env).close()  # fine-tune and cache the teacher once, outside the timings
     rows = []
