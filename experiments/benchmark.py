@@ -1083,7 +1083,9 @@ def summarize(run_dir: Path, cells: Sequence[Cell], payloads: dict[Cell, dict[st
     aggregate = _aggregate_rows(by_env, payloads, config) if len(by_env) > 1 else []
     write_csv(run_dir / "summary.csv", rows + aggregate, SUMMARY_COLUMNS)
     atomic_write_json(run_dir / "summary.json", json_safe(rows + aggregate))  # null where no interval
-    atomic_write_text(run_dir / "summary.md", _summary_markdown(rows, aggregate, config))
+    payloads_by_algo = {env_id: {algo: [payloads[c] for c in algo_cells] for algo, algo_cells in algos.items()}
+                        for env_id, algos in by_env.items()}
+    atomic_write_text(run_dir / "summary.md", _summary_markdown(rows, aggregate, config, payloads_by_algo))
     if config.plots:
         _plots(run_dir, by_env, payloads)
     return rows + aggregate
@@ -1136,7 +1138,38 @@ def _fmt(row: dict[str, Any], key: str, digits: int = 3) -> str:
     return stats.format_interval(value, row[low_key], row[high_key], digits)
 
 
-def _summary_markdown(rows: list[dict[str, Any]], aggregate: list[dict[str, Any]], config: BenchmarkConfig) -> str:
+def _per_instance_markdown(rows: list[dict[str, Any]],
+                           payloads_by_algo: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
+    """For instance envs: each algorithm's final test metric on each held-out situation (mean over
+    its runs' evaluation episodes there)."""
+    lines: list[str] = []
+    for env_id, algos in payloads_by_algo.items():
+        per: dict[str, dict[str, float]] = {}
+        for algo, payloads in algos.items():
+            values: dict[str, list[float]] = {}
+            for payload in payloads:
+                arrays = payload["arrays"]
+                if "eval_instances" not in arrays or not len(arrays["eval_instances"]):
+                    continue
+                for inst, metric in zip(arrays["eval_instances"], arrays["test_metrics"][-1]):
+                    if str(inst) != "None":
+                        values.setdefault(str(inst), []).append(float(metric))
+            if values:
+                per[algo] = {inst: float(np.mean(v)) for inst, v in values.items()}
+        if not per:
+            continue
+        instances = sorted({i for v in per.values() for i in v})
+        order = [r["algorithm"] for r in sorted((r for r in rows if r["env"] == env_id), key=lambda r: -r["test_iqm"])]
+        lines += [f"### {env_id}: test metric per held-out instance (mean over runs and evaluation seeds)", ""]
+        lines.append(markdown_table(["algorithm", *instances],
+                                    [[a, *(f"{per[a].get(i, math.nan):.3f}" for i in instances)]
+                                     for a in order if a in per]))
+    return lines
+
+
+def _summary_markdown(rows: list[dict[str, Any]], aggregate: list[dict[str, Any]], config: BenchmarkConfig,
+                      payloads_by_algo: dict[str, dict[str, list[dict[str, Any]]]] | None = None) -> str:
+    payloads_by_algo = payloads_by_algo or {}
     pct = f"{config.confidence:.0%}"
     lines = [f"# Benchmark `{config.name}`", "",
              f"Held-out evaluation of the final policy (deterministic; {config.eval_episodes} evaluation instance(s) "
@@ -1159,6 +1192,7 @@ def _summary_markdown(rows: list[dict[str, Any]], aggregate: list[dict[str, Any]
                   _fmt(r, "return_mean"), _fmt(r, "return_iqm"), _fmt(r, "poi_vs_random_hard", 2),
                   f"{r['seconds_per_run']:.1f}"] for r in env_rows]
         lines.append(markdown_table(header, table))
+    lines += _per_instance_markdown(rows, payloads_by_algo)
     if aggregate:
         lines += ["## All envs (test metric, stratified by env)", ""]
         table = [[r["algorithm"], r["runs"], _fmt(r, "test_mean"), _fmt(r, "test_iqm"), _fmt(r, "poi_vs_random_hard", 2)]

@@ -553,6 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--selection-seeds", type=parse_seeds, help="reset seeds for every choice; " + SEEDS_HELP)
     p.add_argument("--test-seeds", type=parse_seeds, help="reset seeds for scoring; " + SEEDS_HELP)
     p.add_argument("--greedy-seeds", type=int, help="test seeds the greedy oracles run on")
+    p.add_argument("--top-masks", type=int, help="two-stage schedules combine this many best fixed masks")
     p.add_argument("--random-episodes", type=int, help="random-policy episodes for reward alignment")
     p.add_argument("--rewards", help="comma-separated rewards to check for alignment (default: the built-in "
                                      "ones; plug-in rewards load with --plugin)")
@@ -563,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     changes: dict[str, Any] = {"env": args.env, "env_kwargs": dict(args.env_kwarg), "workers": args.workers,
                                "out": args.out}
-    for name in ("selection_seeds", "test_seeds", "greedy_seeds", "random_episodes"):
+    for name in ("selection_seeds", "test_seeds", "greedy_seeds", "random_episodes", "top_masks"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.workers < 1:

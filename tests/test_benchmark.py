@@ -392,3 +392,20 @@ def test_summary_pairs_every_algorithm_with_the_baseline_by_seed():
     assert row["diff_wins"] == 2
     assert math.isnan(_paired_with_baseline("vanilla_kd", base, base, payloads, config)["diff_vs_baseline"])
     assert math.isnan(_paired_with_baseline("ac", mine, None, payloads, config)["diff_vs_baseline"])
+
+
+def test_summary_breaks_instance_envs_down_per_held_out_instance():
+    from experiments.benchmark import _per_instance_markdown
+
+    def payload(values):
+        return {"arrays": {"eval_instances": np.asarray(["a", "b", "a", "b"]),
+                           "test_metrics": np.asarray([[0.0, 0.0, 0.0, 0.0], values])}}
+
+    rows = [{"env": "E", "algorithm": "x", "test_iqm": 0.5}, {"env": "E", "algorithm": "y", "test_iqm": 0.9}]
+    lines = _per_instance_markdown(rows, {"E": {"x": [payload([0.1, 0.2, 0.3, 0.4])],
+                                                "y": [payload([0.5, 0.6, 0.7, 0.8]), payload([0.5, 0.6, 0.7, 0.8])]}})
+    table = "\n".join(lines)
+    assert "| algorithm | a | b |" in table
+    assert table.index("| y | 0.600 | 0.700 |") < table.index("| x | 0.200 | 0.300 |")  # best IQM first
+    plain = {"arrays": {"eval_instances": np.asarray(["None", "None"]), "test_metrics": np.asarray([[0.5, 0.6]])}}
+    assert _per_instance_markdown(rows, {"E": {"x": [plain]}}) == []
