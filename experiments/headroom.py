@@ -387,8 +387,9 @@ class HeadroomRun:
         for m in all_masks(len(self.knowledge)):
             add(f"fixed:{m}", f"dev {dev_train[m]:.4f} (train instances, selection seeds)",
                 by_pair(f"fixed:{m}"), "best fixed" if m == best_fixed else "fixed")
-        add("per-instance oracle", "per instance: " + ", ".join(f"{i}={oracle[i]}" for i in self.test_instances),
-            by_pair(lambda inst: f"fixed:{oracle[inst]}"), "instance-aware")
+        if self.test_instances != [None]:  # one instance: the oracle is the best fixed mask itself
+            add("per-instance oracle", "per instance: " + ", ".join(f"{i}={oracle[i]}" for i in self.test_instances),
+                by_pair(lambda inst: f"fixed:{oracle[inst]}"), "instance-aware")
         if best_schedule:
             add(best_schedule, f"best of {len(sched_dev)} two-stage schedules by dev", by_pair(best_schedule),
                 "dynamic")
@@ -461,9 +462,12 @@ def _num(x: Any) -> str:
 
 def render_markdown(res: dict[str, Any]) -> str:
     lines = [f"# Headroom on `{res['env']}`", ""]
+    one = res["held_out_instances"] == ["None"]
+    where = ("One instance (the env as made): choices and scores differ in seeds and splits only. " if one else
+             f"Train instances: {', '.join(res['train_instances'])}. Held-out instances: "
+             f"{', '.join(res['held_out_instances'])}. ")
     lines.append(f"Knowledge (bit order): {', '.join(res['knowledge'])}. Env reward: `{res['env_reward']}`. "
-                 f"Train instances: {', '.join(res['train_instances'])}. Held-out instances: "
-                 f"{', '.join(res['held_out_instances'])}. Choices on selection seeds {res['selection_seeds']} "
+                 f"{where}Choices on selection seeds {res['selection_seeds']} "
                  f"by the dev-split metric; scores on test seeds {res['test_seeds']} (greedy oracles: "
                  f"{res['greedy_seeds']}) by the test-split metric, on the held-out instances.")
     lines.append("")
