@@ -75,7 +75,7 @@ def action_sequence(n: int, k: int = 4, seed: int = 0, mode: str = "mask") -> li
 # ---- the Gymnasium contract ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("env_id", [QUICK, DIGITS])
+@pytest.mark.parametrize("env_id", [QUICK, DIGITS, "kd_env/DigitsKD-Instances-v0"])
 def test_registered_ids_as_made_pass_both_checkers_without_warnings(env_id):
     """Issue 13 item 1: with default arguments (wall time used to be in info, so Gymnasium's
     checker found two runs' infos different)."""

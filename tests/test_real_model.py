@@ -60,6 +60,14 @@ def test_text_env_id_passes_both_checkers():
     assert_passes_env_checkers(lambda: gym.make("kd_env/TextKD-v0", **budget))
 
 
+def test_text_instance_env_id_passes_both_checkers():
+    """The same on TextKD-Instances-v0 as made (its instances differ in the student's labels)."""
+    require_assets()
+    budget = dict(teacher_max_steps=2, teacher_batch_size=8, train_examples=64, dev_probe_size=32, max_len=32,
+                  batch_size=8, total_steps=4, steps_per_action=2, progress=False)
+    assert_passes_env_checkers(lambda: gym.make("kd_env/TextKD-Instances-v0", **budget))
+
+
 def test_minilm_one_cached_kd_step():
     require_assets()
     start = time.perf_counter()
