@@ -59,8 +59,9 @@ random_hard) x 5 seeds x kd_env/DigitsKD-Instances-v0 (15 phases per episode; th
 where the headroom is), 2 worker processes.  The learners train 300 episodes each (4,500 env
 steps, the same for every learner; the configs' ``episodes``) and are evaluated after 100, 200
 and 300 episodes on 3 held-out seeds x the 4 held-out instances; the baselines run one such
-evaluation: 4 x 5 x (300 + 36) + 3 x 5 x 12 = 6,900 DigitsKD episodes of ~0.3-0.6 s, roughly
-half an hour on 2 cores.  ``--envs kd_env/DigitsKD-v0`` (12 episodes per learner) is the old,
+evaluation: 4 x 5 x (300 + 36) + 3 x 5 x 12 = 6,900 DigitsKD episodes of ~0.3-0.6 s.  The full
+default grid has not been timed; from ``ac``'s measured 2.5 min per 300-episode run (one core,
+other jobs on the other), expect the better part of an hour on 2 cores.  ``--envs kd_env/DigitsKD-v0`` (12 episodes per learner) is the old,
 minutes-scale smoke benchmark.
 """
 

@@ -9,11 +9,10 @@ from collections import Counter
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 
 import kd_env  # noqa: F401 - registers the env ids
 from kd_env import DistillConfig, Instance, InstanceSet, get_instance_set, get_preset
-from kd_env.engine import build_distiller, student_label_view
+from kd_env.engine import build_distiller
 from kd_env.instances import FEATURE_FIELDS
 
 TINY = InstanceSet(name="tiny-test", base="quick",
@@ -120,40 +119,6 @@ def test_instance_set_validation_names_what_is_wrong():
                        ("teacher_train_fraction", 0.0)):
         with pytest.raises(ValueError, match=f"config.{field}"):
             DistillConfig(task="digits", teacher="mlp", **{field: bad})
-
-
-def test_label_view_noise_is_exact_and_seeded_and_fraction_masks_a_seeded_subset():
-    labels = np.arange(200) % 10
-    cfg = get_preset("quick", label_noise=0.25, label_fraction=0.3)
-    noisy, mask = student_label_view(labels, 10, cfg)
-    flipped = noisy != labels
-    assert flipped.sum() == 50  # round(0.25 * 200), every flip to another class
-    assert mask.sum() == 60
-    again = student_label_view(labels, 10, cfg)
-    assert np.array_equal(again[0], noisy) and np.array_equal(again[1], mask)
-    other = student_label_view(labels, 10, cfg.replace(seed=1))
-    assert not np.array_equal(other[0], noisy) and not np.array_equal(other[1], mask)
-    assert student_label_view(labels, 10, get_preset("quick")) == (None, None)
-
-
-def test_label_fraction_trains_finetune_only_on_labelled_examples():
-    d = build_distiller(get_preset("quick", label_fraction=0.1))
-    try:
-        idx = np.arange(64)
-        batch = d._train_batch(idx)
-        assert torch.equal(batch["label_mask"], torch.from_numpy(d.label_mask[idx]))
-        assert 0 < int(batch["label_mask"].sum()) < 64
-        out = d.student(batch)
-        out.logits.retain_grad()
-        loss = d.knowledge[0](out, None, batch)
-        loss.backward()
-        grad_rows = out.logits.grad.abs().sum(-1)
-        unlabelled = ~batch["label_mask"]
-        assert torch.all(grad_rows[unlabelled] == 0) and torch.all(grad_rows[~unlabelled] > 0)
-        ce = torch.nn.functional.cross_entropy(out.logits.detach()[~unlabelled], batch["labels"][~unlabelled])
-        assert float(loss.detach()) == pytest.approx(float(ce), rel=1e-6)
-    finally:
-        d.close()
 
 
 def test_teacher_train_fraction_makes_a_weaker_teacher():
