@@ -236,5 +236,7 @@ class InstanceFeatures(Observation):
                           np.concatenate([inner.high, np.ones(n, np.float32)]), dtype=np.float32)
 
     def __call__(self, env):
-        features = env.instance_set.features(env.instance, env._base_config)
-        return np.concatenate([self.summary(env), np.clip(features, 0.0, 1.0)]).astype(np.float32)
+        cache = env.__dict__.setdefault("_instance_feature_cache", {})  # fixed per instance: built once
+        if env.instance not in cache:
+            cache[env.instance] = np.clip(env.instance_set.features(env.instance, env._base_config), 0.0, 1.0)
+        return np.concatenate([self.summary(env), cache[env.instance]]).astype(np.float32)
