@@ -64,7 +64,8 @@ from gymnasium import spaces
 from torch import nn
 from torch.nn import functional as F
 
-from .base import Agent, EpisodeCallback, EpisodeLogger, register_agent, selection_frequencies
+from .base import Agent, EpisodeCallback, EpisodeLogger, config_hyperparameters, register_agent, \
+    selection_frequencies
 
 __all__ = ["ActorCriticConfig", "ActorCriticAgent", "RunningNorm", "ObservationEncoder", "ReplayBuffer", "gae",
            "bernoulli_log_prob_entropy", "gaussian_log_prob_entropy", "td_target", "clipped_surrogate"]
@@ -976,7 +977,12 @@ def _detect_cls_split(env: Any, size: int) -> int:
     return size // 2
 
 
-@register_agent("ac", description="our actor-critic selector: A2C (GAE, entropy bonus), own torch code")
+#: what ``ac`` and ``ac_q`` accept: the config's fields (less ``critic``, fixed by the name) and the logging options
+_HYPERPARAMETERS = config_hyperparameters(ActorCriticConfig, exclude=("critic",), log_dir=str | None, tensorboard=bool)
+
+
+@register_agent("ac", description="our actor-critic selector: A2C (GAE, entropy bonus), own torch code",
+                hyperparameters=_HYPERPARAMETERS)
 def make_ac(env: Any, **hyperparameters: Any) -> ActorCriticAgent:
     """``ac``: :class:`ActorCriticAgent` with ``critic="value"`` (the default)."""
     if hyperparameters.get("critic", "value") != "value":
@@ -984,7 +990,8 @@ def make_ac(env: Any, **hyperparameters: Any) -> ActorCriticAgent:
     return ActorCriticAgent(env, **{**hyperparameters, "critic": "value"})
 
 
-@register_agent("ac_q", description="the paper's DDPG-style selector: Q(s,a) critic by TD, target nets, replay")
+@register_agent("ac_q", description="the paper's DDPG-style selector: Q(s,a) critic by TD, target nets, replay",
+                hyperparameters=_HYPERPARAMETERS)
 def make_ac_q(env: Any, **hyperparameters: Any) -> ActorCriticAgent:
     """``ac_q``: :class:`ActorCriticAgent` with ``critic="q"``."""
     if hyperparameters.get("critic", "q") != "q":

@@ -31,14 +31,15 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
 
-from kd_env.io import atomic_write_bytes, atomic_write_text
+from kd_env.checks import type_hints
+from kd_env.io import atomic_write_bytes, atomic_write_text, json_default
 
 __all__ = [
     "make_vector_env",
@@ -47,6 +48,8 @@ __all__ = [
     "EpisodeLogger",
     "CheckpointError",
     "register_agent",
+    "agent_hyperparameters",
+    "config_hyperparameters",
     "make_agent",
     "agent_names",
     "load_agent",
@@ -226,7 +229,7 @@ class Agent:
         header = {"format": CHECKPOINT_FORMAT, "agent": self.name, "hyperparameters": self.hyperparameters(),
                   "env": self.spec.describe(), "extra": self._extra_header(),
                   "has_weights": state is not None}
-        text = json.dumps(header, indent=2, sort_keys=True, default=_json_default)
+        text = json.dumps(header, indent=2, sort_keys=True, default=json_default)
         atomic_write_text(folder / HEADER_FILE, text + "\n")
 
     def load(self, path: str | os.PathLike) -> "Agent":
@@ -260,18 +263,6 @@ class Agent:
         if self.action_mode == "mask":
             return (values > 0.5).astype(np.int8)
         return np.clip(values, 0.0, 1.0).astype(np.float32)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (tuple, set)):
-        return list(obj)
-    raise TypeError(f"hyperparameter value {obj!r} of type {type(obj).__name__} cannot be saved in a JSON header")
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
@@ -313,10 +304,13 @@ def load_weights(file: Path) -> dict[str, Any]:
 
 #: name -> (factory(env, argument_or_None, **hyperparameters), takes_argument, one-line description)
 _REGISTRY: dict[str, tuple[Callable[..., Agent], bool, str]] = {}
+#: name -> the hyperparameters the agent accepts (name -> type), or a function returning them
+_HYPERPARAMETERS: dict[str, Mapping[str, Any] | Callable[[], Mapping[str, Any]]] = {}
 
 
 def register_agent(name: str, takes_argument: bool = False, description: str = "",
-                   overwrite: bool = False) -> Callable:
+                   overwrite: bool = False,
+                   hyperparameters: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None) -> Callable:
     """Decorator registering an agent factory (a class or a function ``(env, **hp) -> Agent``).
 
     Args:
@@ -325,15 +319,40 @@ def register_agent(name: str, takes_argument: bool = False, description: str = "
             factory then receives ``argument=`` (``None`` when given without one).
         description: one line shown by :func:`agent_table`.
         overwrite: allow replacing an existing entry.
+        hyperparameters: the hyperparameters the agent accepts, name -> type annotation (or a
+            function returning that mapping, called when first asked, for agents whose library
+            is imported late); :func:`agent_hyperparameters` returns them, and configs are
+            checked against them (:func:`kd_env.checks.check_types`).  ``None``: not declared.
     """
 
     def wrap(factory):
         if name in _REGISTRY and not overwrite and _REGISTRY[name][0] is not factory:
             raise ValueError(f"agent {name!r} is already registered; pass overwrite=True to replace it")
         _REGISTRY[name] = (factory, takes_argument, description)
+        _HYPERPARAMETERS.pop(name, None)
+        if hyperparameters is not None:
+            _HYPERPARAMETERS[name] = hyperparameters
         return factory
 
     return wrap
+
+
+def agent_hyperparameters(name: str) -> dict[str, Any] | None:
+    """Name -> type of every hyperparameter the agent ``name`` (``fixed:1010`` -> ``fixed``)
+    declared at registration, or ``None`` when it declared none."""
+    declared = _HYPERPARAMETERS.get(name.partition(":")[0])
+    if declared is None:
+        return None
+    if callable(declared):
+        declared = _HYPERPARAMETERS[name.partition(":")[0]] = dict(declared())
+    return dict(declared)
+
+
+def config_hyperparameters(config_class: type, exclude: Sequence[str] = (), **extra: Any) -> dict[str, Any]:
+    """The hyperparameters of an agent configured by a dataclass: its fields' types (less
+    ``exclude``), plus ``extra`` name -> type."""
+    hints = {k: v for k, v in type_hints(config_class).items() if k not in exclude}
+    return {**hints, **extra}
 
 
 def agent_names() -> list[str]:
@@ -431,15 +450,19 @@ def run_episode(env: Any, agent: Agent, deterministic: bool = True, seed: int | 
             (:meth:`Agent.reset_options`): a key given here wins.
 
     Returns:
-        ``{"return", "length", "rewards", "actions" (one list per phase, as applied),
-        "infos", "final_probe_metric", "final_probe_loss", "terminated", "truncated"}``; the probe
-        values are NaN for envs without a dev probe.
+        ``{"return", "length", "rewards", "actions" (one list per phase, as the agent chose
+        them), "reset_info", "infos", "phase_seconds" (each step's wall time, from
+        ``env.unwrapped.last_phase_seconds``; NaN for envs without it), "final_probe_metric",
+        "final_probe_loss", "terminated", "truncated"}``; the probe values are NaN for envs
+        without a dev probe.
     """
     agent.reset()
     obs, info = env.reset(seed=seed, options=episode_options(agent, options))
+    reset_info = info
     rewards: list[float] = []
     actions: list[list[float]] = []
     infos: list[dict[str, Any]] = []
+    seconds: list[float] = []
     terminated = truncated = False
     while not (terminated or truncated):
         action = agent.act(obs, deterministic=deterministic)
@@ -447,8 +470,10 @@ def run_episode(env: Any, agent: Agent, deterministic: bool = True, seed: int | 
         rewards.append(float(reward))
         actions.append([float(x) for x in np.asarray(action).reshape(-1)])
         infos.append(info)
+        seconds.append(float(getattr(env.unwrapped, "last_phase_seconds", math.nan)))
     return {"return": float(sum(rewards)), "length": len(rewards), "rewards": rewards, "actions": actions,
-            "infos": infos, "final_probe_metric": float(info.get("probe_metric", math.nan)),
+            "reset_info": reset_info, "infos": infos, "phase_seconds": seconds,
+            "final_probe_metric": float(info.get("probe_metric", math.nan)),
             "final_probe_loss": float(info.get("probe_loss", math.nan)),
             "terminated": bool(terminated), "truncated": bool(truncated)}
 
@@ -520,33 +545,3 @@ def selection_frequencies(actions: list[np.ndarray] | np.ndarray, knowledge_name
     arr = np.asarray(actions, dtype=np.float64).reshape(-1, len(knowledge_names)) if len(actions) else \
         np.full((1, len(knowledge_names)), math.nan)
     return {f"freq_{n}": float(v) for n, v in zip(knowledge_names, arr.mean(axis=0))}
-
-
-def as_gym_env(env: Any) -> gym.Env:
-    """``env`` itself when it is a :class:`gymnasium.Env`; otherwise (a duck-typed proxy with
-    ``reset``/``step``) a thin :class:`gymnasium.Env` around it (for stable-baselines3)."""
-    if isinstance(env, gym.Env):
-        return env
-    return _ProxyEnv(env)
-
-
-class _ProxyEnv(gym.Env):
-    """A :class:`gymnasium.Env` forwarding to any object with ``reset``/``step`` and spaces."""
-
-    def __init__(self, inner: Any):
-        self.inner = inner
-        self.action_space = inner.action_space
-        self.observation_space = inner.observation_space
-
-    @property
-    def unwrapped(self):  # the kd_env env behind the proxy, for env_spec
-        return getattr(self.inner, "unwrapped", self.inner)
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        return self.inner.reset(seed=seed, options=options)
-
-    def step(self, action):
-        return self.inner.step(action)
-
-    def close(self):
-        return None

@@ -47,10 +47,11 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from kd_env.checks import type_hints
 from kd_env.io import atomic_write_bytes
 from kd_env.wrappers import SymmetricWeights
 
-from .base import Agent, CheckpointError, EpisodeCallback, EpisodeLogger, as_gym_env, register_agent, \
+from .base import Agent, CheckpointError, EpisodeCallback, EpisodeLogger, register_agent, \
     selection_frequencies
 
 __all__ = ["SB3Agent", "MaskIndexWrapper", "ALGORITHMS", "sb3_defaults", "mask_to_index", "index_to_mask"]
@@ -221,8 +222,7 @@ class SB3Agent(Agent):
         ``Box(0, 1)`` would clip half the weights to 0)."""
         return self.algo in ("ppo", "a2c") and self.action_mode == "weights"
 
-    def _wrap(self, env: Any) -> gym.Env:
-        env = as_gym_env(env)
+    def _wrap(self, env: gym.Env) -> gym.Env:
         if self.algo == "dqn":
             return MaskIndexWrapper(env)
         if self._rescaled:
@@ -379,6 +379,24 @@ _DESCRIPTIONS = {
     "td3": "stable-baselines3 TD3 on the weights (weights mode only)",
     "ddpg": "stable-baselines3 DDPG on the weights (weights mode only)",
 }
+
+
+def sb3_hyperparameters(algo: str) -> dict[str, Any]:
+    """What the SB3 agent ``algo`` accepts: its SB3 class's constructor arguments (less those
+    :class:`SB3Agent` sets itself) and :class:`SB3Agent`'s own options."""
+    import inspect
+
+    import stable_baselines3
+
+    cls = getattr(stable_baselines3, ALGORITHMS[algo][0])
+    hints = type_hints(cls.__init__)
+    out = {name: hints.get(name, p.annotation) for name, p in inspect.signature(cls.__init__).parameters.items()
+           if name not in ("self", "policy", "env", "seed", "verbose", "_init_setup_model")}
+    out.update({"policy": str, "log_dir": str | None, "tensorboard": bool, "action_noise_std": float})
+    return {name: Any if hint is inspect.Parameter.empty else hint for name, hint in out.items()}
+
+
 for _algo in ALGORITHMS:
-    register_agent(_algo, description=_DESCRIPTIONS[_algo])(_sb3_factory(_algo))
+    register_agent(_algo, description=_DESCRIPTIONS[_algo],
+                   hyperparameters=lambda algo=_algo: sb3_hyperparameters(algo))(_sb3_factory(_algo))
 

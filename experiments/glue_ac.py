@@ -30,15 +30,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import yaml
 
 from agents import agent_names, load_agent, make_agent
-from agents.base import episode_options
 from experiments.cli import SEEDS_HELP, load_plugins, parse_seeds
 from experiments.stats import format_bounds
+from experiments.toolkit import TrainingProgress, distil_and_test, read_finished
 from experiments.report import (
     json_safe,
     markdown_table,
@@ -50,9 +50,10 @@ from experiments.report import (
     write_csv,
 )
 from kd_env import DistillConfig, KnowledgeSelectionEnv, get_preset, preset_names
+from kd_env.checks import check_types, matches, type_hints
 from kd_env.data import DataUnavailableError
 from kd_env.engine import resolve_threads, usable_cpus
-from kd_env.io import atomic_write_json, atomic_write_text
+from kd_env.io import atomic_write_json, atomic_write_text, progress_bar
 from kd_env.teacher import evaluate_model
 
 BASELINES = ("finetune", "vanilla_kd", "pkd", "all", "random_hard", "random_soft")
@@ -113,22 +114,9 @@ class ExperimentConfig:
     @classmethod
     def check_types(cls, data: dict[str, Any]) -> None:
         """``ValueError`` naming the key when a value (from a config file) has the wrong type."""
-        kinds = {"mapping": (dict,), "string": (str,), "integer": (int,), "list": (list,)}
-        expected = {"preset": "string", "distill": "mapping", "agent": "string", "agent_params": "mapping",
-                    "action_mode": "string", "observation": "string", "reward": "string",
-                    "reward_params": "mapping", "episodes": "integer", "seeds": "list", "methods": "list",
-                    "name": "string", "out": "string", "plugins": "list", "selector_seed": "integer"}
-        nullable = {"episodes", "seeds", "methods", "name", "distill", "agent_params", "reward_params", "plugins"}
-        for key, value in data.items():
-            kind = expected.get(key)
-            if kind is None or (value is None and key in nullable):
-                continue
-            if not isinstance(value, kinds[kind]) or isinstance(value, bool):
-                article = "an" if kind[0] in "aeiou" else "a"
-                raise ValueError(f"config key {key!r} must be {article} {kind}, got {value!r} ({type(value).__name__})")
-        for key in ("methods", "plugins"):
-            if isinstance(data.get(key), list) and not all(isinstance(x, str) for x in data[key]):
-                raise ValueError(f"config key {key!r} must be a list of strings, got {data[key]!r}")
+        hints = type_hints(cls)
+        hints.update({key: Optional[hints[key]] for key in ("distill", "agent_params", "reward_params", "plugins")})
+        check_types(data, hints, message="config key '{name}' must be {expected}, got {value} ({type}){hint}")
 
     def resolved(self) -> "ExperimentConfig":
         """Fill the per-preset defaults and validate; errors name the bad key and valid values."""
@@ -140,9 +128,9 @@ class ExperimentConfig:
         defaults = EXPERIMENT_PRESETS[c.preset]
         c.episodes = defaults["episodes"] if c.episodes is None else c.episodes
         c.seeds = list(defaults["seeds"] if c.seeds is None else c.seeds)
-        if not isinstance(c.episodes, int) or isinstance(c.episodes, bool) or c.episodes < 0:
+        if not matches(c.episodes, int) or c.episodes < 0:
             raise ValueError(f"episodes must be an integer >= 0, got {c.episodes!r}")
-        if not c.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in c.seeds):
+        if not c.seeds or not matches(c.seeds, list[int]):
             raise ValueError(f"seeds must be a non-empty list of integers, got {c.seeds!r}")
         if len(set(c.seeds)) != len(c.seeds):
             raise ValueError(f"seeds must be distinct, got {c.seeds}")
@@ -202,46 +190,6 @@ def method_agent_name(method: str, knowledge: Sequence[str]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _progress(iterable, total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, file=sys.stderr)
-
-
-def distil_episode(env: KnowledgeSelectionEnv, agent, seed: int) -> dict[str, Any]:
-    """One deterministic distillation run; returns the unit's result row (with curves).  The env
-    is reset with the agent's own reset options (e.g. Dynamic KD's example weighting)."""
-    start = time.perf_counter()
-    agent.reset()
-    obs, info = env.reset(seed=seed, options=episode_options(agent))
-    curve = [info["probe_metric"]]
-    actions: list[list[float]] = []
-    total = 0.0
-    train_seconds = 0.0
-    crashed = False
-    while True:
-        action = agent.act(obs, deterministic=True)
-        obs, reward, terminated, truncated, info = env.step(action)
-        total += reward
-        train_seconds += env.unwrapped.last_phase_seconds  # wall time stays out of info
-        actions.append([float(x) for x in info["action"]])
-        curve.append(info["probe_metric"])
-        crashed = crashed or info["crashed"]
-        if terminated or truncated:
-            break
-    d = env.distiller
-    test = d.evaluate("test")
-    return {
-        "seed": seed, "metric_name": d.task.metric, "metric": float(test["main"]),
-        "test_metrics": {k: float(v) for k, v in test.items()}, "dev_metric": float(info["probe_metric"]),
-        "return": float(total), "train_seconds": float(train_seconds),
-        "wall_seconds": float(time.perf_counter() - start),
-        "student_parameters": int(d.student.num_parameters()), "crashed": bool(crashed),
-        "actions": actions, "curve": [float(x) for x in curve],
-        "mean_weights": [float(x) for x in np.mean(actions, axis=0)],
-    }
-
-
 class Run:
     """One experiment run folder: resumable units, atomic files."""
 
@@ -275,15 +223,8 @@ class Run:
         return self.units / f"{method.replace(':', '-')}__seed{seed}.json"
 
     def load_unit(self, method: str, seed: int) -> dict[str, Any] | None:
-        p = self.unit_path(method, seed)
-        if not p.exists():
-            return None
-        try:
-            row = json.loads(p.read_text())
-        except ValueError:
-            p.unlink()  # atomic writes make this unreachable unless edited by hand
-            return None
-        return row if row.get("method") == method and row.get("seed") == seed else None
+        """The finished unit's row, or ``None`` when it must run."""
+        return read_finished(self.unit_path(method, seed), method=method, seed=seed)
 
 
 def train_selector(run: Run, env: KnowledgeSelectionEnv) -> tuple[Any, list[float]]:
@@ -298,51 +239,16 @@ def train_selector(run: Run, env: KnowledgeSelectionEnv) -> tuple[Any, list[floa
     if c.agent in ("ac", "ac_q"):
         params.setdefault("log_dir", str(run.dir / "tb" / "selector"))
     agent = make_agent(c.agent, env, **params)
-    returns: list[float] = []
-    recorder = _ReturnRecorder(env, returns, c.episodes)
+    progress = TrainingProgress(c.episodes)
     env.reset(seed=c.selector_seed)
     if c.episodes > 0:
-        agent.learn(recorder, total_episodes=c.episodes)
-    recorder.close_bar()
+        agent.learn(env, total_episodes=c.episodes, callback=progress)
+    progress.close()
+    returns = progress.returns
     run.selector_dir.mkdir(parents=True, exist_ok=True)
     agent.save(str(ckpt))
     atomic_write_json(done, {"returns": returns, "episodes": c.episodes, "agent": c.agent})
     return agent, returns
-
-
-class _ReturnRecorder:
-    """A transparent proxy of the env that records episode returns and shows progress."""
-
-    def __init__(self, env, returns: list[float], episodes: int):
-        self._env = env
-        self._returns = returns
-        self._current = 0.0
-        self._bar = _progress(range(episodes), episodes, "train selector") if episodes else None
-
-    def __getattr__(self, name):
-        return getattr(self._env, name)
-
-    @property
-    def unwrapped(self):
-        return self._env.unwrapped
-
-    def reset(self, **kwargs):
-        self._current = 0.0
-        return self._env.reset(**kwargs)
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = self._env.step(action)
-        self._current += reward
-        if terminated or truncated:
-            self._returns.append(self._current)
-            if self._bar is not None:
-                self._bar.update(1)
-                self._bar.set_postfix(ret=f"{self._current:+.3f}")
-        return obs, reward, terminated, truncated, info
-
-    def close_bar(self):
-        if self._bar is not None:
-            self._bar.close()
 
 
 def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
@@ -384,7 +290,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
         print(f"[2/4] selector: {c.agent}, {c.episodes} episodes x {distill.num_phases} phases", file=sys.stderr)
         selector, selector_returns = train_selector(run, env)
     print(f"[3/4] distil: {len(c.methods)} methods x {len(c.seeds)} seeds", file=sys.stderr)
-    bar = _progress(todo, len(todo), "distil students")
+    bar = progress_bar(todo, len(todo), "distil students")
     for method, seed in bar:
         bar.set_postfix(method=method, seed=seed)
         row = run.load_unit(method, seed)
@@ -393,7 +299,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
                 agent = selector
             else:
                 agent = make_agent(method_agent_name(method, knowledge), env, seed=seed)
-            row = {"method": method, **distil_episode(env, agent, seed)}
+            row = {"method": method, **distil_and_test(env, agent, seed)}
             atomic_write_json(run.unit_path(method, seed), row)
         rows.append(row)
     bar.close()

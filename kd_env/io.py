@@ -1,4 +1,5 @@
-"""Atomic, fsync'ed file writes: a killed process leaves either the old file or the new one."""
+"""Atomic, fsync'ed file writes (a killed process leaves either the old file or the new one), the
+JSON encoding of numpy values, and progress bars on stderr."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "fsync_dir"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "fsync_dir", "json_default", "progress_bar"]
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -47,10 +48,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dumps``'s ``default``: numpy scalars and arrays, paths and sets as plain JSON.
+
+    Raises:
+        TypeError: any other object, named.
+    """
     import numpy as np
 
     if isinstance(obj, np.generic):
@@ -59,4 +65,17 @@ def _json_default(obj: Any) -> Any:
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
-    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+    if isinstance(obj, (set, frozenset)):
+        return list(obj)
+    raise TypeError(f"cannot serialise {obj!r} ({type(obj).__name__}) to JSON")
+
+
+def progress_bar(iterable: Any, total: int, desc: str, enabled: bool = True, leave: bool = True) -> Any:
+    """``iterable`` with a tqdm progress bar on stderr (``iterable`` itself when not ``enabled``)."""
+    if not enabled:
+        return iterable
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=leave, dynamic_ncols=True, file=sys.stderr)

@@ -14,14 +14,18 @@ paper      BERT-base teacher -> 6-layer student on a GLUE task (hub or ``data_di
 from __future__ import annotations
 
 import dataclasses
-import numbers
-import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from .knowledge import DEFAULT_KNOWLEDGE
 
 __all__ = ["DistillConfig", "PRESETS", "get_preset", "preset_names"]
+
+
+#: integer fields that must be positive, and the learning rates: checked by DistillConfig.validate
+_POSITIVE = ("student_layers", "batch_size", "total_steps", "steps_per_action", "dev_probe_size", "eval_batch_size",
+             "teacher_batch_size", "max_len", "student_hidden")
+_VALIDATED = (*_POSITIVE, "lr", "teacher_lr", "knowledge", "labels", "knowledge_params")
 
 
 @dataclass
@@ -124,10 +128,8 @@ class DistillConfig:
     def _check_types(self) -> None:
         """``ValueError`` naming the field when a value has the wrong type (a config file typo such
         as ``knowledge: 5`` or ``total_steps: "10"``), before anything converts it."""
+        from .checks import check_types, type_hints
         from .knowledge import knowledge_names
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
         knowledge = self.knowledge
         if isinstance(knowledge, str) or not isinstance(knowledge, (list, tuple)) or \
@@ -140,39 +142,17 @@ class DistillConfig:
                                    or len(set(labels)) != len(labels)):
             raise ValueError(f"config.labels must be None or a list of at least 2 distinct, non-empty class names "
                              f"in class-id order, e.g. ['neg', 'pos'], got {labels!r}")
-        if not isinstance(self.teacher_hidden, (list, tuple)) or not all(is_int(x) for x in self.teacher_hidden):
-            raise ValueError(f"config.teacher_hidden must be a list of integers, got {self.teacher_hidden!r}")
         if not isinstance(self.knowledge_params, dict) or not all(
                 isinstance(k, str) and isinstance(v, dict) for k, v in self.knowledge_params.items()):
             raise ValueError(f"config.knowledge_params must map knowledge names to parameter mappings, e.g. "
                              f"{{'response': {{'temperature': 4}}}}, got {self.knowledge_params!r}")
-        for name in ("task", "teacher", "layer_strategy", "student_init", "student_init_from", "device",
-                     "verify_cache"):
-            if not isinstance(getattr(self, name), (str, os.PathLike)):
-                raise ValueError(f"config.{name} must be a string, got {getattr(self, name)!r}")
-        for name in ("data_dir", "cache_dir"):
-            if getattr(self, name) is not None and not isinstance(getattr(self, name), (str, os.PathLike)):
-                raise ValueError(f"config.{name} must be a path (a string) or None, got {getattr(self, name)!r}")
-        for name in ("trust_remote_code", "use_teacher_cache", "progress", "deterministic", "freeze_embeddings"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"config.{name} must be true or false, got {getattr(self, name)!r}")
-        for name in ("weight_decay", "warmup_fraction", "max_grad_norm", "teacher_epochs", "label_fraction",
-                     "label_noise", "teacher_train_fraction"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise ValueError(f"config.{name} must be a number, got {v!r}")
-        if not is_int(self.seed):
-            raise ValueError(f"config.seed must be an integer, got {self.seed!r}")
-        for name in ("train_examples", "teacher_max_steps"):
-            v = getattr(self, name)
-            if v is not None and not is_int(v):
-                raise ValueError(f"config.{name} must be an integer or None, got {v!r}")
+        # the sizes and learning rates get validate()'s messages ("a positive integer", "> 0")
+        hints = {name: hint for name, hint in type_hints(DistillConfig).items() if name not in _VALIDATED}
+        check_types(self, hints, "config.")
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad field and what is valid."""
-        positive = ["student_layers", "batch_size", "total_steps", "steps_per_action", "dev_probe_size",
-                    "eval_batch_size", "teacher_batch_size", "max_len", "student_hidden"]
-        for name in positive:
+        for name in _POSITIVE:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"config.{name} must be a positive integer, got {v!r}")

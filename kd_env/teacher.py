@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .data import BatchSampler, TaskData, compute_metrics
-from .io import atomic_write_bytes, atomic_write_json
+from .io import atomic_write_bytes, atomic_write_json, progress_bar
 from .io import fsync_dir as _fsync_dir
 from .models import ModelOutputs, align_teacher
 
@@ -81,14 +81,6 @@ def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _progress(iterable, total: int, desc: str, enabled: bool):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-
 # --------------------------------------------------------------------------------------------
 # Fine-tuning and evaluation of a classifier (teacher or baseline)
 # --------------------------------------------------------------------------------------------
@@ -122,7 +114,7 @@ def train_classifier(model: nn.Module, sampler: BatchSampler, *, epochs: float, 
     order = np.empty(0, dtype=np.int64)
     pos = 0
     losses = []
-    bar = _progress(range(total), total, desc, progress)
+    bar = progress_bar(range(total), total, desc, progress, leave=False)
     for _ in bar:
         if pos + batch_size > len(order):
             order, pos = rng.permutation(len(sampler)), 0
@@ -153,7 +145,7 @@ def evaluate_model(model: nn.Module, sampler: BatchSampler, task: TaskData, devi
         order = order[np.argsort(lengths, kind="stable")]
     logits, labels = [], []
     starts = range(0, len(order), batch_size)
-    for start in _progress(starts, len(starts), desc, progress):
+    for start in progress_bar(starts, len(starts), desc, progress, leave=False):
         batch = _to(sampler.batch(order[start : start + batch_size]), device)
         logits.append(model(batch).logits.float().cpu())
         labels.append(batch["labels"].cpu())
@@ -312,7 +304,7 @@ class TeacherCache:
                 arrays["attention_offsets"][:] = att_off
             order = np.argsort(lengths, kind="stable")
             batches = range(0, n, batch_size)
-            for start in _progress(batches, len(batches), "cache teacher outputs", progress):
+            for start in progress_bar(batches, len(batches), "cache teacher outputs", progress, leave=False):
                 idx = order[start : start + batch_size]
                 batch = _to(sampler.batch(idx), device)
                 out = align_teacher(teacher(batch, attentions="attentions" in fields), mapping)

@@ -145,7 +145,7 @@ def test_resume_skips_finished_cells_and_reruns_missing_or_changed_ones(serial_r
         calls.append((cell.algo, cell.seed))
         return real(cell, threads)
 
-    monkeypatch.setattr(benchmark, "run_cell", counting)
+    monkeypatch.setattr(benchmark.executors, "run_cell", counting)  # what the executors call
     out = serial_run.run_dir.parent
     again = run_benchmark(tiny_config(out))
     assert calls == [] and not again.executed and len(again.skipped) == 4
@@ -354,7 +354,7 @@ def test_bad_config_files_raise_before_anything_runs(tmp_path, algo, text, messa
     (dict(executor="dask"), "executor"),
 ])
 def test_bad_grid_inputs_raise_before_any_cell_runs(tmp_path, monkeypatch, changes, message):
-    monkeypatch.setattr(benchmark, "run_cell", lambda *a, **k: pytest.fail("a cell ran"))
+    monkeypatch.setattr(benchmark.executors, "run_cell", lambda *a, **k: pytest.fail("a cell ran"))
     with pytest.raises(ConfigError, match=message):
         run_benchmark(tiny_config(tmp_path, **changes))
     assert not any((tmp_path / "benchmark-tiny").glob("*/*/result.json"))

@@ -230,14 +230,14 @@ def test_run_episode_merges_options_under_the_callers():
 
 def test_glue_ac_and_benchmark_episodes_use_the_agents_options(digits6):
     from experiments import benchmark
-    from experiments.glue_ac import distil_episode
+    from experiments.toolkit import distil_and_test
 
     env = digits6["mask"]
     dynamic = WeightingSpy(make_agent("dynamic_kd", env), env)
-    row = distil_episode(env.unwrapped, dynamic, seed=3)
+    row = distil_and_test(env.unwrapped, dynamic, seed=3)
     assert dynamic.seen == ["uncertainty"] * 6 and row["actions"] == [[1.0, 1.0, 0.0, 0.0]] * 6
     vanilla = WeightingSpy(make_agent("vanilla_kd", env), env)
-    distil_episode(env.unwrapped, vanilla, seed=3)
+    distil_and_test(env.unwrapped, vanilla, seed=3)
     assert vanilla.seen == [None] * 6
     benchmark._evaluate(env, dynamic, seeds=[11], num_phases=6, k=4)
     assert dynamic.seen[-6:] == ["uncertainty"] * 6

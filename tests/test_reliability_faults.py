@@ -254,10 +254,12 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_partial_file(tmp_path, 
 def test_atomic_helpers_are_what_the_jobs_use():
     """The jobs write results through kd_env.io (so the test above covers them): swapping the
     helper out of a job's namespace is seen by its writes."""
-    import experiments.benchmark as benchmark
+    import experiments.benchmark.cell as benchmark_cell
+    import experiments.benchmark.runner as benchmark_runner
+    import experiments.benchmark.summary as benchmark_summary
     import experiments.report as report
 
-    for module in (glue_ac, benchmark, report):
+    for module in (glue_ac, benchmark_cell, benchmark_runner, benchmark_summary, report):
         names = [n for n in ("atomic_write_json", "atomic_write_text", "atomic_write_bytes") if hasattr(module, n)]
         assert names, module.__name__
         for name in names:

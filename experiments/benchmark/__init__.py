@@ -1,0 +1,132 @@
+"""Benchmark RL algorithms on the knowledge-selection envs: algorithms x seeds x envs.
+
+    python -m experiments.benchmark                                   # the default grid (below)
+    python -m experiments.benchmark --algos ac,ppo,random_hard --seeds 0-2 --episodes 40
+    python -m experiments.benchmark --envs kd_env/TextKD-v0 --workers 2
+    python -m experiments.benchmark --set ppo.learning_rate=1.0e-3 --set ac.episodes=30
+    python -m experiments.benchmark --executor ray [--address auto]   # needs the optional `ray`
+
+Every cell (algorithm, env, seed) trains a fresh agent for its budget of episodes on training
+instances, then is evaluated with the deterministic policy on held-out instances: a kd_env
+instance is the student initialisation and data order fixed by the env's reset seed; training
+resets use seeds ``seed * 100000 + k``, evaluation resets ``10**9 + seed * 1000 + j``, so the
+two never meet.  Per evaluation episode the benchmark records the episode return and the final
+student's test metric (``env.unwrapped.distiller.evaluate("test")["main"]``, the task's metric,
+accuracy for digits); the cell's score is their mean over the evaluation episodes of the last
+evaluation.  The learners are also evaluated every ``--eval-every`` training episodes (learning
+curves); the baselines, which do not learn, only at the end.  Any registered agent is a valid
+``--algos`` entry, among them the literature's dynamic baselines ``dynamic_kd``, ``eskd``,
+``two_stage`` and ``anneal`` (:mod:`agents.dynamic`; not in the default grid).  Evaluation
+episodes reset the env with the agent's own reset options (Dynamic KD's example weighting).
+
+Hyperparameters: ``experiments/configs/<algo>.yml`` (rl-baselines3-zoo style), one entry per env
+id merged over a ``default`` entry.  An entry holds ``action_mode`` (``mask`` or ``weights``:
+sac/td3/ddpg/ac_q act on weights), ``episodes`` (the training budget), ``env_kwargs`` (passed to
+``gym.make``: any DistillConfig field, ``reward``, ``observation`` ...) and ``hyperparams``
+(passed to ``agents.make_agent``).  ``--set ALGO.KEY=VALUE`` overrides one (``KEY`` is
+``episodes``, ``action_mode``, ``env_kwargs.NAME`` or a hyperparameter name).  Config errors
+(unknown keys, wrong types, bad values) are reported before any cell runs: the grid is checked
+statically, then every (algorithm, env) is built once.
+
+Outputs, ``runs/benchmark-<name>/``::
+
+    <algo>/<env>__seed<k>/evaluations.npz   timesteps, results, ep_lengths (rl-zoo keys; results
+                                            and ep_lengths are (evaluations, episodes)), plus
+                                            test_metrics, probe_metrics, final_actions,
+                                            train_returns
+    <algo>/<env>__seed<k>/result.json       the cell's scores, settings and timings; written
+                                            last, atomically: a cell with it is finished
+    runs.csv                                one row per cell
+    summary.csv, summary.md, summary.json   per env and algorithm: mean and IQM with 95%
+                                            stratified-bootstrap CIs of the test metric and the
+                                            return, probability of improvement over random_hard
+                                            (one seed: no CI, "n/a (1 seed)" / null)
+    plots/<env>-learning_curves.png         evaluation return and test metric vs env steps
+    plots/<env>-selection.png               mean selection frequency per knowledge type
+    plots/<env>-selection-<algo>.png        knowledge x phase heatmap of the final policy
+
+The package, one job per module: :mod:`~experiments.benchmark.grid` (settings, grid, overrides,
+config checks), :mod:`~experiments.benchmark.cell` (one run, its evaluation, its files),
+:mod:`~experiments.benchmark.executors` (local processes and Ray),
+:mod:`~experiments.benchmark.runner` (orchestration and resume),
+:mod:`~experiments.benchmark.summary` (tables and plots from the cell files;
+``python -m experiments.benchmark.summary runs/benchmark-<name>`` regenerates them) and
+``__main__`` (the command line).
+
+Resumable: a finished cell whose settings are unchanged is read back, not rerun; one whose
+settings changed is rerun.  ``--fresh`` reruns everything.
+
+Execution: ``--workers N`` runs cells in N spawned processes; ``--executor ray`` on Ray (local,
+or a cluster with ``--address``).  Each cell runs on ``--threads`` torch threads (default 1:
+the envs' models are small, and N workers then use N cores).  A cell's numbers depend only on
+its settings and seed (global RNGs are reseeded per cell, evaluation does not disturb the
+training RNG streams), so every executor gives the same numbers for the same ``--threads``.
+
+Default budget (no flags): 7 algorithms (ac, ac_q, ppo, dqn; vanilla_kd, dynamic_kd,
+random_hard) x 5 seeds x kd_env/DigitsKD-Instances-v0 (15 phases per episode; the instance env,
+where the headroom is), 2 worker processes.  The learners train 300 episodes each (4,500 env
+steps, the same for every learner; the configs' ``episodes``) and are evaluated after 100, 200
+and 300 episodes on 3 held-out seeds x the 4 held-out instances; the baselines run one such
+evaluation: 4 x 5 x (300 + 36) + 3 x 5 x 12 = 6,900 DigitsKD episodes of ~0.3-0.6 s.  The full
+default grid has not been timed; from ``ac``'s measured 2.5 min per 300-episode run (one core,
+other jobs on the other), expect the better part of an hour on 2 cores.  ``--envs kd_env/DigitsKD-v0`` (12 episodes per learner) is the old,
+minutes-scale smoke benchmark.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .cell import _evaluate, _training_instances_wrapper  # noqa: F401 - used by the tests
+from .cell import evaluation_episodes, read_cell, run_cell, seed_everything, write_cell
+from .executors import execute
+from .grid import (
+    ACTION_MODES,
+    CONFIG_DIR,
+    DEFAULT_ALGOS,
+    DEFAULT_ENVS,
+    DEFAULT_EVAL_EPISODES,
+    DEFAULT_EVAL_EVERY,
+    DEFAULT_SEEDS,
+    DEFAULT_WORKERS,
+    EVAL_SEED_BASE,
+    EXECUTORS,
+    MAX_EVAL_EPISODES,
+    REFERENCE_ALGO,
+    TRAIN_SEED_STRIDE,
+    AlgoSettings,
+    BenchmarkConfig,
+    Cell,
+    ConfigError,
+    build_grid,
+    check_grid,
+    check_hyperparameter_types,
+    env_slug,
+    load_algo_config,
+    parse_override,
+    parse_value,
+    resolve_settings,
+)
+from .runner import BenchmarkResult, run_benchmark
+from .summary import _paired_with_baseline, _per_instance_markdown  # noqa: F401 - used by the tests
+from .summary import RUN_COLUMNS, SUMMARY_COLUMNS, load_run, summarize
+
+__all__ = [
+    "ACTION_MODES", "CONFIG_DIR", "DEFAULT_ALGOS", "DEFAULT_ENVS", "DEFAULT_EVAL_EPISODES", "DEFAULT_EVAL_EVERY",
+    "DEFAULT_SEEDS", "DEFAULT_WORKERS", "EVAL_SEED_BASE", "EXECUTORS", "MAX_EVAL_EPISODES", "REFERENCE_ALGO",
+    "RUN_COLUMNS", "SUMMARY_COLUMNS", "TRAIN_SEED_STRIDE",
+    "AlgoSettings", "BenchmarkConfig", "BenchmarkResult", "Cell", "ConfigError",
+    "build_grid", "check_grid", "check_hyperparameter_types", "env_slug", "evaluation_episodes", "execute",
+    "load_algo_config", "load_run", "parse_override", "parse_value", "read_cell", "resolve_settings", "run_benchmark",
+    "run_cell", "seed_everything", "summarize", "write_cell", "main", "parse_args",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """``main`` and ``parse_args`` live in ``__main__`` (the command line), imported on first use
+    so that ``python -m experiments.benchmark`` does not import it twice."""
+    if name in ("main", "parse_args"):
+        from . import __main__ as cli
+
+        return getattr(cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

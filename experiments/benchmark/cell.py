@@ -1,0 +1,261 @@
+"""One cell of the benchmark: train a fresh agent on training instances, evaluate it on held-out
+ones, and read or write the cell's files (``evaluations.npz`` and ``result.json``, the finished
+marker).
+
+Training resets of seed ``s`` use seeds ``s * TRAIN_SEED_STRIDE + k``, evaluation resets
+``EVAL_SEED_BASE + s * MAX_EVAL_EPISODES + j``, so the two never meet.  A cell's numbers depend
+only on its settings and seed: global RNGs are reseeded per cell, and evaluation does not
+disturb the training RNG streams.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from experiments.toolkit import read_finished
+from kd_env.io import atomic_write_bytes, atomic_write_json
+
+from .grid import EVALUATIONS_FILE, RESULT_FILE, TRAIN_SEED_STRIDE, Cell
+
+def _training_instances_wrapper(env: Any, cell: Cell) -> Any:
+    import gymnasium as gym
+
+    class TrainingInstances(gym.Wrapper):
+        """Reset k of this run uses seed ``seed * TRAIN_SEED_STRIDE + k``, whatever seed the
+        agent passes: training instances are fixed by the run's seed and never evaluation ones."""
+
+        def __init__(self, inner: gym.Env):
+            super().__init__(inner)
+            self.resets = 0
+
+        def reset(self, *, seed: int | None = None, options: dict | None = None):
+            if self.resets >= TRAIN_SEED_STRIDE:
+                raise RuntimeError(f"more than {TRAIN_SEED_STRIDE} training episodes in one run")
+            instance = cell.seed * TRAIN_SEED_STRIDE + self.resets
+            self.resets += 1
+            return self.env.reset(seed=instance, options=options)
+
+    return TrainingInstances(env)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class _PreservedGlobalRandomness:
+    """Save and restore the global RNG states (python, numpy, torch) around a block: the
+    evaluation episodes (whose env reseeds torch) must not change the training streams."""
+
+    def __enter__(self):
+        import torch
+
+        self._states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        py, nps, ts = self._states
+        random.setstate(py)
+        np.random.set_state(nps)
+        torch.set_rng_state(ts)
+        return False
+
+
+def evaluation_episodes(env: Any, seeds: Sequence[int]) -> list[tuple[int, str | None]]:
+    """The held-out episodes of an evaluation: each seed on each held-out instance of an instance
+    env (paired across algorithms), or each seed alone on a plain env."""
+    iset = getattr(env.unwrapped, "instance_set", None)
+    instances: list[str | None] = list(iset.test_names) if iset is not None else [None]
+    return [(int(seed), inst) for seed in seeds for inst in instances]
+
+
+def _evaluate(env: Any, agent: Any, seeds: Sequence[int], num_phases: int, k: int) -> dict[str, np.ndarray]:
+    """Deterministic episodes on the held-out instances (seeds, and held-out situations of an
+    instance env; see :func:`evaluation_episodes`)."""
+    from agents import run_episode
+
+    episodes = evaluation_episodes(env, seeds)
+    n = len(episodes)
+    out = {"returns": np.zeros(n), "lengths": np.zeros(n, np.int64), "test": np.zeros(n), "test_loss": np.zeros(n),
+           "probe": np.zeros(n), "actions": np.full((n, num_phases, k), np.nan, np.float32)}
+    with _PreservedGlobalRandomness():
+        for j, (seed, instance) in enumerate(episodes):
+            options = {"instance": instance} if instance is not None else None
+            episode = run_episode(env, agent, deterministic=True, seed=seed, options=options)
+            test = env.unwrapped.distiller.evaluate("test")
+            out["returns"][j] = episode["return"]
+            out["lengths"][j] = episode["length"]
+            out["test"][j] = test["main"]
+            out["test_loss"][j] = test.get("loss", math.nan)
+            out["probe"][j] = episode["final_probe_metric"]
+            acts = np.asarray(episode["actions"], np.float32).reshape(-1, k)[:num_phases]
+            out["actions"][j, :len(acts)] = acts
+    return out
+
+
+def run_cell(cell: Cell, threads: int = 1) -> dict[str, Any]:
+    """Train and evaluate one cell (in this process, on ``threads`` torch threads).
+
+    Returns:
+        the cell's payload: ``"arrays"`` (what goes to ``evaluations.npz``) and ``"result"``
+        (what goes to ``result.json``).
+    """
+    import torch
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        seed_everything(cell.seed)
+        return _run_cell(cell, threads)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_cell(cell: Cell, threads: int) -> dict[str, Any]:
+    import gymnasium as gym
+
+    import kd_env  # noqa: F401 - registers the ids
+    from agents import make_agent
+    from kd_env.data import main_metric_name
+
+    start = time.perf_counter()
+    s = cell.settings
+    make_kwargs = {**s.env_kwargs, "action_mode": s.action_mode}
+    train_env = _training_instances_wrapper(gym.make(s.env_id, **make_kwargs), cell)
+    eval_env = gym.make(s.env_id, **make_kwargs)
+    try:
+        base = eval_env.unwrapped
+        num_phases = int(base.config.num_phases)
+        knowledge = list(base.knowledge_names)
+        k = len(knowledge)
+        agent = make_agent(s.algo, train_env, seed=cell.seed, **s.hyperparams)
+        eval_seeds = cell.eval_seeds()
+        eval_pairs = evaluation_episodes(eval_env, eval_seeds)
+        timesteps: list[int] = []
+        episodes_at: list[int] = []
+        evaluations: list[dict[str, np.ndarray]] = []
+        train_returns: list[float] = []
+        progress = {"episodes": 0, "steps": 0, "overrun": 0, "eval_seconds": 0.0}
+
+        def evaluate_now() -> None:
+            t0 = time.perf_counter()
+            evaluations.append(_evaluate(eval_env, agent, eval_seeds, num_phases, k))
+            timesteps.append(progress["steps"])
+            episodes_at.append(progress["episodes"])
+            progress["eval_seconds"] += time.perf_counter() - t0
+
+        def on_episode(_agent: Any, record: dict[str, Any]) -> bool:
+            if progress["episodes"] >= s.episodes:
+                # An on-policy SB3 rollout (PPO: 4 episodes) ran past the budget: stop it here,
+                # untrained.  Stopping at the budget itself would also drop the update of a
+                # rollout that ends exactly there.
+                progress["overrun"] += 1
+                return False
+            progress["episodes"] += 1
+            progress["steps"] += int(record.get("length", num_phases))
+            train_returns.append(float(record.get("return", math.nan)))
+            if progress["episodes"] < s.episodes and progress["episodes"] % cell.eval_every == 0:
+                evaluate_now()
+            return True
+
+        train_start = time.perf_counter()
+        if s.episodes > 0:
+            agent.learn(train_env, total_episodes=s.episodes, callback=on_episode)
+            if progress["episodes"] != s.episodes:
+                raise RuntimeError(f"{cell.label()}: trained {progress['episodes']} episodes, budget {s.episodes}")
+        train_seconds = time.perf_counter() - train_start - progress["eval_seconds"]
+        evaluate_now()
+        metric_name = main_metric_name(base.distiller.task)
+        updates = _agent_updates(agent)
+    finally:
+        train_env.close()
+        eval_env.close()
+
+    final = evaluations[-1]
+    results = np.stack([e["returns"] for e in evaluations])
+    arrays = {
+        "timesteps": np.asarray(timesteps, np.int64),
+        "results": results,
+        "ep_lengths": np.stack([e["lengths"] for e in evaluations]),
+        "episodes": np.asarray(episodes_at, np.int64),
+        "test_metrics": np.stack([e["test"] for e in evaluations]),
+        "test_losses": np.stack([e["test_loss"] for e in evaluations]),
+        "probe_metrics": np.stack([e["probe"] for e in evaluations]),
+        "final_actions": final["actions"],
+        "train_returns": np.asarray(train_returns, np.float64),
+        "eval_seeds": np.asarray(eval_seeds, np.int64),
+        "eval_instances": np.asarray([str(i) for _, i in eval_pairs]),
+    }
+    selection = np.nanmean(final["actions"].reshape(-1, k), axis=0)
+    result = {
+        **cell.describe(),
+        "fingerprint": cell.fingerprint(),
+        "algo": cell.algo, "env_id": cell.env_id,
+        "metric_name": metric_name,
+        "knowledge": knowledge,
+        "num_phases": num_phases,
+        "train_episodes": progress["episodes"],
+        "train_steps": progress["steps"],
+        "overrun_episodes": progress["overrun"],
+        "agent_updates": updates,
+        "test_metric": float(final["test"].mean()),
+        "return": float(final["returns"].mean()),
+        "probe_metric": float(final["probe"].mean()),
+        "selection": {name: float(v) for name, v in zip(knowledge, selection)},
+        "train_seeds": [cell.seed * TRAIN_SEED_STRIDE, cell.seed * TRAIN_SEED_STRIDE + progress["episodes"] - 1]
+        if progress["episodes"] else [],
+        "eval_seeds": list(eval_seeds),
+        "threads": threads,
+        "seconds": {"train": train_seconds, "eval": progress["eval_seconds"],
+                    "total": time.perf_counter() - start},
+    }
+    return {"arrays": arrays, "result": result}
+
+
+def _agent_updates(agent: Any) -> int | None:
+    """Gradient updates the agent made (ours: ``updates_done``; SB3: ``_n_updates``), if known."""
+    for owner, name in ((agent, "updates_done"), (getattr(agent, "model", None), "_n_updates")):
+        value = getattr(owner, name, None)
+        if isinstance(value, (int, np.integer)):
+            return int(value)
+    return None
+
+
+# ---- cell files -----------------------------------------------------------------------------
+
+
+def write_cell(out_dir: Path, cell: Cell, payload: dict[str, Any]) -> None:
+    """``evaluations.npz`` then ``result.json`` (the finished marker), each atomically."""
+    folder = out_dir / cell.relative_dir()
+    buf = io.BytesIO()
+    np.savez(buf, **payload["arrays"])
+    atomic_write_bytes(folder / EVALUATIONS_FILE, buf.getvalue())
+    atomic_write_json(folder / RESULT_FILE, payload["result"])
+
+
+def read_cell(out_dir: Path, cell: Cell) -> dict[str, Any] | None:
+    """The finished cell's payload, or ``None`` when it is missing, unreadable or was made with
+    other settings."""
+    folder = out_dir / cell.relative_dir()
+    result = read_finished(folder / RESULT_FILE, fingerprint=cell.fingerprint())
+    if result is None:
+        return None
+    try:
+        with np.load(folder / EVALUATIONS_FILE) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError, KeyError):
+        return None
+    return {"arrays": arrays, "result": result}

@@ -1,0 +1,299 @@
+"""The benchmark's tables and plots, from the cell files alone.
+
+    python -m experiments.benchmark.summary runs/benchmark-<name>   # regenerate the summary files
+
+writes ``runs.csv``, ``summary.csv``, ``summary.md``, ``summary.json`` and ``plots/`` of a run
+folder from its ``benchmark.json`` and the finished cells' ``result.json`` and
+``evaluations.npz`` (what ``python -m experiments.benchmark`` writes at its end, too).  Per env
+and algorithm: mean and IQM with stratified-bootstrap CIs of the test metric and the return,
+probability of improvement over ``random_hard``, the paired difference with the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from experiments import stats
+from experiments.report import (
+    json_safe,
+    markdown_table,
+    paired_difference,
+    plot_heatmap,
+    plot_learning_curves,
+    plot_selection_bars,
+    write_csv,
+)
+from kd_env.io import atomic_write_json, atomic_write_text
+
+from .cell import read_cell
+from .grid import REFERENCE_ALGO, AlgoSettings, BenchmarkConfig, Cell, _slug, env_slug
+
+RUN_COLUMNS = ["env", "algorithm", "seed", "action_mode", "train_episodes", "train_steps", "metric_name",
+               "test_metric", "return", "probe_metric", "train_seconds", "eval_seconds", "total_seconds"]
+SUMMARY_COLUMNS = [
+    "env", "algorithm", "action_mode", "runs", "train_episodes", "metric_name",
+    "test_mean", "test_mean_low", "test_mean_high", "test_iqm", "test_iqm_low", "test_iqm_high",
+    "return_mean", "return_mean_low", "return_mean_high", "return_iqm", "return_iqm_low", "return_iqm_high",
+    "poi_vs_random_hard", "poi_low", "poi_high", "diff_vs_baseline", "diff_low", "diff_high", "diff_wins",
+    "seconds_per_run",
+]
+
+
+def _interval(values: Sequence[float] | list[np.ndarray], statistic: str, config: BenchmarkConfig) -> tuple[float, float, float]:
+    return stats.interval_estimate(values, statistic, config.confidence, config.bootstrap_reps, seed=0)
+
+
+def summarize(run_dir: Path, cells: Sequence[Cell], payloads: dict[Cell, dict[str, Any]],
+              config: BenchmarkConfig) -> list[dict[str, Any]]:
+    """Write runs.csv, summary.csv, summary.md and the plots; return the summary rows."""
+    by_env: dict[str, dict[str, list[Cell]]] = {}
+    for cell in cells:
+        by_env.setdefault(cell.env_id, {}).setdefault(cell.algo, []).append(cell)
+    run_rows = []
+    for cell in cells:
+        r = payloads[cell]["result"]
+        run_rows.append({"env": cell.env_id, "algorithm": cell.algo, "seed": cell.seed,
+                         "action_mode": cell.settings.action_mode, "train_episodes": r["train_episodes"],
+                         "train_steps": r["train_steps"], "metric_name": r["metric_name"],
+                         "test_metric": r["test_metric"], "return": r["return"], "probe_metric": r["probe_metric"],
+                         "train_seconds": r["seconds"]["train"], "eval_seconds": r["seconds"]["eval"],
+                         "total_seconds": r["seconds"]["total"],
+                         **{f"freq_{k}": r["selection"][k] for k in r["knowledge"]}})
+    knowledge_columns = list(dict.fromkeys(k for row in run_rows for k in row if k.startswith("freq_")))
+    write_csv(run_dir / "runs.csv", run_rows, RUN_COLUMNS + knowledge_columns)
+
+    rows: list[dict[str, Any]] = []
+    for env_id, algos in by_env.items():
+        reference = algos.get(REFERENCE_ALGO)
+        reference_scores = [payloads[c]["result"]["test_metric"] for c in reference] if reference else None
+        for algo, algo_cells in algos.items():
+            results = [payloads[c]["result"] for c in algo_cells]
+            test = [r["test_metric"] for r in results]
+            returns = [r["return"] for r in results]
+            row: dict[str, Any] = {"env": env_id, "algorithm": algo, "action_mode": algo_cells[0].settings.action_mode,
+                                   "runs": len(results), "train_episodes": algo_cells[0].settings.episodes,
+                                   "metric_name": results[0]["metric_name"],
+                                   "seconds_per_run": float(np.mean([r["seconds"]["total"] for r in results]))}
+            for prefix, values in (("test", test), ("return", returns)):
+                for statistic in ("mean", "iqm"):
+                    point, low, high = _interval(values, statistic, config)
+                    row.update({f"{prefix}_{statistic}": point, f"{prefix}_{statistic}_low": low,
+                                f"{prefix}_{statistic}_high": high})
+            if reference_scores is not None and algo != REFERENCE_ALGO:
+                point, low, high = stats.poi_interval(test, reference_scores, config.confidence, config.bootstrap_reps)
+                row.update({"poi_vs_random_hard": point, "poi_low": low, "poi_high": high})
+            else:
+                row.update({"poi_vs_random_hard": math.nan, "poi_low": math.nan, "poi_high": math.nan})
+            row.update(_paired_with_baseline(algo, algo_cells, algos.get(config.baseline), payloads, config))
+            rows.append(row)
+    aggregate = _aggregate_rows(by_env, payloads, config) if len(by_env) > 1 else []
+    write_csv(run_dir / "summary.csv", rows + aggregate, SUMMARY_COLUMNS)
+    atomic_write_json(run_dir / "summary.json", json_safe(rows + aggregate))  # null where no interval
+    payloads_by_algo = {env_id: {algo: [payloads[c] for c in algo_cells] for algo, algo_cells in algos.items()}
+                        for env_id, algos in by_env.items()}
+    atomic_write_text(run_dir / "summary.md", _summary_markdown(rows, aggregate, config, payloads_by_algo))
+    if config.plots:
+        _plots(run_dir, by_env, payloads)
+    return rows + aggregate
+
+
+def _paired_with_baseline(algo: str, cells: Sequence[Cell], baseline: Sequence[Cell] | None,
+                          payloads: dict[Cell, dict[str, Any]], config: BenchmarkConfig) -> dict[str, Any]:
+    """Mean over seeds of (algorithm - baseline) test metric with a t interval; a cell and the
+    baseline's cell of the same seed are scored on the same held-out episodes, so they pair."""
+    empty = {"diff_vs_baseline": math.nan, "diff_low": math.nan, "diff_high": math.nan, "diff_wins": math.nan}
+    if baseline is None or algo == config.baseline:
+        return empty
+    mine = {c.seed: payloads[c]["result"]["test_metric"] for c in cells}
+    theirs = {c.seed: payloads[c]["result"]["test_metric"] for c in baseline}
+    d = paired_difference(mine, theirs, config.confidence)
+    if d["n"] == 0:
+        return empty
+    return {"diff_vs_baseline": d["mean"], "diff_low": d["low"], "diff_high": d["high"], "diff_wins": d["wins"]}
+
+
+def _aggregate_rows(by_env: dict[str, dict[str, list[Cell]]], payloads: dict[Cell, dict[str, Any]],
+                    config: BenchmarkConfig) -> list[dict[str, Any]]:
+    """Test metric over all envs (stratified by env) for the algorithms run on every env."""
+    common = [a for a in next(iter(by_env.values())) if all(a in algos for algos in by_env.values())]
+    rows = []
+    for algo in common:
+        tasks = [np.asarray([payloads[c]["result"]["test_metric"] for c in algos[algo]]) for algos in by_env.values()]
+        row: dict[str, Any] = {"env": "all", "algorithm": algo, "action_mode": "", "runs": sum(t.size for t in tasks),
+                               "train_episodes": "", "metric_name": "main"}
+        for statistic in ("mean", "iqm"):
+            point, low, high = _interval(tasks, statistic, config)
+            row.update({f"test_{statistic}": point, f"test_{statistic}_low": low, f"test_{statistic}_high": high})
+        if REFERENCE_ALGO in common and algo != REFERENCE_ALGO:
+            ref = [np.asarray([payloads[c]["result"]["test_metric"] for c in algos[REFERENCE_ALGO]])
+                   for algos in by_env.values()]
+            point, low, high = stats.poi_interval(tasks, ref, config.confidence, config.bootstrap_reps)
+            row.update({"poi_vs_random_hard": point, "poi_low": low, "poi_high": high})
+        rows.append(row)
+    return rows
+
+
+def _fmt(row: dict[str, Any], key: str, digits: int = 3) -> str:
+    """``point [low, high]`` of ``key`` (its bounds are ``key_low``/``key_high``; for the
+    probability of improvement ``poi_low``/``poi_high``), or a dash when absent."""
+    low_key, high_key = {"poi": ("poi_low", "poi_high"), "diff": ("diff_low", "diff_high")}.get(
+        key.split("_")[0], (f"{key}_low", f"{key}_high"))
+    value = row.get(key)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "—"
+    return stats.format_interval(value, row[low_key], row[high_key], digits)
+
+
+def _per_instance_markdown(rows: list[dict[str, Any]],
+                           payloads_by_algo: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
+    """For instance envs: each algorithm's final test metric on each held-out situation (mean over
+    its runs' evaluation episodes there)."""
+    lines: list[str] = []
+    for env_id, algos in payloads_by_algo.items():
+        per: dict[str, dict[str, float]] = {}
+        for algo, payloads in algos.items():
+            values: dict[str, list[float]] = {}
+            for payload in payloads:
+                arrays = payload["arrays"]
+                if "eval_instances" not in arrays or not len(arrays["eval_instances"]):
+                    continue
+                for inst, metric in zip(arrays["eval_instances"], arrays["test_metrics"][-1]):
+                    if str(inst) != "None":
+                        values.setdefault(str(inst), []).append(float(metric))
+            if values:
+                per[algo] = {inst: float(np.mean(v)) for inst, v in values.items()}
+        if not per:
+            continue
+        instances = sorted({i for v in per.values() for i in v})
+        order = [r["algorithm"] for r in sorted((r for r in rows if r["env"] == env_id), key=lambda r: -r["test_iqm"])]
+        lines += [f"### {env_id}: test metric per held-out instance (mean over runs and evaluation seeds)", ""]
+        lines.append(markdown_table(["algorithm", *instances],
+                                    [[a, *(f"{per[a].get(i, math.nan):.3f}" for i in instances)]
+                                     for a in order if a in per]))
+    return lines
+
+
+def _summary_markdown(rows: list[dict[str, Any]], aggregate: list[dict[str, Any]], config: BenchmarkConfig,
+                      payloads_by_algo: dict[str, dict[str, list[dict[str, Any]]]] | None = None) -> str:
+    payloads_by_algo = payloads_by_algo or {}
+    pct = f"{config.confidence:.0%}"
+    lines = [f"# Benchmark `{config.name}`", "",
+             f"Held-out evaluation of the final policy (deterministic; {config.eval_episodes} evaluation instance(s) "
+             f"per run, unseen in training). Point estimates with {pct} stratified-bootstrap percentile CIs "
+             f"({config.bootstrap_reps} resamples) over runs (seeds); IQM = interquartile mean. "
+             f"P(> {REFERENCE_ALGO}) = probability that a run of the algorithm has a higher test metric than a "
+             f"run of {REFERENCE_ALGO} (ties count half).", ""]
+    lines += [f"Paired diff = mean over seeds of (algorithm - {config.baseline}) test metric, each seed's runs "
+              f"scored on the same held-out episodes, with a {pct} t interval over seeds; wins = seeds won.", ""]
+    header = ["algorithm", "mode", "runs", "train eps", "test mean", "test IQM", f"paired diff vs {config.baseline}",
+              "wins", "return mean", "return IQM", f"P(> {REFERENCE_ALGO})", "s/run"]
+    envs = list(dict.fromkeys(r["env"] for r in rows))
+    for env_id in envs:
+        env_rows = sorted((r for r in rows if r["env"] == env_id), key=lambda r: -r["test_iqm"])
+        metric = env_rows[0]["metric_name"]
+        lines += [f"## {env_id} (test metric: {metric})", ""]
+        table = [[r["algorithm"], r["action_mode"], r["runs"], r["train_episodes"], _fmt(r, "test_mean"),
+                  _fmt(r, "test_iqm"), _fmt(r, "diff_vs_baseline", 4),
+                  "—" if not math.isfinite(r["diff_wins"]) else f"{int(r['diff_wins'])}/{r['runs']}",
+                  _fmt(r, "return_mean"), _fmt(r, "return_iqm"), _fmt(r, "poi_vs_random_hard", 2),
+                  f"{r['seconds_per_run']:.1f}"] for r in env_rows]
+        lines.append(markdown_table(header, table))
+    lines += _per_instance_markdown(rows, payloads_by_algo)
+    if aggregate:
+        lines += ["## All envs (test metric, stratified by env)", ""]
+        table = [[r["algorithm"], r["runs"], _fmt(r, "test_mean"), _fmt(r, "test_iqm"), _fmt(r, "poi_vs_random_hard", 2)]
+                 for r in sorted(aggregate, key=lambda r: -r["test_iqm"])]
+        lines.append(markdown_table(["algorithm", "runs", "test mean", "test IQM", f"P(> {REFERENCE_ALGO})"], table))
+    return "\n".join(lines)
+
+
+def _plots(run_dir: Path, by_env: dict[str, dict[str, list[Cell]]], payloads: dict[Cell, dict[str, Any]]) -> None:
+    folder = run_dir / "plots"
+    for env_id, algos in by_env.items():
+        slug = env_slug(env_id)
+        curves: dict[str, dict[str, Any]] = {}
+        frequencies: dict[str, np.ndarray] = {}
+        knowledge: list[str] = []
+        for algo, algo_cells in algos.items():
+            arrays = [payloads[c]["arrays"] for c in algo_cells]
+            knowledge = payloads[algo_cells[0]]["result"]["knowledge"]
+            curves[algo] = {
+                "timesteps": arrays[0]["timesteps"],
+                "return": [a["results"].mean(axis=1) for a in arrays if len(a["timesteps"]) == len(arrays[0]["timesteps"])],
+                "test": [a["test_metrics"].mean(axis=1) for a in arrays if len(a["timesteps"]) == len(arrays[0]["timesteps"])],
+                "learns": algo_cells[0].learns,
+            }
+            actions = np.concatenate([a["final_actions"] for a in arrays])  # (runs * episodes, phases, K)
+            heat = np.nanmean(actions, axis=0).T  # (K, phases)
+            frequencies[algo] = np.nanmean(heat, axis=1)
+            plot_heatmap(np.nan_to_num(heat), knowledge, folder / f"{slug}-selection-{_slug(algo)}.png",
+                         f"{algo} on {env_id}: final policy's knowledge selection per phase "
+                         f"({len(algo_cells)} seeds x {actions.shape[0] // len(algo_cells)} held-out episodes)")
+        plot_learning_curves(curves, folder / f"{slug}-learning_curves.png", f"{env_id}: held-out evaluation")
+        plot_selection_bars(frequencies, knowledge, folder / f"{slug}-selection.png",
+                            f"{env_id}: how often each knowledge type is selected (final policy, held-out)")
+
+
+# ---- regenerating from a run folder -----------------------------------------------------------
+
+
+def load_run(run_dir: str | Path) -> tuple[list[Cell], dict[Cell, dict[str, Any]], dict[str, Any]]:
+    """The cells a run folder's ``benchmark.json`` names, the payloads of those that finished
+    (read back from their files), and ``benchmark.json`` itself.
+
+    Raises:
+        FileNotFoundError: no ``benchmark.json`` in ``run_dir``.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "benchmark.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} holds no benchmark.json: not a benchmark run folder")
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    cells = [Cell(settings=AlgoSettings(**d["settings"]), seed=d["seed"], eval_every=d["eval_every"],
+                  eval_episodes=d["eval_episodes"]) for d in saved["cells"].values()]
+    payloads = {cell: payload for cell in cells if (payload := read_cell(run_dir, cell)) is not None}
+    return cells, payloads, saved
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.benchmark.summary",
+                                description="Regenerate a benchmark run folder's summary files (runs.csv, summary.*, "
+                                            "plots/) from its cell files.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run_dir", help="a run folder, runs/benchmark-<name>")
+    p.add_argument("--baseline", default=BenchmarkConfig.baseline,
+                   help="fixed policy every algorithm is compared with, paired by seed")
+    p.add_argument("--bootstrap-reps", type=int, default=BenchmarkConfig.bootstrap_reps)
+    p.add_argument("--no-plots", dest="plots", action="store_false")
+    a = p.parse_args(argv)
+    run_dir = Path(a.run_dir)
+    try:
+        cells, payloads, saved = load_run(run_dir)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finished = [c for c in cells if c in payloads]
+    if not finished:
+        print(f"error: {run_dir} holds no finished cell", file=sys.stderr)
+        return 1
+    name = run_dir.name.removeprefix("benchmark-")
+    fields = {f.name for f in dataclasses.fields(BenchmarkConfig)}
+    config = BenchmarkConfig(**{k: v for k, v in saved.items() if k in fields and k != "cells"}, name=name,
+                             out=str(run_dir.parent), baseline=a.baseline, bootstrap_reps=a.bootstrap_reps,
+                             plots=a.plots, verbose=False)
+    summarize(run_dir, finished, payloads, config)
+    print(f"wrote the summary of {len(finished)} of {len(cells)} cells to {run_dir} (summary.md, summary.csv, "
+          f"summary.json, runs.csv{', plots/' if a.plots else ''})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
