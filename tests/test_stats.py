@@ -1,5 +1,6 @@
 """experiments.stats: IQM, stratified bootstrap intervals and probability of improvement,
-checked against hand-computed values."""
+checked against hand-computed values and against rliable's published formulas (rliable itself
+cannot be used here: see test_agrees_with_rliables_formulas_on_fixed_data)."""
 
 from __future__ import annotations
 
@@ -160,3 +161,65 @@ def test_json_safe_writes_null_for_non_finite_values():
              "d": np.array([0.5, np.nan])}
     assert json_safe(value) == {"a": None, "b": [1.0, None, None, 2.5], "c": [3], "d": [0.5, None]}
     assert "NaN" not in json.dumps(json_safe(value))
+
+
+# ---- rliable's formulas (Agarwal et al., NeurIPS 2021; google-research/rliable 1.2.0) ----------
+#
+# rliable 1.2.0 installs here but does not import: it requires arch < 8, and arch 7.2 fails at
+# import with pandas 3 (``deprecate_kwarg() missing ... 'new_arg_name'``); it would also pull
+# statsmodels, seaborn, patsy and formulaic (~75 MB) for three formulas.  So experiments.stats is
+# kept, and checked here against the definitions rliable documents, written independently with
+# scipy on a fixed score matrix (runs x tasks, rliable's layout).
+
+RLIABLE_X = np.array([[0.71, 0.52, 0.90],
+                      [0.64, 0.55, 0.88],
+                      [0.80, 0.47, 0.93],
+                      [0.69, 0.60, 0.85],
+                      [0.75, 0.52, 0.91]])
+RLIABLE_Y = np.array([[0.70, 0.50, 0.90],
+                      [0.62, 0.58, 0.80],
+                      [0.66, 0.47, 0.86],
+                      [0.73, 0.44, 0.87]])
+
+
+def _rliable_poi(x: np.ndarray, y: np.ndarray) -> float:
+    """rliable.metrics.probability_of_improvement's definition: per task the Mann-Whitney U
+    statistic of X over Y divided by n_x * n_y (0.5 for identical samples), averaged over tasks."""
+    from scipy.stats import mannwhitneyu
+
+    per_task = []
+    for j in range(x.shape[1]):
+        if np.array_equal(x[:, j], y[:, j]):
+            per_task.append(0.5)
+        else:
+            per_task.append(mannwhitneyu(x[:, j], y[:, j], alternative="greater").statistic / (len(x) * len(y)))
+    return float(np.mean(per_task))
+
+
+def _rliable_interval(matrix: np.ndarray, statistic, reps: int, confidence: float = 0.95) -> tuple[float, float]:
+    """rliable.library.get_interval_estimates' definition: resample the runs of each task with
+    replacement (a stratified bootstrap), compute the statistic on the resampled matrix, take the
+    percentile interval of the replicates."""
+    rng = np.random.RandomState(1234)
+    n, tasks = matrix.shape
+    replicates = [statistic(np.stack([matrix[rng.randint(0, n, n), j] for j in range(tasks)], axis=1))
+                  for _ in range(reps)]
+    return tuple(np.percentile(replicates, [50 * (1 - confidence), 50 * (1 + confidence)]))
+
+
+def test_agrees_with_rliables_formulas_on_fixed_data():
+    from scipy.stats import trim_mean
+
+    # aggregate_mean: the mean over tasks of the per-task means; aggregate_iqm: the 25% trimmed
+    # mean of all scores pooled (scipy.stats.trim_mean(scores, 0.25, axis=None))
+    assert aggregate_mean(as_tasks(RLIABLE_X)) == pytest.approx(float(np.mean(RLIABLE_X.mean(axis=0))))
+    assert aggregate_iqm(as_tasks(RLIABLE_X)) == pytest.approx(float(trim_mean(RLIABLE_X, 0.25, axis=None)))
+    for x, y in ((RLIABLE_X, RLIABLE_Y), (RLIABLE_Y, RLIABLE_X), (RLIABLE_X, RLIABLE_X)):
+        assert probability_of_improvement(x, y) == pytest.approx(_rliable_poi(x, y))
+    # the percentile intervals of the two stratified bootstraps agree up to Monte-Carlo error
+    for name, statistic in (("mean", lambda m: np.mean(m.mean(axis=0))),
+                            ("iqm", lambda m: trim_mean(m, 0.25, axis=None))):
+        point, low, high = interval_estimate(RLIABLE_X, name, reps=20000, seed=0)
+        ref_low, ref_high = _rliable_interval(RLIABLE_X, statistic, reps=20000)
+        assert (low, high) == pytest.approx((ref_low, ref_high), abs=0.004), name
+        assert low < point < high
