@@ -409,3 +409,22 @@ def test_summary_breaks_instance_envs_down_per_held_out_instance():
     assert table.index("| y | 0.600 | 0.700 |") < table.index("| x | 0.200 | 0.300 |")  # best IQM first
     plain = {"arrays": {"eval_instances": np.asarray(["None", "None"]), "test_metrics": np.asarray([[0.5, 0.6]])}}
     assert _per_instance_markdown(rows, {"E": {"x": [plain]}}) == []
+
+
+def test_summary_regenerates_from_the_cell_files_alone(serial_run, tmp_path):
+    """``python -m experiments.benchmark.summary RUN_DIR`` rewrites the same summary files from
+    benchmark.json and the cells' result.json / evaluations.npz, without running anything."""
+    import shutil
+
+    from experiments.benchmark.summary import main as summary_main
+
+    copy = tmp_path / serial_run.run_dir.name
+    shutil.copytree(serial_run.run_dir, copy)
+    names = ("summary.md", "summary.csv", "summary.json", "runs.csv")
+    written = {name: (serial_run.run_dir / name).read_text() for name in names}
+    for name in names:
+        (copy / name).unlink()
+    assert summary_main([str(copy), "--bootstrap-reps", "200", "--no-plots"]) == 0
+    assert {name: (copy / name).read_text() for name in names} == written
+    (copy / "benchmark.json").unlink()
+    assert summary_main([str(copy)]) == 2  # not a run folder: a clear error, no traceback
