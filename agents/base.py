@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from kd_env.checks import type_hints
+from kd_env.checks import matches, type_hints
 from kd_env.io import atomic_write_bytes, atomic_write_text, json_default
 
 __all__ = [
@@ -427,7 +427,7 @@ def make_vector_env(env_id: str, num_envs: int, vectorization_mode: str = "async
     agents that learn from several episodes at once (``ac``, ``ac_q``).  ``"async"`` runs each copy
     in its own spawned process with one torch thread (``threads=1`` unless given), so N copies use
     N cores; ``"sync"`` steps them in turn in this process."""
-    if not isinstance(num_envs, int) or isinstance(num_envs, bool) or num_envs < 1:
+    if not matches(num_envs, int) or num_envs < 1:
         raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
     if vectorization_mode not in ("async", "sync"):
         raise ValueError(f"vectorization_mode must be 'async' or 'sync', got {vectorization_mode!r}")

@@ -40,6 +40,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from kd_env.checks import matches
+
 from .base import Agent, register_agent
 
 __all__ = ["FixedAgent", "RandomHardAgent", "RandomSoftAgent", "ScheduleAgent", "NAMED_MASKS", "read_schedule"]
@@ -54,7 +56,7 @@ NAMED_MASKS: dict[str, tuple[str, ...] | None] = {
 
 
 def _check_seed(seed: Any) -> int | None:
-    if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0):
+    if not matches(seed, int | None) or (seed is not None and seed < 0):
         raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
     return None if seed is None else int(seed)
 

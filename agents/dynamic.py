@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kd_env.checks import matches
+
 from .base import Agent, register_agent
 from .baselines import ScheduleAgent
 
@@ -43,7 +45,7 @@ def first_stage_phases(num_phases: int, switch: float) -> int:
 
 
 def _check_switch(switch: Any) -> float:
-    if isinstance(switch, bool) or not isinstance(switch, (int, float)) or not 0 <= switch <= 1:
+    if not matches(switch, float) or not 0 <= switch <= 1:
         raise ValueError(f"switch must be a fraction of the phases in [0, 1], got {switch!r}")
     return float(switch)
 

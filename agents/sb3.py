@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from kd_env.checks import type_hints
+from kd_env.checks import matches, type_hints
 from kd_env.io import atomic_write_bytes
 from kd_env.wrappers import SymmetricWeights
 
@@ -188,7 +188,7 @@ class SB3Agent(Agent):
         if self.action_mode not in modes:
             raise ValueError(f"{algo} handles action_mode {list(modes)}, not {self.action_mode!r}: create the env "
                              f"with gym.make(..., action_mode='weights') (or use ppo, a2c or dqn on masks)")
-        if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0):
+        if not matches(seed, int | None) or (seed is not None and seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
         if not isinstance(action_noise_std, (int, float)) or not action_noise_std >= 0:
             raise ValueError(f"action_noise_std must be >= 0, got {action_noise_std!r}")
