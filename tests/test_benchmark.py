@@ -428,3 +428,14 @@ def test_summary_regenerates_from_the_cell_files_alone(serial_run, tmp_path):
     assert {name: (copy / name).read_text() for name in names} == written
     (copy / "benchmark.json").unlink()
     assert summary_main([str(copy)]) == 2  # not a run folder: a clear error, no traceback
+
+
+
+@pytest.mark.parametrize("module", ["experiments.benchmark", "experiments.benchmark.summary"])
+def test_the_package_modules_run_with_python_m_without_warnings(module):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-W", "error", "-m", module, "--help"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert done.returncode == 0 and "usage: python -m " + module in done.stdout, done.stderr

@@ -75,6 +75,7 @@ minutes-scale smoke benchmark.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from .cell import _evaluate, _training_instances_wrapper  # noqa: F401 - used by the tests
@@ -107,10 +108,6 @@ from .grid import (
     parse_value,
     resolve_settings,
 )
-from .runner import BenchmarkResult, run_benchmark
-from .summary import _paired_with_baseline, _per_instance_markdown  # noqa: F401 - used by the tests
-from .summary import RUN_COLUMNS, SUMMARY_COLUMNS, load_run, summarize
-
 __all__ = [
     "ACTION_MODES", "CONFIG_DIR", "DEFAULT_ALGOS", "DEFAULT_ENVS", "DEFAULT_EVAL_EPISODES", "DEFAULT_EVAL_EVERY",
     "DEFAULT_SEEDS", "DEFAULT_WORKERS", "EVAL_SEED_BASE", "EXECUTORS", "MAX_EVAL_EPISODES", "REFERENCE_ALGO",
@@ -122,11 +119,19 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """``main`` and ``parse_args`` live in ``__main__`` (the command line), imported on first use
-    so that ``python -m experiments.benchmark`` does not import it twice."""
-    if name in ("main", "parse_args"):
-        from . import __main__ as cli
+#: names from the modules that ``python -m`` runs (``__main__``, ``summary``) and from ``runner``
+#: (which imports ``summary``), imported on first use: importing them here would make runpy warn
+#: that the module it is about to run is already imported
+_LAZY = {"main": "__main__", "parse_args": "__main__", "run_benchmark": "runner", "BenchmarkResult": "runner",
+         "summarize": "summary", "load_run": "summary", "RUN_COLUMNS": "summary", "SUMMARY_COLUMNS": "summary",
+         "_paired_with_baseline": "summary", "_per_instance_markdown": "summary"}
 
-        return getattr(cli, name)
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
