@@ -82,7 +82,10 @@ class KnowledgeSelectionEnv(gym.Env):
     every weight for MLPs), the optimizer, the schedule and the data order, all drawn from the
     env's ``np_random``.  ``options`` may hold ``reward`` (name), ``reward_params`` and
     ``config`` (a dict of :class:`~kd_env.presets.DistillConfig` overrides; rebuilds the
-    distiller when it changes, e.g. another task or seed).
+    distiller when it changes, e.g. another task or seed).  ``replay=True`` starts the episode
+    from exactly the same situation as the previous reset (the same instance, the same student
+    initialisation and data order), so that episodes that differ only in their actions can be
+    compared: paired rollouts, common random numbers.
 
     ## Episode End
     ``terminated`` when the budget is spent (``ceil(total_steps / steps_per_action)`` phases) or
@@ -130,6 +133,7 @@ class KnowledgeSelectionEnv(gym.Env):
         self.instance_set = get_instance_set(instances) if instances is not None else None
         self.instance_split = instance_split
         self.instance: str | None = None
+        self._last_start: tuple[str | None, int] | None = None  # (instance, episode seed) of the last reset
         self._distillers: dict[str, Distiller] = {}
         if self.instance_set is not None:
             if distiller is not None:
@@ -233,10 +237,25 @@ class KnowledgeSelectionEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         options = dict(options or {})
-        valid = ["config", "example_weighting", "instance", "reward", "reward_params"]
+        valid = ["config", "example_weighting", "instance", "replay", "reward", "reward_params"]
         unknown = sorted(set(options) - set(valid))
         if unknown:
             raise ValueError(f"unknown reset option(s) {unknown}; valid: {valid}")
+        replay = options.pop("replay", False)
+        if replay not in (True, False):
+            raise ValueError(f"reset option 'replay' must be True or False, got {replay!r}")
+        if replay:
+            if self._last_start is None:
+                raise ValueError("reset option 'replay' needs a previous reset to replay")
+            if options.get("config"):
+                raise ValueError("reset option 'replay' cannot be combined with 'config' (the replayed start "
+                                 "fixes the config)")
+            previous_instance = self._last_start[0]
+            if options.get("instance") not in (None, previous_instance):
+                raise ValueError(f"reset option 'replay' replays instance {previous_instance!r}; "
+                                 f"got instance={options['instance']!r}")
+            if previous_instance is not None:
+                options["instance"] = previous_instance
         if self.instance_set is not None:
             if options.get("config"):
                 raise ValueError("reset option 'config' is not available on an instance env (each instance "
@@ -268,6 +287,9 @@ class KnowledgeSelectionEnv(gym.Env):
             self._reward_spec = (name, params)
         self.distiller.set_example_weighting(options.get("example_weighting"))
         episode_seed = int(self.np_random.integers(0, 2**31 - 1))
+        if replay:
+            episode_seed = self._last_start[1]
+        self._last_start = (self.instance, episode_seed)
         self.distiller.reset(episode_seed)
         self._start_episode_state()
         self.reward_fn.reset(self)

@@ -144,3 +144,41 @@ def test_benchmark_evaluates_every_held_out_instance_for_every_seed():
         assert evaluation_episodes(plain, [7, 8]) == [(7, None), (8, None)]
     finally:
         plain.close()
+
+
+def _run(env, actions, **reset):
+    obs, info = env.reset(**reset)
+    rewards = []
+    for action in actions:
+        obs, reward, terminated, _, info = env.step(np.array(action))
+        rewards.append(reward)
+        if terminated:
+            break
+    return info["instance"], rewards, env.distiller.evaluate("dev")["main"]
+
+
+def test_replay_restarts_the_previous_situation_exactly():
+    env = _env()
+    try:
+        a, b = [[1, 1, 0, 0]] * 20, [[0, 1, 0, 0]] * 20
+        first = _run(env, a, seed=5)
+        assert _run(env, a, options={"replay": True}) == first  # same instance, init and data order
+        other_actions = _run(env, b, options={"replay": True})
+        assert other_actions[0] == first[0] and other_actions[1] != first[1]  # only the actions differ
+        fresh = [_run(env, a)[1:] for _ in range(3)]  # without replay the env moves on
+        assert all(f != first[1:] for f in fresh)
+        _run(env, a, seed=1)
+        replayed = _run(env, a, options={"replay": True, "instance": env.instance})  # naming it is allowed
+        assert replayed == _run(env, a, seed=1)
+        with pytest.raises(ValueError, match="replays instance"):
+            env.reset(options={"replay": True, "instance": "noisy" if env.instance != "noisy" else "clean"})
+        with pytest.raises(ValueError, match="'replay' must be True or False"):
+            env.reset(options={"replay": "yes"})
+    finally:
+        env.close()
+    fresh_env = _env()
+    try:
+        with pytest.raises(ValueError, match="needs a previous reset"):
+            fresh_env.reset(options={"replay": True})
+    finally:
+        fresh_env.close()
