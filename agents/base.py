@@ -43,7 +43,7 @@ from kd_env.io import atomic_write_bytes, atomic_write_text
 __all__ = [
     "make_vector_env",
     "Agent",
-    "EnvSpec",
+    "SelectionSpec",
     "EpisodeLogger",
     "CheckpointError",
     "register_agent",
@@ -52,7 +52,7 @@ __all__ = [
     "load_agent",
     "run_episode",
     "episode_options",
-    "env_spec",
+    "selection_spec",
     "read_header",
     "HEADER_FILE",
     "WEIGHTS_FILE",
@@ -78,8 +78,9 @@ class CheckpointError(ValueError):
 
 
 @dataclass
-class EnvSpec:
-    """The facts about an environment an agent is built for.
+class SelectionSpec:
+    """The facts about a knowledge-selection env an agent is built for (its spaces, knowledge
+    types and episode length; not Gymnasium's ``EnvSpec``, the env's registration record).
 
     Attributes:
         action_space: the env's action space (``MultiBinary(K)`` or ``Box(0, 1, (K,))``).
@@ -108,8 +109,8 @@ class EnvSpec:
                 "observation_space": repr(self.observation_space), "num_phases": self.num_phases}
 
 
-def env_spec(env: Any) -> EnvSpec:
-    """Read an :class:`EnvSpec` from a kd_env env (wrapped or not) or any env with a
+def selection_spec(env: Any) -> SelectionSpec:
+    """Read a :class:`SelectionSpec` from a kd_env env (wrapped or not) or any env with a
     ``MultiBinary(K)`` / ``Box(0, 1, (K,))`` action space.
 
     Other envs may declare ``knowledge_names`` and ``num_phases`` attributes; otherwise the
@@ -138,7 +139,7 @@ def env_spec(env: Any) -> EnvSpec:
         spec = getattr(env, "spec", None)
         num_phases = getattr(spec, "max_episode_steps", None) or 1
     obs_fn = getattr(base, "observation_fn", None)
-    return EnvSpec(action_space=action_space, observation_space=env.observation_space, action_mode=mode,
+    return SelectionSpec(action_space=action_space, observation_space=env.observation_space, action_mode=mode,
                    knowledge_names=names, num_phases=int(num_phases),
                    observation_name=getattr(obs_fn, "name", None))
 
@@ -162,7 +163,7 @@ class Agent:
     name: str = ""
 
     def __init__(self, env: Any):
-        self.spec = env_spec(env)
+        self.spec = selection_spec(env)
         self.action_space = self.spec.action_space
         self.observation_space = self.spec.observation_space
         self.knowledge_names = list(self.spec.knowledge_names)
@@ -539,7 +540,7 @@ class _ProxyEnv(gym.Env):
         self.observation_space = inner.observation_space
 
     @property
-    def unwrapped(self):  # the kd_env env behind the proxy, for env_spec
+    def unwrapped(self):  # the kd_env env behind the proxy, for selection_spec
         return getattr(self.inner, "unwrapped", self.inner)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):

@@ -10,10 +10,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from .engine import Distiller, PhaseResult, build_distiller
+from .config import DistillConfig, get_preset
+from .engine import Distiller, PhaseStats, build_distiller
 from .instances import InstanceSet, get_instance_set
 from .observations import Observation, make_observation
-from .presets import DistillConfig, get_preset
 from .rewards import PhaseOutcome, Reward, make_reward
 
 __all__ = ["KnowledgeSelectionEnv", "ACTION_MODES"]
@@ -81,7 +81,7 @@ class KnowledgeSelectionEnv(gym.Env):
     ``reset(seed=...)`` re-initialises the student (pre-trained layers with a new head for text;
     every weight for MLPs), the optimizer, the schedule and the data order, all drawn from the
     env's ``np_random``.  ``options`` may hold ``reward`` (name), ``reward_params`` and
-    ``config`` (a dict of :class:`~kd_env.presets.DistillConfig` overrides; rebuilds the
+    ``config`` (a dict of :class:`~kd_env.config.DistillConfig` overrides; rebuilds the
     distiller when it changes, e.g. another task or seed).
 
     ## Episode End
@@ -197,7 +197,7 @@ class KnowledgeSelectionEnv(gym.Env):
         k = self.distiller.num_knowledge
         self.phase_index = 0
         self.last_action = np.zeros(k, dtype=np.float32)
-        self.last_phase: PhaseResult = self.distiller.measure()
+        self.last_phase: PhaseStats = self.distiller.measure()
         self.last_probe: dict[str, float] | None = self.distiller.evaluate("probe")
         self.episode_return = 0.0
         self.history: list[dict[str, Any]] = []
@@ -321,7 +321,7 @@ class KnowledgeSelectionEnv(gym.Env):
                              "losses": info["losses"], "crashed": crashed})
         return obs, reward, terminated, False, info
 
-    def _info(self, phase: PhaseResult | None, rewards: dict[str, float], crashed: bool, seconds: float) -> dict:
+    def _info(self, phase: PhaseStats | None, rewards: dict[str, float], crashed: bool, seconds: float) -> dict:
         d = self.distiller
         phase = phase or self.last_phase
         probe = self.last_probe or {}

@@ -30,7 +30,7 @@ from agents import Agent, CheckpointError, agent_names, load_agent, make_agent, 
 from agents.ac import ValueActorCritic
 from agents.ac_base import ActorCriticAgent
 from agents.ac_q import QActorCritic
-from agents.base import env_spec
+from agents.base import selection_spec
 from agents.sb3 import MaskIndexWrapper, index_to_mask, mask_to_index, sb3_defaults
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -711,8 +711,8 @@ def test_random_baselines_are_seeded(tmp_path):
     assert load_agent(tmp_path / "rh", env).act(None).tolist() == agent.act(None).tolist()
 
 
-def test_env_spec_reads_kd_env(quick_mask):
-    spec = env_spec(quick_mask)
+def test_selection_spec_reads_kd_env(quick_mask):
+    spec = selection_spec(quick_mask)
     assert spec.action_mode == "mask" and spec.num_phases == 4 and spec.observation_name == "summary"
     assert spec.knowledge_names == ["finetune", "response", "feature", "relation"]
     assert isinstance(make_agent("ac", quick_mask), ActorCriticAgent)
