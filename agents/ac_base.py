@@ -68,6 +68,8 @@ class ActorCriticAgent(Agent):
     default_activation: str = "tanh"
     #: scale of the critic's initial last layer
     critic_output_scale: float = 1.0
+    #: the critic reads the action too: ``Q(s, a)`` rather than ``V(s)``
+    critic_sees_action: bool = False
 
     def __init__(self, env: Any, config: ActorCriticConfig | None = None, log_dir: str | None = None,
                  tensorboard: bool = True, **hyperparameters: Any):
@@ -105,7 +107,7 @@ class ActorCriticAgent(Agent):
             self.actor = Actor(ObservationEncoder(self.layout, cfg.encoder_sizes, activation), cfg.hidden_sizes,
                                self.k, activation, cfg.init_log_std)
             self.critic = Critic(ObservationEncoder(self.layout, cfg.encoder_sizes, activation), cfg.hidden_sizes,
-                                 self.k if self.critic_kind == "q" else 0, activation,
+                                 self.k if self.critic_sees_action else 0, activation,
                                  out_scale=self.critic_output_scale)
         self.actor.to(self.device)
         self.critic.to(self.device)

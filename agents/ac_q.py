@@ -64,6 +64,7 @@ class QActorCritic(ActorCriticAgent):
     # a tanh Q-network stays nearly linear in the action for long and drives the actor to corners
     default_activation = "relu"
     critic_output_scale = 1.0
+    critic_sees_action = True
 
     def __init__(self, env: Any, config: ActorCriticConfig | None = None, log_dir: str | None = None, tensorboard: bool = True,
                  **hyperparameters: Any):
