@@ -32,7 +32,7 @@ test: install
 bench: install
 	# TextBrewer is a peer to compare with, installed for the benchmark only (its deps would pull CUDA torch)
 	$(PY) -m pip install -q --no-deps textbrewer==0.2.1.post1
-	$(PY) benchmarks/engine_speed.py $(ARGS)
+	$(PY) perf/engine_speed.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info

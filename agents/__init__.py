@@ -11,7 +11,7 @@ one registry::
     agent = make_agent("ac", env, seed=0).learn(env, total_episodes=20)
     print(run_episode(env, agent, seed=123)["final_probe_metric"])
 
-Names: ``ac``, ``ac_q`` (our actor-critic selector, :mod:`agents.actor_critic`); ``ppo``,
+Names: ``ac`` (:mod:`agents.ac`), ``ac_q`` (:mod:`agents.ac_q`), our actor-critic selectors; ``ppo``,
 ``a2c``, ``dqn``, ``sac``, ``td3``, ``ddpg`` (stable-baselines3, :mod:`agents.sb3`);
 ``finetune``, ``vanilla_kd``, ``pkd``, ``all``, ``random_hard``, ``random_soft``,
 ``fixed:<bits>``, ``schedule:<file>`` (:mod:`agents.baselines`); ``dynamic_kd``, ``eskd``,
@@ -20,9 +20,9 @@ Names: ``ac``, ``ac_q`` (our actor-critic selector, :mod:`agents.actor_critic`);
 
 from __future__ import annotations
 
-from . import actor_critic, baselines, dynamic, sb3  # noqa: F401 - register their agents
-from .base import Agent, CheckpointError, EnvSpec, agent_names, agent_table, env_spec, load_agent, make_agent, \
-    make_vector_env, register_agent, run_episode
+from . import ac, ac_q, baselines, dynamic, sb3  # noqa: F401 - register their agents
+from .base import Agent, CheckpointError, SelectionSpec, agent_names, agent_table, load_agent, make_agent, \
+    make_vector_env, register_agent, run_episode, selection_spec
 
-__all__ = ["Agent", "CheckpointError", "EnvSpec", "agent_names", "agent_table", "env_spec", "load_agent",
-           "make_agent", "make_vector_env", "register_agent", "run_episode"]
+__all__ = ["Agent", "CheckpointError", "SelectionSpec", "agent_names", "agent_table", "load_agent", "make_agent",
+           "make_vector_env", "register_agent", "run_episode", "selection_spec"]

@@ -11,22 +11,14 @@ exposes the same methods, so experiments never branch on where an agent comes fr
 * ``learn(env, total_episodes=None, total_steps=None, callback=None) -> self``.
 * ``save(path)`` / ``load(path) -> self``.
 
-Checkpoints are folders::
-
-    path/agent.json     the header: format, agent name, hyperparameters, the env's spaces
-    path/weights.pt     torch.save of a dict of state_dicts (our torch agents), read back with
-                        torch.load(..., weights_only=True): a pickle that would run code is refused
-    path/model.zip      stable-baselines3's own archive (SB3 agents; parameters only are read back)
-
-:func:`load_agent` rebuilds any saved agent from its header (``make_agent(name, env,
+Checkpoints are folders (:mod:`agents.checkpoints`: ``agent.json``, a JSON header, and the
+weights); :func:`load_agent` rebuilds any saved agent from its header (``make_agent(name, env,
 **hyperparameters)``) and then loads its tensors.
 """
 
 from __future__ import annotations
 
 import csv
-import io
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -35,16 +27,17 @@ from typing import Any, Callable, Mapping, Sequence
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium import spaces
 
 from kd_env.checks import matches, type_hints
-from kd_env.io import atomic_write_bytes, atomic_write_text, json_default
+
+from .checkpoints import CHECKPOINT_FORMAT, HEADER_FILE, WEIGHTS_FILE, CheckpointError, load_weights, read_header, \
+    write_checkpoint
 
 __all__ = [
     "make_vector_env",
     "Agent",
-    "EnvSpec",
+    "SelectionSpec",
     "EpisodeLogger",
     "CheckpointError",
     "register_agent",
@@ -55,24 +48,17 @@ __all__ = [
     "load_agent",
     "run_episode",
     "episode_options",
-    "env_spec",
+    "selection_spec",
     "read_header",
     "HEADER_FILE",
     "WEIGHTS_FILE",
     "CHECKPOINT_FORMAT",
 ]
 
-HEADER_FILE = "agent.json"
-WEIGHTS_FILE = "weights.pt"
-CHECKPOINT_FORMAT = "kd_env.agents/1"
 
 #: ``callback(agent, record) -> bool | None`` called after every finished training episode with
 #: the episode's log record; returning ``False`` stops ``learn``.
 EpisodeCallback = Callable[["Agent", dict], "bool | None"]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded (missing, malformed, unsafe, or for another env)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,8 +67,9 @@ class CheckpointError(ValueError):
 
 
 @dataclass
-class EnvSpec:
-    """The facts about an environment an agent is built for.
+class SelectionSpec:
+    """The facts about a knowledge-selection env an agent is built for (its spaces, knowledge
+    types and episode length; not Gymnasium's ``EnvSpec``, the env's registration record).
 
     Attributes:
         action_space: the env's action space (``MultiBinary(K)`` or ``Box(0, 1, (K,))``).
@@ -111,8 +98,8 @@ class EnvSpec:
                 "observation_space": repr(self.observation_space), "num_phases": self.num_phases}
 
 
-def env_spec(env: Any) -> EnvSpec:
-    """Read an :class:`EnvSpec` from a kd_env env (wrapped or not) or any env with a
+def selection_spec(env: Any) -> SelectionSpec:
+    """Read a :class:`SelectionSpec` from a kd_env env (wrapped or not) or any env with a
     ``MultiBinary(K)`` / ``Box(0, 1, (K,))`` action space.
 
     Other envs may declare ``knowledge_names`` and ``num_phases`` attributes; otherwise the
@@ -141,7 +128,7 @@ def env_spec(env: Any) -> EnvSpec:
         spec = getattr(env, "spec", None)
         num_phases = getattr(spec, "max_episode_steps", None) or 1
     obs_fn = getattr(base, "observation_fn", None)
-    return EnvSpec(action_space=action_space, observation_space=env.observation_space, action_mode=mode,
+    return SelectionSpec(action_space=action_space, observation_space=env.observation_space, action_mode=mode,
                    knowledge_names=names, num_phases=int(num_phases),
                    observation_name=getattr(obs_fn, "name", None))
 
@@ -165,7 +152,7 @@ class Agent:
     name: str = ""
 
     def __init__(self, env: Any):
-        self.spec = env_spec(env)
+        self.spec = selection_spec(env)
         self.action_space = self.spec.action_space
         self.observation_space = self.spec.observation_space
         self.knowledge_names = list(self.spec.knowledge_names)
@@ -219,18 +206,11 @@ class Agent:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a checkpoint folder at ``path`` (created; existing files replaced)."""
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
         state = self._state_dict()
-        if state is not None:  # each file atomically (temporary file, fsync, rename): old or new, never half
-            buffer = io.BytesIO()
-            torch.save(state, buffer)
-            atomic_write_bytes(folder / WEIGHTS_FILE, buffer.getvalue())
         header = {"format": CHECKPOINT_FORMAT, "agent": self.name, "hyperparameters": self.hyperparameters(),
                   "env": self.spec.describe(), "extra": self._extra_header(),
                   "has_weights": state is not None}
-        text = json.dumps(header, indent=2, sort_keys=True, default=json_default)
-        atomic_write_text(folder / HEADER_FILE, text + "\n")
+        write_checkpoint(path, header, state)
 
     def load(self, path: str | os.PathLike) -> "Agent":
         """Restore the state saved at ``path`` into this agent (built with the same name and
@@ -263,39 +243,6 @@ class Agent:
         if self.action_mode == "mask":
             return (values > 0.5).astype(np.int8)
         return np.clip(values, 0.0, 1.0).astype(np.float32)
-
-
-def read_header(path: str | os.PathLike) -> dict[str, Any]:
-    """The parsed ``agent.json`` of a checkpoint folder, or :class:`CheckpointError`."""
-    folder = Path(path)
-    file = folder / HEADER_FILE
-    if not folder.is_dir():
-        raise CheckpointError(f"no agent checkpoint at {str(path)!r}: expected a folder holding {HEADER_FILE}")
-    if not file.is_file():
-        raise CheckpointError(f"{str(path)!r} is not an agent checkpoint: {HEADER_FILE} is missing")
-    try:
-        header = json.loads(file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{file} is not valid JSON: {exc}") from None
-    if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT or "agent" not in header:
-        raise CheckpointError(f"{file} is not a {CHECKPOINT_FORMAT} header")
-    return header
-
-
-def load_weights(file: Path) -> dict[str, Any]:
-    """``torch.load(file, weights_only=True)``; anything else (a pickle that would build
-    arbitrary objects, a truncated file) raises :class:`CheckpointError`."""
-    if not file.is_file():
-        raise CheckpointError(f"checkpoint weights {str(file)!r} are missing")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"refusing to load {str(file)!r}: not a weights-only torch checkpoint "
-                              f"(torch.load(weights_only=True) failed: {first})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{str(file)!r} does not hold a dict of state_dicts")
-    return state
 
 
 # --------------------------------------------------------------------------------------------

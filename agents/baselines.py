@@ -100,9 +100,9 @@ def _check_values(arr: np.ndarray, action_mode: str, what: str) -> None:
 
 def _named_factory(baseline: str):
     def factory(env: Any, seed: int | None = None) -> FixedAgent:
-        from .base import env_spec
+        from .base import selection_spec
 
-        names = env_spec(env).knowledge_names
+        names = selection_spec(env).knowledge_names
         wanted = NAMED_MASKS[baseline]
         if wanted is None:
             mask = [1.0] * len(names)
@@ -141,9 +141,9 @@ def make_fixed(env: Any, argument: str | None = None, bits: Sequence[float] | st
         values = [float(c) for c in spec]
     else:
         values = [float(v) for v in spec]
-    from .base import env_spec
+    from .base import selection_spec
 
-    names = env_spec(env).knowledge_names
+    names = selection_spec(env).knowledge_names
     if len(values) != len(names):
         raise ValueError(f"fixed:{spec if isinstance(spec, str) else ''.join(str(int(v)) for v in values)} has "
                          f"{len(values)} bits; this env has {len(names)} knowledge types {names}")
@@ -304,10 +304,10 @@ class ScheduleAgent(Agent):
 def make_schedule(env: Any, argument: str | None = None, rows: Sequence[Sequence[float]] | None = None,
                   seed: int | None = None) -> ScheduleAgent:
     """``schedule:<file>`` (``argument``) or ``schedule`` with ``rows=[[...], ...]``."""
-    from .base import env_spec
+    from .base import selection_spec
 
     if rows is None:
         if not argument:
             raise ValueError("schedule needs a file: 'schedule:curriculum.yaml' (or rows=[[...], ...])")
-        rows = read_schedule(argument, env_spec(env).knowledge_names)
+        rows = read_schedule(argument, selection_spec(env).knowledge_names)
     return ScheduleAgent(env, rows, seed=seed)

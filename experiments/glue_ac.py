@@ -63,7 +63,7 @@ SELECTOR = "selector"
 #: methods that are not one fixed mask (never candidates for best_fixed)
 NOT_FIXED = (SELECTOR, "random_hard", "random_soft", *DYNAMIC_BASELINES)
 
-#: experiment-level defaults per preset (the distillation settings live in kd_env.presets)
+#: experiment-level defaults per preset (the distillation settings live in kd_env.config)
 EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
     "text": {"episodes": 6, "seeds": [0, 1, 2]},
     "quick": {"episodes": 4, "seeds": [0, 1]},
@@ -80,7 +80,7 @@ class ExperimentConfig:
     """Everything that defines a run of this experiment (saved as config.yaml)."""
 
     preset: str = "text"
-    """distillation preset (kd_env.presets): text, quick, digits, paper"""
+    """distillation preset (kd_env.config): text, quick, digits, paper"""
     distill: dict[str, Any] = field(default_factory=dict)
     """DistillConfig overrides (task, teacher, student_layers, total_steps, ...)"""
     agent: str = "ac"

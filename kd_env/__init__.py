@@ -11,8 +11,9 @@ For stable-baselines3 on the weights mode, wrap the env in :class:`SymmetricWeig
 
 from __future__ import annotations
 
+from .config import DistillConfig, get_preset, preset_names
 from .data import TaskData, compute_metrics, load_task
-from .engine import Distiller, PhaseResult, build_distiller
+from .engine import Distiller, PhaseStats, build_distiller
 from .env import KnowledgeSelectionEnv
 from .instances import Instance, InstanceSet, get_instance_set, instance_set_names, register_instance_set
 from .knowledge import (
@@ -25,7 +26,6 @@ from .knowledge import (
 )
 from .models import ModelOutputs
 from .observations import Observation, observation_names, register_observation
-from .presets import DistillConfig, get_preset, preset_names
 from .rewards import PhaseOutcome, Reward, register_reward, reward_names
 from .wrappers import SymmetricWeights
 
@@ -56,7 +56,7 @@ register_envs()
 
 __all__ = [
     "TaskData", "compute_metrics", "load_task",
-    "Distiller", "PhaseResult", "build_distiller",
+    "Distiller", "PhaseStats", "build_distiller",
     "KnowledgeSelectionEnv", "ENV_IDS", "INSTANCE_ENV_IDS", "register_envs",
     "Instance", "InstanceSet", "get_instance_set", "instance_set_names", "register_instance_set",
     "register_example_weighting",

@@ -1,4 +1,4 @@
-"""One type checker for every typed configuration: :class:`~kd_env.presets.DistillConfig`, the
+"""One type checker for every typed configuration: :class:`~kd_env.config.DistillConfig`, the
 experiments' config files and agent hyperparameters.
 
 Values come from YAML, JSON or Python, so the rules are those of a config file, not of

@@ -1,7 +1,7 @@
 """The distillation engine: a student, its optimizer and schedule, a seeded data order, and one
 training phase at a time with a chosen mix of knowledge.
 
-:func:`build_distiller` turns a :class:`~kd_env.presets.DistillConfig` into a ready
+:func:`build_distiller` turns a :class:`~kd_env.config.DistillConfig` into a ready
 :class:`Distiller` (loading the task, fine-tuning the teacher once, building the teacher cache
 once); :class:`Distiller` itself only trains and evaluates.
 """
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import DistillConfig
 from .data import BatchSampler, TaskData, load_task
 from .knowledge import KNOWLEDGE_REGISTRY, Knowledge, check_example_weighting, knowledge_names, make_knowledge
 from .models import (
@@ -35,7 +36,6 @@ from .models import (
     load_tokenizer,
     truncate_layers,
 )
-from .presets import DistillConfig
 from .teacher import (
     LiveTeacher,
     TeacherCache,
@@ -46,7 +46,7 @@ from .teacher import (
     train_classifier,
 )
 
-__all__ = ["PhaseResult", "Distiller", "build_distiller", "prepare_teacher", "resolve_device", "private_torch_rng",
+__all__ = ["PhaseStats", "Distiller", "build_distiller", "prepare_teacher", "resolve_device", "private_torch_rng",
            "resolve_threads", "usable_cpus"]
 
 
@@ -92,8 +92,10 @@ def resolve_threads(threads: int | None) -> int:
 
 
 @dataclass
-class PhaseResult:
-    """What one phase of training measured (means over its optimizer steps).
+class PhaseStats:
+    """What one phase of training measured (means over its optimizer steps): the engine's side of
+    a phase.  The env adds the action, the dev probe and the episode flags to make the
+    :class:`~kd_env.rewards.PhaseOutcome` a reward sees.
 
     Attributes:
         losses: per knowledge type (config order), the mean loss on the phase's batches (all K
@@ -311,7 +313,7 @@ class Distiller:
         return w
 
     def train_phase(self, weights: Sequence[float] | np.ndarray, steps: int | None = None,
-                    all_losses: bool = True) -> PhaseResult:
+                    all_losses: bool = True) -> PhaseStats:
         """Run up to ``steps`` optimizer steps (default ``config.steps_per_action``, capped by the
         budget) with loss ``sum_k weights[k] * L_k``.
 
@@ -326,7 +328,7 @@ class Distiller:
         with self.own_rng():
             return self._train_phase(w, steps, all_losses)
 
-    def _train_phase(self, w: np.ndarray, steps: int | None, all_losses: bool) -> PhaseResult:
+    def _train_phase(self, w: np.ndarray, steps: int | None, all_losses: bool) -> PhaseStats:
         steps = self.config.steps_per_action if steps is None else int(steps)
         steps = max(0, min(steps, self.budget_left))
         start = time.perf_counter()
@@ -374,7 +376,7 @@ class Distiller:
             self.step += 1  # the crashing step is spent
         n = max(1, done - int(crashed))
         losses = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-        return PhaseResult(
+        return PhaseStats(
             losses=losses, total_loss=stats["total"] / max(1, trained), student_ce=stats["ce"] / n,
             student_accuracy=stats["acc"] / n, teacher_kl=stats["kl"] / n, agreement=stats["agree"] / n,
             entropy=stats["ent"] / n, grad_norm=stats["grad"] / max(1, trained), steps=done,
@@ -402,7 +404,7 @@ class Distiller:
         return terms, values, student_out, teacher_out
 
     @torch.no_grad()
-    def measure(self) -> PhaseResult:
+    def measure(self) -> PhaseStats:
         """Every knowledge loss and the prediction statistics on the next training batch, without
         training and without consuming budget or data (used for the initial observation).
 
@@ -412,7 +414,7 @@ class Distiller:
         with self.own_rng():
             return self._measure()
 
-    def _measure(self) -> PhaseResult:
+    def _measure(self) -> PhaseStats:
         start = time.perf_counter()
         bs = self.config.batch_size
         idx = self.order[self.position : self.position + bs]
@@ -426,7 +428,7 @@ class Distiller:
         self._accumulate_prediction_stats(stats, student_out.logits, teacher_out.logits, batch["labels"],
                                           batch.get("label_mask"))
         losses = np.asarray([values[i] for i in range(self.num_knowledge)], dtype=np.float64)
-        return PhaseResult(losses=losses, total_loss=0.0, student_ce=stats["ce"], student_accuracy=stats["acc"],
+        return PhaseStats(losses=losses, total_loss=0.0, student_ce=stats["ce"], student_accuracy=stats["acc"],
                            teacher_kl=stats["kl"], agreement=stats["agree"], entropy=stats["ent"], grad_norm=0.0,
                            steps=0, trained_steps=0, seconds=time.perf_counter() - start,
                            crashed=not all(math.isfinite(v) for v in values.values()))

@@ -10,10 +10,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from .engine import Distiller, PhaseResult, build_distiller
+from .config import DistillConfig, get_preset
+from .engine import Distiller, PhaseStats, build_distiller
 from .instances import InstanceSet, get_instance_set
 from .observations import Observation, make_observation
-from .presets import DistillConfig, get_preset
 from .rewards import PhaseOutcome, Reward, make_reward
 
 __all__ = ["KnowledgeSelectionEnv", "ACTION_MODES"]
@@ -81,7 +81,7 @@ class KnowledgeSelectionEnv(gym.Env):
     ``reset(seed=...)`` re-initialises the student (pre-trained layers with a new head for text;
     every weight for MLPs), the optimizer, the schedule and the data order, all drawn from the
     env's ``np_random``.  ``options`` may hold ``reward`` (name), ``reward_params`` and
-    ``config`` (a dict of :class:`~kd_env.presets.DistillConfig` overrides; rebuilds the
+    ``config`` (a dict of :class:`~kd_env.config.DistillConfig` overrides; rebuilds the
     distiller when it changes, e.g. another task or seed).  ``replay=True`` starts the episode
     from exactly the same situation as the previous reset (the same instance, the same student
     initialisation and data order), so that episodes that differ only in their actions can be
@@ -201,37 +201,11 @@ class KnowledgeSelectionEnv(gym.Env):
         k = self.distiller.num_knowledge
         self.phase_index = 0
         self.last_action = np.zeros(k, dtype=np.float32)
-        self.last_phase: PhaseResult = self.distiller.measure()
+        self.last_phase: PhaseStats = self.distiller.measure()
         self.last_probe: dict[str, float] | None = self.distiller.evaluate("probe")
         self.episode_return = 0.0
         self.history: list[dict[str, Any]] = []
         self.last_phase_seconds = 0.0  # wall time of the last step (kept out of info by default)
-
-    def _validate_action(self, action: Any) -> np.ndarray:
-        """The action as float64 weights, or ``ValueError`` naming the expected space."""
-        space = self.action_space
-        expected = (f"MultiBinary({space.n}): an array of {space.n} values, each 0 or 1, for knowledge "
-                    f"{self.knowledge_names}" if self.action_mode == "mask" else
-                    f"Box(0, 1, ({space.shape[0]},), float32): {space.shape[0]} finite weights in [0, 1] for "
-                    f"knowledge {self.knowledge_names}")
-        try:
-            arr = np.asarray(action)
-        except Exception as exc:  # noqa: BLE001 - ragged lists and the like
-            raise ValueError(f"invalid action {action!r} ({exc}); expected {expected}") from None
-        if arr.dtype.kind not in "biuf":
-            raise ValueError(f"invalid action dtype {arr.dtype}; expected {expected}")
-        k = len(self.knowledge_names)
-        if arr.shape != (k,):
-            raise ValueError(f"invalid action shape {arr.shape}; expected {expected}")
-        w = arr.astype(np.float64)
-        if not np.all(np.isfinite(w)):
-            raise ValueError(f"invalid action {arr.tolist()} (not finite); expected {expected}")
-        if self.action_mode == "mask":
-            if not np.all((w == 0) | (w == 1)):
-                raise ValueError(f"invalid action {arr.tolist()} (not binary); expected {expected}")
-        elif np.any(w < 0) or np.any(w > 1):
-            raise ValueError(f"invalid action {arr.tolist()} (outside [0, 1]); expected {expected}")
-        return w
 
     # ---- gymnasium API ----------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -297,53 +271,113 @@ class KnowledgeSelectionEnv(gym.Env):
         return obs, self._info(None, {}, crashed=False, seconds=0.0)
 
     def step(self, action: Any):
+        """One phase: train with the action's knowledge weights, then observe and reward.
+
+        Raises:
+            ValueError: an action outside the action space (the env is left unchanged).
+            RuntimeError: the env is closed, or its episode has ended (call ``reset()``).
+        """
+        w = self._checked_action(action)
+        start = time.perf_counter()
+        outcome = self._apply(w)
+        reward, reward_parts = self._reward(outcome)
+        self.episode_return += reward
+        obs = self.observation_fn(self)
+        terminated = outcome.terminated
+        truncated = False  # the budget ends an episode by termination; only a TimeLimit truncates
+        self.last_phase_seconds = time.perf_counter() - start
+        info = self._info(outcome.phase, reward_parts, crashed=outcome.crashed, seconds=self.last_phase_seconds)
+        self._record(outcome, reward, info)
+        return obs, reward, terminated, truncated, info
+
+    # ---- the parts of a step ----------------------------------------------------------------
+    def _checked_action(self, action: Any) -> np.ndarray:
+        """The action as float64 weights, once the env can take a step."""
         if self._closed:
             raise RuntimeError("step() called on a closed env")
         w = self._validate_action(action)
-        d = self.distiller
-        if d.budget_left <= 0 or (self.history and self.history[-1]["crashed"]):
+        if self.distiller.budget_left <= 0 or (self.history and self.history[-1]["crashed"]):
             raise RuntimeError("step() after the episode ended; call reset()")
-        start = time.perf_counter()
-        snapshot = d.snapshot_student()
-        phase = d.train_phase(w)
-        # The engine stops on a non-finite loss or gradient; an update can also leave non-finite
-        # parameters after the phase's last step, which only the parameters themselves show.
-        student_finite = d.student_is_finite()
-        crashed = phase.crashed or not student_finite
-        if not student_finite:
-            d.restore_student(snapshot)
-        del snapshot
-        terminated = crashed or d.budget_left <= 0
+        return w
+
+    def _validate_action(self, action: Any) -> np.ndarray:
+        """The action as float64 weights, or ``ValueError`` naming the expected space."""
+        space = self.action_space
+        expected = (f"MultiBinary({space.n}): an array of {space.n} values, each 0 or 1, for knowledge "
+                    f"{self.knowledge_names}" if self.action_mode == "mask" else
+                    f"Box(0, 1, ({space.shape[0]},), float32): {space.shape[0]} finite weights in [0, 1] for "
+                    f"knowledge {self.knowledge_names}")
+        try:
+            arr = np.asarray(action)
+        except Exception as exc:  # noqa: BLE001 - ragged lists and the like
+            raise ValueError(f"invalid action {action!r} ({exc}); expected {expected}") from None
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"invalid action dtype {arr.dtype}; expected {expected}")
+        k = len(self.knowledge_names)
+        if arr.shape != (k,):
+            raise ValueError(f"invalid action shape {arr.shape}; expected {expected}")
+        w = arr.astype(np.float64)
+        if not np.all(np.isfinite(w)):
+            raise ValueError(f"invalid action {arr.tolist()} (not finite); expected {expected}")
+        if self.action_mode == "mask":
+            if not np.all((w == 0) | (w == 1)):
+                raise ValueError(f"invalid action {arr.tolist()} (not binary); expected {expected}")
+        elif np.any(w < 0) or np.any(w > 1):
+            raise ValueError(f"invalid action {arr.tolist()} (outside [0, 1]); expected {expected}")
+        return w
+
+    def _apply(self, w: np.ndarray) -> PhaseOutcome:
+        """Train one phase with knowledge weights ``w``, probe the dev set when due, and move the
+        episode state (last phase, action and probe) on; returns what the reward sees."""
+        phase, crashed = self._train_phase_or_crash(w)
+        terminated = self._is_terminated(crashed)
         self.phase_index += 1
-        previous_probe = self.last_probe
         probe = None
         if not crashed and (self.reward_fn.needs_probe or self.phase_index % self.probe_every == 0 or terminated):
-            probe = d.evaluate("probe")
-        outcome = PhaseOutcome(phase=phase, weights=w, probe=probe, previous_probe=previous_probe,
+            probe = self.distiller.evaluate("probe")
+        outcome = PhaseOutcome(phase=phase, weights=w, probe=probe, previous_probe=self.last_probe,
                                terminated=terminated, crashed=crashed)
-        self.last_phase = phase if not crashed else self.last_phase
+        if not crashed:
+            self.last_phase = phase
         self.last_action = w.astype(np.float32)
         if probe is not None:
             self.last_probe = probe
-        if crashed:
-            penalty = self.crash_penalty if self.crash_penalty is not None else self.reward_fn.crash_value
-            reward = float(penalty)
-            parts = {"crash_penalty": reward}
-        else:
-            reward = float(self.reward_fn(self, outcome))
-            if not math.isfinite(reward):
-                raise RuntimeError(f"reward {self.reward_fn.name!r} returned {reward}")
-            parts = {self.reward_fn.name: reward, **self.reward_fn.parts}
-        self.episode_return += reward
-        obs = self.observation_fn(self)
-        self.last_phase_seconds = time.perf_counter() - start
-        info = self._info(phase, parts, crashed=crashed, seconds=self.last_phase_seconds)
-        self.history.append({"phase": self.phase_index, "action": w.tolist(), "reward": reward,
-                             "probe_loss": info["probe_loss"], "probe_metric": info["probe_metric"],
-                             "losses": info["losses"], "crashed": crashed})
-        return obs, reward, terminated, False, info
+        return outcome
 
-    def _info(self, phase: PhaseResult | None, rewards: dict[str, float], crashed: bool, seconds: float) -> dict:
+    def _train_phase_or_crash(self, w: np.ndarray) -> tuple[PhaseStats, bool]:
+        """The phase's statistics and whether it crashed.  The engine stops on a non-finite loss or
+        gradient; an update can also leave non-finite parameters after the phase's last step,
+        which only the parameters themselves show: then the student goes back to its state
+        before the phase."""
+        d = self.distiller
+        snapshot = d.snapshot_student()
+        phase = d.train_phase(w)
+        student_finite = d.student_is_finite()
+        if not student_finite:
+            d.restore_student(snapshot)
+        return phase, phase.crashed or not student_finite
+
+    def _is_terminated(self, crashed: bool) -> bool:
+        """A crash or a spent budget ends the episode."""
+        return crashed or self.distiller.budget_left <= 0
+
+    def _reward(self, outcome: PhaseOutcome) -> tuple[float, dict[str, float]]:
+        """The reward and its parts (``info["rewards"]``); a crashed phase earns the crash penalty."""
+        if outcome.crashed:
+            penalty = float(self.crash_penalty if self.crash_penalty is not None else self.reward_fn.crash_value)
+            return penalty, {"crash_penalty": penalty}
+        reward = float(self.reward_fn(self, outcome))
+        if not math.isfinite(reward):
+            raise RuntimeError(f"reward {self.reward_fn.name!r} returned {reward}")
+        return reward, {self.reward_fn.name: reward, **self.reward_fn.parts}
+
+    def _record(self, outcome: PhaseOutcome, reward: float, info: dict[str, Any]) -> None:
+        """The phase in ``history`` (for ``render`` and ``state_dict``)."""
+        self.history.append({"phase": self.phase_index, "action": outcome.weights.tolist(), "reward": reward,
+                             "probe_loss": info["probe_loss"], "probe_metric": info["probe_metric"],
+                             "losses": info["losses"], "crashed": outcome.crashed})
+
+    def _info(self, phase: PhaseStats | None, rewards: dict[str, float], crashed: bool, seconds: float) -> dict:
         d = self.distiller
         phase = phase or self.last_phase
         probe = self.last_probe or {}

@@ -3,7 +3,7 @@
 The right knowledge depends on the situation: with few gold labels the teacher's outputs carry
 what the labels do not; with noisy labels soft targets help and hard labels hurt; a weak teacher
 makes its outputs a poor target.  An :class:`InstanceSet` is a named list of such situations,
-each a set of :class:`~kd_env.presets.DistillConfig` overrides over a base preset, with a fixed
+each a set of :class:`~kd_env.config.DistillConfig` overrides over a base preset, with a fixed
 split into *train* instances (seen while a policy learns) and *held-out* instances (only for
 scoring).  DACBench builds its benchmarks the same way.
 
@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .presets import DistillConfig, get_preset
+from .config import DistillConfig, get_preset
 from .registry import Registry
 
 __all__ = ["Instance", "InstanceSet", "INSTANCE_SETS", "register_instance_set", "get_instance_set",

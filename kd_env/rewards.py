@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .engine import PhaseResult
+from .engine import PhaseStats
 from .registry import Registry, check_function_params
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,10 +49,10 @@ __all__ = ["PhaseOutcome", "Reward", "REWARD_REGISTRY", "register_reward", "make
 
 @dataclass
 class PhaseOutcome:
-    """What a reward sees after a phase.
+    """What a reward sees after a phase: the engine's measurements plus what the env knows.
 
     Attributes:
-        phase: the engine's measurements of the phase.
+        phase: the engine's measurements of the phase (:class:`~kd_env.engine.PhaseStats`).
         weights: the knowledge weights applied (float, one per knowledge type).
         probe: dev-probe evaluation after the phase (``loss``, ``main``, metrics), or ``None``
             when not evaluated this phase.
@@ -61,7 +61,7 @@ class PhaseOutcome:
         crashed: the phase hit a non-finite loss or gradient.
     """
 
-    phase: PhaseResult
+    phase: PhaseStats
     weights: np.ndarray
     probe: dict[str, float] | None
     previous_probe: dict[str, float] | None

@@ -11,14 +11,9 @@ import torch
 
 import kd_env  # noqa: F401
 from agents import make_agent
-from agents.actor_critic import (
-    RunningNorm,
-    bernoulli_log_prob_entropy,
-    clipped_surrogate,
-    gae,
-    gaussian_log_prob_entropy,
-    td_target,
-)
+from agents.ac import bernoulli_log_prob_entropy, clipped_surrogate, gae, gaussian_log_prob_entropy
+from agents.ac_q import td_target
+from agents.networks import RunningNorm
 
 
 def test_gae_by_hand():

@@ -27,8 +27,10 @@ from gymnasium import spaces
 
 import kd_env  # noqa: F401 - registers the env ids
 from agents import Agent, CheckpointError, agent_names, load_agent, make_agent, run_episode
-from agents.actor_critic import ActorCriticAgent
-from agents.base import env_spec
+from agents.ac import ValueActorCritic
+from agents.ac_base import ActorCriticAgent
+from agents.ac_q import QActorCritic
+from agents.base import selection_spec
 from agents.sb3 import MaskIndexWrapper, index_to_mask, mask_to_index, sb3_defaults
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -562,6 +564,26 @@ class _DiscreteObsEnv(SyntheticSelectionEnv):
         self.observation_space = spaces.Discrete(3)
 
 
+def test_ac_and_ac_q_are_two_algorithms_over_one_base():
+    env = SyntheticSelectionEnv("mask")
+    ac, ac_q = make_agent("ac", env), make_agent("ac_q", env)
+    assert type(ac) is ValueActorCritic and type(ac_q) is QActorCritic
+    assert isinstance(ac, ActorCriticAgent) and isinstance(ac_q, ActorCriticAgent)
+    assert (ac.name, ac.hyperparameters()["critic"]) == ("ac", "value")
+    assert (ac_q.name, ac_q.hyperparameters()["critic"]) == ("ac_q", "q")
+    assert hasattr(ac_q, "buffer") and hasattr(ac_q, "critic_target") and not hasattr(ac, "buffer")
+    assert ac.critic.action_size == 0 and ac_q.critic.action_size == env.k
+    with pytest.raises(ValueError, match="use 'ac'"):
+        QActorCritic(env, critic="value")
+    with pytest.raises(TypeError, match="shared base"):
+        ActorCriticAgent(env)
+    # the old module still names the same objects
+    import agents.actor_critic as old
+
+    assert (old.ActorCriticAgent, old.ValueActorCritic, old.QActorCritic) == (ActorCriticAgent, ValueActorCritic,
+                                                                               QActorCritic)
+
+
 def test_registry_lists_every_agent():
     names = agent_names()
     expected = ["ac", "ac_q", "ppo", "a2c", "dqn", "sac", "td3", "ddpg", "finetune", "vanilla_kd", "pkd", "all",
@@ -689,8 +711,8 @@ def test_random_baselines_are_seeded(tmp_path):
     assert load_agent(tmp_path / "rh", env).act(None).tolist() == agent.act(None).tolist()
 
 
-def test_env_spec_reads_kd_env(quick_mask):
-    spec = env_spec(quick_mask)
+def test_selection_spec_reads_kd_env(quick_mask):
+    spec = selection_spec(quick_mask)
     assert spec.action_mode == "mask" and spec.num_phases == 4 and spec.observation_name == "summary"
     assert spec.knowledge_names == ["finetune", "response", "feature", "relation"]
     assert isinstance(make_agent("ac", quick_mask), ActorCriticAgent)

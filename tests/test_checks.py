@@ -61,7 +61,7 @@ def test_distill_config_uses_the_checker():
 
 def test_agents_declare_their_hyperparameters_where_registered(monkeypatch):
     from agents import base
-    from agents.actor_critic import ActorCriticConfig
+    from agents.ac_config import ActorCriticConfig
     from agents.base import agent_hyperparameters, register_agent
 
     for registry in ("_REGISTRY", "_HYPERPARAMETERS"):  # the test agent below stays out of the real registry

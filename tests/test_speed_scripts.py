@@ -1,4 +1,4 @@
-"""The speed scripts in benchmarks/ that the README quotes: they run and print their rows."""
+"""The speed scripts in perf/ that the README quotes: they run and print their rows."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tests.helpers import PYTHON, ROOT, subprocess_env
 
 
 def _engine_speed_module():
-    spec = importlib.util.spec_from_file_location("engine_speed", ROOT / "benchmarks" / "engine_speed.py")
+    spec = importlib.util.spec_from_file_location("engine_speed", ROOT / "perf" / "engine_speed.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -37,7 +37,7 @@ def test_relation_through_fsp_matrices_has_the_relation_value():
 
 
 def test_engine_speed_times_the_gram_form_against_the_fsp_matrices():
-    proc = subprocess.run([PYTHON, "benchmarks/engine_speed.py", "--digits-only", "--relation-naive", "--reps", "1",
+    proc = subprocess.run([PYTHON, "perf/engine_speed.py", "--digits-only", "--relation-naive", "--reps", "1",
                            "--threads", "1"], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,5 +1,6 @@
-"""Named configurations.  One config type, :class:`DistillConfig`, for everything the distiller
-and the environment need; presets are ready-made instances of it.
+"""The distillation config.  One config type, :class:`DistillConfig`, for everything the
+distiller and the environment need; beside it the named presets, ready-made instances of it
+(:func:`get_preset`, :func:`preset_names`):
 
 =========  =======================================================================================
 preset     what it is
@@ -215,6 +216,10 @@ class DistillConfig:
             raise ValueError(f"unknown config key(s) {unknown}; valid: {cls.field_names()}")
         return cls(**dict(data))
 
+
+# --------------------------------------------------------------------------------------------
+# The presets: ready-made configs
+# --------------------------------------------------------------------------------------------
 
 PRESETS: dict[str, DistillConfig] = {
     "quick": DistillConfig(task="digits", teacher="mlp", student_layers=2, batch_size=64, lr=3e-3,

@@ -14,10 +14,10 @@ included), random mask actions.
 
 Usage::
 
-    python benchmarks/env_speed.py               # DigitsKD (+ TextKD when its teacher is cached)
-    python benchmarks/env_speed.py --text        # also TextKD (fine-tunes MiniLM + builds its
+    python perf/env_speed.py               # DigitsKD (+ TextKD when its teacher is cached)
+    python perf/env_speed.py --text        # also TextKD (fine-tunes MiniLM + builds its
                                                  # teacher cache the first time: slow on CPU)
-    python benchmarks/env_speed.py --no-text --threads 1 --reps 30
+    python perf/env_speed.py --no-text --threads 1 --reps 30
 
 The teacher cache lives in ``$KD_ENV_CACHE`` (default ``~/.cache/kd_env``).  Prints a markdown
 table.  Not a test: timings depend on the machine and its load.

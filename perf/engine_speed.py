@@ -1,9 +1,9 @@
 """Speed and memory of the distillation engine (prints a markdown table; not a test).
 
-    python benchmarks/engine_speed.py                  # text + digits (text builds the teacher once)
-    python benchmarks/engine_speed.py --digits-only
-    python benchmarks/engine_speed.py --fresh-cache    # also time teacher fine-tuning + caching
-    python benchmarks/engine_speed.py --digits-only --relation-naive --threads 1   # the Gram trick
+    python perf/engine_speed.py                  # text + digits (text builds the teacher once)
+    python perf/engine_speed.py --digits-only
+    python perf/engine_speed.py --fresh-cache    # also time teacher fine-tuning + caching
+    python perf/engine_speed.py --digits-only --relation-naive --threads 1   # the Gram trick
 
 Measured side by side in one run, interleaved, medians over repetitions:
 

@@ -12,9 +12,9 @@ time.
 
 Usage::
 
-    python benchmarks/agent_speed.py                               # ac ac_q ppo a2c dqn sac td3 random_hard
-    python benchmarks/agent_speed.py --algos ac,ppo --episodes 10 --threads 1
-    python benchmarks/agent_speed.py --workers 1,2 --env kd_env/TextKD-v0 --episodes 4
+    python perf/agent_speed.py                               # ac ac_q ppo a2c dqn sac td3 random_hard
+    python perf/agent_speed.py --algos ac,ppo --episodes 10 --threads 1
+    python perf/agent_speed.py --workers 1,2 --env kd_env/TextKD-v0 --episodes 4
 
 ``--workers 1,2`` instead measures selector-training episodes per hour of ``ac`` learning from
 one env and from a vector env of N copies in N spawned processes (one torch thread each;
