@@ -17,6 +17,14 @@ The method, from top to bottom of this file:
   gradient of the advantages plus an entropy bonus, the critic is fitted to the returns.  With
   ``update_epochs > 1`` each batch is reused for several epochs under PPO's clipped surrogate
   (:func:`clipped_surrogate`); with one epoch that is the plain A2C gradient.
+* **Paired rollouts** (``group_size > 1``).  Training episodes come in groups that start from
+  the same situation (the env's ``reset(options={"replay": True})``), and a step's advantage is
+  its return-to-go minus the mean return-to-go of the group's other episodes at that phase
+  (:func:`leave_one_out_baselines`).  On an instance env the instance and seed decide most of an
+  episode's return (held-out accuracy 0.5-0.9 by instance; the action moves it by a few points),
+  and a critic that must guess the instance from training statistics leaves that in the
+  advantages; a partner that faced the same instance and seed removes it exactly.  Measured on
+  ``DigitsKD-Instances-v0`` (see the README): this is what lets ``ac`` learn there in budget.
 
 Defaults sized for the benchmark's budget (~12 episodes of 15 phases): a short horizon
 (``gamma=0.5``), two episodes per update, and ``V(s)`` initialised near 0 -- see
@@ -52,7 +60,7 @@ from .ac_config import AC_HYPERPARAMETERS
 from .base import register_agent
 
 __all__ = ["ValueActorCritic", "gae", "bernoulli_log_prob_entropy", "gaussian_log_prob_entropy",
-           "clipped_surrogate"]
+           "clipped_surrogate", "returns_to_go", "leave_one_out_baselines", "group_baselines"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,6 +97,50 @@ def gaussian_log_prob_entropy(mean: torch.Tensor, log_std: torch.Tensor,
     logp = (-0.5 * ((sample - mean) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
     entropy = (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
     return logp, entropy
+
+
+def returns_to_go(rewards: np.ndarray, gamma: float, last_value: float = 0.0) -> np.ndarray:
+    """``G_t = sum_l gamma^l r_{t+l}`` (+ ``gamma^(T-t) last_value``, the bootstrap of a truncated episode)."""
+    out = np.zeros(len(rewards), dtype=np.float64)
+    running = float(last_value)
+    for t in reversed(range(len(rewards))):
+        running = rewards[t] + gamma * running
+        out[t] = running
+    return out
+
+
+def leave_one_out_baselines(returns: list[np.ndarray]) -> list[np.ndarray | None]:
+    """For episodes that started from the same situation: the baseline of episode ``i`` at phase
+    ``t`` is the mean return-to-go at ``t`` of the *other* episodes that reached ``t`` (it does
+    not depend on episode ``i``'s actions, so the policy gradient stays unbiased).  ``None`` for
+    an episode with no partner; NaN at a phase no other episode reached."""
+    out: list[np.ndarray | None] = []
+    for i, own in enumerate(returns):
+        others = [r for j, r in enumerate(returns) if j != i]
+        if not others:
+            out.append(None)
+            continue
+        baseline = np.full(len(own), np.nan)
+        for t in range(len(own)):
+            at_t = [r[t] for r in others if len(r) > t]
+            if at_t:
+                baseline[t] = float(np.mean(at_t))
+        out.append(baseline)
+    return out
+
+
+def group_baselines(rollouts: list[dict[str, Any]], gamma: float) -> list[np.ndarray | None]:
+    """:func:`leave_one_out_baselines` within each group of ``rollouts`` (by ``rollout["group"]``);
+    ``None`` where an episode has no partner in this batch (it then uses the critic)."""
+    groups: dict[Any, list[int]] = {}
+    for i, ro in enumerate(rollouts):
+        groups.setdefault(ro["group"], []).append(i)
+    out: list[np.ndarray | None] = [None] * len(rollouts)
+    for members in groups.values():
+        g = [returns_to_go(rollouts[i]["rewards"].astype(np.float64), gamma) for i in members]
+        for i, baseline in zip(members, leave_one_out_baselines(g)):
+            out[i] = baseline
+    return out
 
 
 def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, clip_range: float) -> torch.Tensor:
@@ -143,9 +195,21 @@ class ValueActorCritic(ActorCriticAgent):
     # ---- collecting ---------------------------------------------------------------------------
     def _prepare_learning(self, env: Any, total_episodes: int | None, total_steps: int | None) -> None:
         self._pending: list[dict[str, Any]] = []  # episodes awaiting an update (within one learn call)
+        self._starts = 0  # training resets in this learn call (a vector env's reset counts once)
+        self._member = 0  # episodes begun since the last reset (the sub-env index of a vector env)
+
+    def _start_options(self) -> dict[str, Any] | None:
+        """Paired rollouts: every reset but each group's first replays the previous start."""
+        position = self._starts % self.config.group_size
+        self._starts += 1
+        self._member = 0
+        return {"replay": True} if position else None
 
     def _new_rollout(self) -> dict[str, Any]:
-        return {"obs": [], "raw": [], "rewards": []}
+        # the group: the same start (the k-th group of resets) in the same env (sub-env index)
+        group = ((self._starts - 1) // self.config.group_size, self._member)
+        self._member += 1
+        return {"obs": [], "raw": [], "rewards": [], "group": group}
 
     def _store_transition(self, rollout: dict[str, Any], flat: np.ndarray, x: torch.Tensor, raw: np.ndarray,
                           reward: float, next_flat: np.ndarray, terminated: bool) -> None:
@@ -160,7 +224,8 @@ class ValueActorCritic(ActorCriticAgent):
                 self.obs_norm.update(self._tensor(bootstrap_flat))
             last_obs = self._normalized(bootstrap_flat).cpu().numpy()
         return {"obs": np.stack(rollout["obs"]), "raw": np.stack(rollout["raw"]),
-                "rewards": np.asarray(rollout["rewards"], np.float32), "last_obs": last_obs}
+                "rewards": np.asarray(rollout["rewards"], np.float32), "last_obs": last_obs,
+                "group": rollout["group"]}
 
     # ---- updating -----------------------------------------------------------------------------
     def _after_episode(self, rollout: dict[str, Any], last: bool) -> dict[str, float]:
@@ -175,14 +240,19 @@ class ValueActorCritic(ActorCriticAgent):
         """One actor-critic update over a batch of episodes (``update_epochs`` passes)."""
         cfg = self.config
         obs_all, raw_all, adv_all, ret_all = [], [], [], []
+        paired = group_baselines(rollouts, cfg.gamma) if cfg.group_size > 1 else [None] * len(rollouts)
         with torch.no_grad():
-            for ro in rollouts:
+            for ro, baseline in zip(rollouts, paired):
                 obs = torch.as_tensor(ro["obs"], device=self.device)
                 values = self.critic(obs).cpu().numpy().astype(np.float64)
                 last = 0.0
                 if ro["last_obs"] is not None:
                     last = float(self.critic(torch.as_tensor(ro["last_obs"], device=self.device)))
-                adv = gae(ro["rewards"].astype(np.float64), values, last, cfg.gamma, cfg.gae_lambda)
+                if baseline is None:
+                    adv = gae(ro["rewards"].astype(np.float64), values, last, cfg.gamma, cfg.gae_lambda)
+                else:  # paired rollouts: return-to-go minus the group's leave-one-out mean
+                    baseline = np.where(np.isnan(baseline), values, baseline)  # a phase no partner reached
+                    adv = returns_to_go(ro["rewards"].astype(np.float64), cfg.gamma, last) - baseline
                 obs_all.append(ro["obs"])
                 raw_all.append(ro["raw"])
                 adv_all.append(adv)

@@ -139,6 +139,11 @@ class ActorCriticAgent(Agent):
         """The exploring action while learning, for one observation (``n=None``) or ``n`` of them."""
         return self._policy(x, deterministic=False)
 
+    def _start_options(self) -> dict[str, Any] | None:
+        """Reset options of the next training reset (one call per ``reset``, of one env or of a
+        whole vector env); ``None``: a plain reset."""
+        return None
+
     def _new_rollout(self) -> dict[str, Any]:
         """The algorithm's per-episode storage, filled by :meth:`_store_transition`."""
         return {}
@@ -301,7 +306,8 @@ class ActorCriticAgent(Agent):
         """One training episode in ``env``: its log record and what the update needs of it."""
         start = time.perf_counter()
         self.reset()
-        obs, info = env.reset(seed=seed)
+        options = self._start_options()
+        obs, info = env.reset(seed=None if options and options.get("replay") else seed, options=options)
         flat = self._flatten(obs)
         trajectory = self._new_trajectory()
         terminated = truncated = False
@@ -326,7 +332,8 @@ class ActorCriticAgent(Agent):
         n = venv.num_envs
         start = time.perf_counter()
         self.reset()
-        obs, _ = venv.reset(seed=seed)
+        options = self._start_options()
+        obs, _ = venv.reset(seed=None if options and options.get("replay") else seed, options=options)
         flats = self._flatten_batch(obs, n)
         trajectories = [self._new_trajectory() for _ in range(n)]
         done = np.zeros(n, dtype=bool)

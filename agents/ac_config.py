@@ -69,6 +69,15 @@ class ActorCriticConfig:
     is PPO's clipped surrogate (``clip_range``), so several Adam steps can reuse the same
     expensive episodes without the policy moving too far from the one that collected them; with
     one it equals the plain advantage actor-critic gradient"""
+    group_size: int = 1
+    """paired rollouts (value critic): training episodes come in groups of ``group_size`` that
+    start from the same situation (the env's ``reset(options={"replay": True})``: same instance,
+    student initialisation and data order), and the advantage of a step is its return-to-go minus
+    the mean return-to-go of the group's *other* episodes at the same phase (a leave-one-out
+    baseline), so that it measures the actions, not how good the drawn instance or seed was.
+    ``1``: GAE advantages from the critic.  Keep ``episodes_per_update`` a multiple of
+    ``group_size`` x the number of vector sub-envs, so that every group is learnt from whole;
+    a group member alone in its update falls back to the critic's GAE advantage"""
     clip_range: float = 0.2
     """PPO ratio clip (value critic, ``update_epochs > 1``), in (0, 1)"""
     max_grad_norm: float = 0.5
@@ -163,6 +172,9 @@ class ActorCriticConfig:
         if self.learning_starts is not None:
             positive_int("learning_starts", self.learning_starts, minimum=0)
         positive_int("update_epochs", self.update_epochs)
+        positive_int("group_size", self.group_size)
+        if self.critic == "q" and self.group_size != 1:
+            raise ValueError(f"group_size applies to the value critic (ac) only, got {self.group_size!r} for the q critic")
         if not 0 < number("clip_range", self.clip_range) < 1:
             raise ValueError(f"clip_range must be in (0, 1), got {self.clip_range!r}")
         positive_int("gradient_steps", self.gradient_steps)

@@ -11,7 +11,8 @@ import torch
 
 import kd_env  # noqa: F401
 from agents import make_agent
-from agents.ac import bernoulli_log_prob_entropy, clipped_surrogate, gae, gaussian_log_prob_entropy
+from agents.ac import bernoulli_log_prob_entropy, clipped_surrogate, gae, gaussian_log_prob_entropy, \
+    group_baselines, leave_one_out_baselines, returns_to_go
 from agents.ac_q import td_target
 from agents.networks import RunningNorm
 
@@ -30,6 +31,32 @@ def test_gae_by_hand():
     assert np.allclose(gae(r, v, 0.0, 1.0, 1.0), [3.0 - 0.5, 2.0 - 1.0, 2.0 - 1.5])
     # a truncated episode bootstraps from the last value
     assert np.allclose(gae(np.array([0.0]), np.array([0.0]), 2.0, 0.5, 1.0), [1.0])
+
+
+def test_returns_to_go_by_hand():
+    # gamma 0.5: G_2 = 3, G_1 = 2 + 0.5 * 3 = 3.5, G_0 = 1 + 0.5 * 3.5 = 2.75; bootstrap 4 adds 0.5^(3-t) * 4
+    np.testing.assert_allclose(returns_to_go(np.array([1.0, 2.0, 3.0]), 0.5), [2.75, 3.5, 3.0])
+    np.testing.assert_allclose(returns_to_go(np.array([1.0, 2.0, 3.0]), 0.5, last_value=4.0), [3.25, 4.5, 5.0])
+
+
+def test_leave_one_out_baselines_by_hand():
+    a, b, c = np.array([3.0, 1.0]), np.array([5.0, 2.0]), np.array([10.0])  # c stopped after one phase
+    base = leave_one_out_baselines([a, b, c])
+    np.testing.assert_allclose(base[0], [7.5, 2.0])  # mean(5, 10); at t=1 only b reached it
+    np.testing.assert_allclose(base[1], [6.5, 1.0])
+    np.testing.assert_allclose(base[2], [4.0])
+    assert leave_one_out_baselines([a]) == [None]  # no partner
+    shorter = leave_one_out_baselines([np.array([1.0, 2.0]), np.array([4.0])])[1]
+    np.testing.assert_allclose(shorter, [1.0])  # the partner's return-to-go at phase 0
+    lone = leave_one_out_baselines([np.array([1.0]), np.array([4.0, 5.0])])[1]
+    assert lone[0] == 1.0 and np.isnan(lone[1])  # no partner reached phase 1: the caller uses the critic
+    # grouped by the rollouts' group key, rewards turned into returns-to-go first (gamma 1)
+    rollouts = [{"group": (0, 0), "rewards": np.array([1.0, 2.0])}, {"group": (0, 1), "rewards": np.array([3.0, 0.0])},
+                {"group": (0, 0), "rewards": np.array([0.0, 1.0])}]
+    out = group_baselines(rollouts, 1.0)
+    np.testing.assert_allclose(out[0], [1.0, 1.0])  # partner: rollouts[2] with returns-to-go [1, 1]
+    np.testing.assert_allclose(out[2], [3.0, 2.0])
+    assert out[1] is None
 
 
 def test_bernoulli_log_prob_and_entropy_by_hand():
