@@ -28,6 +28,14 @@ Defaults are sized for an expensive env, where one step is a training phase (``n
 * all: ``device = "cpu"``, ``policy = "MultiInputPolicy"`` for ``Dict`` observations else
   ``"MlpPolicy"``.
 
+Parallel episodes: ``n_envs=N`` (SB3's own name) runs N copies of the env, rebuilt from its
+``gym.make`` spec, in N spawned processes with one torch thread each (an SB3
+``SubprocVecEnv``), so N episodes run at once; every finished episode is logged and counts
+towards the budget (``total_episodes * num_phases`` env steps over all copies).  PPO's
+``n_steps`` is then per copy, ``4 n / N``, so a rollout still holds four episodes.  The copies
+are made from the spec, so wrappers applied around the env passed in are not in them; call
+``agent.close()`` to stop the workers.
+
 Any other keyword goes to the SB3 constructor unchanged (``learning_rate``, ``policy_kwargs``,
 ``tensorboard_log`` ...).  ``learn(total_episodes=N)`` runs ``N * num_phases`` timesteps.
 Checkpoints keep SB3's own ``model.zip``; loading rebuilds the model from the header and reads
@@ -114,11 +122,13 @@ class MaskIndexWrapper(gym.ActionWrapper):
         return mask_to_index(np.asarray(action))
 
 
-def sb3_defaults(algo: str, num_phases: int) -> dict[str, Any]:
-    """The default SB3 keyword arguments of ``algo`` for episodes of ``num_phases`` steps."""
+def sb3_defaults(algo: str, num_phases: int, n_envs: int = 1) -> dict[str, Any]:
+    """The default SB3 keyword arguments of ``algo`` for episodes of ``num_phases`` steps (PPO's
+    rollout holds four episodes in all, whatever the number of parallel envs ``n_envs``)."""
     n = max(1, int(num_phases))
     if algo == "ppo":
-        return {"n_steps": 4 * n, "batch_size": 2 * n, "n_epochs": 10, "ent_coef": 0.01, "device": "cpu"}
+        return {"n_steps": max(n, 4 * n // max(1, n_envs)), "batch_size": 2 * n, "n_epochs": 10, "ent_coef": 0.01,
+                "device": "cpu"}
     if algo == "a2c":
         return {"n_steps": n, "ent_coef": 0.01, "device": "cpu"}
     if algo == "dqn":
@@ -180,7 +190,7 @@ class SB3Agent(Agent):
 
     def __init__(self, env: Any, algo: str, seed: int | None = 0, policy: str | None = None,
                  log_dir: str | None = None, tensorboard: bool = True, action_noise_std: float = 0.1,
-                 **sb3_kwargs: Any):
+                 n_envs: int = 1, **sb3_kwargs: Any):
         super().__init__(env)
         if algo not in ALGORITHMS:
             raise ValueError(f"unknown SB3 algorithm {algo!r}; valid: {sorted(ALGORITHMS)}")
@@ -192,6 +202,9 @@ class SB3Agent(Agent):
             raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
         if not isinstance(action_noise_std, (int, float)) or not action_noise_std >= 0:
             raise ValueError(f"action_noise_std must be >= 0, got {action_noise_std!r}")
+        if not matches(n_envs, int) or n_envs < 1:
+            raise ValueError(f"n_envs must be an integer >= 1, got {n_envs!r}")
+        self.n_envs = int(n_envs)
         import stable_baselines3 as sb3
 
         self.name = algo
@@ -203,16 +216,17 @@ class SB3Agent(Agent):
         self.action_noise_std = float(action_noise_std)
         self.sb3_kwargs = dict(sb3_kwargs)
         _encode(self.sb3_kwargs)  # fail early on values a checkpoint could not hold
-        params = {**sb3_defaults(algo, self.spec.num_phases), **self.sb3_kwargs}
+        params = {**sb3_defaults(algo, self.spec.num_phases, self.n_envs), **self.sb3_kwargs}
         if algo in ("td3", "ddpg") and "action_noise" not in params and self.action_noise_std > 0:
             from stable_baselines3.common.noise import NormalActionNoise
 
             k = len(self.knowledge_names)
             params["action_noise"] = NormalActionNoise(np.zeros(k), self.action_noise_std * np.ones(k))
         self._env = env
+        self._vec_env = self._parallel_copies(env) if self.n_envs > 1 else None
         cls = getattr(sb3, class_name)
         try:
-            self.model = cls(self.policy, self._wrap(env), seed=self.seed, verbose=0, **params)
+            self.model = cls(self.policy, self._vec_env or self._wrap(env), seed=self.seed, verbose=0, **params)
         except (TypeError, AssertionError) as exc:
             raise ValueError(f"bad arguments for {class_name}: {exc}") from None
 
@@ -223,11 +237,26 @@ class SB3Agent(Agent):
         return self.algo in ("ppo", "a2c") and self.action_mode == "weights"
 
     def _wrap(self, env: gym.Env) -> gym.Env:
-        if self.algo == "dqn":
-            return MaskIndexWrapper(env)
-        if self._rescaled:
-            return SymmetricWeights(env)
-        return env
+        return _adapt(env, self.algo, self._rescaled)
+
+    def _parallel_copies(self, env: Any) -> Any:
+        """``n_envs`` copies of ``env`` (rebuilt from its ``gym.make`` spec) in spawned processes
+        with one torch thread each, as an SB3 ``SubprocVecEnv``: their episodes run at once."""
+        from stable_baselines3.common.vec_env import SubprocVecEnv
+
+        spec = getattr(env, "spec", None)
+        if spec is None or spec.id is None:
+            raise ValueError(f"n_envs={self.n_envs} needs an env made with gym.make (its spec builds the copies); "
+                             f"got {type(env).__name__} without a spec")
+        kwargs = dict(spec.kwargs or {})
+        fns = [_CopyFactory(spec.id, kwargs, self.algo, self._rescaled) for _ in range(self.n_envs)]
+        return SubprocVecEnv(fns, start_method="spawn")
+
+    def close(self) -> None:
+        """Stop the worker processes of ``n_envs > 1`` (a no-op otherwise)."""
+        if self._vec_env is not None:
+            self._vec_env.close()
+            self._vec_env = None
 
     # ---- acting -----------------------------------------------------------------------------
     def _to_env_action(self, action: Any) -> np.ndarray:
@@ -273,7 +302,10 @@ class SB3Agent(Agent):
         if env is not self._env:
             if env.action_space != self.action_space:
                 raise ValueError(f"env action space {env.action_space} differs from the agent's {self.action_space}")
-            self.model.set_env(self._wrap(env))
+            if self.n_envs > 1:
+                self.close()
+                self._vec_env = self._parallel_copies(env)
+            self.model.set_env(self._vec_env or self._wrap(env))
             if self.seed is not None:
                 self.model.get_env().seed(self.seed + len(self.episode_log))
             self._env = env
@@ -296,6 +328,8 @@ class SB3Agent(Agent):
     # ---- persistence ------------------------------------------------------------------------
     def hyperparameters(self) -> dict[str, Any]:
         hp = {"seed": self.seed, "policy": self.policy, "action_noise_std": self.action_noise_std}
+        if self.n_envs != 1:
+            hp["n_envs"] = self.n_envs
         hp.update(_encode(self.sb3_kwargs))
         return hp
 
@@ -332,35 +366,61 @@ class _EpisodeRecorder:
                 self._start()
 
             def _start(self):
-                self.env_return = 0.0
-                self.actions: list[np.ndarray] = []
-                self.started = time.perf_counter()
+                n = agent.n_envs
+                self.env_return = [0.0] * n
+                self.actions: list[list[np.ndarray]] = [[] for _ in range(n)]
+                self.started = [time.perf_counter()] * n
 
             def _on_step(self) -> bool:
-                rewards = self.locals.get("rewards")
+                rewards = np.asarray(self.locals.get("rewards")).reshape(-1)
                 dones = self.locals.get("dones")
-                infos = self.locals.get("infos") or [{}]
+                dones = np.zeros(len(rewards), bool) if dones is None else np.asarray(dones).reshape(-1)
+                infos = self.locals.get("infos") or [{}] * len(rewards)
                 actions = self.locals.get("actions")
-                info = infos[0]
-                if "action" in info:
-                    applied = np.asarray(info["action"], np.float32)
-                else:
-                    applied = agent._to_env_action(actions[0]).astype(np.float32)
-                self.actions.append(applied)
-                self.env_return += float(np.asarray(rewards).reshape(-1)[0])
-                if dones is not None and bool(np.asarray(dones).reshape(-1)[0]):
-                    record = {"episode": len(agent.episode_log) + 1, "steps": int(self.num_timesteps),
-                              "length": len(self.actions), "return": self.env_return,
-                              **selection_frequencies(self.actions, agent.knowledge_names),
-                              "final_probe_metric": float(info.get("probe_metric", math.nan)),
-                              "seconds": time.perf_counter() - self.started}
-                    logger.log(record)
-                    self._start()
-                    if user_callback is not None and user_callback(agent, record) is False:
-                        return False
-                return True
+                stop = False
+                for i in range(len(rewards)):  # each env of the vec env: its own episode
+                    info = infos[i]
+                    if "action" in info:
+                        applied = np.asarray(info["action"], np.float32)
+                    else:
+                        applied = agent._to_env_action(actions[i]).astype(np.float32)
+                    self.actions[i].append(applied)
+                    self.env_return[i] += float(rewards[i])
+                    if bool(dones[i]):
+                        record = {"episode": len(agent.episode_log) + 1, "steps": int(self.num_timesteps),
+                                  "length": len(self.actions[i]), "return": self.env_return[i],
+                                  **selection_frequencies(self.actions[i], agent.knowledge_names),
+                                  "final_probe_metric": float(info.get("probe_metric", math.nan)),
+                                  "seconds": time.perf_counter() - self.started[i]}
+                        logger.log(record)
+                        self.env_return[i], self.actions[i], self.started[i] = 0.0, [], time.perf_counter()
+                        if user_callback is not None and user_callback(agent, record) is False:
+                            stop = True
+                return not stop
 
         return Recorder()
+
+
+class _CopyFactory:
+    """Builds one copy of an env in an SB3 worker process (picklable for ``spawn``): one torch
+    thread, the env from its id and keyword arguments, the adapter's action wrapper."""
+
+    def __init__(self, env_id: str, kwargs: dict[str, Any], algo: str, rescaled: bool):
+        self.env_id, self.kwargs, self.algo, self.rescaled = env_id, kwargs, algo, rescaled
+
+    def __call__(self) -> gym.Env:
+        torch.set_num_threads(1)
+        import kd_env  # noqa: F401 - registers the env ids in the fresh process
+
+        return _adapt(gym.make(self.env_id, **self.kwargs), self.algo, self.rescaled)
+
+
+def _adapt(env: gym.Env, algo: str, rescaled: bool) -> gym.Env:
+    """The env as the SB3 algorithm sees it: DQN through :class:`MaskIndexWrapper`, PPO/A2C on
+    weights through :class:`SymmetricWeights`, the rest as it is."""
+    if algo == "dqn":
+        return MaskIndexWrapper(env)
+    return SymmetricWeights(env) if rescaled else env
 
 
 def _sb3_factory(algo: str):
@@ -392,7 +452,7 @@ def sb3_hyperparameters(algo: str) -> dict[str, Any]:
     hints = type_hints(cls.__init__)
     out = {name: hints.get(name, p.annotation) for name, p in inspect.signature(cls.__init__).parameters.items()
            if name not in ("self", "policy", "env", "seed", "verbose", "_init_setup_model")}
-    out.update({"policy": str, "log_dir": str | None, "tensorboard": bool, "action_noise_std": float})
+    out.update({"policy": str, "log_dir": str | None, "tensorboard": bool, "action_noise_std": float, "n_envs": int})
     return {name: Any if hint is inspect.Parameter.empty else hint for name, hint in out.items()}
 
 

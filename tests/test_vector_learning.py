@@ -47,3 +47,31 @@ def test_make_vector_env_rejects_bad_arguments():
         make_vector_env("kd_env/QuickKD-v0", 0)
     with pytest.raises(ValueError, match="vectorization_mode"):
         make_vector_env("kd_env/QuickKD-v0", 2, vectorization_mode="threads")
+
+
+@pytest.mark.parametrize("algo", ["ppo", "dqn"])
+def test_sb3_agents_run_parallel_episodes_with_n_envs(algo):
+    env = gym.make("kd_env/QuickKD-v0", action_mode="mask")
+    agent = make_agent(algo, env, seed=0, n_envs=2)
+    try:
+        assert agent.model.get_env().num_envs == 2
+        records = []
+        agent.learn(env, total_episodes=4, callback=lambda a, r: records.append(r) or True)
+        assert [r["episode"] for r in records] == [1, 2, 3, 4]  # both copies' episodes, each counted once
+        assert all(r["length"] == 4 for r in records)  # QuickKD: 4 phases, whole episodes
+        assert agent.model.num_timesteps == 16  # the budget over all copies (PPO: 2 copies x n_steps 8)
+        assert agent.hyperparameters()["n_envs"] == 2
+        action = agent.act(env.reset(seed=1)[0], deterministic=True)
+        assert env.action_space.contains(action)
+    finally:
+        agent.close()
+        env.close()
+
+
+def test_sb3_n_envs_needs_a_positive_integer_and_a_made_env():
+    env = gym.make("kd_env/QuickKD-v0", action_mode="mask")
+    with pytest.raises(ValueError, match="n_envs must be an integer >= 1"):
+        make_agent("ppo", env, n_envs=0)
+    bare = kd_env.KnowledgeSelectionEnv(preset="quick")  # made directly: no spec to copy from
+    with pytest.raises(ValueError, match="needs an env made with gym.make"):
+        make_agent("ppo", bare, n_envs=2)
