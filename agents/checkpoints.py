@@ -18,7 +18,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from kd_env.io import atomic_write_bytes, atomic_write_text, json_default
