@@ -52,7 +52,7 @@ from experiments.report import (
 from kd_env import DistillConfig, KnowledgeSelectionEnv, get_preset, preset_names
 from kd_env.checks import check_types, matches, type_hints
 from kd_env.data import DataUnavailableError
-from kd_env.engine import resolve_threads, usable_cpus
+from kd_env.runtime import resolve_threads, usable_cpus
 from kd_env.io import atomic_write_json, atomic_write_text, progress_bar
 from kd_env.teacher import evaluate_model
 

@@ -11,9 +11,10 @@ For stable-baselines3 on the weights mode, wrap the env in :class:`SymmetricWeig
 
 from __future__ import annotations
 
+from .build import build_distiller
 from .config import DistillConfig, get_preset, preset_names
-from .data import TaskData, compute_metrics, load_task
-from .engine import Distiller, PhaseStats, build_distiller
+from .data import TaskData, load_task
+from .engine import Distiller, PhaseStats
 from .env import KnowledgeSelectionEnv
 from .instances import Instance, InstanceSet, get_instance_set, instance_set_names, register_instance_set
 from .knowledge import (
@@ -24,6 +25,7 @@ from .knowledge import (
     register_example_weighting,
     register_knowledge,
 )
+from .metrics import compute_metrics
 from .models import ModelOutputs
 from .observations import Observation, observation_names, register_observation
 from .rewards import PhaseOutcome, Reward, register_reward, reward_names

@@ -1,4 +1,4 @@
-"""Tasks, splits, tokenization, batching and the GLUE metrics.
+"""Tasks and their splits, and the loaders that make them.
 
 Built-in tasks:
 
@@ -15,6 +15,9 @@ Built-in tasks:
   all class names (``pos``, ``neg`` ...), which become ids in sorted order, or in the order of
   ``labels=`` (``DistillConfig.labels``, ``--labels``); the names are kept in
   :attr:`TaskData.label_names`.
+
+Beside it: :mod:`kd_env.tables` reads CSV/TSV rows and labels, :mod:`kd_env.metrics` scores a
+task (the GLUE metrics), :mod:`kd_env.batching` tokenizes a split and pads its batches.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-import torch
+
+from .tables import class_names, label_ids, read_rows
 
 __all__ = [
     "Split",
@@ -38,11 +42,7 @@ __all__ = [
     "GLUE_TASKS",
     "TASK_NAMES",
     "load_task",
-    "compute_metrics",
-    "main_metric_name",
-    "encode_split",
-    "collate",
-    "BatchSampler",
+    "check_task_name",
     "DataUnavailableError",
 ]
 
@@ -108,7 +108,7 @@ class TaskData:
 
 
 # --------------------------------------------------------------------------------------------
-# Metrics (the one place where task metrics are defined)
+# Task names and the GLUE table
 # --------------------------------------------------------------------------------------------
 
 GLUE_TASKS: dict[str, dict[str, Any]] = {
@@ -124,88 +124,6 @@ GLUE_TASKS: dict[str, dict[str, Any]] = {
 }
 
 TASK_NAMES = ("rt-polarity", "digits", *GLUE_TASKS)
-
-
-def _f1_binary(pred: np.ndarray, gold: np.ndarray) -> float:
-    tp = float(np.sum((pred == 1) & (gold == 1)))
-    fp = float(np.sum((pred == 1) & (gold == 0)))
-    fn = float(np.sum((pred == 0) & (gold == 1)))
-    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
-
-
-def _matthews(pred: np.ndarray, gold: np.ndarray) -> float:
-    tp = float(np.sum((pred == 1) & (gold == 1)))
-    tn = float(np.sum((pred == 0) & (gold == 0)))
-    fp = float(np.sum((pred == 1) & (gold == 0)))
-    fn = float(np.sum((pred == 0) & (gold == 1)))
-    denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    return 0.0 if denom == 0 else (tp * tn - fp * fn) / denom
-
-
-def _rank(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), dtype=np.float64)
-    ranks[order] = np.arange(len(x), dtype=np.float64)
-    # average ties
-    xs = x[order]
-    i = 0
-    while i < len(xs):
-        j = i
-        while j + 1 < len(xs) and xs[j + 1] == xs[i]:
-            j += 1
-        if j > i:
-            ranks[order[i : j + 1]] = (i + j) / 2.0
-        i = j + 1
-    return ranks
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a = a - a.mean()
-    b = b - b.mean()
-    denom = np.sqrt((a * a).sum() * (b * b).sum())
-    return 0.0 if denom == 0 else float((a * b).sum() / denom)
-
-
-def main_metric_name(task: str | TaskData) -> str:
-    """The metric a task is ranked by (``accuracy`` for non-GLUE tasks)."""
-    if isinstance(task, TaskData):
-        return task.metric
-    return GLUE_TASKS.get(task, {}).get("metric", "accuracy")
-
-
-def compute_metrics(task: str | TaskData, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """GLUE metrics for ``task`` from model outputs.
-
-    Args:
-        task: task name or :class:`TaskData`.
-        logits: ``(N, C)`` class scores, or ``(N,)`` / ``(N, 1)`` predictions for regression.
-        labels: ``(N,)`` gold labels (floats for regression).
-
-    Returns:
-        A dict with every metric of the task plus ``"main"``, the task's ranking metric.
-        Accuracy for classification; F1 and accuracy for MRPC/QQP; Matthews correlation for CoLA;
-        Pearson and Spearman for STS-B.
-    """
-    name = task.name if isinstance(task, TaskData) else task
-    metric = main_metric_name(task)
-    logits = np.asarray(logits)
-    labels = np.asarray(labels)
-    regression = (isinstance(task, TaskData) and task.is_regression) or name == "stsb"
-    if regression:
-        pred = logits.reshape(-1).astype(np.float64)
-        gold = labels.reshape(-1).astype(np.float64)
-        out = {"pearson": _pearson(pred, gold), "spearman": _pearson(_rank(pred), _rank(gold))}
-        out["main"] = out["pearson"]
-        return out
-    pred = logits.argmax(-1) if logits.ndim == 2 else logits.astype(np.int64)
-    gold = labels.astype(np.int64)
-    out = {"accuracy": float((pred == gold).mean()) if len(gold) else 0.0}
-    if metric == "f1":
-        out["f1"] = _f1_binary(pred, gold)
-    if metric == "matthews":
-        out["matthews"] = _matthews(pred, gold)
-    out["main"] = out[metric]
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,10 +213,6 @@ def load_digits_task(seed: int = 0) -> TaskData:
                     eval_split="test")
 
 
-#: one table's rows: (texts, second texts or None, [(line number, raw label)])
-_Rows = tuple[list[str], list[str] | None, list[tuple[int, str]]]
-
-
 def _read_table(path: Path, text_cols: tuple[str, str | None] | None = None, label_col: str = "label",
                 regression: bool = False, label_names: Sequence[str] | None = None,
                 allow_empty_text: bool = False) -> Split:
@@ -308,105 +222,8 @@ def _read_table(path: Path, text_cols: tuple[str, str | None] | None = None, lab
     data rows, an empty label, an empty text field (unless ``allow_empty_text``), a label that
     is not an integer ``>= 0`` (a float for ``regression``, one of ``label_names`` when given).
     """
-    ta, tb, ys = _read_rows(path, text_cols, label_col, allow_empty_text)
-    return Split(labels=_label_ids(path, ys, regression, label_names), texts=ta, texts_b=tb)
-
-
-def _read_rows(path: Path, text_cols: tuple[str, str | None] | None = None, label_col: str = "label",
-               allow_empty_text: bool = False) -> _Rows:
-    """The rows of a CSV/TSV with a header, labels unconverted (see :func:`_read_table`)."""
-    delim = "\t" if path.suffix.lower() == ".tsv" else ","
-    expected = "a header row with columns text[,text_b],label" if text_cols is None else \
-        f"a header row with columns {[c for c in (*text_cols, label_col) if c]}"
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh, delimiter=delim, quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL)
-        header = reader.fieldnames or []
-        if not header:
-            raise ValueError(f"{path}: empty file, no rows; expected {expected} and one example per line")
-        a, b = text_cols or ("text", "text_b" if "text_b" in header else None)
-        missing = [c for c in (a, b, label_col) if c is not None and c not in header]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; found {header}; expected "
-                             f"{[c for c in (a, b, label_col) if c]}")
-        ta, tb, ys = [], [] if b else None, []
-        for row in reader:
-            line_no = reader.line_num  # the physical line (a quoted field may span lines)
-            raw = row[label_col]
-            if raw is None or raw.strip() == "":
-                raise ValueError(f"{path}:{line_no}: empty {label_col!r}")
-            for col in (a, b):
-                if col is not None and not allow_empty_text and not (row[col] or "").strip():
-                    raise ValueError(f"{path}:{line_no}: empty text in column {col!r}; every example needs text")
-            ta.append(row[a] or "")
-            if b:
-                tb.append(row[b] or "")
-            ys.append((line_no, raw.strip()))
-    if not ys:
-        raise ValueError(f"{path}: no rows (only a header); expected {expected} and one example per line")
-    return ta, tb, ys
-
-
-def _is_integer(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _class_names(tables: Sequence[tuple[Path, list[tuple[int, str]]]]) -> list[str] | None:
-    """The class names of local tables' raw labels, sorted, or ``None`` when every label is an
-    integer (class ids as they are).  ``ValueError`` naming the file and line when integers and
-    names are mixed."""
-    first: tuple[Path, int, str] | None = None
-    for path, ys in tables:
-        for line_no, y in ys:
-            if first is None:
-                first = (path, line_no, y)
-            elif _is_integer(y) != _is_integer(first[2]):
-                kind = "an integer" if _is_integer(y) else "a class name"
-                other = "the integer" if _is_integer(first[2]) else "the class name"
-                raise ValueError(f"{path}:{line_no}: label {y!r} is {kind}, but {first[0]}:{first[1]} has {other} "
-                                 f"{first[2]!r}; labels must be all integers 0..C-1 (class ids) or all class names "
-                                 f"(ids in sorted order, or in the order of DistillConfig.labels / --labels)")
-    if first is None or _is_integer(first[2]):
-        return None
-    return sorted({y for _, ys in tables for _, y in ys})
-
-
-def _label_ids(path: Path, ys: list[tuple[int, str]], regression: bool = False,
-               label_names: Sequence[str] | None = None) -> np.ndarray:
-    """Raw labels as class ids (floats for ``regression``; indices into ``label_names`` when
-    given); ``ValueError`` naming the file and line of a label that does not fit."""
-    if regression:
-        values = []
-        for line_no, y in ys:
-            try:
-                values.append(float(y))
-            except ValueError:
-                raise ValueError(f"{path}:{line_no}: label {y!r} is not a number (regression task)") from None
-        labels = np.asarray(values, dtype=np.float32)
-    elif label_names is not None:
-        names = list(label_names)
-        bad = [(n, y) for n, y in ys if y not in names]
-        if bad:
-            raise ValueError(f"{path}:{bad[0][0]}: unknown label {bad[0][1]!r} "
-                             f"({len({y for _, y in bad})} unknown in all: {sorted({y for _, y in bad})[:5]}); "
-                             f"valid: {names}")
-        labels = np.asarray([names.index(y) for _, y in ys], dtype=np.int64)
-    else:
-        values = []
-        for line_no, y in ys:
-            try:
-                value = int(y)
-            except ValueError:
-                value = -1
-            if value < 0:
-                raise ValueError(f"{path}:{line_no}: label {y!r} is not a class index; labels must be integers "
-                                 f"0..C-1, or all class names")
-            values.append(value)
-        labels = np.asarray(values, dtype=np.int64)
-    return labels
+    ta, tb, ys = read_rows(path, text_cols, label_col, allow_empty_text)
+    return Split(labels=label_ids(path, ys, regression, label_names), texts=ta, texts_b=tb)
 
 
 _MNLI_LABELS = ["entailment", "neutral", "contradiction"]
@@ -508,9 +325,9 @@ def load_glue(task: str, data_dir: str | os.PathLike | None = None, seed: int = 
 def _read_local_tables(files: dict[str, Path], labels: Sequence[str] | None) -> tuple[dict[str, Split], list[str] | None]:
     """Read local CSV/TSV files (split name -> file) with one label mapping for all of them:
     ``labels`` when given, else the sorted class names (or integer ids when every label is one)."""
-    rows = {split: _read_rows(path) for split, path in files.items()}
-    names = list(labels) if labels is not None else _class_names([(files[s], r[2]) for s, r in rows.items()])
-    splits = {split: Split(labels=_label_ids(files[split], ys, label_names=names), texts=ta, texts_b=tb)
+    rows = {split: read_rows(path) for split, path in files.items()}
+    names = list(labels) if labels is not None else class_names([(files[s], r[2]) for s, r in rows.items()])
+    splits = {split: Split(labels=label_ids(files[split], ys, label_names=names), texts=ta, texts_b=tb)
               for split, (ta, tb, ys) in rows.items()}
     return splits, names
 
@@ -614,113 +431,3 @@ def load_task(name: str, data_dir: str | os.PathLike | None = None, seed: int = 
     if Path(name).suffix.lower() in (".csv", ".tsv") or Path(name).is_dir():
         return load_local(name, seed=seed, labels=labels)
     raise ValueError(f"unknown task {name!r}; valid: {list(TASK_NAMES)} or a path to a .csv/.tsv file")
-
-
-# --------------------------------------------------------------------------------------------
-# Tokenization and batching
-# --------------------------------------------------------------------------------------------
-
-_ENCODE_CACHE: dict[tuple, list[dict[str, np.ndarray]]] = {}
-
-
-def _tokenizer_key(tokenizer: Any) -> str:
-    return f"{getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)}:{len(tokenizer)}"
-
-
-def encode_split(tokenizer: Any, split: Split, max_len: int) -> list[dict[str, np.ndarray]]:
-    """Tokenize a split once per (tokenizer, split content, max_len); examples stay unpadded.
-
-    Returns one dict per example with ``input_ids`` and (when the tokenizer makes them)
-    ``token_type_ids``, as int32 arrays.
-    """
-    if split.texts is None:
-        raise ValueError("encode_split needs a text split")
-    key = (_tokenizer_key(tokenizer), split.fingerprint(), int(max_len))
-    hit = _ENCODE_CACHE.get(key)
-    if hit is not None:
-        return hit
-    enc = tokenizer(split.texts, split.texts_b, truncation=True, max_length=max_len, padding=False)
-    out = []
-    for i in range(len(split)):
-        ex = {"input_ids": np.asarray(enc["input_ids"][i], dtype=np.int32)}
-        if "token_type_ids" in enc:
-            ex["token_type_ids"] = np.asarray(enc["token_type_ids"][i], dtype=np.int32)
-        out.append(ex)
-    _ENCODE_CACHE[key] = out
-    return out
-
-
-def collate(examples: list[dict[str, np.ndarray]], labels: np.ndarray, indices: np.ndarray,
-            pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Pad a list of encoded examples to the longest one (dynamic padding)."""
-    n = len(examples)
-    width = max(len(e["input_ids"]) for e in examples)
-    ids = np.full((n, width), pad_id, dtype=np.int64)
-    mask = np.zeros((n, width), dtype=np.int64)
-    types = np.zeros((n, width), dtype=np.int64) if "token_type_ids" in examples[0] else None
-    for i, e in enumerate(examples):
-        k = len(e["input_ids"])
-        ids[i, :k] = e["input_ids"]
-        mask[i, :k] = 1
-        if types is not None:
-            types[i, :k] = e["token_type_ids"]
-    batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
-             "labels": torch.as_tensor(labels), "index": torch.as_tensor(indices, dtype=torch.long)}
-    if types is not None:
-        batch["token_type_ids"] = torch.from_numpy(types)
-    return batch
-
-
-class BatchSampler:
-    """Turns a split into batches: dynamic padding for text, plain tensors for features.
-
-    Args:
-        task: the task (for its kind).
-        split: the split to draw from.
-        tokenizer: needed for text tasks.
-        max_len: truncation length for text.
-    """
-
-    def __init__(self, task: TaskData, split: Split, tokenizer: Any = None, max_len: int = 128):
-        self.task = task
-        self.split = split
-        self.kind = task.kind
-        if self.kind == "text":
-            if tokenizer is None:
-                raise ValueError("a text task needs a tokenizer")
-            self.encoded = encode_split(tokenizer, split, max_len)
-            self.pad_id = tokenizer.pad_token_id or 0
-        else:
-            self.features = torch.from_numpy(np.ascontiguousarray(split.features, dtype=np.float32))
-        label_dtype = np.float32 if task.is_regression else np.int64
-        self.labels = split.labels.astype(label_dtype)
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        """The batch of examples ``indices``."""
-        indices = np.asarray(indices, dtype=np.int64)
-        if self.kind == "text":
-            return collate([self.encoded[i] for i in indices], self.labels[indices], indices, self.pad_id)
-        return {"features": self.features[torch.from_numpy(indices)],
-                "labels": torch.from_numpy(self.labels[indices]),
-                "index": torch.from_numpy(indices)}
-
-    def iterate(self, batch_size: int, order: np.ndarray | None = None) -> Iterable[dict[str, torch.Tensor]]:
-        """Batches over the whole split, in ``order`` (default: as stored).  For text, examples are
-        grouped by length within the order when no order is given (faster evaluation)."""
-        if order is None:
-            order = np.arange(len(self))
-            if self.kind == "text":
-                order = np.argsort([len(self.encoded[i]["input_ids"]) for i in order], kind="stable")
-        for start in range(0, len(order), batch_size):
-            yield self.batch(order[start : start + batch_size])
-
-
-def tokens_per_example(sampler: BatchSampler) -> np.ndarray:
-    """Number of tokens of each example (text) or ones (features)."""
-    if sampler.kind != "text":
-        return np.ones(len(sampler), dtype=np.int64)
-    return np.asarray([len(e["input_ids"]) for e in sampler.encoded], dtype=np.int64)
-

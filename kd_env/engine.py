@@ -1,94 +1,41 @@
 """The distillation engine: a student, its optimizer and schedule, a seeded data order, and one
 training phase at a time with a chosen mix of knowledge.
 
-:func:`build_distiller` turns a :class:`~kd_env.config.DistillConfig` into a ready
-:class:`Distiller` (loading the task, fine-tuning the teacher once, building the teacher cache
-once); :class:`Distiller` itself only trains and evaluates.
+:class:`Distiller` only trains and evaluates; :func:`kd_env.build.build_distiller` makes one from
+a :class:`~kd_env.config.DistillConfig` (``from kd_env.engine import build_distiller`` still works).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import json
 import math
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from .batching import BatchSampler
 from .config import DistillConfig
-from .data import BatchSampler, TaskData, load_task
-from .knowledge import KNOWLEDGE_REGISTRY, Knowledge, check_example_weighting, knowledge_names, make_knowledge
-from .models import (
-    MLPClassifier,
-    SequenceClassifier,
-    Student,
-    layer_map,
-    load_hf_classifier,
-    load_tokenizer,
-    truncate_layers,
-)
-from .teacher import (
-    LiveTeacher,
-    TeacherCache,
-    atomic_write_json,
-    cache_root,
-    evaluate_model,
-    fingerprint_module,
-    train_classifier,
-)
+from .data import TaskData
+from .knowledge import Knowledge, check_example_weighting
+from .models import Student
+from .runtime import private_torch_rng
+from .teacher import LiveTeacher, TeacherCache, evaluate_model
 
-__all__ = ["PhaseStats", "Distiller", "build_distiller", "prepare_teacher", "resolve_device", "private_torch_rng",
-           "resolve_threads", "usable_cpus"]
+__all__ = ["PhaseStats", "Distiller"]
 
 
-@contextlib.contextmanager
-def private_torch_rng(seed: int | None = None, device: torch.device | None = None):
-    """Run a block on a private torch random stream: the process-wide torch RNG (CPU, and the CUDA
-    device's when ``device`` is CUDA) is saved on entry and restored on exit, so the block neither
-    reads nor changes anyone else's randomness.  With ``seed`` the block starts from
-    ``torch.manual_seed(seed)``."""
-    devices = [device] if device is not None and device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        if seed is not None:
-            torch.manual_seed(int(seed))
-        yield
+def __getattr__(name: str) -> Any:
+    """``build_distiller`` lives in :mod:`kd_env.build`; the old import path keeps working."""
+    if name == "build_distiller":
+        from .build import build_distiller
 
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; otherwise ``torch.device(name)``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; valid here: 'cpu', 'auto'")
-    return dev
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where the platform has
-    no ``sched_getaffinity``)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def resolve_threads(threads: int | None) -> int:
-    """The torch intra-op thread count for ``DistillConfig.threads``: the value itself, or when
-    unset torch's default bounded by :func:`usable_cpus` (torch counts the machine's cores, not
-    those this process may use, and more threads than usable CPUs spin against each other)."""
-    if threads is not None:
-        return int(threads)
-    return max(1, min(torch.get_num_threads(), usable_cpus()))
+        return build_distiller
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -548,175 +495,3 @@ class Distiller:
 
     def close(self) -> None:
         self.teacher.close()
-
-
-# --------------------------------------------------------------------------------------------
-# Assembly from a config
-# --------------------------------------------------------------------------------------------
-
-
-def _teacher_fields(knowledge: Sequence[Knowledge]) -> list[str]:
-    fields = {"logits"}
-    for k in knowledge:
-        fields.update(k.needs)
-    return sorted(fields)
-
-
-def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, device: torch.device,
-                    attentions: bool) -> tuple[nn.Module, dict[str, Any]]:
-    """Load the fine-tuned teacher from the cache root, or fine-tune and save it there once.
-
-    Returns the teacher (eval mode) and its summary (dev/test metrics, fine-tuning time).
-    """
-    root = cache_root(config.cache_dir) / "teachers"
-    ident = {"teacher": config.teacher, "task": task.name, "train": task["train"].fingerprint(),
-             "epochs": config.teacher_epochs, "lr": config.teacher_lr, "bs": config.teacher_batch_size,
-             "max_steps": config.teacher_max_steps, "max_len": config.max_len, "seed": config.seed,
-             "hidden": list(config.teacher_hidden) if task.kind != "text" else None}
-    teacher_split = task["train"]
-    if config.teacher_train_fraction < 1:  # a weaker teacher: fine-tuned on a seeded subset of train
-        ident["train_fraction"] = config.teacher_train_fraction
-        n = max(1, int(round(config.teacher_train_fraction * len(teacher_split))))
-        pick = np.sort(np.random.default_rng([config.seed, 1618]).permutation(len(teacher_split))[:n])
-        teacher_split = teacher_split.subset(pick)
-    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-    folder = root / f"{Path(str(config.teacher)).name}-{task.name}-{key}"
-    summary_path = folder / "teacher.json"
-    train = BatchSampler(task, teacher_split, tokenizer, config.max_len)
-    if task.kind == "text":
-        if summary_path.exists():
-            model = SequenceClassifier(load_hf_classifier(str(folder / "model"), task.num_labels, attentions=attentions))
-            return model.to(device).eval(), json.loads(summary_path.read_text())
-        model = SequenceClassifier(load_hf_classifier(config.teacher, task.num_labels, attentions=attentions,
-                                                      trust_remote_code=config.trust_remote_code))
-    else:
-        if summary_path.exists():
-            model = MLPClassifier(task["train"].features.shape[1], config.teacher_hidden, task.num_labels)
-            try:
-                # weights only: a pickle planted in the cache that would build objects is refused
-                model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
-                summary = json.loads(summary_path.read_text())
-            except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ValueError ...
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                import warnings
-
-                warnings.warn(f"teacher checkpoint {folder / 'model.pt'} refused (not a weights-only state_dict "
-                              f"of this teacher: {first}); fine-tuning the teacher again", RuntimeWarning,
-                              stacklevel=2)
-            else:
-                return model.to(device).eval(), summary
-        with private_torch_rng(config.seed):
-            model = MLPClassifier(task["train"].features.shape[1], config.teacher_hidden, task.num_labels)
-    with private_torch_rng(config.seed, device):  # dropout during fine-tuning: a seeded private stream
-        fit = train_classifier(model, train, epochs=config.teacher_epochs, lr=config.teacher_lr,
-                               batch_size=config.teacher_batch_size, seed=config.seed, device=device,
-                               max_steps=config.teacher_max_steps, progress=config.progress)
-    dev = BatchSampler(task, task["dev"], tokenizer, config.max_len)
-    test = BatchSampler(task, task[task.eval_split], tokenizer, config.max_len)
-    summary = {"fine_tune": fit, "dev": evaluate_model(model, dev, task, device, progress=config.progress,
-                                                       desc="evaluate teacher (dev)"),
-               "test": evaluate_model(model, test, task, device, progress=config.progress,
-                                      desc="evaluate teacher (test)"), "ident": ident,
-               "parameters": sum(p.numel() for p in model.parameters())}
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if task.kind == "text":
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        try:
-            model.model.save_pretrained(tmp / "model")
-            tokenizer.save_pretrained(tmp / "model")
-        finally:
-            hf_logging.enable_progress_bar()
-    else:
-        torch.save(model.state_dict(), tmp / "model.pt")
-    atomic_write_json(tmp / "teacher.json", summary)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return model.eval(), summary
-
-
-def build_distiller(config: DistillConfig, task: TaskData | None = None) -> Distiller:
-    """Everything from a config: task, tokenizer, teacher (fine-tuned once), teacher cache
-    (built once), student and knowledge.
-
-    Args:
-        config: the run configuration.
-        task: an already loaded task (saves re-reading it), else loaded from ``config.task``.
-    """
-    device = resolve_device(config.device)
-    torch.set_num_threads(resolve_threads(config.threads))
-    if config.deterministic:
-        import os
-
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    # teacher fine-tuning and the student's first weights draw from seeded private streams: building
-    # a distiller neither reads nor changes the process-wide torch RNG
-    with private_torch_rng(device=device):
-        return _assemble(config, task, device)
-
-
-def _assemble(config: DistillConfig, task: TaskData | None, device: torch.device) -> Distiller:
-    knowledge = make_knowledge(config.knowledge, config.knowledge_params)
-    task = task or load_task(config.task, data_dir=config.data_dir, seed=config.seed, labels=config.labels)
-    if task.kind != "text":  # MLPs have no attention maps: say so before any teacher is trained
-        for k in knowledge:
-            if k.student_attentions:
-                usable = [n for n in knowledge_names() if "attentions" not in KNOWLEDGE_REGISTRY[n].needs]
-                raise ValueError(f"knowledge {k.name!r} needs attention maps, which the MLP teacher and student of "
-                                 f"task {task.name!r} do not have; valid knowledge types here: {usable}")
-    attentions = any(k.student_attentions for k in knowledge)
-    tokenizer = None
-    if task.kind == "text":
-        if config.teacher == "mlp":
-            raise ValueError(f"teacher 'mlp' is for feature tasks; task {task.name!r} is text: pass an HF "
-                             f"model name or folder (default 'minilm-l6')")
-        tokenizer = load_tokenizer(config.teacher, trust_remote_code=config.trust_remote_code)
-    elif config.teacher != "mlp":
-        raise ValueError(f"task {task.name!r} has feature vectors; its teacher must be 'mlp', got {config.teacher!r}")
-    teacher, teacher_summary = prepare_teacher(config, task, tokenizer, device, attentions)
-    # distillation set: a seeded subset of train
-    train_split = task["train"]
-    if config.train_examples is not None and config.train_examples < len(train_split):
-        pick = np.sort(np.random.default_rng(config.seed + 104729).permutation(len(train_split))[: config.train_examples])
-        train_split = train_split.subset(pick)
-    train = BatchSampler(task, train_split, tokenizer, config.max_len)
-    dev = BatchSampler(task, task["dev"], tokenizer, config.max_len)
-    test = BatchSampler(task, task[task.eval_split], tokenizer, config.max_len)
-    # student and layer map
-    mapping = layer_map(teacher.num_layers, config.student_layers, config.layer_strategy)
-    torch.manual_seed(config.seed)
-    if task.kind == "text":
-        if config.student_init_from == "teacher":
-            base = teacher.model
-        else:
-            base = load_hf_classifier(config.teacher, task.num_labels, attentions=attentions,
-                                      trust_remote_code=config.trust_remote_code)
-        keep = layer_map(teacher.num_layers, config.student_layers, config.student_init)[1:]
-        student_model: nn.Module = SequenceClassifier(truncate_layers(base, keep))
-        if config.freeze_embeddings:
-            student_model.model.get_input_embeddings().weight.requires_grad_(False)
-        fresh = False
-    else:
-        student_model = MLPClassifier(task["train"].features.shape[1], [config.student_hidden] * config.student_layers,
-                                      task.num_labels)
-        fresh = True
-    for k in knowledge:
-        k.check(getattr(student_model, "num_heads", 0), getattr(teacher, "num_heads", 0))
-    teacher_widths = [teacher.hidden_sizes()[t] for t in mapping]
-    student = Student(student_model, teacher_widths)
-    fields = _teacher_fields(knowledge)
-    if config.use_teacher_cache:
-        key = TeacherCache.cache_key(fingerprint_module(teacher), train_split.fingerprint(),
-                                     f"{getattr(tokenizer, 'name_or_path', None)}:{len(tokenizer) if tokenizer else 0}",
-                                     config.max_len, mapping, fields)
-        source: TeacherCache | LiveTeacher = TeacherCache.build_or_open(
-            cache_root(config.cache_dir) / "teacher_outputs", key, teacher, train, mapping, fields, device,
-            verify=config.verify_cache, progress=config.progress)
-    else:
-        source = LiveTeacher(teacher, mapping, fields, device)
-    return Distiller(config, task, train, dev, test, student, source, knowledge, fresh, device,
-                     teacher_metrics=teacher_summary, layer_map=mapping, teacher_model=teacher)

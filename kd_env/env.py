@@ -10,8 +10,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from .build import build_distiller
 from .config import DistillConfig, get_preset
-from .engine import Distiller, PhaseStats, build_distiller
+from .engine import Distiller, PhaseStats
 from .instances import InstanceSet, get_instance_set
 from .observations import Observation, make_observation
 from .rewards import PhaseOutcome, Reward, make_reward

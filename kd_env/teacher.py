@@ -28,9 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import BatchSampler, TaskData, compute_metrics
+from .batching import BatchSampler, tokens_per_example
+from .data import TaskData
 from .io import atomic_write_bytes, atomic_write_json, progress_bar
 from .io import fsync_dir as _fsync_dir
+from .metrics import compute_metrics
 from .models import ModelOutputs, align_teacher
 
 __all__ = [
@@ -263,8 +265,6 @@ class TeacherCache:
     def build(path: Path, key: str, teacher: nn.Module, sampler: BatchSampler, mapping: Sequence[int],
               fields: Sequence[str], device: torch.device, batch_size: int = 64, progress: bool = True) -> None:
         """Compute the teacher outputs for every example of ``sampler`` and write them to ``path``."""
-        from .data import tokens_per_example
-
         fields = [f for f in TeacherCache.FIELDS if f in set(fields) | {"logits"}]
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")

@@ -11,16 +11,14 @@ import pytest
 import torch
 
 from kd_env import data
+from kd_env.batching import BatchSampler, collate, encode_split
 from kd_env.data import (
     RT_POLARITY_SIZES,
     GLUE_TASKS,
-    BatchSampler,
     Split,
-    collate,
-    compute_metrics,
-    encode_split,
     load_task,
 )
+from kd_env.metrics import compute_metrics
 from kd_env.models import load_tokenizer
 
 # --------------------------------------------------------------------------------------------

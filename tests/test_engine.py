@@ -11,7 +11,7 @@ import torch
 
 import kd_env
 from kd_env import DistillConfig, build_distiller, get_preset
-from kd_env.engine import resolve_threads, usable_cpus
+from kd_env.runtime import resolve_threads, usable_cpus
 from kd_env.knowledge import KNOWLEDGE_REGISTRY, register_knowledge
 from kd_env.teacher import LiveTeacher, TeacherCache, cache_root
 
@@ -182,12 +182,12 @@ def test_measure_consumes_nothing(fresh):
 
 
 def test_second_build_reuses_teacher_and_cache(quick, monkeypatch):
-    import kd_env.engine as engine
+    import kd_env.build as build
 
     def fail(*args, **kwargs):
         raise AssertionError("the fine-tuned teacher and its cache must be reused")
 
-    monkeypatch.setattr(engine, "train_classifier", fail)
+    monkeypatch.setattr(build, "train_classifier", fail)
     monkeypatch.setattr(TeacherCache, "build", staticmethod(fail))
     again = build_distiller(get_preset("quick"))
     assert again.teacher.path == quick.teacher.path
@@ -281,14 +281,14 @@ def test_text_path_live_teacher_matches_cache(text_phase, tiny_bert_dir, text_cs
 
 
 def test_text_path_second_build_reuses_teacher_and_cache(text_phase, tiny_bert_dir, text_csv, monkeypatch):
-    import kd_env.engine as engine
+    import kd_env.build as build
 
     first, _ = text_phase
 
     def fail(*args, **kwargs):
         raise AssertionError("the fine-tuned teacher and its cache must be reused")
 
-    monkeypatch.setattr(engine, "train_classifier", fail)
+    monkeypatch.setattr(build, "train_classifier", fail)
     monkeypatch.setattr(TeacherCache, "build", staticmethod(fail))
     again = build_distiller(_text_config(tiny_bert_dir, text_csv))
     assert again.teacher.path == first.teacher.path  # the reloaded teacher has the same fingerprint

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from conftest import TINY_HEADS, TINY_HIDDEN, TINY_LAYERS
-from kd_env.data import collate, encode_split, Split
+from kd_env.batching import collate, encode_split
+from kd_env.data import Split
 from kd_env.models import (
     MLPClassifier,
     SequenceClassifier,

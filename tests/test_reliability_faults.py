@@ -390,15 +390,15 @@ def test_hugging_face_models_never_run_remote_code_by_default(tiny_bert_dir, tex
     class Stop(Exception):
         pass
 
-    import kd_env.engine as engine
+    import kd_env.build as build
 
-    real_load = engine.load_hf_classifier
+    real_load = build.load_hf_classifier
 
     def load_then_stop(*args, **kwargs):
         real_load(*args, **kwargs)
         raise Stop
 
-    monkeypatch.setattr(engine, "load_hf_classifier", load_then_stop)
+    monkeypatch.setattr(build, "load_hf_classifier", load_then_stop)
     seen.clear()
     config = DistillConfig(task=str(text_csv), teacher=str(tiny_bert_dir), student_layers=1, max_len=16,
                            progress=False, cache_dir=str(tmp_path / "cache"))

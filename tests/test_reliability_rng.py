@@ -20,7 +20,7 @@ from tests.helpers import assert_same
 
 import kd_env  # noqa: F401 - registers the env ids
 from agents import make_agent, run_episode
-from kd_env.engine import private_torch_rng
+from kd_env.runtime import private_torch_rng
 
 ACTIONS = [np.array(a) for a in ([1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 1], [1, 0, 0, 1])]
 

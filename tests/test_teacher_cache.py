@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from kd_env.data import BatchSampler, load_task
+from kd_env.batching import BatchSampler
+from kd_env.data import load_task
 from kd_env.models import MLPClassifier, ModelOutputs, SequenceClassifier, layer_map, load_hf_classifier, load_tokenizer
 from kd_env.teacher import CacheError, LiveTeacher, TeacherCache, fingerprint_module
 

@@ -129,7 +129,7 @@ def _run_cell(cell: Cell, threads: int) -> dict[str, Any]:
 
     import kd_env  # noqa: F401 - registers the ids
     from agents import make_agent
-    from kd_env.data import main_metric_name
+    from kd_env.metrics import main_metric_name
 
     start = time.perf_counter()
     s = cell.settings
