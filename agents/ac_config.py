@@ -77,7 +77,9 @@ class ActorCriticConfig:
     baseline), so that it measures the actions, not how good the drawn instance or seed was.
     ``1``: GAE advantages from the critic.  Keep ``episodes_per_update`` a multiple of
     ``group_size`` x the number of vector sub-envs, so that every group is learnt from whole;
-    a group member alone in its update falls back to the critic's GAE advantage"""
+    a group member alone in its update falls back to the critic's GAE advantage.  An env that
+    ignores the ``replay`` option (not a kd_env env) gets unpaired groups: the baseline stays
+    unbiased but no longer removes the situation"""
     clip_range: float = 0.2
     """PPO ratio clip (value critic, ``update_epochs > 1``), in (0, 1)"""
     max_grad_norm: float = 0.5

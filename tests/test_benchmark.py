@@ -439,3 +439,27 @@ def test_the_package_modules_run_with_python_m_without_warnings(module):
     done = subprocess.run([sys.executable, "-W", "error", "-m", module, "--help"], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert done.returncode == 0 and "usage: python -m " + module in done.stdout, done.stderr
+
+
+def test_oracle_share_from_cell_files_by_hand(tmp_path):
+    from experiments.benchmark.oracle import main, oracle_shares
+
+    # two held-out instances a, b; 2 evaluation episodes each; final evaluation is the last row
+    finals = {"vanilla_kd": {0: (0.5, 0.5), 1: (0.6, 0.4)}, "fixed_1000": {0: (0.9, 0.1), 1: (0.8, 0.2)},
+              "fixed_0100": {0: (0.4, 0.7), 1: (0.5, 0.8)}, "ac": {0: (0.6, 0.6), 1: (0.7, 0.5)}}
+    for algo, by_seed in finals.items():
+        for seed, (a, b) in by_seed.items():
+            cell = tmp_path / algo / f"kd_env__X-v0__seed{seed}"
+            cell.mkdir(parents=True)
+            np.savez(cell / "evaluations.npz", test_metrics=np.array([[0.0] * 4, [a, b, a, b]]),
+                     eval_instances=np.array(["a", "b", "a", "b"]))
+    out = oracle_shares(tmp_path, {"a": "fixed:1000", "b": "fixed:0100"}, ["ac"], reps=200)
+    # oracle: seed 0 (0.9 + 0.7) / 2 = 0.8, seed 1 (0.8 + 0.8) / 2 = 0.8; baseline 0.5 both: gain 0.3
+    assert out["oracle_mean"] == pytest.approx(0.8)
+    assert out["oracle_diff"]["mean"] == pytest.approx(0.3)
+    # ac: 0.6 both seeds, +0.1 each: a third of the oracle's gain
+    assert out["algos"]["ac"]["share"] == pytest.approx(1 / 3)
+    assert out["algos"]["ac"]["share_low"] == pytest.approx(1 / 3) == out["algos"]["ac"]["share_high"]
+    with pytest.raises(ValueError, match=r"no algorithm for held-out instance\(s\) \['b'\]"):
+        oracle_shares(tmp_path, {"a": "fixed:1000"}, ["ac"])
+    assert main([str(tmp_path), "--choice", "a=fixed:1000,b=nope"]) == 2

@@ -1,0 +1,99 @@
+"""The per-instance oracle of a finished instance-env benchmark run, and each algorithm's share of
+its headroom, from the run's cell files alone.
+
+The oracle plays, on each held-out instance, the algorithm named for it (e.g. the fixed mask the
+headroom tool chose on dev), scored on the same evaluation episodes as every other run of that
+seed.  For each algorithm: the paired difference with the baseline (t interval over seeds), and
+its share of the oracle's gain, ``mean(algo - baseline) / mean(oracle - baseline)``, with a
+bootstrap interval over seeds::
+
+    python -m experiments.benchmark.oracle runs/benchmark-instances-paired \\
+        --choice labels100-noisy40-strong=vanilla_kd,labels25-clean-weak=fixed:1000,\\
+labels5-clean-strong=fixed:0100,labels5-noisy40-weak=fixed:0100
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..report import paired_difference
+
+
+def _episode_scores(run_dir: Path, algo: str) -> dict[int, dict[str, float]]:
+    """``{seed: {instance: mean final test metric over that instance's evaluation episodes}}``."""
+    folder = run_dir / algo.replace(":", "_")
+    if not folder.is_dir():
+        raise ValueError(f"{run_dir} has no runs of {algo!r} (no folder {folder.name}/)")
+    out: dict[int, dict[str, float]] = {}
+    for cell in sorted(folder.glob("*__seed*")):
+        seed = int(cell.name.rsplit("__seed", 1)[1])
+        data = np.load(cell / "evaluations.npz")
+        final, instances = data["test_metrics"][-1], data["eval_instances"]
+        out[seed] = {str(i): float(np.mean(final[instances == i])) for i in np.unique(instances)}
+    return out
+
+
+def oracle_shares(run_dir: str | Path, choice: dict[str, str], algos: Sequence[str], baseline: str = "vanilla_kd",
+                  reps: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """The oracle's mean and paired difference with ``baseline``, and per algorithm its paired
+    difference and share of the oracle's gain (point and 95% bootstrap interval over seeds)."""
+    run_dir = Path(run_dir)
+    scores = {a: _episode_scores(run_dir, a) for a in {*choice.values(), *algos, baseline}}
+    seeds = sorted(set.intersection(*(set(s) for s in scores.values())))
+    if not seeds:
+        raise ValueError(f"no seed has runs of every algorithm in {run_dir}")
+    instances = sorted(scores[baseline][seeds[0]])
+    missing = sorted(set(instances) - set(choice))
+    if missing:
+        raise ValueError(f"--choice names no algorithm for held-out instance(s) {missing}")
+
+    def mean_over(algo_of: dict[str, str], s: int) -> float:
+        return float(np.mean([scores[algo_of[i]][s][i] for i in instances]))
+
+    base = {s: mean_over({i: baseline for i in instances}, s) for s in seeds}
+    oracle = {s: mean_over(choice, s) for s in seeds}
+    gain = np.array([oracle[s] - base[s] for s in seeds])
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(seeds), size=(reps, len(seeds)))
+    out: dict[str, Any] = {"seeds": seeds, "oracle_mean": float(np.mean(list(oracle.values()))),
+                           "oracle_diff": paired_difference(oracle, base), "algos": {}}
+    for algo in algos:
+        mine = {s: mean_over({i: algo for i in instances}, s) for s in seeds}
+        diff = np.array([mine[s] - base[s] for s in seeds])
+        boot = diff[draws].mean(axis=1) / gain[draws].mean(axis=1)
+        out["algos"][algo] = {"mean": float(np.mean(list(mine.values()))), "diff": paired_difference(mine, base),
+                              "share": float(diff.mean() / gain.mean()),
+                              "share_low": float(np.percentile(boot, 2.5)), "share_high": float(np.percentile(boot, 97.5))}
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.benchmark.oracle", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir")
+    p.add_argument("--choice", required=True, help="instance=algorithm,... for every held-out instance")
+    p.add_argument("--algos", default="ac", help="comma-separated algorithms to compare with the oracle")
+    p.add_argument("--baseline", default="vanilla_kd")
+    args = p.parse_args(argv)
+    try:
+        choice = dict(item.split("=", 1) for item in args.choice.split(","))
+        result = oracle_shares(args.run_dir, choice, args.algos.split(","), args.baseline)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    d = result["oracle_diff"]
+    print(f"oracle: {result['oracle_mean']:.4f}, vs {args.baseline} {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}], "
+          f"{d['wins']}/{d['n']} seeds")
+    for algo, r in result["algos"].items():
+        d = r["diff"]
+        print(f"{algo}: {r['mean']:.4f}, vs {args.baseline} {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]; "
+              f"share of the oracle's gain {r['share']:.1%} [{r['share_low']:.1%}, {r['share_high']:.1%}]")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
