@@ -23,7 +23,7 @@ from .config import DistillConfig
 from .data import TaskData
 from .knowledge import Knowledge, check_example_weighting
 from .models import Student
-from .runtime import private_torch_rng
+from .runtime import NO_TIMER, StepTimer, private_torch_rng
 from .teacher import LiveTeacher, TeacherCache, evaluate_model
 
 __all__ = ["PhaseStats", "Distiller"]
@@ -148,6 +148,8 @@ class Distiller:
         self.student_labels, self.label_mask = student_label_view(train.labels, task.num_labels, config)
         self.example_weighting: str | None = None
         self._weighting_fn = None
+        self.step_timer: StepTimer | None = None
+        """set a :class:`~kd_env.runtime.StepTimer` to time the parts of each training step"""
         self.reset(config.seed)
 
     def set_example_weighting(self, name: str | None) -> None:
@@ -288,9 +290,12 @@ class Distiller:
         crashed = False
         done = 0
         self.student.train()
+        timer = self.step_timer or NO_TIMER
         for _ in range(steps):
+            timer.start()
             batch = self._train_batch(self._next_indices())
-            terms, values, student_out, teacher_out = self._losses(batch, active, computed)
+            timer.mark("data")
+            terms, values, student_out, teacher_out = self._losses(batch, active, computed, timer)
             done += 1
             if any(not math.isfinite(values[i]) for i in active):
                 crashed = True
@@ -302,10 +307,12 @@ class Distiller:
             with torch.no_grad():
                 self._accumulate_prediction_stats(stats, student_out.logits, teacher_out.logits, batch["labels"],
                                                   batch.get("label_mask"))
+            timer.mark("statistics")
             if active:
                 total = sum(float(w[i]) * terms[i] for i in active)
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()
+                timer.mark("backward")
                 grad_norm = float(nn.utils.clip_grad_norm_(self.student.parameters(), self.config.max_grad_norm))
                 if not math.isfinite(grad_norm):
                     self.optimizer.zero_grad(set_to_none=True)
@@ -318,6 +325,7 @@ class Distiller:
                 self.scheduler.step()
             else:
                 self._advance_schedule()
+            timer.mark("optimizer")
             self.step += 1
         if crashed:
             self.step += 1  # the crashing step is spent
@@ -329,12 +337,14 @@ class Distiller:
             entropy=stats["ent"] / n, grad_norm=stats["grad"] / max(1, trained), steps=done,
             trained_steps=trained, seconds=time.perf_counter() - start, crashed=crashed)
 
-    def _losses(self, batch: dict[str, torch.Tensor], active: list[int], computed: list[int]):
+    def _losses(self, batch: dict[str, torch.Tensor], active: list[int], computed: list[int], timer=NO_TIMER):
         """Forward the student once; the knowledge terms in ``computed`` (with gradient for
         ``active`` ones only) and their float values."""
         teacher_out = self.teacher.outputs(batch)
+        timer.mark("teacher")
         with torch.set_grad_enabled(bool(active)):
             student_out = self.student(batch, attentions=self.need_attentions)
+            timer.mark("forward")
             example_weights = {}
             if self._weighting_fn is not None:
                 with torch.no_grad():
@@ -348,6 +358,7 @@ class Distiller:
                     else:
                         terms[i] = k(student_out, teacher_out, batch)
         values = {i: float(t.detach()) for i, t in terms.items()}
+        timer.mark("losses")
         return terms, values, student_out, teacher_out
 
     @torch.no_grad()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 import torch
 
-__all__ = ["private_torch_rng", "resolve_device", "resolve_threads", "usable_cpus"]
+__all__ = ["NO_TIMER", "StepTimer", "private_torch_rng", "resolve_device", "resolve_threads", "usable_cpus"]
 
 
 @contextlib.contextmanager
@@ -49,3 +50,61 @@ def resolve_threads(threads: int | None) -> int:
     if threads is not None:
         return int(threads)
     return max(1, min(torch.get_num_threads(), usable_cpus()))
+
+
+class StepTimer:
+    """Wall time of each part of a training step, summed over steps (profiling; see
+    ``perf/engine_speed.py``).  Give one to :attr:`kd_env.engine.Distiller.step_timer`; the
+    distiller then calls :meth:`start` at the top of each step and :meth:`mark` after each part.
+
+    Args:
+        device: on CUDA every mark first waits for the device, so that each part is charged with
+            its own kernels (this slows the step; CPU work is synchronous already).
+    """
+
+    PARTS = ("data", "teacher", "forward", "losses", "backward", "optimizer", "statistics")
+
+    def __init__(self, device: torch.device | None = None):
+        self.cuda = device is not None and device.type == "cuda"
+        self.seconds: dict[str, float] = {}
+        self.steps = 0
+        self._last = 0.0
+
+    def clear(self) -> None:
+        """Forget what was timed so far."""
+        self.seconds.clear()
+        self.steps = 0
+
+    def start(self) -> None:
+        """A step begins."""
+        self.steps += 1
+        self._last = self._now()
+
+    def mark(self, part: str) -> None:
+        """Charge the time since the last mark (or :meth:`start`) to ``part``."""
+        now = self._now()
+        self.seconds[part] = self.seconds.get(part, 0.0) + now - self._last
+        self._last = now
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def milliseconds_per_step(self) -> dict[str, float]:
+        """Mean milliseconds per step of each part, in :attr:`PARTS` order, then any others."""
+        names = [p for p in self.PARTS if p in self.seconds] + [p for p in self.seconds if p not in self.PARTS]
+        return {p: 1000 * self.seconds[p] / max(1, self.steps) for p in names}
+
+
+class _NoTimer:
+    """What the distiller calls when nobody profiles it: nothing."""
+
+    def start(self) -> None:
+        pass
+
+    def mark(self, part: str) -> None:
+        pass
+
+
+NO_TIMER = _NoTimer()

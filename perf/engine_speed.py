@@ -1,21 +1,32 @@
-"""Speed and memory of the distillation engine (prints a markdown table; not a test).
+"""Speed and memory of the distillation engine (prints markdown tables; not a test).
 
-    python perf/engine_speed.py                  # text + digits (text builds the teacher once)
-    python perf/engine_speed.py --digits-only
+    python perf/engine_speed.py                  # text + digits at 1 and 2 threads
+    python perf/engine_speed.py --digits-only --threads 1
     python perf/engine_speed.py --fresh-cache    # also time teacher fine-tuning + caching
+    python perf/engine_speed.py --precision-compare   # teacher fine-tuning + caching, fp32 vs bf16
     python perf/engine_speed.py --digits-only --relation-naive --threads 1   # the Gram trick
 
-Measured side by side in one run, interleaved, medians over repetitions:
+Measured side by side in one run, for each thread count in ``--threads`` (default 1 and 2), in
+``--reps`` interleaved repetitions (each repetition times every contender once, in turn, on the
+same batches); every row gives the median and the range (min-max) over the repetitions, and each
+ratio is taken within a repetition:
 
-1. a distillation step reading the teacher cache vs a live-teacher KD step (the teacher runs on
-   every batch, as KD toolkits do), same student, same batches, same knowledge;
-2. the same cached step vs TextBrewer 0.2.1 doing vanilla KD + one hidden-state match on the
-   same models and batches (``pip install --no-deps textbrewer==0.2.1.post1``; skipped if absent);
-3. teacher fine-tuning + caching on rt-polarity: wall time, peak RSS, cache size on disk;
-4. the digits engine: optimizer steps per second;
-5. with ``--relation-naive``: the digits engine with all four knowledge types, ``relation``
-   computed through the explicit H x H FSP matrices (``fsp_matrix``) instead of the token Gram
-   matrices (``fsp_mse``, the engine's form): the speed-up of never forming the H x H matrices.
+1. a distillation step reading the teacher cache (finetune + response + feature; the ``text``
+   preset at ``--batch-size``) against
+   - a live-teacher KD step (the teacher runs on every batch, as KD toolkits do),
+   - TextBrewer 0.2.1 doing vanilla KD + one hidden-state match on the same models and batches
+     (``pip install --no-deps textbrewer==0.2.1.post1``; skipped if absent),
+   - a bare train step of the same student (CE only, no teacher, no statistics);
+2. a profile of the cached KD step and of the bare step, split into their parts (data and
+   collation, teacher-cache read, student forward, knowledge losses, backward, optimizer with
+   clipping and schedule, observation statistics), from :class:`kd_env.runtime.StepTimer`;
+3. the teacher: fine-tuning time (as recorded, or afresh with ``--fresh-cache``), cache build,
+   cache size; with ``--precision-compare`` a fixed number of fine-tuning steps plus the caching of
+   a fixed number of examples, in fp32 and in bf16 autocast, interleaved;
+4. the digits engine: optimizer steps per second (all four knowledge types; finetune only);
+5. with ``--relation-naive``: the digits engine with ``relation`` computed through the explicit
+   H x H FSP matrices (``fsp_matrix``) instead of the token Gram matrices (``fsp_mse``, the
+   engine's form): the speed-up of never forming the H x H matrices.
 """
 
 from __future__ import annotations
@@ -37,9 +48,11 @@ import torch  # noqa: E402
 
 from kd_env import build_distiller, get_preset  # noqa: E402
 from kd_env.knowledge import Relation, fsp_matrix, register_knowledge  # noqa: E402
+from kd_env.runtime import StepTimer  # noqa: E402
 from kd_env.teacher import TeacherCache, cache_root  # noqa: E402
 
 NAIVE_RELATION = "relation_fsp_matrices"
+KD_WEIGHTS = [1.0, 1.0, 1.0, 0.0]  # finetune + response + feature
 
 
 @register_knowledge(NAIVE_RELATION, overwrite=True)
@@ -52,18 +65,36 @@ class RelationThroughFspMatrices(Relation):
         return ((fsp_matrix(a_s, b_s, mask) - fsp_matrix(a_t, b_t, mask)) ** 2).mean()
 
 
-def _median_ms_per_step(fn, steps: int, reps: int) -> list[float]:
-    out = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        out.append(1000 * (time.perf_counter() - t) / steps)
-    return out
+def spread(values: list[float], fmt: str = "{:.0f}") -> tuple[str, str]:
+    """The median and the range (min-max) of ``values``, formatted."""
+    return fmt.format(statistics.median(values)), f"{fmt.format(min(values))}-{fmt.format(max(values))}"
 
 
-def textbrewer_step_fn(distiller, steps: int):
-    """A closure running ``steps`` TextBrewer GeneralDistiller steps (vanilla KD + one hidden
-    match) on the distiller's models and batches."""
+def row(rows: list[list[str]], label: str, threads: int, values: list[float], note: str = "",
+        fmt: str = "{:.0f}", bold: bool = False) -> None:
+    med, rng = spread(values, fmt)
+    if bold:
+        label, med = f"**{label}**", f"**{med}**"
+    rows.append([label, str(threads), med, rng, note])
+
+
+def ms_per_step(steps: int, fn, *args, **kwargs) -> tuple[float, object]:
+    """Milliseconds per step of ``fn(*args, **kwargs)`` (which runs ``steps`` steps), and its result."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return 1000 * (time.perf_counter() - start) / steps, result
+
+
+def phase_indices(distiller, steps: int) -> list[np.ndarray]:
+    """The example indices of the next ``steps`` training batches of ``distiller`` (right after a
+    reset: the slices of its data order), so that other contenders can train on the same batches."""
+    bs = distiller.config.batch_size
+    return [distiller.order[distiller.position + i * bs: distiller.position + (i + 1) * bs] for i in range(steps)]
+
+
+def textbrewer_step_fn(distiller):
+    """A function running TextBrewer GeneralDistiller steps (vanilla KD + one hidden match) on
+    the distiller's models, one per list of example indices."""
     import textbrewer
     from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
 
@@ -85,15 +116,11 @@ def textbrewer_step_fn(distiller, steps: int):
     optimizer = torch.optim.AdamW(student.parameters(), lr=distiller.config.lr)
     tb.model_T.eval()
     student.train()
-    rng = np.random.default_rng(0)
 
-    def run():
-        for _ in range(steps):
-            idx = rng.choice(len(distiller.train_data), distiller.config.batch_size, replace=False)
+    def run(indices: list[np.ndarray]) -> None:
+        for idx in indices:
             b = distiller.train_data.batch(idx)
-            batch = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"], "labels": b["labels"]}
-            if "token_type_ids" in b:
-                batch["token_type_ids"] = b["token_type_ids"]
+            batch = {k: b[k] for k in ("input_ids", "attention_mask", "labels", "token_type_ids") if k in b}
             loss, _ = tb.train_on_batch(batch, {"output_hidden_states": True})
             optimizer.zero_grad()
             loss.backward()
@@ -103,117 +130,204 @@ def textbrewer_step_fn(distiller, steps: int):
     return run, textbrewer.__version__
 
 
-def bench_text(args, rows: list[list[str]]) -> None:
-    cfg = get_preset("text", progress=True, threads=args.threads)
+def bare_step_fn(distiller, timer: StepTimer):
+    """A function running bare train steps of a copy of the distiller's student (the Hugging
+    Face model alone: CE to the labels, AdamW with clipping and the same schedule, no teacher,
+    no statistics), one per list of example indices, timed part by part by ``timer``."""
+    model = copy.deepcopy(distiller.student.model.model).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=distiller.config.lr, weight_decay=distiller.config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, distiller.scheduler.lr_lambdas[0])
+    device = distiller.device
+
+    def run(indices: list[np.ndarray]) -> None:
+        for idx in indices:
+            timer.start()
+            b = distiller.train_data.batch(idx)
+            inputs = {k: b[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in b}
+            labels = b["labels"].to(device)
+            timer.mark("data")
+            logits = model(**inputs).logits
+            timer.mark("forward")
+            loss = torch.nn.functional.cross_entropy(logits, labels)
+            timer.mark("losses")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            timer.mark("backward")
+            torch.nn.utils.clip_grad_norm_(params, distiller.config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            timer.mark("optimizer")
+
+    return run
+
+
+def teacher_rows(args, cfg, rows: list[list[str]]):
+    """Build the text distiller; rows on the teacher's fine-tuning and cache."""
+    threads = torch.get_num_threads()
     if args.fresh_cache:
         os.environ["KD_ENV_CACHE"] = tempfile.mkdtemp(prefix="kd_env_bench_")
         t = time.perf_counter()
         cached = build_distiller(cfg)
         wall = time.perf_counter() - t
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        rows.append(["teacher fine-tune + cache build (rt-polarity, from empty cache)", f"{wall:.0f} s",
-                     "target <= 600 s"])
-        rows.append(["  of which fine-tuning (1 epoch)", f"{cached.teacher_metrics['fine_tune']['seconds']:.0f} s", ""])
-        rows.append(["peak RSS of that process", f"{rss:.0f} MiB", ""])
-    else:
-        cached = build_distiller(cfg)
-        rows.append(["teacher fine-tuning (recorded when built)", f"{cached.teacher_metrics['fine_tune']['seconds']:.0f} s",
-                     "rerun with --fresh-cache for a full timing"])
-        # time the cache build alone into a scratch folder
-        root = Path(tempfile.mkdtemp(prefix="kd_env_cache_"))
-        t = time.perf_counter()
-        TeacherCache.build(root / "c", "bench", cached.teacher_model, cached.train_data, cached.layer_map,
-                           ["logits", "hidden_cls", "hidden_tokens"], cached.device, progress=False)
-        rows.append([f"teacher-output cache build ({len(cached.train_data)} examples)", f"{time.perf_counter() - t:.1f} s", ""])
-    rows.append(["teacher test accuracy", f"{cached.teacher_metrics['test']['main']:.4f}", ""])
-    rows.append(["teacher cache size on disk", f"{cached.teacher.size_bytes() / 2**20:.1f} MiB", ""])
+        rows.append(["teacher fine-tune + cache build (rt-polarity, from empty cache), s", str(threads), f"{wall:.0f}",
+                     "", f"precision {cached.teacher_metrics.get('precision', 'fp32')}"])
+        rows.append(["  of which fine-tuning (1 epoch), s", str(threads),
+                     f"{cached.teacher_metrics['fine_tune']['seconds']:.0f}", "", ""])
+        rows.append(["peak RSS of that process, MiB", str(threads), f"{rss:.0f}", "", ""])
+        return cached
+    cached = build_distiller(cfg)
+    rows.append(["teacher fine-tuning (recorded when built), s", "?",
+                 f"{cached.teacher_metrics['fine_tune']['seconds']:.0f}", "",
+                 f"precision {cached.teacher_metrics.get('precision', 'fp32')}; --fresh-cache times it afresh"])
+    root = Path(tempfile.mkdtemp(prefix="kd_env_cache_"))
+    t = time.perf_counter()
+    TeacherCache.build(root / "c", "bench", cached.teacher_model, cached.train_data, cached.layer_map,
+                       ["logits", "hidden_cls", "hidden_tokens"], cached.device, progress=False)
+    rows.append([f"teacher-output cache build ({len(cached.train_data)} examples), s", str(threads),
+                 f"{time.perf_counter() - t:.1f}", "", ""])
+    return cached
+
+
+def bench_text(args, rows: list[list[str]], profiles: dict[int, dict[str, dict[str, float]]]) -> None:
+    cfg = get_preset("text", progress=True, batch_size=args.batch_size)
+    cached = teacher_rows(args, cfg, rows)
+    rows.append(["teacher test accuracy", "", f"{cached.teacher_metrics['test']['main']:.4f}", "", ""])
+    rows.append(["teacher cache size on disk, MiB", "", f"{cached.teacher.size_bytes() / 2**20:.1f}", "", ""])
     live = build_distiller(cfg.replace(use_teacher_cache=False))
-    weights = [1.0, 1.0, 1.0, 0.0]  # finetune + response + feature
-    steps, reps = args.steps, args.reps
-    c_ms, l_ms, tb_ms = [], [], []
+    steps = args.steps
     try:
-        tb_run, tb_version = textbrewer_step_fn(cached, steps)
+        tb_run, tb_version = textbrewer_step_fn(cached)
     except ImportError:
         tb_run, tb_version = None, None
-    # warm-up
-    cached.train_phase(weights, steps=2)
-    live.train_phase(weights, steps=2)
-    if tb_run:
-        tb_run()
-    for _ in range(reps):
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        kd_timer, bare_timer = StepTimer(cached.device), StepTimer(cached.device)
+        bare_run = bare_step_fn(cached, bare_timer)
         cached.reset(1)
-        live.reset(1)
-        c_ms += _median_ms_per_step(lambda: cached.train_phase(weights, steps=steps), steps, 1)
-        l_ms += _median_ms_per_step(lambda: live.train_phase(weights, steps=steps), steps, 1)
+        warm = phase_indices(cached, 2)
+        cached.train_phase(KD_WEIGHTS, steps=2)  # warm-up: first-call costs, allocator
+        live.train_phase(KD_WEIGHTS, steps=2)
+        bare_run(warm)
         if tb_run:
-            tb_ms += _median_ms_per_step(tb_run, steps, 1)
-    c, lv = statistics.median(c_ms), statistics.median(l_ms)
-    rows.append(["KD step, teacher cache (finetune+response+feature), ms", f"{c:.0f}", f"{len(c_ms)} reps x {steps} steps"])
-    rows.append(["KD step, live teacher forward, ms", f"{lv:.0f}", ""])
-    rows.append(["**ratio cached / live**", f"**{c / lv:.2f}**", "target <= 0.65"])
-    if tb_run:
-        tb = statistics.median(tb_ms)
-        rows.append([f"TextBrewer {tb_version} GeneralDistiller step (KD + 1 hidden match, live teacher), ms", f"{tb:.0f}", ""])
-        rows.append(["**ratio ours (cached) / TextBrewer**", f"**{c / tb:.2f}**", ""])
-    else:
-        rows.append(["TextBrewer", "not installed", "pip install --no-deps textbrewer==0.2.1.post1"])
+            tb_run(warm)
+        bare_timer.clear()
+        cached.step_timer = kd_timer
+        times: dict[str, list[float]] = {"cached": [], "live": [], "tb": [], "bare": []}
+        phase_ms: list[float] = []
+        for _ in range(args.reps):
+            cached.reset(1)
+            live.reset(1)
+            batches = phase_indices(cached, steps)
+            ms, phase = ms_per_step(steps, cached.train_phase, KD_WEIGHTS, steps=steps)
+            times["cached"].append(ms)
+            phase_ms.append(1000 * phase.seconds / steps)
+            times["live"].append(ms_per_step(steps, live.train_phase, KD_WEIGHTS, steps=steps)[0])
+            if tb_run:
+                times["tb"].append(ms_per_step(steps, tb_run, batches)[0])
+            times["bare"].append(ms_per_step(steps, bare_run, batches)[0])
+        cached.step_timer = None
+        c = times["cached"]
+        note = f"{args.reps} reps x {steps} steps, batch {args.batch_size}"
+        row(rows, "KD step, teacher cache (finetune+response+feature), ms", threads, c, note)
+        row(rows, "KD step, live teacher forward, ms", threads, times["live"])
+        row(rows, "bare student train step (CE only, same batches), ms", threads, times["bare"])
+        row(rows, "ratio cached / live", threads, [a / b for a, b in zip(c, times["live"])], "target <= 0.65",
+            "{:.2f}", bold=True)
+        if tb_run:
+            row(rows, f"TextBrewer {tb_version} GeneralDistiller step (KD + 1 hidden match, live teacher), ms",
+                threads, times["tb"])
+            row(rows, "ratio cached / TextBrewer", threads, [a / b for a, b in zip(c, times["tb"])],
+                "target <= 0.65", "{:.2f}", bold=True)
+        else:
+            rows.append(["TextBrewer", str(threads), "not installed", "", "pip install --no-deps textbrewer==0.2.1.post1"])
+        row(rows, "ratio cached / bare", threads, [a / b for a, b in zip(c, times["bare"])], "target <= 1.15",
+            "{:.2f}", bold=True)
+        kd = kd_timer.milliseconds_per_step()
+        kd["outside the step (phase set-up, RNG)"] = statistics.mean(phase_ms) - sum(kd.values())
+        profiles[threads] = {"kd": kd, "bare": bare_timer.milliseconds_per_step()}
+    live.close()
+    cached.close()
 
 
-def _digits_steps_per_second(distiller, weights, reps: int) -> float:
-    """Median optimizer steps/s of 150-step phases on digits."""
+def _digits_steps_per_second(distiller, weights, reps: int, steps: int) -> list[float]:
     rates = []
     for _ in range(reps):
         distiller.reset(0)
         t = time.perf_counter()
-        distiller.train_phase(weights, steps=150)
-        rates.append(150 / (time.perf_counter() - t))
-    return statistics.median(rates)
+        distiller.train_phase(weights, steps=steps)
+        rates.append(steps / (time.perf_counter() - t))
+    return rates
 
 
 def bench_digits(args, rows: list[list[str]]) -> None:
-    config = get_preset("digits", threads=args.threads or 1)
+    config = get_preset("digits")
     d = build_distiller(config)
-    gram = None
-    for weights, label in (([1, 1, 1, 1], "all four knowledge types"), ([1, 0, 0, 0], "finetune only")):
-        rate = _digits_steps_per_second(d, weights, args.reps)
-        gram = rate if gram is None else gram
-        rows.append([f"digits engine, {label}: optimizer steps/s", f"{rate:.0f}",
-                     "target >= 300" if label.startswith("all") else ""])
-    d.close()
+    naive = None
     if args.relation_naive:
         knowledge = tuple(NAIVE_RELATION if k == "relation" else k for k in config.knowledge)
         naive = build_distiller(config.replace(knowledge=knowledge))
-        rate = _digits_steps_per_second(naive, [1, 1, 1, 1], args.reps)
+    contenders = {"all four knowledge types": (d, [1, 1, 1, 1]), "finetune only": (d, [1, 0, 0, 0])}
+    if naive is not None:
+        contenders["all four, relation through H x H FSP matrices"] = (naive, [1, 1, 1, 1])
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for distiller, weights in contenders.values():
+            _digits_steps_per_second(distiller, weights, 1, 10)  # warm-up
+        rates: dict[str, list[float]] = {name: [] for name in contenders}
+        for _ in range(args.reps):  # interleaved
+            for name, (distiller, weights) in contenders.items():
+                rates[name] += _digits_steps_per_second(distiller, weights, 1, args.digits_steps)
+        for name, values in rates.items():
+            note = "target >= 300" if name.startswith("all four knowledge") else ""
+            row(rows, f"digits engine, {name}: optimizer steps/s", threads, values,
+                note or f"{args.reps} reps x {args.digits_steps} steps")
+        if naive is not None:
+            gram, direct = rates["all four knowledge types"], rates["all four, relation through H x H FSP matrices"]
+            row(rows, "speed-up of the Gram form (all four knowledge types)", threads,
+                [a / b for a, b in zip(gram, direct)], "", "{:.1f}x", bold=True)
+    d.close()
+    if naive is not None:
         naive.close()
-        rows.append(["digits engine, all four, relation through H x H FSP matrices: optimizer steps/s",
-                     f"{rate:.0f}", "the direct form, for comparison"])
-        rows.append(["**speed-up of the Gram form (all four knowledge types)**", f"**{gram / rate:.1f}x**",
-                     f"{rate:.0f} -> {gram:.0f} steps/s"])
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--digits-only", action="store_true")
     p.add_argument("--fresh-cache", action="store_true", help="fine-tune and cache the teacher from scratch")
-    p.add_argument("--steps", type=int, default=8, help="steps per timed repetition")
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    p.add_argument("--steps", type=int, default=8, help="text: optimizer steps per timed repetition")
+    p.add_argument("--reps", type=int, default=3, help="interleaved repetitions of every measurement (>= 3)")
+    p.add_argument("--batch-size", type=int, default=32, help="text: the student's batch size")
+    p.add_argument("--digits-steps", type=int, default=300, help="digits: optimizer steps per timed repetition")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to measure at")
     p.add_argument("--relation-naive", action="store_true",
                    help="also time relation through the explicit H x H FSP matrices on digits (the Gram trick)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     rows: list[list[str]] = []
+    profiles: dict[int, dict[str, dict[str, float]]] = {}
     if not args.digits_only:
-        bench_text(args, rows)
+        bench_text(args, rows, profiles)
     bench_digits(args, rows)
-    print(f"\nengine_speed on {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads (text), "
-          f"cache root {cache_root()}\n")
-    print("| measurement | value | note |\n|---|---|---|")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\nengine_speed on {os.cpu_count()} cores (load average {load:.1f} at the end), torch "
+          f"{torch.__version__}, threads {args.threads}, cache root {cache_root()}\n")
+    print_table(["measurement", "threads", "median", "range (min-max)", "note"], rows)
+    for threads, profile in profiles.items():
+        print(f"\nProfile of one text step at {threads} thread(s), mean ms per step over all repetitions "
+              f"(batch {args.batch_size}):\n")
+        parts = list(dict.fromkeys([*profile["kd"], *profile["bare"]]))
+        table = [[part, f"{profile['kd'].get(part, 0.0):.1f}", f"{profile['bare'].get(part, 0.0):.1f}"]
+                 for part in parts]
+        table.append(["**total**", f"**{sum(profile['kd'].values()):.1f}**", f"**{sum(profile['bare'].values()):.1f}**"])
+        print_table(["part", "cached KD step", "bare student step"], table)
     return 0
 
 
