@@ -75,6 +75,16 @@ class PhaseStats:
         return d
 
 
+def weighted_sum(terms: dict[int, torch.Tensor], w: np.ndarray, active: list[int]) -> torch.Tensor:
+    """``sum_k w[k] * terms[k]`` over ``active``, without the multiplications by 1 and the
+    addition to 0 (exact in value and gradient: each is an autograd node fewer per step)."""
+    total = None
+    for i in active:
+        term = terms[i] if w[i] == 1 else float(w[i]) * terms[i]
+        total = term if total is None else total + term
+    return total
+
+
 def student_label_view(labels: np.ndarray, num_labels: int,
                        config: DistillConfig) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The distillation set's labels as the student sees them under ``config``'s situation.
@@ -227,7 +237,8 @@ class Distiller:
             (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr)
+            lr=cfg.lr, foreach=True)  # the same numbers as the per-tensor loop, less Python per step
+        self._params = [p for p in self.student.parameters() if p.requires_grad]  # clipping order
         warm = int(cfg.warmup_fraction * cfg.total_steps)
         total = cfg.total_steps
 
@@ -309,11 +320,12 @@ class Distiller:
                                                   batch.get("label_mask"))
             timer.mark("statistics")
             if active:
-                total = sum(float(w[i]) * terms[i] for i in active)
-                self.optimizer.zero_grad(set_to_none=True)
+                total = weighted_sum(terms, w, active)
+                for p in self._params:  # optimizer.zero_grad(set_to_none=True) without its Python overhead
+                    p.grad = None
                 total.backward()
                 timer.mark("backward")
-                grad_norm = float(nn.utils.clip_grad_norm_(self.student.parameters(), self.config.max_grad_norm))
+                grad_norm = float(nn.utils.clip_grad_norm_(self._params, self.config.max_grad_norm, foreach=True))
                 if not math.isfinite(grad_norm):
                     self.optimizer.zero_grad(set_to_none=True)
                     crashed = True

@@ -192,6 +192,10 @@ class TeacherCache:
     """
 
     FIELDS = ("logits", "hidden_cls", "hidden_tokens", "attentions")
+    #: per-example arrays up to this size are read into memory once at open (every step then
+    #: gathers its rows with one torch index instead of sorting, reading and re-ordering the
+    #: memory map: most of the digits step's cache read)
+    HOLD_BYTES = 64 * 2**20
 
     def __init__(self, path: str | os.PathLike, key: str, verify: str = "full", device: torch.device | None = None):
         self.path = Path(path)
@@ -202,6 +206,8 @@ class TeacherCache:
         self.num_heads = int(self.manifest.get("num_heads", 0))
         self.arrays = {name: np.load(self.path / info["file"], mmap_mode="r")
                        for name, info in self.manifest["files"].items()}
+        self.held = {name: torch.from_numpy(np.array(self.arrays[name])) for name in ("logits", "hidden_cls")
+                     if name in self.arrays and self.arrays[name].nbytes <= self.HOLD_BYTES}
 
     # ---- checks ---------------------------------------------------------------------------
     @staticmethod
@@ -355,10 +361,7 @@ class TeacherCache:
         """Teacher outputs for ``batch`` (by its ``index``), aligned to the student and padded to
         the batch's token width."""
         idx = batch["index"].cpu().numpy()
-        logits = torch.from_numpy(np.asarray(self.arrays["logits"][np.sort(idx)]))
-        # fancy indexing on a memmap needs sorted indices for speed; undo the sort
-        inv = np.argsort(np.argsort(idx))
-        logits = logits[torch.from_numpy(inv)]
+        logits = self._rows("logits", idx)
         mask = batch.get("attention_mask")
         widths = self.manifest.get("hidden_widths")
         hidden: list[torch.Tensor] = []
@@ -372,8 +375,7 @@ class TeacherCache:
             full = torch.from_numpy(buf)
             hidden = [full[:, :, j] for j in range(self.num_layers)]
         elif "hidden_cls" in self.fields:
-            arr = np.asarray(self.arrays["hidden_cls"][np.sort(idx)])[inv]
-            full = torch.from_numpy(arr.astype(np.float32))  # (B, k+1, W)
+            full = self._rows("hidden_cls", idx).float()  # (B, k+1, W)
             hidden = [full[:, j].unsqueeze(1) for j in range(self.num_layers)]
         if widths and hidden:
             hidden = [h[..., : int(w)] for h, w in zip(hidden, widths)]
@@ -393,6 +395,15 @@ class TeacherCache:
                             attentions=None if attentions is None else [a.to(dev) for a in attentions],
                             cls=None, mask=None if mask is None else mask.to(dev))
 
+    def _rows(self, name: str, idx: np.ndarray) -> torch.Tensor:
+        """Rows ``idx`` (in that order) of the per-example array ``name``, as stored."""
+        if name in self.held:
+            return self.held[name][torch.from_numpy(idx)]
+        # fancy indexing on a memmap needs sorted indices for speed; undo the sort
+        rows = np.asarray(self.arrays[name][np.sort(idx)])
+        return torch.from_numpy(rows[np.argsort(np.argsort(idx))])
+
     def close(self) -> None:
         self.arrays = {}
+        self.held = {}
 
