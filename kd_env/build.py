@@ -28,7 +28,7 @@ from .models import (
     load_tokenizer,
     truncate_layers,
 )
-from .runtime import private_torch_rng, resolve_device, resolve_threads
+from .runtime import private_torch_rng, resolve_device, resolve_precision, resolve_threads
 from .teacher import (
     LiveTeacher,
     TeacherCache,
@@ -39,7 +39,7 @@ from .teacher import (
     train_classifier,
 )
 
-__all__ = ["build_distiller", "prepare_teacher"]
+__all__ = ["build_distiller", "prepare_teacher", "teacher_precision"]
 
 
 def _teacher_fields(knowledge: Sequence[Knowledge]) -> list[str]:
@@ -49,13 +49,25 @@ def _teacher_fields(knowledge: Sequence[Knowledge]) -> list[str]:
     return sorted(fields)
 
 
+def teacher_precision(config: DistillConfig, task: TaskData, device: torch.device) -> str:
+    """``fp32`` or ``bf16``: the precision the teacher is fine-tuned and cached in.
+    ``config.precision``, with ``auto`` resolved by :func:`~kd_env.runtime.resolve_precision` for
+    transformer teachers and to fp32 for MLP teachers (a few thousand multiply-adds per example:
+    nothing for bf16 to speed up, and a rounding for nothing)."""
+    if config.precision == "auto" and task.kind != "text":
+        return "fp32"
+    return resolve_precision(config.precision, device)
+
+
 def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, device: torch.device,
                     attentions: bool) -> tuple[nn.Module, dict[str, Any]]:
     """Load the fine-tuned teacher from the cache root, or fine-tune and save it there once.
 
-    Returns the teacher (eval mode) and its summary (dev/test metrics, fine-tuning time).
+    Returns the teacher (eval mode) and its summary (dev/test metrics, fine-tuning time and
+    precision; the metrics are measured in fp32).
     """
     root = cache_root(config.cache_dir) / "teachers"
+    precision = teacher_precision(config, task, device)
     ident = {"teacher": config.teacher, "task": task.name, "train": task["train"].fingerprint(),
              "epochs": config.teacher_epochs, "lr": config.teacher_lr, "bs": config.teacher_batch_size,
              "max_steps": config.teacher_max_steps, "max_len": config.max_len, "seed": config.seed,
@@ -63,6 +75,8 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
     teacher_split = task["train"]
     if config.teacher_train_fraction < 1:  # a weaker teacher: fine-tuned on a seeded subset of train
         ident["train_fraction"] = config.teacher_train_fraction
+    if precision != "fp32":  # fp32 teachers keep the folders they had before precision was an option
+        ident["precision"] = precision
         n = max(1, int(round(config.teacher_train_fraction * len(teacher_split))))
         pick = np.sort(np.random.default_rng([config.seed, 1618]).permutation(len(teacher_split))[:n])
         teacher_split = teacher_split.subset(pick)
@@ -73,7 +87,7 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
     if task.kind == "text":
         if summary_path.exists():
             model = SequenceClassifier(load_hf_classifier(str(folder / "model"), task.num_labels, attentions=attentions))
-            return model.to(device).eval(), json.loads(summary_path.read_text())
+            return model.to(device).eval(), _with_precision(json.loads(summary_path.read_text()))
         model = SequenceClassifier(load_hf_classifier(config.teacher, task.num_labels, attentions=attentions,
                                                       trust_remote_code=config.trust_remote_code))
     else:
@@ -82,7 +96,7 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
             try:
                 # weights only: a pickle planted in the cache that would build objects is refused
                 model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
-                summary = json.loads(summary_path.read_text())
+                summary = _with_precision(json.loads(summary_path.read_text()))
             except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ValueError ...
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 import warnings
@@ -97,14 +111,14 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
     with private_torch_rng(config.seed, device):  # dropout during fine-tuning: a seeded private stream
         fit = train_classifier(model, train, epochs=config.teacher_epochs, lr=config.teacher_lr,
                                batch_size=config.teacher_batch_size, seed=config.seed, device=device,
-                               max_steps=config.teacher_max_steps, progress=config.progress)
+                               max_steps=config.teacher_max_steps, progress=config.progress, precision=precision)
     dev = BatchSampler(task, task["dev"], tokenizer, config.max_len)
     test = BatchSampler(task, task[task.eval_split], tokenizer, config.max_len)
     summary = {"fine_tune": fit, "dev": evaluate_model(model, dev, task, device, progress=config.progress,
                                                        desc="evaluate teacher (dev)"),
                "test": evaluate_model(model, test, task, device, progress=config.progress,
                                       desc="evaluate teacher (test)"), "ident": ident,
-               "parameters": sum(p.numel() for p in model.parameters())}
+               "parameters": sum(p.numel() for p in model.parameters()), "precision": precision}
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -123,6 +137,12 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return model.eval(), summary
+
+
+def _with_precision(summary: dict[str, Any]) -> dict[str, Any]:
+    """A saved teacher summary, with the precision of teachers saved before it was recorded (fp32)."""
+    summary.setdefault("precision", summary.get("ident", {}).get("precision", "fp32"))
+    return summary
 
 
 def build_distiller(config: DistillConfig, task: TaskData | None = None) -> Distiller:
@@ -196,14 +216,15 @@ def _assemble(config: DistillConfig, task: TaskData | None, device: torch.device
     teacher_widths = [teacher.hidden_sizes()[t] for t in mapping]
     student = Student(student_model, teacher_widths)
     fields = _teacher_fields(knowledge)
+    precision = teacher_summary["precision"]
     if config.use_teacher_cache:
         key = TeacherCache.cache_key(fingerprint_module(teacher), train_split.fingerprint(),
                                      f"{getattr(tokenizer, 'name_or_path', None)}:{len(tokenizer) if tokenizer else 0}",
-                                     config.max_len, mapping, fields)
+                                     config.max_len, mapping, fields, precision)
         source: TeacherCache | LiveTeacher = TeacherCache.build_or_open(
             cache_root(config.cache_dir) / "teacher_outputs", key, teacher, train, mapping, fields, device,
-            verify=config.verify_cache, progress=config.progress)
+            verify=config.verify_cache, progress=config.progress, precision=precision)
     else:
-        source = LiveTeacher(teacher, mapping, fields, device)
+        source = LiveTeacher(teacher, mapping, fields, device, precision)
     return Distiller(config, task, train, dev, test, student, source, knowledge, fresh, device,
                      teacher_metrics=teacher_summary, layer_map=mapping, teacher_model=teacher)

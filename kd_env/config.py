@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from .knowledge import DEFAULT_KNOWLEDGE
+from .runtime import PRECISIONS
 
 __all__ = ["DistillConfig", "PRESETS", "get_preset", "preset_names"]
 
@@ -98,6 +99,14 @@ class DistillConfig:
     teacher_lr: float = 5e-5
     teacher_batch_size: int = 32
     teacher_max_steps: int | None = None
+    precision: str = "auto"
+    """numeric precision of teacher fine-tuning and teacher-cache building: ``fp32``, ``bf16``
+    (autocast: matrix multiplies in bf16, fp32 weights and losses) or ``auto``: bf16 for a
+    transformer teacher where it pays (a CPU reporting AMX, ``amx_bf16`` in /proc/cpuinfo; a GPU
+    with bf16 support), else fp32; MLP teachers (digits) stay fp32 under ``auto`` (too small to
+    gain).  Part of the teacher's identity: fp32 and bf16 teachers are cached apart, and the
+    teacher summary records it.  The student always trains in fp32 (bf16 gave the 2-layer student
+    nothing on a CPU: its step is bound by overheads, not by matrix multiplies)"""
     # run
     seed: int = 0
     """seed of splits, subsampling, the dev probe and teacher fine-tuning"""
@@ -177,7 +186,8 @@ class DistillConfig:
         if self.train_examples is not None and self.train_examples <= 0:
             raise ValueError(f"config.train_examples must be positive or None, got {self.train_examples}")
         choices = {"layer_strategy": ("skip", "first", "last"), "student_init": ("skip", "first", "last"),
-                   "student_init_from": ("pretrained", "teacher"), "verify_cache": ("full", "size")}
+                   "student_init_from": ("pretrained", "teacher"), "verify_cache": ("full", "size"),
+                   "precision": PRECISIONS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"config.{name} must be one of {list(valid)}, got {getattr(self, name)!r}")

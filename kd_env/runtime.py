@@ -1,4 +1,5 @@
-"""Where and how torch runs: the device, the intra-op thread count, and private random streams."""
+"""Where and how torch runs: the device, the intra-op thread count, the numeric precision, private
+random streams, and a timer for the parts of a training step."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import time
 
 import torch
 
-__all__ = ["NO_TIMER", "StepTimer", "private_torch_rng", "resolve_device", "resolve_threads", "usable_cpus"]
+__all__ = ["NO_TIMER", "PRECISIONS", "StepTimer", "autocast", "cpu_has_amx", "private_torch_rng", "resolve_device",
+           "resolve_precision", "resolve_threads", "usable_cpus"]
+
+#: the values of ``DistillConfig.precision``
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @contextlib.contextmanager
@@ -50,6 +55,42 @@ def resolve_threads(threads: int | None) -> int:
     if threads is not None:
         return int(threads)
     return max(1, min(torch.get_num_threads(), usable_cpus()))
+
+
+def cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU reports AMX bf16 tiles (the ``amx_bf16`` flag of ``/proc/cpuinfo``; False
+    where the file cannot be read).  AMX is what makes bf16 matrix multiplies faster than fp32 on a
+    CPU; ``avx512_bf16`` alone converts faster but multiplies at fp32's speed."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in fh)
+    except OSError:
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``fp32`` or ``bf16`` for ``DistillConfig.precision``: the value itself, or for ``auto``
+    ``bf16`` where it pays (a CPU reporting AMX, :func:`cpu_has_amx`; a GPU for which
+    ``torch.cuda.is_bf16_supported()``), else ``fp32``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_amx() else "fp32"
+    return "fp32"
+
+
+def autocast(precision: str, device: torch.device):
+    """A context running a block in ``precision``: bf16 autocast (matrix multiplies in bf16, losses
+    and reductions in fp32, fp32 weights) or, for ``fp32``, nothing."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision != "fp32":
+        raise ValueError(f"precision must be 'fp32' or 'bf16' here (resolve 'auto' first), got {precision!r}")
+    return contextlib.nullcontext()
 
 
 class StepTimer:

@@ -34,6 +34,7 @@ from .io import atomic_write_bytes, atomic_write_json, progress_bar
 from .io import fsync_dir as _fsync_dir
 from .metrics import compute_metrics
 from .models import ModelOutputs, align_teacher
+from .runtime import autocast
 
 __all__ = [
     "cache_root",
@@ -100,8 +101,11 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 def train_classifier(model: nn.Module, sampler: BatchSampler, *, epochs: float, lr: float, batch_size: int,
                      seed: int, device: torch.device, max_steps: int | None = None, weight_decay: float = 0.01,
-                     warmup_fraction: float = 0.1, progress: bool = True, desc: str = "fine-tune teacher") -> dict:
-    """Plain supervised fine-tuning (AdamW, linear warm-up and decay).  Returns a summary."""
+                     warmup_fraction: float = 0.1, progress: bool = True, desc: str = "fine-tune teacher",
+                     precision: str = "fp32") -> dict:
+    """Plain supervised fine-tuning (AdamW, linear warm-up and decay), the forward pass and loss in
+    ``precision`` (``fp32`` or ``bf16`` autocast; weights and optimizer stay fp32).  Returns a
+    summary: steps, seconds, final loss, precision."""
     model.to(device).train()
     rng = np.random.default_rng(seed)
     steps_per_epoch = math.ceil(len(sampler) / batch_size)
@@ -122,8 +126,9 @@ def train_classifier(model: nn.Module, sampler: BatchSampler, *, epochs: float, 
             order, pos = rng.permutation(len(sampler)), 0
         batch = _to(sampler.batch(order[pos : pos + batch_size]), device)
         pos += batch_size
-        out = model(batch)
-        loss = _loss(out.logits, batch["labels"])
+        with autocast(precision, device):
+            out = model(batch)
+            loss = _loss(out.logits.float(), batch["labels"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -131,7 +136,8 @@ def train_classifier(model: nn.Module, sampler: BatchSampler, *, epochs: float, 
         sched.step()
         losses.append(float(loss.detach()))
     model.eval()
-    return {"steps": total, "seconds": time.perf_counter() - start, "final_loss": float(np.mean(losses[-20:]))}
+    return {"steps": total, "seconds": time.perf_counter() - start, "final_loss": float(np.mean(losses[-20:])),
+            "precision": precision}
 
 
 @torch.no_grad()
@@ -164,18 +170,26 @@ def evaluate_model(model: nn.Module, sampler: BatchSampler, task: TaskData, devi
 
 
 class LiveTeacher:
-    """Runs the teacher on every batch (what KD toolkits do); same interface as the cache."""
+    """Runs the teacher on every batch (what KD toolkits do), in ``precision`` as a cache would be
+    built; same interface as the cache."""
 
-    def __init__(self, teacher: nn.Module, mapping: Sequence[int], fields: Sequence[str], device: torch.device):
+    def __init__(self, teacher: nn.Module, mapping: Sequence[int], fields: Sequence[str], device: torch.device,
+                 precision: str = "fp32"):
         self.teacher = teacher.to(device).eval()
         self.mapping = list(mapping)
         self.fields = tuple(fields)
         self.device = device
+        self.precision = precision
 
     @torch.no_grad()
     def outputs(self, batch: dict[str, torch.Tensor]) -> ModelOutputs:
-        out = self.teacher(batch, attentions="attentions" in self.fields)
-        return align_teacher(out, self.mapping)
+        with autocast(self.precision, self.device):
+            out = align_teacher(self.teacher(batch, attentions="attentions" in self.fields), self.mapping)
+        if self.precision == "fp32":
+            return out
+        return ModelOutputs(logits=out.logits.float(), hidden=[h.float() for h in out.hidden],
+                            attentions=None if out.attentions is None else [a.float() for a in out.attentions],
+                            cls=None if out.cls is None else out.cls.float(), mask=out.mask)
 
     def close(self) -> None:
         pass
@@ -242,17 +256,21 @@ class TeacherCache:
     # ---- build ----------------------------------------------------------------------------
     @staticmethod
     def cache_key(teacher_fingerprint: str, split_fingerprint: str, tokenizer_key: str, max_len: int,
-                  mapping: Sequence[int], fields: Sequence[str]) -> str:
-        payload = json.dumps({"format": CACHE_FORMAT, "teacher": teacher_fingerprint, "split": split_fingerprint,
-                              "tokenizer": tokenizer_key, "max_len": max_len, "mapping": list(mapping),
-                              "fields": sorted(fields)}, sort_keys=True)
+                  mapping: Sequence[int], fields: Sequence[str], precision: str = "fp32") -> str:
+        ident = {"format": CACHE_FORMAT, "teacher": teacher_fingerprint, "split": split_fingerprint,
+                 "tokenizer": tokenizer_key, "max_len": max_len, "mapping": list(mapping), "fields": sorted(fields)}
+        if precision != "fp32":  # fp32 caches keep the keys they had before precision was an option
+            ident["precision"] = precision
+        payload = json.dumps(ident, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
     @classmethod
     def build_or_open(cls, root: str | os.PathLike, key: str, teacher: nn.Module, sampler: BatchSampler,
                       mapping: Sequence[int], fields: Sequence[str], device: torch.device,
-                      batch_size: int = 64, verify: str = "full", progress: bool = True) -> "TeacherCache":
-        """Open the cache for ``key`` under ``root``; build it (atomically) when absent or bad."""
+                      batch_size: int = 64, verify: str = "full", progress: bool = True,
+                      precision: str = "fp32") -> "TeacherCache":
+        """Open the cache for ``key`` under ``root``; build it (atomically, the teacher running in
+        ``precision``) when absent or bad."""
         root = Path(root)
         path = root / key
         if path.exists():
@@ -263,14 +281,16 @@ class TeacherCache:
 
                 warnings.warn(f"teacher cache rejected, rebuilding: {exc}", RuntimeWarning, stacklevel=2)
                 shutil.rmtree(path, ignore_errors=True)
-        cls.build(path, key, teacher, sampler, mapping, fields, device, batch_size, progress)
+        cls.build(path, key, teacher, sampler, mapping, fields, device, batch_size, progress, precision)
         return cls(path, key, verify="size", device=device)
 
     @staticmethod
     @torch.no_grad()
     def build(path: Path, key: str, teacher: nn.Module, sampler: BatchSampler, mapping: Sequence[int],
-              fields: Sequence[str], device: torch.device, batch_size: int = 64, progress: bool = True) -> None:
-        """Compute the teacher outputs for every example of ``sampler`` and write them to ``path``."""
+              fields: Sequence[str], device: torch.device, batch_size: int = 64, progress: bool = True,
+              precision: str = "fp32") -> None:
+        """Compute the teacher outputs for every example of ``sampler`` (the teacher running in
+        ``precision``: ``fp32`` or ``bf16`` autocast) and write them to ``path``."""
         fields = [f for f in TeacherCache.FIELDS if f in set(fields) | {"logits"}]
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -313,7 +333,8 @@ class TeacherCache:
             for start in progress_bar(batches, len(batches), "cache teacher outputs", progress, leave=False):
                 idx = order[start : start + batch_size]
                 batch = _to(sampler.batch(idx), device)
-                out = align_teacher(teacher(batch, attentions="attentions" in fields), mapping)
+                with autocast(precision, device):
+                    out = align_teacher(teacher(batch, attentions="attentions" in fields), mapping)
                 arrays["logits"][idx] = out.logits.float().cpu().numpy()
                 hidden = [h.float().cpu() for h in out.hidden]
                 if "hidden_cls" in fields or "hidden_tokens" in fields:
@@ -340,7 +361,7 @@ class TeacherCache:
                                "shape": list(np.load(f, mmap_mode="r").shape),
                                "dtype": str(np.load(f, mmap_mode="r").dtype)}
             arrays.clear()
-            manifest = {"format": CACHE_FORMAT, "key": key, "fields": fields, "num_examples": n,
+            manifest = {"format": CACHE_FORMAT, "key": key, "fields": fields, "num_examples": n, "precision": precision,
                         "num_layers": k1, "num_heads": heads, "hidden_widths": widths,
                         "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
             atomic_write_json(tmp / "manifest.json", manifest)

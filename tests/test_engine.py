@@ -456,3 +456,26 @@ def test_unset_threads_never_exceed_the_usable_cpus(monkeypatch):
     assert usable_cpus() == 3 and resolve_threads(None) == 3
     torch.set_num_threads(2)
     assert resolve_threads(None) == 2  # never more than torch's own default
+
+
+def test_step_timer_times_every_part_and_changes_nothing(quick):
+    """Issue 15: the profile of a step (engine_speed) comes from the step itself, which it leaves
+    as it was."""
+    from kd_env.runtime import StepTimer
+
+    quick.reset(0)
+    plain = quick.train_phase(ONES, steps=3)
+    params = _params(quick)
+    quick.reset(0)
+    quick.step_timer = timer = StepTimer(quick.device)
+    try:
+        timed = quick.train_phase(ONES, steps=3)
+    finally:
+        quick.step_timer = None
+    assert _same(params, _params(quick))
+    np.testing.assert_array_equal(timed.losses, plain.losses)
+    ms = timer.milliseconds_per_step()
+    assert timer.steps == 3 and list(ms) == list(StepTimer.PARTS)
+    assert all(v >= 0 for v in ms.values()) and 0 < sum(ms.values()) <= 1000 * timed.seconds / 3 + 1e-6
+    timer.clear()
+    assert timer.steps == 0 and timer.milliseconds_per_step() == {}

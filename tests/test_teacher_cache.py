@@ -124,6 +124,22 @@ def test_mlp_cache_equals_live_teacher(tmp_path):
     assert_matches_live(out, LiveTeacher(teacher, mapping, fields, CPU).outputs(batch), None)
 
 
+def test_rows_held_in_memory_equal_the_memory_mapped_ones(text, tmp_path, monkeypatch):
+    """Small per-example arrays are read into memory at open; larger ones stay memory-mapped.
+    Both give the same rows, bit for bit, for token states and for [CLS] states."""
+    batch = text.sampler.batch(np.array(BATCH_ROWS))  # unsorted rows
+    for fields in (("logits", "hidden_cls", "hidden_tokens"), ("logits", "hidden_cls")):
+        held = text.open(tmp_path, fields)
+        assert set(held.held) == {"logits", "hidden_cls"}
+        with monkeypatch.context() as m:
+            m.setattr(TeacherCache, "HOLD_BYTES", 0)
+            mapped = TeacherCache(held.path, text.key(fields), verify="size")
+        assert mapped.held == {}
+        a, b = held.outputs(batch), mapped.outputs(batch)
+        assert torch.equal(a.logits, b.logits)
+        assert len(a.hidden) == len(b.hidden) and all(torch.equal(x, y) for x, y in zip(a.hidden, b.hidden))
+
+
 def test_cache_key_depends_on_every_input(text):
     base = text.key()
     assert text.key() == base
