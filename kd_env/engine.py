@@ -11,7 +11,6 @@ import contextlib
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -23,6 +22,7 @@ from .config import DistillConfig
 from .data import TaskData
 from .knowledge import Knowledge, check_example_weighting
 from .models import Student
+from .phase_stats import PhaseStats, accumulate_prediction_stats
 from .runtime import NO_TIMER, StepTimer, private_torch_rng
 from .teacher import LiveTeacher, TeacherCache, evaluate_model
 
@@ -36,43 +36,6 @@ def __getattr__(name: str) -> Any:
 
         return build_distiller
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-@dataclass
-class PhaseStats:
-    """What one phase of training measured (means over its optimizer steps): the engine's side of
-    a phase.  The env adds the action, the dev probe and the episode flags to make the
-    :class:`~kd_env.rewards.PhaseOutcome` a reward sees.
-
-    Attributes:
-        losses: per knowledge type (config order), the mean loss on the phase's batches (all K
-            are computed, selected or not, so observations can show them).
-        total_loss: mean of the weighted sum that was optimised.
-        student_ce, student_accuracy: the student's CE/accuracy on the phase's batches.
-        teacher_kl: KL(teacher || student) at T=1; agreement: share of argmax agreement.
-        entropy: mean entropy of the student's predictions (nats).
-        grad_norm: mean gradient norm before clipping (0 when nothing was trained).
-        steps: optimizer steps (budget) consumed; trained_steps: steps that updated the student.
-        seconds: wall time; crashed: a non-finite loss or gradient stopped the phase.
-    """
-
-    losses: np.ndarray
-    total_loss: float
-    student_ce: float
-    student_accuracy: float
-    teacher_kl: float
-    agreement: float
-    entropy: float
-    grad_norm: float
-    steps: int
-    trained_steps: int
-    seconds: float
-    crashed: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["losses"] = [float(x) for x in self.losses]
-        return d
 
 
 def weighted_sum(terms: dict[int, torch.Tensor], w: np.ndarray, active: list[int]) -> torch.Tensor:
@@ -316,7 +279,7 @@ class Distiller:
                     sums[i] += v
                     counts[i] += 1
             with torch.no_grad():
-                self._accumulate_prediction_stats(stats, student_out.logits, teacher_out.logits, batch["labels"],
+                accumulate_prediction_stats(stats, student_out.logits, teacher_out.logits, batch["labels"],
                                                   batch.get("label_mask"))
             timer.mark("statistics")
             if active:
@@ -395,7 +358,7 @@ class Distiller:
         with private_torch_rng(device=self.device):  # the stream the first training step will draw from
             _, values, student_out, teacher_out = self._losses(batch, [], list(range(self.num_knowledge)))
         stats = {"ce": 0.0, "acc": 0.0, "kl": 0.0, "agree": 0.0, "ent": 0.0}
-        self._accumulate_prediction_stats(stats, student_out.logits, teacher_out.logits, batch["labels"],
+        accumulate_prediction_stats(stats, student_out.logits, teacher_out.logits, batch["labels"],
                                           batch.get("label_mask"))
         losses = np.asarray([values[i] for i in range(self.num_knowledge)], dtype=np.float64)
         return PhaseStats(losses=losses, total_loss=0.0, student_ce=stats["ce"], student_accuracy=stats["acc"],
@@ -421,37 +384,6 @@ class Distiller:
         for group, base, fn in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
             group["lr"] = base * fn(sched.last_epoch)
         sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
-
-    def _accumulate_prediction_stats(self, stats: dict, logits: torch.Tensor, teacher_logits: torch.Tensor,
-                                     labels: torch.Tensor, label_mask: torch.Tensor | None = None) -> None:
-        """Add the batch's statistics to ``stats``.  CE and accuracy are over the examples the
-        student has labels for (0 for a batch without any); the rest over every example."""
-        logits = logits.detach().float()
-        if label_mask is not None and logits.shape[-1] > 1:
-            m = label_mask.bool()
-            logp = torch.log_softmax(logits, -1)
-            if bool(m.any()):
-                stats["ce"] += float(nn.functional.nll_loss(logp[m], labels[m]))
-                stats["acc"] += float((logits[m].argmax(-1) == labels[m]).float().mean())
-            self._accumulate_teacher_stats(stats, logits, logp, teacher_logits)
-            return
-        if logits.shape[-1] == 1:  # regression
-            err = (logits.squeeze(-1) - labels.float()) ** 2
-            stats["ce"] += float(err.mean())
-            stats["kl"] += float(((logits - teacher_logits.float()) ** 2).mean())
-            return
-        logp = torch.log_softmax(logits, -1)
-        stats["ce"] += float(nn.functional.nll_loss(logp, labels))
-        stats["acc"] += float((logits.argmax(-1) == labels).float().mean())
-        self._accumulate_teacher_stats(stats, logits, logp, teacher_logits)
-
-    @staticmethod
-    def _accumulate_teacher_stats(stats: dict, logits: torch.Tensor, logp: torch.Tensor,
-                                  teacher_logits: torch.Tensor) -> None:
-        logq = torch.log_softmax(teacher_logits.float(), -1)
-        stats["kl"] += float((logq.exp() * (logq - logp)).sum(-1).mean())
-        stats["agree"] += float((logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean())
-        stats["ent"] += float(-(logp.exp() * logp).sum(-1).mean())
 
     # ---- evaluation -------------------------------------------------------------------------
     def evaluate(self, split: str = "probe") -> dict[str, float]:
