@@ -35,6 +35,7 @@ import argparse
 import copy
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -47,9 +48,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from kd_env import build_distiller, get_preset  # noqa: E402
+from kd_env.batching import BatchSampler  # noqa: E402
+from kd_env.data import load_task  # noqa: E402
 from kd_env.knowledge import Relation, fsp_matrix, register_knowledge  # noqa: E402
+from kd_env.models import SequenceClassifier, layer_map, load_hf_classifier, load_tokenizer  # noqa: E402
 from kd_env.runtime import StepTimer  # noqa: E402
-from kd_env.teacher import TeacherCache, cache_root  # noqa: E402
+from kd_env.teacher import TeacherCache, cache_root, train_classifier  # noqa: E402
 
 NAIVE_RELATION = "relation_fsp_matrices"
 KD_WEIGHTS = [1.0, 1.0, 1.0, 0.0]  # finetune + response + feature
@@ -78,11 +82,11 @@ def row(rows: list[list[str]], label: str, threads: int, values: list[float], no
     rows.append([label, str(threads), med, rng, note])
 
 
-def ms_per_step(steps: int, fn, *args, **kwargs) -> tuple[float, object]:
-    """Milliseconds per step of ``fn(*args, **kwargs)`` (which runs ``steps`` steps), and its result."""
+def ms_per_step(count: int, fn, /, *args, **kwargs) -> tuple[float, object]:
+    """Milliseconds per step of ``fn(*args, **kwargs)`` (which runs ``count`` steps), and its result."""
     start = time.perf_counter()
     result = fn(*args, **kwargs)
-    return 1000 * (time.perf_counter() - start) / steps, result
+    return 1000 * (time.perf_counter() - start) / count, result
 
 
 def phase_indices(distiller, steps: int) -> list[np.ndarray]:
@@ -251,14 +255,17 @@ def bench_text(args, rows: list[list[str]], profiles: dict[int, dict[str, dict[s
     cached.close()
 
 
-def _digits_steps_per_second(distiller, weights, reps: int, steps: int) -> list[float]:
-    rates = []
-    for _ in range(reps):
+def _digits_steps_per_second(distiller, weights, steps: int) -> float:
+    """Optimizer steps per second over ``steps`` steps, in phases from fresh episodes (a phase
+    stops at the episode's budget; the resets between them are not timed)."""
+    done, seconds = 0, 0.0
+    while done < steps:
         distiller.reset(0)
-        t = time.perf_counter()
-        distiller.train_phase(weights, steps=steps)
-        rates.append(steps / (time.perf_counter() - t))
-    return rates
+        start = time.perf_counter()
+        phase = distiller.train_phase(weights, steps=steps - done)
+        seconds += time.perf_counter() - start
+        done += phase.steps
+    return done / seconds
 
 
 def bench_digits(args, rows: list[list[str]]) -> None:
@@ -274,11 +281,11 @@ def bench_digits(args, rows: list[list[str]]) -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         for distiller, weights in contenders.values():
-            _digits_steps_per_second(distiller, weights, 1, 10)  # warm-up
+            _digits_steps_per_second(distiller, weights, 10)  # warm-up
         rates: dict[str, list[float]] = {name: [] for name in contenders}
         for _ in range(args.reps):  # interleaved
             for name, (distiller, weights) in contenders.items():
-                rates[name] += _digits_steps_per_second(distiller, weights, 1, args.digits_steps)
+                rates[name].append(_digits_steps_per_second(distiller, weights, args.digits_steps))
         for name, values in rates.items():
             note = "target >= 300" if name.startswith("all four knowledge") else ""
             row(rows, f"digits engine, {name}: optimizer steps/s", threads, values,
@@ -290,6 +297,52 @@ def bench_digits(args, rows: list[list[str]]) -> None:
     d.close()
     if naive is not None:
         naive.close()
+
+
+def bench_precision(args, rows: list[list[str]]) -> None:
+    """Teacher fine-tuning (``--precision-steps`` steps of the text preset's teacher from its
+    pre-trained weights) plus the caching of ``--precision-examples`` examples, in fp32 and in
+    bf16 autocast, interleaved; a full fine-tune takes minutes."""
+    cfg = get_preset("text", progress=False)
+    device = torch.device("cpu")
+    task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed)
+    tokenizer = load_tokenizer(cfg.teacher)
+    train = BatchSampler(task, task["train"], tokenizer, cfg.max_len)
+    n = min(args.precision_examples, len(task["train"]))
+    cached_set = BatchSampler(task, task["train"].subset(np.arange(n)), tokenizer, cfg.max_len)
+    pretrained = SequenceClassifier(load_hf_classifier(cfg.teacher, task.num_labels))
+    mapping = layer_map(pretrained.num_layers, cfg.student_layers, cfg.layer_strategy)
+    fields = ["logits", "hidden_cls", "hidden_tokens"]
+    scratch = Path(tempfile.mkdtemp(prefix="kd_env_precision_"))
+    steps = args.precision_steps
+
+    def fine_tune_and_cache(precision: str, steps: int) -> tuple[float, float]:
+        model = copy.deepcopy(pretrained)
+        start = time.perf_counter()
+        train_classifier(model, train, epochs=cfg.teacher_epochs, lr=cfg.teacher_lr, batch_size=cfg.teacher_batch_size,
+                         seed=cfg.seed, device=device, max_steps=steps, progress=False, precision=precision)
+        tuned = time.perf_counter()
+        TeacherCache.build(scratch / precision, "bench", model, cached_set, mapping, fields, device,
+                           progress=False, precision=precision)
+        shutil.rmtree(scratch / precision)
+        return tuned - start, time.perf_counter() - tuned
+
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for precision in ("fp32", "bf16"):
+            fine_tune_and_cache(precision, 1)  # warm-up
+        seconds: dict[str, list[tuple[float, float]]] = {"fp32": [], "bf16": []}
+        for _ in range(args.reps):
+            for precision in seconds:
+                seconds[precision].append(fine_tune_and_cache(precision, steps))
+        for precision, values in seconds.items():
+            row(rows, f"teacher fine-tuning, {steps} steps of batch {cfg.teacher_batch_size}, {precision}, s", threads,
+                [v[0] for v in values], f"{args.reps} reps", "{:.1f}")
+            row(rows, f"teacher-output caching, {n} examples, {precision}, s", threads, [v[1] for v in values],
+                "", "{:.1f}")
+        ratios = [sum(b) / sum(f) for f, b in zip(seconds["fp32"], seconds["bf16"])]
+        row(rows, "ratio bf16 / fp32 (fine-tuning + caching)", threads, ratios, "target <= 0.7", "{:.2f}", bold=True)
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:
@@ -307,6 +360,10 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32, help="text: the student's batch size")
     p.add_argument("--digits-steps", type=int, default=300, help="digits: optimizer steps per timed repetition")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to measure at")
+    p.add_argument("--precision-compare", action="store_true",
+                   help="time teacher fine-tuning + caching in fp32 and in bf16 autocast (text teacher)")
+    p.add_argument("--precision-steps", type=int, default=8, help="fine-tuning steps per precision-compare run")
+    p.add_argument("--precision-examples", type=int, default=256, help="examples cached per precision-compare run")
     p.add_argument("--relation-naive", action="store_true",
                    help="also time relation through the explicit H x H FSP matrices on digits (the Gram trick)")
     args = p.parse_args(argv)
@@ -315,6 +372,8 @@ def main(argv=None) -> int:
     profiles: dict[int, dict[str, dict[str, float]]] = {}
     if not args.digits_only:
         bench_text(args, rows, profiles)
+    if args.precision_compare:  # also with --digits-only: the text teacher alone
+        bench_precision(args, rows)
     bench_digits(args, rows)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nengine_speed on {os.cpu_count()} cores (load average {load:.1f} at the end), torch "
