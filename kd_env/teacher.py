@@ -387,14 +387,15 @@ class TeacherCache:
         widths = self.manifest.get("hidden_widths")
         hidden: list[torch.Tensor] = []
         if "hidden_tokens" in self.fields and mask is not None:
-            width_t = mask.shape[1]
-            offs = self.arrays["token_offsets"]
-            buf = np.zeros((len(idx), width_t, self.num_layers, self.arrays["hidden_tokens"].shape[-1]), np.float32)
-            for row, i in enumerate(idx):
-                a, b = int(offs[i]), int(offs[i + 1])
-                buf[row, : b - a] = self.arrays["hidden_tokens"][a:b]
+            tokens, offs = self.arrays["hidden_tokens"], self.arrays["token_offsets"]
+            starts, ends = np.asarray(offs[idx]), np.asarray(offs[idx + 1])
+            # gathered as stored (float16), then one float32 copy per layer: a quarter of the bytes
+            # written of a float32 (B, T, k+1, W) buffer, and contiguous per-layer states
+            buf = np.zeros((len(idx), mask.shape[1], self.num_layers, tokens.shape[-1]), tokens.dtype)
+            for row, (a, b) in enumerate(zip(starts, ends)):
+                buf[row, : b - a] = tokens[a:b]
             full = torch.from_numpy(buf)
-            hidden = [full[:, :, j] for j in range(self.num_layers)]
+            hidden = [full[:, :, j].float() for j in range(self.num_layers)]
         elif "hidden_cls" in self.fields:
             full = self._rows("hidden_cls", idx).float()  # (B, k+1, W)
             hidden = [full[:, j].unsqueeze(1) for j in range(self.num_layers)]
