@@ -206,7 +206,7 @@ class TeacherCache:
     """
 
     FIELDS = ("logits", "hidden_cls", "hidden_tokens", "attentions")
-    #: per-example arrays up to this size are read into memory once at open (every step then
+    #: per-example arrays up to this size (as float32) are read into memory once at open (every step then
     #: gathers its rows with one torch index instead of sorting, reading and re-ordering the
     #: memory map: most of the digits step's cache read)
     HOLD_BYTES = 64 * 2**20
@@ -220,8 +220,9 @@ class TeacherCache:
         self.num_heads = int(self.manifest.get("num_heads", 0))
         self.arrays = {name: np.load(self.path / info["file"], mmap_mode="r")
                        for name, info in self.manifest["files"].items()}
-        self.held = {name: torch.from_numpy(np.array(self.arrays[name])) for name in ("logits", "hidden_cls")
-                     if name in self.arrays and self.arrays[name].nbytes <= self.HOLD_BYTES}
+        self.held = {name: torch.from_numpy(np.array(self.arrays[name], dtype=np.float32))  # float32: read as used
+                     for name in ("logits", "hidden_cls")
+                     if name in self.arrays and self.arrays[name].size * 4 <= self.HOLD_BYTES}
 
     # ---- checks ---------------------------------------------------------------------------
     @staticmethod
@@ -418,9 +419,9 @@ class TeacherCache:
                             cls=None, mask=None if mask is None else mask.to(dev))
 
     def _rows(self, name: str, idx: np.ndarray) -> torch.Tensor:
-        """Rows ``idx`` (in that order) of the per-example array ``name``, as stored."""
+        """Rows ``idx`` (in that order) of the per-example array ``name`` (held: float32; else as stored)."""
         if name in self.held:
-            return self.held[name][torch.from_numpy(idx)]
+            return self.held[name].index_select(0, torch.from_numpy(idx))
         # fancy indexing on a memmap needs sorted indices for speed; undo the sort
         rows = np.asarray(self.arrays[name][np.sort(idx)])
         return torch.from_numpy(rows[np.argsort(np.argsort(idx))])
