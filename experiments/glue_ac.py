@@ -65,10 +65,10 @@ NOT_FIXED = (SELECTOR, "random_hard", "random_soft", *DYNAMIC_BASELINES)
 
 #: experiment-level defaults per preset (the distillation settings live in kd_env.config)
 EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
-    "text": {"episodes": 6, "seeds": [0, 1, 2]},
-    "quick": {"episodes": 4, "seeds": [0, 1]},
-    "digits": {"episodes": 20, "seeds": [0, 1, 2, 3, 4]},
-    "paper": {"episodes": 30, "seeds": [0, 1, 2]},
+    "text": {"episodes": 6, "seeds": [0, 1, 2], "workers": 2},
+    "quick": {"episodes": 4, "seeds": [0, 1], "workers": 1},
+    "digits": {"episodes": 20, "seeds": [0, 1, 2, 3, 4], "workers": 1},
+    "paper": {"episodes": 30, "seeds": [0, 1, 2], "workers": 1},
 }
 
 RESULT_COLUMNS = ["method", "seed", "metric_name", "metric", "dev_metric", "return", "train_seconds",
@@ -106,6 +106,9 @@ class ExperimentConfig:
     """python files to import first (they may register rewards, knowledge, observations)"""
     selector_seed: int = 1000
     """seed of the selector's training episodes (distinct from the evaluation seeds)"""
+    workers: int | None = None
+    """students distilled at once, each in a spawned process with its share of the torch threads
+    (default: per preset, at most the usable CPUs; 1 = in this process)"""
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -128,6 +131,9 @@ class ExperimentConfig:
         defaults = EXPERIMENT_PRESETS[c.preset]
         c.episodes = defaults["episodes"] if c.episodes is None else c.episodes
         c.seeds = list(defaults["seeds"] if c.seeds is None else c.seeds)
+        c.workers = min(defaults["workers"], usable_cpus()) if c.workers is None else c.workers
+        if not matches(c.workers, int) or c.workers < 1:
+            raise ValueError(f"workers must be an integer >= 1, got {c.workers!r}")
         if not matches(c.episodes, int) or c.episodes < 0:
             raise ValueError(f"episodes must be an integer >= 0, got {c.episodes!r}")
         if not c.seeds or not matches(c.seeds, list[int]):
@@ -205,7 +211,7 @@ class Run:
         if saved.exists():
             previous = yaml.safe_load(saved.read_text()) or {}
             current = self.config.to_dict()
-            keep = ("methods", "seeds", "out")  # adding methods/seeds to a finished run is fine
+            keep = ("methods", "seeds", "out", "workers")  # adding methods/seeds to a finished run is fine
             diff = sorted(k for k in current if k not in keep and previous.get(k) != current[k])
             if diff:
                 raise SystemExit(f"error: {self.dir} holds a run with a different config (keys {diff}); "
@@ -251,6 +257,60 @@ def train_selector(run: Run, env: KnowledgeSelectionEnv) -> tuple[Any, list[floa
     return agent, returns
 
 
+def _make_env(c: ExperimentConfig, distill: DistillConfig) -> KnowledgeSelectionEnv:
+    return KnowledgeSelectionEnv(distill, action_mode=c.action_mode, observation=c.observation, reward=c.reward,
+                                 reward_params=c.reward_params or None)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(config: dict[str, Any], threads: int) -> None:
+    """A student worker: its torch threads, the user's plug-ins, its own env (teacher and
+    teacher cache from the cache root) and the trained selector, if the run has one."""
+    import torch
+
+    torch.set_num_threads(threads)
+    c = ExperimentConfig(**config)
+    load_plugins(c.plugins)
+    distill = c.distill_config().replace(threads=threads, progress=False)
+    env = _make_env(c, distill)
+    run = Run(c)
+    selector = load_agent(str(run.selector_dir / "agent"), env) if SELECTOR in c.methods else None
+    _WORKER.update(config=c, env=env, run=run, selector=selector, threads=threads)
+
+
+def _worker_unit(method: str, seed: int) -> None:
+    w = _WORKER
+    env, run = w["env"], w["run"]
+    knowledge = list(env.unwrapped.distiller.knowledge_names)
+    agent = w["selector"] if method == SELECTOR else make_agent(method_agent_name(method, knowledge), env, seed=seed)
+    row = {"method": method, **distil_and_test(env, agent, seed), "threads": w["threads"]}
+    atomic_write_json(run.unit_path(method, seed), row)
+
+
+def _distil_in_workers(run: Run, units: list[tuple[str, int]], workers: int, threads: int) -> None:
+    """Distil ``units`` in ``workers`` spawned processes of ``threads`` torch threads each; every
+    unit writes its own file as it ends, so an interrupted run resumes from the finished ones."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    config = {k: v for k, v in dataclasses.asdict(run.config).items()}
+    bar = progress_bar(None, len(units), f"distil students ({workers} workers)")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_init, initargs=(config, threads)) as pool:
+        futures = {pool.submit(_worker_unit, m, s): (m, s) for m, s in units}
+        try:
+            for future in as_completed(futures):
+                future.result()  # a failing unit stops the run (the finished ones stay on disk)
+                bar.update(1)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            bar.close()
+
+
 def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     """Run (or resume) the whole pipeline; returns the summary written to results.json."""
     load_plugins(config.plugins)
@@ -263,8 +323,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
           f"distill.threads={distill.threads})", file=sys.stderr)
     print(f"[1/4] teacher: {distill.teacher} on {distill.task} (fine-tuned and cached once)", file=sys.stderr)
     try:  # bad task files, models or knowledge fail here, before the run folder is written
-        env = KnowledgeSelectionEnv(distill, action_mode=c.action_mode, observation=c.observation,
-                                    reward=c.reward, reward_params=c.reward_params or None)
+        env = _make_env(c, distill)
     except (ValueError, FileNotFoundError, ModuleNotFoundError, DataUnavailableError) as exc:
         raise SystemExit(f"error: {exc}") from None
     d = env.distiller
@@ -283,27 +342,29 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     teacher = {"metric": d.teacher_metrics["test"]["main"], "dev_metric": teacher_probe["main"],
                "parameters": d.teacher_metrics.get("parameters"),
                "fine_tune_seconds": d.teacher_metrics["fine_tune"]["seconds"]}
-    rows: list[dict[str, Any]] = []
     selector_returns: list[float] = []
     todo = [(m, s) for m in c.methods for s in c.seeds]
     if SELECTOR in c.methods:
         print(f"[2/4] selector: {c.agent}, {c.episodes} episodes x {distill.num_phases} phases", file=sys.stderr)
         selector, selector_returns = train_selector(run, env)
-    print(f"[3/4] distil: {len(c.methods)} methods x {len(c.seeds)} seeds", file=sys.stderr)
-    bar = progress_bar(todo, len(todo), "distil students")
-    for method, seed in bar:
-        bar.set_postfix(method=method, seed=seed)
-        row = run.load_unit(method, seed)
-        if row is None:
-            if method == SELECTOR:
-                agent = selector
-            else:
-                agent = make_agent(method_agent_name(method, knowledge), env, seed=seed)
-            row = {"method": method, **distil_and_test(env, agent, seed)}
+    missing = [(m, s) for m, s in todo if run.load_unit(m, s) is None]
+    workers = min(c.workers, len(missing))
+    threads = resolve_threads(distill.threads)
+    print(f"[3/4] distil: {len(c.methods)} methods x {len(c.seeds)} seeds ({len(todo) - len(missing)} done before)"
+          + (f", {workers} workers" if workers > 1 else ""), file=sys.stderr)
+    if workers > 1:  # the selector is on disk: every worker builds its own env and loads it
+        env.close()
+        _distil_in_workers(run, missing, workers, max(1, threads // workers))
+    else:
+        bar = progress_bar(missing, len(missing), "distil students")
+        for method, seed in bar:
+            bar.set_postfix(method=method, seed=seed)
+            agent = selector if method == SELECTOR else make_agent(method_agent_name(method, knowledge), env, seed=seed)
+            row = {"method": method, **distil_and_test(env, agent, seed), "threads": threads}
             atomic_write_json(run.unit_path(method, seed), row)
-        rows.append(row)
-    bar.close()
-    env.close()
+        bar.close()
+        env.close()
+    rows = [run.load_unit(m, s) for m, s in todo]
     print("[4/4] report", file=sys.stderr)
     summary = write_report(run, rows, teacher, knowledge, selector_returns, distill, labels)
     summary["wall_seconds_this_invocation"] = time.perf_counter() - t0
@@ -444,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run folder name")
     p.add_argument("--out", help="output root (default runs)")
     p.add_argument("--device", help="cpu, cuda, auto")
+    p.add_argument("--workers", type=int, help="students distilled at once in spawned processes (default: per "
+                                               "preset: text 2, at most the usable CPUs)")
     return p
 
 
@@ -478,7 +541,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> ExperimentConfig:
     if args.labels is not None:
         distill["labels"] = [x.strip() for x in args.labels.split(",") if x.strip()]
     data["distill"] = distill
-    for flag in ("preset", "agent", "episodes", "seeds", "action_mode", "reward", "name", "out"):
+    for flag in ("preset", "agent", "episodes", "seeds", "action_mode", "reward", "name", "out", "workers"):
         if getattr(args, flag) is not None:
             data[flag] = getattr(args, flag)
     if args.methods is not None:

@@ -42,10 +42,14 @@ from .teacher import (
 __all__ = ["build_distiller", "prepare_teacher", "teacher_precision"]
 
 
-def _teacher_fields(knowledge: Sequence[Knowledge]) -> list[str]:
+def _teacher_fields(knowledge: Sequence[Knowledge], pooling: str = "cls") -> list[str]:
     fields = {"logits"}
     for k in knowledge:
         fields.update(k.needs)
+    if pooling != "cls" and {"hidden_pooled", "hidden_cls"} <= fields:
+        # the outputs carry one tensor per layer: token states serve both kinds of sentence vector
+        fields -= {"hidden_pooled", "hidden_cls"}
+        fields.add("hidden_tokens")
     return sorted(fields)
 
 
@@ -72,6 +76,8 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
              "epochs": config.teacher_epochs, "lr": config.teacher_lr, "bs": config.teacher_batch_size,
              "max_steps": config.teacher_max_steps, "max_len": config.max_len, "seed": config.seed,
              "hidden": list(config.teacher_hidden) if task.kind != "text" else None}
+    if task.kind == "text" and config.pooling != "cls":  # cls teachers keep their cache folders
+        ident["pooling"] = config.pooling
     teacher_split = task["train"]
     if config.teacher_train_fraction < 1:  # a weaker teacher: fine-tuned on a seeded subset of train
         ident["train_fraction"] = config.teacher_train_fraction
@@ -86,10 +92,12 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
     train = BatchSampler(task, teacher_split, tokenizer, config.max_len)
     if task.kind == "text":
         if summary_path.exists():
-            model = SequenceClassifier(load_hf_classifier(str(folder / "model"), task.num_labels, attentions=attentions))
+            model = SequenceClassifier.load(folder / "model", task.num_labels, config.pooling, attentions=attentions)
             return model.to(device).eval(), _with_precision(json.loads(summary_path.read_text()))
-        model = SequenceClassifier(load_hf_classifier(config.teacher, task.num_labels, attentions=attentions,
-                                                      trust_remote_code=config.trust_remote_code))
+        hf = load_hf_classifier(config.teacher, task.num_labels, attentions=attentions,
+                                trust_remote_code=config.trust_remote_code)
+        with private_torch_rng(config.seed):  # the pooled head's first weights (mean pooling)
+            model = SequenceClassifier(hf, config.pooling)
     else:
         if summary_path.exists():
             model = MLPClassifier(task["train"].features.shape[1], config.teacher_hidden, task.num_labels)
@@ -127,7 +135,7 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
 
         hf_logging.disable_progress_bar()
         try:
-            model.model.save_pretrained(tmp / "model")
+            model.save(tmp / "model")
             tokenizer.save_pretrained(tmp / "model")
         finally:
             hf_logging.enable_progress_bar()
@@ -203,7 +211,7 @@ def _assemble(config: DistillConfig, task: TaskData | None, device: torch.device
             base = load_hf_classifier(config.teacher, task.num_labels, attentions=attentions,
                                       trust_remote_code=config.trust_remote_code)
         keep = layer_map(teacher.num_layers, config.student_layers, config.student_init)[1:]
-        student_model: nn.Module = SequenceClassifier(truncate_layers(base, keep))
+        student_model: nn.Module = SequenceClassifier(truncate_layers(base, keep), config.pooling)
         if config.freeze_embeddings:
             student_model.model.get_input_embeddings().weight.requires_grad_(False)
         fresh = False
@@ -215,7 +223,7 @@ def _assemble(config: DistillConfig, task: TaskData | None, device: torch.device
         k.check(getattr(student_model, "num_heads", 0), getattr(teacher, "num_heads", 0))
     teacher_widths = [teacher.hidden_sizes()[t] for t in mapping]
     student = Student(student_model, teacher_widths)
-    fields = _teacher_fields(knowledge)
+    fields = _teacher_fields(knowledge, getattr(teacher, "pooling", "cls"))
     precision = teacher_summary["precision"]
     if config.use_teacher_cache:
         key = TeacherCache.cache_key(fingerprint_module(teacher), train_split.fingerprint(),

@@ -53,6 +53,11 @@ class DistillConfig:
     """which teacher layer each student layer learns from: ``skip``, ``first``, ``last``"""
     student_init: str = "first"
     """which pre-trained layers initialise the student: ``first``, ``skip``, ``last``"""
+    pooling: str = "cls"
+    """how teacher and student read a sentence vector to classify (text): ``cls`` (the first
+    token, BERT's way) or ``mean`` (the mean of the real tokens, the way sentence-transformers
+    models such as the bundled all-MiniLM-L6-v2 were trained); ``feature`` knowledge matches
+    the same vectors"""
     student_init_from: str = "pretrained"
     """``pretrained`` (the teacher's pre-trained checkpoint) or ``teacher`` (the fine-tuned one)"""
     freeze_embeddings: bool = False
@@ -187,7 +192,7 @@ class DistillConfig:
             raise ValueError(f"config.train_examples must be positive or None, got {self.train_examples}")
         choices = {"layer_strategy": ("skip", "first", "last"), "student_init": ("skip", "first", "last"),
                    "student_init_from": ("pretrained", "teacher"), "verify_cache": ("full", "size"),
-                   "precision": PRECISIONS}
+                   "pooling": ("cls", "mean"), "precision": PRECISIONS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"config.{name} must be one of {list(valid)}, got {getattr(self, name)!r}")

@@ -7,7 +7,7 @@ name           loss                                                             
 =============  ===============================================================  ==================
 finetune       CE to the gold labels (MSE for regression)                       none
 response       T^2 * KL(teacher_T || student_T) on softened distributions       logits
-feature        MSE of mapped hidden states (PKD: L2-normalised [CLS]; or all)   hidden (cls/tokens)
+feature        MSE of mapped hidden states (PKD: L2-normalised sentence vectors)  hidden (pooled)
 relation       MSE of FSP matrices of consecutive mapped layer pairs (Yim+17)   hidden (tokens)
 attention      MSE of mapped attention maps (TinyBERT)                          attentions
 =============  ===============================================================  ==================
@@ -51,7 +51,10 @@ __all__ = [
 ]
 
 #: what a knowledge type may ask of the teacher
-TEACHER_OUTPUTS = ("logits", "hidden_cls", "hidden_tokens", "attentions")
+TEACHER_OUTPUTS = ("logits", "hidden_pooled", "hidden_cls", "hidden_tokens", "attentions")
+"""``hidden_pooled``: each mapped layer's sentence vector under the teacher's pooling
+(:meth:`~kd_env.models.ModelOutputs.pooled`); ``hidden_cls``: each layer's first token;
+``hidden_tokens``: every real token of every mapped layer"""
 
 #: the paper's four knowledge types, in action-bit order
 DEFAULT_KNOWLEDGE = ("finetune", "response", "feature", "relation")
@@ -270,20 +273,24 @@ class Feature(Knowledge):
     """MSE between mapped intermediate hidden states (student projected to teacher width).
 
     Args:
-        tokens: ``"cls"`` (PKD: L2-normalised [CLS] vectors, squared distance) or ``"all"``
-            (TinyBERT: plain MSE over every real token).
+        tokens: which vectors of a layer are matched.  ``"pooled"`` (default; PKD's form: the
+            L2-normalised sentence vectors, squared distance), where a sentence vector is read
+            the way the models classify (``DistillConfig.pooling``: [CLS] or the token mean);
+            ``"cls"`` (the same on the first token, whatever the pooling); ``"all"`` (TinyBERT:
+            plain MSE over every real token).
         layers: ``"all"`` (every mapped layer 1..k) or ``"intermediate"`` (PKD: all but the last).
     """
 
-    needs = ("hidden_cls",)
+    needs = ("hidden_pooled",)
+    _NEEDS = {"pooled": ("hidden_pooled",), "cls": ("hidden_cls",), "all": ("hidden_tokens",)}
 
-    def __init__(self, tokens: str = "cls", layers: str = "all"):
-        if tokens not in ("cls", "all"):
-            raise ValueError(f"feature: tokens must be 'cls' or 'all', got {tokens!r}")
+    def __init__(self, tokens: str = "pooled", layers: str = "all"):
+        if tokens not in self._NEEDS:
+            raise ValueError(f"feature: tokens must be one of {list(self._NEEDS)}, got {tokens!r}")
         if layers not in ("all", "intermediate"):
             raise ValueError(f"feature: layers must be 'all' or 'intermediate', got {layers!r}")
         self.tokens, self.layers = tokens, layers
-        self.needs = ("hidden_cls",) if tokens == "cls" else ("hidden_tokens",)
+        self.needs = self._NEEDS[tokens]
 
     def _indices(self, k: int) -> list[int]:
         idx = list(range(1, k + 1))
@@ -292,13 +299,17 @@ class Feature(Knowledge):
     def __call__(self, student, teacher, batch):
         losses = []
         for j in self._indices(len(student.hidden) - 1):
-            s, t = student.hidden[j], teacher.hidden[j].to(student.hidden[j].dtype)
-            if self.tokens == "cls":
-                a = F.normalize(s[:, 0], dim=-1)
-                b = F.normalize(t[:, 0], dim=-1)
-                losses.append(((a - b) ** 2).sum(-1).mean())
-            else:
+            if self.tokens == "all":
+                s, t = student.hidden[j], teacher.hidden[j].to(student.hidden[j].dtype)
                 losses.append(_masked_mean((s - t) ** 2, student.mask))
+                continue
+            if self.tokens == "pooled":
+                s, t = student.pooled(j), teacher.pooled(j)
+            else:
+                s, t = student.hidden[j][:, 0], teacher.hidden[j][:, 0]
+            a = F.normalize(s, dim=-1)
+            b = F.normalize(t.to(s.dtype), dim=-1)
+            losses.append(((a - b) ** 2).sum(-1).mean())
         return torch.stack(losses).mean()
 
 

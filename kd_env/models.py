@@ -24,6 +24,8 @@ from torch import nn
 
 __all__ = [
     "ModelOutputs",
+    "POOLINGS",
+    "pool_tokens",
     "SequenceClassifier",
     "MLPClassifier",
     "Student",
@@ -50,8 +52,11 @@ class ModelOutputs:
         logits: ``(B, C)`` class scores (``(B, 1)`` for regression).
         hidden: hidden states, index 0 = embeddings/input; each ``(B, T, H)``.
         attentions: per layer ``(B, heads, T, T)`` attention probabilities, or ``None``.
-        cls: ``(B, H)`` final-layer [CLS] vector (the last hidden layer for MLPs).
+        cls: ``(B, H)`` the final layer's sentence vector, the one the head classifies: [CLS]
+            with ``pooling="cls"``, the mean over real tokens with ``"mean"`` (the last hidden
+            layer for MLPs).
         mask: ``(B, T)`` 1 for real tokens, 0 for padding.
+        pooling: how a sentence vector is read from a layer's tokens (:data:`POOLINGS`).
     """
 
     logits: torch.Tensor
@@ -59,6 +64,35 @@ class ModelOutputs:
     attentions: list[torch.Tensor] | None = None
     cls: torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    pooling: str = "cls"
+
+    def pooled(self, j: int) -> torch.Tensor:
+        """``(B, H)`` sentence vector of hidden state ``j`` under this model's pooling.  A state
+        with one "token" (an MLP layer, or a teacher cache's stored pooled vectors) is its own
+        sentence vector."""
+        h = self.hidden[j]
+        if h.shape[1] == 1:
+            return h[:, 0]
+        return pool_tokens(h, self.mask, self.pooling)
+
+
+#: how a text model reads one vector from a layer's token states: ``cls`` (the first token, as
+#: BERT's classifier does) or ``mean`` (the mean over real tokens, as sentence-transformers
+#: models such as the bundled all-MiniLM-L6-v2 were trained to be read)
+POOLINGS = ("cls", "mean")
+
+
+def pool_tokens(h: torch.Tensor, mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """``(B, T, H) -> (B, H)``: the first token (``cls``) or the mean over the real tokens of
+    ``mask`` (``mean``; every token when ``mask`` is None)."""
+    if pooling == "cls":
+        return h[:, 0]
+    if pooling != "mean":
+        raise ValueError(f"unknown pooling {pooling!r}; valid: {list(POOLINGS)}")
+    if mask is None:
+        return h.mean(1)
+    m = mask.to(h.dtype).unsqueeze(-1)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,11 +204,38 @@ def truncate_layers(model: nn.Module, keep: Sequence[int]) -> nn.Module:
 
 
 class SequenceClassifier(nn.Module):
-    """Adaptor around a Hugging Face sequence classifier giving :class:`ModelOutputs`."""
+    """Adaptor around a Hugging Face sequence classifier giving :class:`ModelOutputs`.
 
-    def __init__(self, model: nn.Module):
+    Args:
+        model: an ``AutoModelForSequenceClassification``.
+        pooling: ``"cls"`` classifies with the model's own head (BERT: pooler on [CLS], then a
+            linear layer); ``"mean"`` classifies the mean of the final layer's real tokens with a
+            linear head of this adaptor (``head``; dropout as the model's config says), and the
+            model's own head is not used.  A checkpoint is the HF folder plus, for ``mean``,
+            ``pooled_head.pt`` (:meth:`save` / :meth:`load`).
+    """
+
+    HEAD_FILE = "pooled_head.pt"
+
+    def __init__(self, model: nn.Module, pooling: str = "cls"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; valid: {list(POOLINGS)}")
         self.model = model
+        self.pooling = pooling
+        if pooling == "mean":
+            cfg = model.config
+            p = getattr(cfg, "classifier_dropout", None)
+            p = getattr(cfg, "hidden_dropout_prob", 0.1) if p is None else p
+            self.dropout = nn.Dropout(float(p))
+            self.head = nn.Linear(int(cfg.hidden_size), int(cfg.num_labels))
+            self._init_linear(self.head)
+
+    def _init_linear(self, module: nn.Linear) -> None:
+        if hasattr(self.model, "_init_weights"):
+            self.model._init_weights(module)
+        else:
+            module.reset_parameters()
 
     @property
     def config(self):
@@ -197,20 +258,47 @@ class SequenceClassifier(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor], attentions: bool = False) -> ModelOutputs:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        out = self.model(**inputs, output_hidden_states=True, output_attentions=attentions, return_dict=True)
-        hidden = list(out.hidden_states)
-        return ModelOutputs(logits=out.logits, hidden=hidden,
+        mask = batch.get("attention_mask")
+        if self.pooling == "mean":
+            out = self.model.base_model(**inputs, output_hidden_states=True, output_attentions=attentions,
+                                        return_dict=True)
+            hidden = list(out.hidden_states)
+            pooled = pool_tokens(hidden[-1], mask, "mean")
+            logits = self.head(self.dropout(pooled))
+        else:
+            out = self.model(**inputs, output_hidden_states=True, output_attentions=attentions, return_dict=True)
+            hidden = list(out.hidden_states)
+            pooled, logits = hidden[-1][:, 0], out.logits
+        return ModelOutputs(logits=logits, hidden=hidden,
                             attentions=list(out.attentions) if attentions and out.attentions is not None else None,
-                            cls=hidden[-1][:, 0], mask=batch.get("attention_mask"))
+                            cls=pooled, mask=mask, pooling=self.pooling)
 
     def reset_head(self) -> None:
         """Re-initialise the classification head (draws from torch's global RNG)."""
+        if self.pooling == "mean":
+            self._init_linear(self.head)
+            return
         for name, module in self.model.named_modules():
             if name.split(".")[0] in ("classifier", "pre_classifier", "score") and isinstance(module, nn.Linear):
-                if hasattr(self.model, "_init_weights"):
-                    self.model._init_weights(module)
-                else:
-                    module.reset_parameters()
+                self._init_linear(module)
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """Write the HF model to ``folder`` (and the pooled head, for ``mean``)."""
+        self.model.save_pretrained(folder)
+        if self.pooling == "mean":
+            torch.save(self.head.state_dict(), Path(folder) / self.HEAD_FILE)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, num_labels: int, pooling: str = "cls", **kwargs: Any) -> "SequenceClassifier":
+        """The classifier :meth:`save` wrote (``kwargs`` go to :func:`load_hf_classifier`)."""
+        model = cls(load_hf_classifier(str(folder), num_labels, **kwargs), pooling)
+        if pooling == "mean":
+            path = Path(folder) / cls.HEAD_FILE
+            if not path.is_file():
+                raise FileNotFoundError(f"{folder} has no {cls.HEAD_FILE}: it was not saved as a mean-pooling "
+                                        f"classifier")
+            model.head.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,7 +376,8 @@ def align_teacher(out: ModelOutputs, mapping: Sequence[int]) -> ModelOutputs:
     att = None
     if out.attentions is not None:
         att = [out.attentions[t - 1] for t in mapping[1:]]
-    return ModelOutputs(logits=out.logits, hidden=hidden, attentions=att, cls=out.cls, mask=out.mask)
+    return ModelOutputs(logits=out.logits, hidden=hidden, attentions=att, cls=out.cls, mask=out.mask,
+                        pooling=out.pooling)
 
 
 class Student(nn.Module):

@@ -14,6 +14,7 @@ fails any check is deleted and rebuilt, never used.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -187,9 +188,10 @@ class LiveTeacher:
             out = align_teacher(self.teacher(batch, attentions="attentions" in self.fields), self.mapping)
         if self.precision == "fp32":
             return out
-        return ModelOutputs(logits=out.logits.float(), hidden=[h.float() for h in out.hidden],
-                            attentions=None if out.attentions is None else [a.float() for a in out.attentions],
-                            cls=None if out.cls is None else out.cls.float(), mask=out.mask)
+        return dataclasses.replace(
+            out, logits=out.logits.float(), hidden=[h.float() for h in out.hidden],
+            attentions=None if out.attentions is None else [a.float() for a in out.attentions],
+            cls=None if out.cls is None else out.cls.float())
 
     def close(self) -> None:
         pass
@@ -200,12 +202,14 @@ class TeacherCache:
 
     Use :meth:`build_or_open`; the constructor opens an existing, verified folder.
 
-    Files: ``logits.npy`` (N, C) float32; ``hidden_cls.npy`` (N, k+1, H) float16;
+    Files: ``logits.npy`` (N, C) float32; ``hidden_pooled.npy`` and ``hidden_cls.npy``
+    (N, k+1, H) float16 (each mapped layer's sentence vector under the teacher's pooling, and
+    its first token);
     ``hidden_tokens.npy`` (total tokens, k+1, H) float16 with ``token_offsets.npy`` (N+1,);
     ``attentions.npy`` (flat float16) with ``attention_offsets.npy`` (N+1,).
     """
 
-    FIELDS = ("logits", "hidden_cls", "hidden_tokens", "attentions")
+    FIELDS = ("logits", "hidden_pooled", "hidden_cls", "hidden_tokens", "attentions")
     #: per-example arrays up to this size (as float32) are read into memory once at open (every step then
     #: gathers its rows with one torch index instead of sorting, reading and re-ordering the
     #: memory map: most of the digits step's cache read)
@@ -221,7 +225,7 @@ class TeacherCache:
         self.arrays = {name: np.load(self.path / info["file"], mmap_mode="r")
                        for name, info in self.manifest["files"].items()}
         self.held = {name: torch.from_numpy(np.array(self.arrays[name], dtype=np.float32))  # float32: read as used
-                     for name in ("logits", "hidden_cls")
+                     for name in ("logits", "hidden_pooled", "hidden_cls")
                      if name in self.arrays and self.arrays[name].size * 4 <= self.HOLD_BYTES}
 
     # ---- checks ---------------------------------------------------------------------------
@@ -304,6 +308,7 @@ class TeacherCache:
             if sampler.kind != "text" and "hidden_tokens" in fields:
                 # feature inputs have one "token": every-token states are the [CLS] states
                 fields = [f for f in TeacherCache.FIELDS if f in (set(fields) - {"hidden_tokens"}) | {"hidden_cls"}]
+            pooling = getattr(teacher, "pooling", "cls")
             probe = teacher(sampler.batch(np.arange(min(2, n))), attentions="attentions" in fields)
             aligned = align_teacher(probe, mapping)
             widths = [int(h.shape[-1]) for h in aligned.hidden]
@@ -318,8 +323,9 @@ class TeacherCache:
             from numpy.lib.format import open_memmap
 
             arrays: dict[str, np.ndarray] = {"logits": open_memmap(tmp / "logits.npy", "w+", np.float32, (n, num_labels))}
-            if "hidden_cls" in fields:
-                arrays["hidden_cls"] = open_memmap(tmp / "hidden_cls.npy", "w+", np.float16, (n, k1, width))
+            for name in ("hidden_pooled", "hidden_cls"):
+                if name in fields:
+                    arrays[name] = open_memmap(tmp / f"{name}.npy", "w+", np.float16, (n, k1, width))
             if "hidden_tokens" in fields:
                 arrays["hidden_tokens"] = open_memmap(tmp / "hidden_tokens.npy", "w+", np.float16,
                                                       (int(tok_off[-1]), k1, width))
@@ -343,6 +349,9 @@ class TeacherCache:
                     stacked = torch.stack(hidden, dim=2).numpy()  # (B, T, k+1, W)
                 if "hidden_cls" in fields:
                     arrays["hidden_cls"][idx] = stacked[:, 0]
+                if "hidden_pooled" in fields:
+                    pooled = [nn.functional.pad(out.pooled(j).float().cpu(), (0, width - w)) for j, w in enumerate(widths)]
+                    arrays["hidden_pooled"][idx] = torch.stack(pooled, dim=1).numpy()
                 for row, i in enumerate(idx):
                     length = int(lengths[i])
                     if "hidden_tokens" in fields:
@@ -362,7 +371,8 @@ class TeacherCache:
                                "shape": list(np.load(f, mmap_mode="r").shape),
                                "dtype": str(np.load(f, mmap_mode="r").dtype)}
             arrays.clear()
-            manifest = {"format": CACHE_FORMAT, "key": key, "fields": fields, "num_examples": n, "precision": precision,
+            manifest = {"format": CACHE_FORMAT, "key": key, "fields": fields, "num_examples": n, "pooling": pooling,
+                        "precision": precision,
                         "num_layers": k1, "num_heads": heads, "hidden_widths": widths,
                         "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
             atomic_write_json(tmp / "manifest.json", manifest)
@@ -397,8 +407,9 @@ class TeacherCache:
                 buf[row, : b - a] = tokens[a:b]
             full = torch.from_numpy(buf)
             hidden = [full[:, :, j].float() for j in range(self.num_layers)]
-        elif "hidden_cls" in self.fields:
-            full = self._rows("hidden_cls", idx).float()  # (B, k+1, W)
+        elif "hidden_pooled" in self.fields or "hidden_cls" in self.fields:
+            name = "hidden_pooled" if "hidden_pooled" in self.fields else "hidden_cls"
+            full = self._rows(name, idx).float()  # (B, k+1, W)
             hidden = [full[:, j].unsqueeze(1) for j in range(self.num_layers)]
         if widths and hidden:
             hidden = [h[..., : int(w)] for h, w in zip(hidden, widths)]
@@ -416,7 +427,8 @@ class TeacherCache:
         dev = self.device
         return ModelOutputs(logits=logits.to(dev), hidden=[h.to(dev) for h in hidden],
                             attentions=None if attentions is None else [a.to(dev) for a in attentions],
-                            cls=None, mask=None if mask is None else mask.to(dev))
+                            cls=None, mask=None if mask is None else mask.to(dev),
+                            pooling=self.manifest.get("pooling", "cls"))
 
     def _rows(self, name: str, idx: np.ndarray) -> torch.Tensor:
         """Rows ``idx`` (in that order) of the per-example array ``name`` (held: float32; else as stored)."""

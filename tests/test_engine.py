@@ -13,7 +13,7 @@ import kd_env
 from kd_env import DistillConfig, build_distiller, get_preset
 from kd_env.runtime import resolve_threads, usable_cpus
 from kd_env.knowledge import KNOWLEDGE_REGISTRY, register_knowledge
-from kd_env.teacher import LiveTeacher, TeacherCache, cache_root
+from kd_env.teacher import LiveTeacher, TeacherCache, cache_root, fingerprint_module
 
 ONES = np.ones(4)
 
@@ -241,9 +241,10 @@ TEXT_KNOWLEDGE = ("finetune", "response", "feature", "relation", "attention")
 
 
 def _text_config(tiny_bert_dir, text_csv, **changes) -> DistillConfig:
-    return DistillConfig(task=str(text_csv), teacher=str(tiny_bert_dir), student_layers=1, max_len=16,
-                         batch_size=8, total_steps=4, steps_per_action=2, teacher_max_steps=2, train_examples=32,
-                         dev_probe_size=16, progress=False, knowledge=TEXT_KNOWLEDGE, **changes)
+    settings = dict(task=str(text_csv), teacher=str(tiny_bert_dir), student_layers=1, max_len=16, batch_size=8,
+                    total_steps=4, steps_per_action=2, teacher_max_steps=2, train_examples=32, dev_probe_size=16,
+                    progress=False, knowledge=TEXT_KNOWLEDGE)
+    return DistillConfig(**{**settings, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +258,7 @@ def text_phase(tiny_bert_dir, text_csv):
 def test_text_path_with_cache(text_phase):
     distiller, result = text_phase
     assert isinstance(distiller.teacher, TeacherCache)
-    assert set(distiller.teacher.fields) == {"logits", "hidden_cls", "hidden_tokens", "attentions"}
+    assert set(distiller.teacher.fields) == {"logits", "hidden_pooled", "hidden_tokens", "attentions"}
     assert distiller.teacher.path.is_relative_to(cache_root() / "teacher_outputs")
     assert distiller.teacher.manifest["num_examples"] == len(distiller.train_data) == 32
     assert distiller.layer_map == [0, 3] and distiller.student.num_layers == 1
@@ -456,6 +457,42 @@ def test_unset_threads_never_exceed_the_usable_cpus(monkeypatch):
     assert usable_cpus() == 3 and resolve_threads(None) == 3
     torch.set_num_threads(2)
     assert resolve_threads(None) == 2  # never more than torch's own default
+
+
+@pytest.mark.parametrize("init_from", ["pretrained", "teacher"])
+def test_mean_pooling_end_to_end(tiny_bert_dir, text_csv, init_from):
+    """``pooling="mean"``: the teacher is fine-tuned and saved with its pooled head, found again
+    by the next build (same test metrics, no second fine-tuning), and the student reads the
+    same pooled vectors the feature loss matches."""
+    config = _text_config(tiny_bert_dir, text_csv, pooling="mean", knowledge=("finetune", "response", "feature"),
+                          student_init_from=init_from)
+    first = build_distiller(config)
+    try:
+        assert first.teacher_model.pooling == first.student.model.pooling == "mean"
+        assert first.teacher.fields == ("logits", "hidden_pooled") and first.teacher.manifest["pooling"] == "mean"
+        assert first.teacher_metrics["ident"]["pooling"] == "mean"
+        first.reset(seed=0)
+        result = first.train_phase(np.ones(3))
+        assert result.trained_steps == 2 and np.all(np.isfinite(result.losses))
+    finally:
+        first.close()
+    again = build_distiller(config)
+    try:
+        assert again.teacher_metrics == first.teacher_metrics
+        assert fingerprint_module(again.teacher_model) == fingerprint_module(first.teacher_model)
+    finally:
+        again.close()
+    cls_teacher = build_distiller(_text_config(tiny_bert_dir, text_csv, knowledge=("finetune", "response")))
+    try:  # a cls teacher is another teacher (its own folder), and keeps the folder it always had
+        assert "pooling" not in cls_teacher.teacher_metrics["ident"]
+        assert cls_teacher.teacher_model.pooling == "cls"
+    finally:
+        cls_teacher.close()
+
+
+def test_bad_pooling_is_rejected():
+    with pytest.raises(ValueError, match=r"config.pooling must be one of \['cls', 'mean'\], got 'max'"):
+        DistillConfig(pooling="max")
 
 
 def test_step_timer_times_every_part_and_changes_nothing(quick):

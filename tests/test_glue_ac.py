@@ -121,8 +121,22 @@ def test_killed_after_selector_resumes_without_retraining_and_same_rows(finished
         assert abs(float(r["return"]) - float(got[key]["return"])) < 1e-6, key
 
 
+def test_two_workers_give_the_same_rows(finished_run: Path, tmp_path: Path):
+    """Students distilled in 2 spawned workers (the selector loaded from its checkpoint, one
+    torch thread each, as the quick preset uses) give the rows of the in-process run."""
+    proc = _run(tmp_path, "workers", ["--workers", "2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 workers" in proc.stderr
+    ref = json.loads((finished_run / "results.json").read_text())["rows"]
+    got = json.loads((tmp_path / "workers" / "results.json").read_text())["rows"]
+    assert [(r["method"], r["seed"]) for r in got] == [(r["method"], r["seed"]) for r in ref]
+    for a, b in zip(ref, got):
+        assert a["metric"] == b["metric"] and a["actions"] == b["actions"] and a["threads"] == b["threads"] == 1
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "selector,bogus"], "unknown method(s) ['bogus']"),
+    (["--workers", "0"], "workers must be an integer >= 1"),
     (["--agent", "nope"], "unknown agent 'nope'"),
     (["--preset", "quick", "--episodes", "-1"], "episodes must be an integer >= 0"),
     (["--task", "no_such_task"], "unknown task"),

@@ -131,7 +131,8 @@ def test_feature_all_ignores_padding():
 
 def test_feature_cls_uses_normalised_vectors():
     (k,) = make_knowledge(["feature"])
-    assert k.needs == ("hidden_cls",)
+    assert k.needs == ("hidden_pooled",)
+    assert make_knowledge(["feature"], {"feature": {"tokens": "cls"}})[0].needs == ("hidden_cls",)
     student, _ = _student()
     teacher = _teacher_like(student)
     teacher.hidden = [3.0 * h for h in teacher.hidden]  # same directions
@@ -293,7 +294,7 @@ def test_builtin_registry_contents():
     assert set(DEFAULT_KNOWLEDGE) | {"attention"} <= set(knowledge_names())
     assert DEFAULT_KNOWLEDGE == ("finetune", "response", "feature", "relation")
     needs = {k.name: k.needs for k in make_knowledge([*DEFAULT_KNOWLEDGE, "attention"])}
-    assert needs == {"finetune": (), "response": ("logits",), "feature": ("hidden_cls",),
+    assert needs == {"finetune": (), "response": ("logits",), "feature": ("hidden_pooled",),
                      "relation": ("hidden_tokens",), "attention": ("attentions",)}
 
 

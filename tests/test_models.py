@@ -20,6 +20,7 @@ from kd_env.models import (
     layer_map,
     load_hf_classifier,
     load_tokenizer,
+    pool_tokens,
     resolve_model_path,
     truncate_layers,
 )
@@ -197,3 +198,48 @@ def test_mlp_classifier_hidden_states():
     before = model.head.weight.clone()
     model.reset_parameters()
     assert not torch.equal(before, model.head.weight)
+
+
+def test_pool_tokens_is_the_masked_mean():
+    h = torch.arange(2 * 3 * 2, dtype=torch.float32).reshape(2, 3, 2)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    assert torch.equal(pool_tokens(h, mask, "cls"), h[:, 0])
+    assert torch.equal(pool_tokens(h, mask, "mean"), torch.stack([h[0].mean(0), h[1, 0]]))
+    assert torch.equal(pool_tokens(h, None, "mean"), h.mean(1))
+    with pytest.raises(ValueError, match="valid: \\['cls', 'mean'\\]"):
+        pool_tokens(h, mask, "max")
+
+
+def test_mean_pooling_classifier(tiny_hf, tiny_batch, tmp_path):
+    """``pooling="mean"`` classifies the mean of the real tokens with its own head: padding
+    changes nothing, and save/load round-trips the head."""
+    torch.manual_seed(0)
+    model = SequenceClassifier(tiny_hf, "mean").eval()
+    with torch.no_grad():
+        out = model(tiny_batch)
+    mask = tiny_batch["attention_mask"]
+    assert out.pooling == "mean" and out.logits.shape == (3, 2)
+    expected = (out.hidden[-1] * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    torch.testing.assert_close(out.cls, expected)
+    torch.testing.assert_close(out.logits, model.head(expected))
+    # the shortest example alone (no padding) gets the same logits as inside the padded batch
+    n = int(mask[1].sum())
+    alone = {k: v[1:2, :n] for k, v in tiny_batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    with torch.no_grad():
+        torch.testing.assert_close(model(alone).logits, out.logits[1:2], rtol=1e-4, atol=1e-5)
+    model.save(tmp_path / "m")
+    again = SequenceClassifier.load(tmp_path / "m", 2, "mean").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(tiny_batch).logits, out.logits)
+    with pytest.raises(FileNotFoundError, match="pooled_head.pt"):
+        SequenceClassifier.load(_without_head(tmp_path / "m", tmp_path / "cls"), 2, "mean")
+    with pytest.raises(ValueError, match="valid: \\['cls', 'mean'\\]"):
+        SequenceClassifier(tiny_hf, "max")
+
+
+def _without_head(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    (dst / SequenceClassifier.HEAD_FILE).unlink()
+    return dst

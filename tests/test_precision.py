@@ -82,9 +82,10 @@ def _text_config(tiny_bert_dir, text_csv, **changes) -> DistillConfig:
                          **changes)
 
 
-def test_bf16_text_teacher_is_cached_apart_and_records_its_precision(tiny_bert_dir, text_csv):
-    fp32 = build_distiller(_text_config(tiny_bert_dir, text_csv, precision="fp32"))
-    bf16 = build_distiller(_text_config(tiny_bert_dir, text_csv, precision="bf16"))
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_bf16_text_teacher_is_cached_apart_and_records_its_precision(tiny_bert_dir, text_csv, pooling):
+    fp32 = build_distiller(_text_config(tiny_bert_dir, text_csv, precision="fp32", pooling=pooling))
+    bf16 = build_distiller(_text_config(tiny_bert_dir, text_csv, precision="bf16", pooling=pooling))
     assert fp32.teacher_metrics["precision"] == "fp32" and "precision" not in fp32.teacher_metrics["ident"]
     assert bf16.teacher_metrics["precision"] == bf16.teacher_metrics["fine_tune"]["precision"] == "bf16"
     assert bf16.teacher_metrics["ident"]["precision"] == "bf16"
@@ -95,7 +96,8 @@ def test_bf16_text_teacher_is_cached_apart_and_records_its_precision(tiny_bert_d
     # the bf16 cache holds what the teacher gives under bf16 autocast, in float32 for the student
     out = bf16.teacher.outputs(bf16._train_batch(np.arange(8)))
     assert out.logits.dtype == torch.float32 and all(h.dtype == torch.float32 for h in out.hidden)
-    again = build_distiller(_text_config(tiny_bert_dir, text_csv, precision="bf16"))
+    assert bf16.teacher.manifest["pooling"] == pooling
+    again = build_distiller(_text_config(tiny_bert_dir, text_csv, precision="bf16", pooling=pooling))
     assert again.teacher.path == bf16.teacher.path and again.teacher_metrics["precision"] == "bf16"
     for d in (fp32, bf16, again):
         d.close()

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from kd_env.batching import BatchSampler
+from kd_env.knowledge import make_knowledge
 from kd_env.data import load_task
 from kd_env.models import MLPClassifier, ModelOutputs, SequenceClassifier, layer_map, load_hf_classifier, load_tokenizer
 from kd_env.teacher import CacheError, LiveTeacher, TeacherCache, fingerprint_module
@@ -260,3 +261,29 @@ def test_failed_build_leaves_nothing_behind(text, tmp_path):
         TeacherCache.build_or_open(tmp_path, text.key(), teacher, text.sampler, text.mapping, ALL_FIELDS, CPU,
                                    batch_size=16, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_text_cache_pooled_vectors_equal_live_teacher(tiny_bert_dir, text, tmp_path, pooling):
+    """``hidden_pooled`` stores each mapped layer's sentence vector under the teacher's pooling;
+    a feature loss on the cached outputs equals the one on the live teacher's."""
+    torch.manual_seed(0)
+    teacher = SequenceClassifier(load_hf_classifier(str(tiny_bert_dir), 2), pooling).eval()
+    fields = ("logits", "hidden_pooled")
+    key = text.key(fields, teacher_fingerprint=fingerprint_module(teacher))
+    cache = TeacherCache.build_or_open(tmp_path, key, teacher, text.sampler, text.mapping, fields, CPU,
+                                       batch_size=16, progress=False)
+    assert cache.manifest["pooling"] == pooling
+    out = cache.outputs(text.batch)
+    live = LiveTeacher(teacher, text.mapping, fields, CPU).outputs(text.batch)
+    assert out.pooling == live.pooling == pooling
+    for j in range(len(text.mapping)):
+        assert out.hidden[j].shape == (len(BATCH_ROWS), 1, 32)
+        torch.testing.assert_close(out.pooled(j), live.pooled(j), rtol=1e-2, atol=1e-2)
+    if pooling == "mean":  # the mean really differs from the first token
+        assert not torch.allclose(live.pooled(2), live.hidden[2][:, 0], atol=1e-3)
+    (feature,) = make_knowledge(["feature"])
+    student = LiveTeacher(teacher, text.mapping, fields, CPU).outputs(text.batch)
+    student.hidden = [h + 0.3 * torch.randn_like(h) for h in student.hidden]
+    torch.testing.assert_close(feature(student, out, text.batch), feature(student, live, text.batch),
+                               rtol=1e-2, atol=1e-3)
