@@ -186,11 +186,13 @@ def teacher_rows(args, cfg, rows: list[list[str]]):
                  f"{cached.teacher_metrics['fine_tune']['seconds']:.0f}", "",
                  f"precision {cached.teacher_metrics.get('precision', 'fp32')}; --fresh-cache times it afresh"])
     root = Path(tempfile.mkdtemp(prefix="kd_env_cache_"))
+    precision = cached.teacher_metrics.get("precision", "fp32")
     t = time.perf_counter()
     TeacherCache.build(root / "c", "bench", cached.teacher_model, cached.train_data, cached.layer_map,
-                       ["logits", "hidden_cls", "hidden_tokens"], cached.device, progress=False)
+                       ["logits", "hidden_cls", "hidden_tokens"], cached.device, progress=False, precision=precision)
     rows.append([f"teacher-output cache build ({len(cached.train_data)} examples), s", str(threads),
-                 f"{time.perf_counter() - t:.1f}", "", ""])
+                 f"{time.perf_counter() - t:.1f}", "", f"precision {precision}"])
+    shutil.rmtree(root, ignore_errors=True)
     return cached
 
 
