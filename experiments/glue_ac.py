@@ -213,6 +213,12 @@ class Run:
             current = self.config.to_dict()
             keep = ("methods", "seeds", "out", "workers")  # adding methods/seeds to a finished run is fine
             diff = sorted(k for k in current if k not in keep and previous.get(k) != current[k])
+            if diff == ["distill_resolved"] and isinstance(previous.get(k := "distill_resolved"), dict):
+                # a DistillConfig field added since the run was made, at its default, is no difference
+                defaults = DistillConfig().to_dict()
+                added = {f: v for f, v in current[k].items() if f not in previous[k] and v == defaults.get(f)}
+                if {**previous[k], **added} == current[k]:
+                    diff = []
             if diff:
                 raise SystemExit(f"error: {self.dir} holds a run with a different config (keys {diff}); "
                                  f"pass --name for a new run or remove the folder")

@@ -256,3 +256,23 @@ def test_one_seed_report_writes_n_a_and_null_not_nan(tmp_path: Path):
     saved = json.loads((run.dir / "results.json").read_text(), parse_constant=_refuse_constant)
     assert saved["selector_vs"]["vanilla_kd"]["low"] is None and saved["selector_vs"]["vanilla_kd"]["high"] is None
     assert saved["selector_vs"]["vanilla_kd"]["mean"] == pytest.approx(0.05)
+
+
+def test_run_folder_check_tolerates_only_new_config_fields_at_their_default(tmp_path: Path):
+    """A run made before a DistillConfig field existed resumes when the field is at its default;
+    any other difference refuses the folder (nothing written)."""
+    import yaml
+
+    from experiments.glue_ac import Run
+
+    config = config_from_args(["--preset", "quick", "--out", str(tmp_path), "--name", "r"]).resolved()
+    run = Run(config)
+    run.prepare()
+    saved = yaml.safe_load((run.dir / "config.yaml").read_text())
+    del saved["distill_resolved"]["pooling"]  # as written before the field existed
+    (run.dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    run.check()
+    saved["distill_resolved"]["lr"] = 123.0
+    (run.dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(SystemExit, match=r"different config \(keys \['distill_resolved'\]\)"):
+        run.check()
