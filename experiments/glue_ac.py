@@ -66,6 +66,7 @@ NOT_FIXED = (SELECTOR, "random_hard", "random_soft", *DYNAMIC_BASELINES)
 #: experiment-level defaults per preset (the distillation settings live in kd_env.config)
 EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
     "text": {"episodes": 6, "seeds": [0, 1, 2], "workers": 2},
+    "text3": {"episodes": 6, "seeds": [0, 1, 2], "workers": 2},
     "quick": {"episodes": 4, "seeds": [0, 1], "workers": 1},
     "digits": {"episodes": 20, "seeds": [0, 1, 2, 3, 4], "workers": 1},
     "paper": {"episodes": 30, "seeds": [0, 1, 2], "workers": 1},
@@ -79,8 +80,9 @@ RESULT_COLUMNS = ["method", "seed", "metric_name", "metric", "dev_metric", "retu
 class ExperimentConfig:
     """Everything that defines a run of this experiment (saved as config.yaml)."""
 
-    preset: str = "text"
-    """distillation preset (kd_env.config): text, quick, digits, paper"""
+    preset: str = "text3"
+    """distillation preset (kd_env.config): text3 (6 -> 3 layers, the default), text (6 -> 2), quick,
+    digits, paper"""
     distill: dict[str, Any] = field(default_factory=dict)
     """DistillConfig overrides (task, teacher, student_layers, total_steps, ...)"""
     agent: str = "ac"
@@ -492,7 +494,7 @@ def print_summary(summary: dict[str, Any], out=sys.stdout) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.glue_ac", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(EXPERIMENT_PRESETS), help="default: text (embedded offline)")
+    p.add_argument("--preset", choices=sorted(EXPERIMENT_PRESETS), help="default: text3 (embedded offline rt-polarity, 6 -> 3 layers)")
     p.add_argument("--config", help="YAML file of ExperimentConfig keys (CLI flags override it)")
     p.add_argument("--task", help="rt-polarity, digits, a GLUE task, or a CSV/TSV path")
     p.add_argument("--data-dir", help="local GLUE folder (<TASK>/train.tsv, dev.tsv)")
@@ -557,7 +559,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> ExperimentConfig:
     try:
         config = ExperimentConfig(**data)
         load_plugins(config.plugins)
-        DistillConfig.from_dict({**get_preset(config.preset if config.preset in preset_names() else "text").to_dict(),
+        DistillConfig.from_dict({**get_preset(config.preset if config.preset in preset_names() else "text3").to_dict(),
                                  **config.distill})
         config.resolved()
     except (ValueError, TypeError, FileNotFoundError) as exc:

@@ -366,7 +366,7 @@ def test_hugging_face_models_never_run_remote_code_by_default(tiny_bert_dir, tex
     from kd_env import models
 
     assert DistillConfig().trust_remote_code is False
-    for preset in ("text", "paper", "quick", "digits"):
+    for preset in ("text", "text3", "paper", "quick", "digits"):
         assert get_preset(preset).trust_remote_code is False
     seen: list[tuple[str, object]] = []
     real_model = transformers.AutoModelForSequenceClassification.from_pretrained
