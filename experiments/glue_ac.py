@@ -213,7 +213,8 @@ class Run:
         if saved.exists():
             previous = yaml.safe_load(saved.read_text()) or {}
             current = self.config.to_dict()
-            keep = ("methods", "seeds", "out", "workers")  # adding methods/seeds to a finished run is fine
+            # adding methods/seeds to a finished run is fine; the overrides count as what they resolve to
+            keep = ("methods", "seeds", "out", "workers", "distill")
             diff = sorted(k for k in current if k not in keep and previous.get(k) != current[k])
             if diff == ["distill_resolved"] and isinstance(previous.get(k := "distill_resolved"), dict):
                 # a DistillConfig field added since the run was made, at its default, is no difference
