@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from experiments.cli import SEEDS_HELP, parse_seeds
-from experiments.glue_ac import ExperimentConfig, run_experiment
+from experiments.glue_ac import ExperimentConfig, Run, run_experiment
 from experiments.report import markdown_table, paired_difference
 from experiments.stats import format_bounds
 from kd_env.config import get_preset
@@ -122,6 +122,26 @@ def compare(results: list[dict[str, Any]], methods: list[str]) -> str:
     return "\n".join(text)
 
 
+def _finished(config: ExperimentConfig) -> dict[str, Any] | None:
+    """The summary of a finished run of ``config`` with every method and seed (read back, no env
+    built), or ``None`` when the run must (re)run: no results, other settings, a unit missing."""
+    import json
+
+    c = config.resolved()
+    run = Run(c)
+    try:
+        run.check()
+        summary = json.loads((run.dir / "results.json").read_text())
+    except (SystemExit, OSError, ValueError):
+        return None
+    done = {(r["method"], r["seed"]) for r in summary.get("rows", [])}
+    if not all((m, s) in done for m in c.methods for s in c.seeds):
+        return None
+    summary["rows"] = [r for r in summary["rows"] if r["method"] in c.methods and r["seed"] in c.seeds]
+    summary["methods"] = [t for t in summary["methods"] if t["method"] in c.methods]
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.student_settings",
                                 description=__doc__.split("\n\n")[0],
@@ -156,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== setting {name}: {overrides or '(preset)'}", file=sys.stderr)
         config = ExperimentConfig(preset=preset, distill=distill, methods=methods, seeds=list(args.seeds),
                                   episodes=0, name=f"{args.name}/{name}", out=args.out)
-        results.append(_summarise(name, overrides, run_experiment(config)))
+        results.append(_summarise(name, overrides, _finished(config) or run_experiment(config)))
     out = Path(args.out) / args.name
     table = compare(results, methods)
     atomic_write_json(out / "comparison.json", {"preset": preset, "seeds": list(args.seeds), "methods": methods,

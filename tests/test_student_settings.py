@@ -60,3 +60,15 @@ def test_only_names_settings_of_the_grid(tmp_path, capsys):
 def test_default_grid_is_valid():
     preset, settings = load_grid(DEFAULT_GRID)
     assert preset == "text" and "mean" in settings
+
+
+def test_finished_settings_are_read_back_not_rerun(tmp_path, monkeypatch):
+    grid = _grid(tmp_path, "preset: quick\nsettings:\n  base: {}\n")
+    args = ["--grid", str(grid), "--seeds", "0", "--methods", "finetune", "--out", str(tmp_path / "runs"), "--name", "g"]
+    assert main(args) == 0
+    first = (tmp_path / "runs" / "g" / "comparison.md").read_text()
+    import experiments.student_settings as module
+
+    monkeypatch.setattr(module, "run_experiment", lambda config: pytest.fail("a finished setting was rerun"))
+    assert main(args) == 0
+    assert (tmp_path / "runs" / "g" / "comparison.md").read_text() == first
