@@ -108,7 +108,8 @@ class DistillConfig:
     precision: str = "auto"
     """numeric precision of teacher fine-tuning and teacher-cache building: ``fp32``, ``bf16``
     (autocast: matrix multiplies in bf16, fp32 weights and losses) or ``auto``: bf16 for a
-    transformer teacher where it pays (a CPU reporting AMX, ``amx_bf16`` in /proc/cpuinfo; a GPU
+    transformer teacher where it pays (a CPU reporting bf16 instructions, ``amx_bf16`` or ``avx512_bf16`` in
+    /proc/cpuinfo; a GPU
     with bf16 support), else fp32; MLP teachers (digits) stay fp32 under ``auto`` (too small to
     gain).  Part of the teacher's identity: fp32 and bf16 teachers are cached apart, and the
     teacher summary records it.  The student always trains in fp32 (bf16 gave the 2-layer student

@@ -13,7 +13,7 @@ from kd_env.batching import BatchSampler
 from kd_env.build import teacher_precision
 from kd_env.data import load_task
 from kd_env.models import MLPClassifier
-from kd_env.runtime import autocast, cpu_has_amx, resolve_precision
+from kd_env.runtime import autocast, cpu_has_fast_bf16, resolve_precision
 from kd_env.teacher import TeacherCache, train_classifier
 
 CPU = torch.device("cpu")
@@ -35,24 +35,25 @@ def test_precision_defaults_to_auto_and_survives_a_round_trip():
 
 
 @pytest.mark.parametrize("flags, expected", [("fpu sse avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", True),
-                                             ("fpu sse avx512f avx512_bf16", False)])
-def test_amx_is_read_from_the_cpu_flags(tmp_path, flags, expected):
+                                             ("fpu sse avx512f avx512_bf16", True),
+                                             ("fpu sse avx2 avx512f", False)])
+def test_bf16_support_is_read_from_the_cpu_flags(tmp_path, flags, expected):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
-    assert cpu_has_amx(str(cpuinfo)) is expected
-    assert cpu_has_amx(str(tmp_path / "missing")) is False
+    assert cpu_has_fast_bf16(str(cpuinfo)) is expected
+    assert cpu_has_fast_bf16(str(tmp_path / "missing")) is False
 
 
 @pytest.mark.parametrize("amx, expected", [(True, "bf16"), (False, "fp32")])
 def test_auto_follows_the_cpu_flag(monkeypatch, amx, expected):
-    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: amx)
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: amx)
     assert resolve_precision("auto", CPU) == expected
     # explicit values are kept whatever the CPU
     assert resolve_precision("fp32", CPU) == "fp32" and resolve_precision("bf16", CPU) == "bf16"
 
 
 def test_auto_keeps_mlp_teachers_in_fp32(monkeypatch):
-    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
     task = load_task("digits", seed=0)
     assert teacher_precision(get_preset("quick"), task, CPU) == "fp32"
     assert teacher_precision(get_preset("quick", precision="bf16"), task, CPU) == "bf16"
@@ -104,7 +105,7 @@ def test_bf16_text_teacher_is_cached_apart_and_records_its_precision(tiny_bert_d
 
 
 def test_auto_on_an_amx_cpu_fine_tunes_the_text_teacher_in_bf16(tiny_bert_dir, text_csv, monkeypatch):
-    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
     d = build_distiller(_text_config(tiny_bert_dir, text_csv))
     assert d.config.precision == "auto" and d.teacher_metrics["precision"] == "bf16"
     live = build_distiller(_text_config(tiny_bert_dir, text_csv, use_teacher_cache=False))
