@@ -79,10 +79,10 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
     if task.kind == "text" and config.pooling != "cls":  # cls teachers keep their cache folders
         ident["pooling"] = config.pooling
     teacher_split = task["train"]
-    if config.teacher_train_fraction < 1:  # a weaker teacher: fine-tuned on a seeded subset of train
-        ident["train_fraction"] = config.teacher_train_fraction
     if precision != "fp32":  # fp32 teachers keep the folders they had before precision was an option
         ident["precision"] = precision
+    if config.teacher_train_fraction < 1:  # a weaker teacher: fine-tuned on a seeded subset of train
+        ident["train_fraction"] = config.teacher_train_fraction
         n = max(1, int(round(config.teacher_train_fraction * len(teacher_split))))
         pick = np.sort(np.random.default_rng([config.seed, 1618]).permutation(len(teacher_split))[:n])
         teacher_split = teacher_split.subset(pick)
