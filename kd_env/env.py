@@ -432,6 +432,7 @@ class KnowledgeSelectionEnv(gym.Env):
             "reward": self.reward_fn.name,
             "instance": self.instance,
             "example_weighting": self.distiller.example_weighting,
+            "last_start": self._last_start,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -449,6 +450,8 @@ class KnowledgeSelectionEnv(gym.Env):
         self.history = copy.deepcopy(state["history"])
         if state["np_random"] is not None:
             self.np_random.bit_generator.state = copy.deepcopy(state["np_random"])
+        last_start = state.get("last_start")  # absent in states saved before replay existed
+        self._last_start = None if last_start is None else (last_start[0], int(last_start[1]))
 
     def __getstate__(self) -> dict[str, Any]:
         # the reward instance itself (not its name): it carries per-episode state

@@ -259,6 +259,28 @@ def test_pickle_round_trip_mid_episode_continues_identically(action_mode, reward
         clone.step(actions[0])
 
 
+def test_pickled_env_replays_the_episode_it_had_started():
+    """``reset(options={"replay": True})`` after a pickle round trip restarts the same episode as
+    on the original env (the last start travels with the state)."""
+
+    def replay(e, actions, **reset):
+        obs, info = e.reset(**reset)
+        out = [(obs, 0.0, False, False, strip_time(info))]
+        for a in actions:
+            obs, r, term, trunc, info = e.step(a)
+            out.append((obs, r, term, trunc, strip_time(info)))
+        return out
+
+    env = gym.make(QUICK, record_time=False)
+    env.reset(seed=11)
+    env.step(action_sequence(1, seed=3)[0])
+    clone = pickle.loads(pickle.dumps(env))
+    actions = action_sequence(4, seed=4)
+    expected = replay(env, actions, options={"replay": True})
+    assert_same(replay(clone, actions, options={"replay": True}), expected)
+    assert_same(replay(gym.make(QUICK, record_time=False), actions, seed=11), expected)
+
+
 def test_pickled_fresh_env_matches_a_fresh_env():
     env = gym.make(QUICK, record_time=False)
     clone = pickle.loads(pickle.dumps(env))
