@@ -217,9 +217,12 @@ class Run:
             keep = ("methods", "seeds", "out", "workers", "distill")
             diff = sorted(k for k in current if k not in keep and previous.get(k) != current[k])
             if diff == ["distill_resolved"] and isinstance(previous.get(k := "distill_resolved"), dict):
-                # a DistillConfig field added since the run was made, at its default, is no difference
+                # a DistillConfig field added since the run was made, at its default, is no difference;
+                # not so `precision`, whose default ("auto") resolves by machine: an old run's units were
+                # fp32, a resumed one's could be bf16
                 defaults = DistillConfig().to_dict()
-                added = {f: v for f, v in current[k].items() if f not in previous[k] and v == defaults.get(f)}
+                added = {f: v for f, v in current[k].items()
+                         if f not in previous[k] and v == defaults.get(f) and f != "precision"}
                 if {**previous[k], **added} == current[k]:
                     diff = []
             if diff:
@@ -304,7 +307,7 @@ def _distil_in_workers(run: Run, units: list[tuple[str, int]], workers: int, thr
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    config = {k: v for k, v in dataclasses.asdict(run.config).items()}
+    config = dataclasses.asdict(run.config)
     bar = progress_bar(None, len(units), f"distil students ({workers} workers)")
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_init, initargs=(config, threads)) as pool:

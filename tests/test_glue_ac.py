@@ -272,6 +272,12 @@ def test_run_folder_check_tolerates_only_new_config_fields_at_their_default(tmp_
     del saved["distill_resolved"]["pooling"]  # as written before the field existed
     (run.dir / "config.yaml").write_text(yaml.safe_dump(saved))
     run.check()
+    previous = dict(saved["distill_resolved"])
+    del saved["distill_resolved"]["precision"]  # "auto" resolves by machine: never taken as the old behaviour
+    (run.dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(SystemExit, match="different config"):
+        run.check()
+    saved["distill_resolved"] = previous
     saved["distill"] = {"lr": 3e-3}  # other overrides that resolve to the same config: the same run
     (run.dir / "config.yaml").write_text(yaml.safe_dump(saved))
     run.check()
