@@ -28,6 +28,7 @@ def distil_and_test(env: Any, agent: Any, seed: int) -> dict[str, Any]:
         the unit's result row: ``seed``, ``metric_name``, ``metric`` (the test split's main
         metric), ``test_metrics``, ``dev_metric`` (the final dev probe), ``return``,
         ``train_seconds`` (the phases' wall time), ``wall_seconds``, ``student_parameters``,
+        ``student_precision`` (``fp32``/``bf16``: the student's training steps, as resolved here),
         ``crashed``, ``actions`` (as the env applied them), ``curve`` (the dev probe after reset
         and after each phase) and ``mean_weights``.
     """
@@ -44,6 +45,7 @@ def distil_and_test(env: Any, agent: Any, seed: int) -> dict[str, Any]:
         "return": float(episode["return"]), "train_seconds": float(sum(episode["phase_seconds"])),
         "wall_seconds": float(time.perf_counter() - start),
         "student_parameters": int(distiller.student.num_parameters()),
+        "student_precision": getattr(distiller, "precision", "fp32"),
         "crashed": any(bool(info["crashed"]) for info in infos),
         "actions": actions, "curve": [float(x) for x in curve],
         "mean_weights": [float(x) for x in np.mean(actions, axis=0)],

@@ -10,7 +10,7 @@ import torch
 
 from .data import Split, TaskData
 
-__all__ = ["encode_split", "collate", "BatchSampler", "tokens_per_example"]
+__all__ = ["encode_split", "collate", "BatchSampler", "tokens_per_example", "length_grouped_order"]
 
 
 _ENCODE_CACHE: dict[tuple, list[dict[str, np.ndarray]]] = {}
@@ -117,3 +117,29 @@ def tokens_per_example(sampler: BatchSampler) -> np.ndarray:
         return np.ones(len(sampler), dtype=np.int64)
     return np.asarray([len(e["input_ids"]) for e in sampler.encoded], dtype=np.int64)
 
+
+
+def length_grouped_order(order: np.ndarray, lengths: np.ndarray, batch_size: int, group: int,
+                         rng: np.random.Generator) -> np.ndarray:
+    """``order`` rearranged so that each run of ``batch_size`` consecutive entries is a batch of
+    examples of similar length (dynamic padding then pads little), still random at the scale of
+    the epoch.
+
+    ``order`` (a shuffled permutation) is cut into megabatches of ``group`` batches; each
+    megabatch is sorted by length (longest first, ties in shuffled order) and cut into batches,
+    and the batches of a megabatch are shuffled with ``rng``.  Examples left over after the last
+    full batch stay at the end, so the batch boundaries fall every ``batch_size`` entries.  With
+    ``group`` <= 1 the order is returned unchanged (the batches are plain random batches).
+    """
+    order = np.asarray(order)
+    if group <= 1 or len(order) < batch_size:
+        return order
+    full = len(order) - len(order) % batch_size
+    out = []
+    for start in range(0, full, group * batch_size):
+        mega = order[start : min(full, start + group * batch_size)]
+        mega = mega[np.argsort(-lengths[mega], kind="stable")]
+        batches = mega.reshape(-1, batch_size)
+        out.append(batches[rng.permutation(len(batches))].reshape(-1))
+    out.append(order[full:])
+    return np.concatenate(out)

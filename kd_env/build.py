@@ -39,7 +39,7 @@ from .teacher import (
     train_classifier,
 )
 
-__all__ = ["build_distiller", "prepare_teacher", "teacher_precision"]
+__all__ = ["build_distiller", "prepare_teacher", "student_precision", "teacher_precision"]
 
 
 def _teacher_fields(knowledge: Sequence[Knowledge], pooling: str = "cls") -> list[str]:
@@ -61,6 +61,15 @@ def teacher_precision(config: DistillConfig, task: TaskData, device: torch.devic
     if config.precision == "auto" and task.kind != "text":
         return "fp32"
     return resolve_precision(config.precision, device)
+
+
+def student_precision(config: DistillConfig, task: TaskData, device: torch.device) -> str:
+    """``fp32`` or ``bf16``: the precision of the student's training steps
+    (``config.student_precision``, ``auto`` resolved as for the teacher: bf16 for transformer
+    students where the device has fast bf16, fp32 for MLPs)."""
+    if config.student_precision == "auto" and task.kind != "text":
+        return "fp32"
+    return resolve_precision(config.student_precision, device)
 
 
 def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, device: torch.device,
@@ -235,4 +244,5 @@ def _assemble(config: DistillConfig, task: TaskData | None, device: torch.device
     else:
         source = LiveTeacher(teacher, mapping, fields, device, precision)
     return Distiller(config, task, train, dev, test, student, source, knowledge, fresh, device,
-                     teacher_metrics=teacher_summary, layer_map=mapping, teacher_model=teacher)
+                     teacher_metrics=teacher_summary, layer_map=mapping, teacher_model=teacher,
+                     precision=student_precision(config, task, device))

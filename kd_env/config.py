@@ -85,6 +85,14 @@ class DistillConfig:
     """optimizer steps per episode (the budget)"""
     steps_per_action: int = 8
     """optimizer steps per phase (one env step)"""
+    length_grouping: int = 0
+    """text: build each epoch's batches from examples of similar length, so that dynamic padding
+    pads little: the shuffled order is cut into megabatches of this many batches, each sorted by
+    length and cut into batches, whose order is shuffled (as ``group_by_length`` in HF Trainer).
+    0 or 1: plain random batches (every preset).  On rt-polarity random batches of 16 hold 1.78x
+    the real tokens, batches grouped by 16 1.07x (0.55x the step time of the 3-layer student),
+    but over 5 seeds grouping cost the text3 students 0.6-1.3 points of test accuracy (README
+    "Length grouping"), so no preset uses it"""
     train_examples: int | None = 2048
     """distil on the first N examples of a seeded shuffle of train (None: all); bounds the cache"""
     dev_probe_size: int = 200
@@ -112,8 +120,12 @@ class DistillConfig:
     /proc/cpuinfo; a GPU
     with bf16 support), else fp32; MLP teachers (digits) stay fp32 under ``auto`` (too small to
     gain).  Part of the teacher's identity: fp32 and bf16 teachers are cached apart, and the
-    teacher summary records it.  The student always trains in fp32 (bf16 gave the 2-layer student
-    nothing on a CPU: its step is bound by overheads, not by matrix multiplies)"""
+    teacher summary records it.  The student's precision is ``student_precision``"""
+    student_precision: str = "fp32"
+    """numeric precision of the student's training steps: ``fp32``, ``bf16`` (autocast of the
+    forward pass; weights, optimizer and knowledge losses stay fp32) or ``auto`` (bf16 for a
+    transformer student where ``precision="auto"`` would pick bf16 for the teacher, else fp32).
+    Evaluation (dev probe, test) is always fp32.  Part of the env's identity, not the teacher's"""
     # run
     seed: int = 0
     """seed of splits, subsampling, the dev probe and teacher fine-tuning"""
@@ -190,11 +202,16 @@ class DistillConfig:
             raise ValueError(f"config.teacher_train_fraction must be in (0, 1], got {self.teacher_train_fraction}")
         if not self.teacher_epochs > 0:
             raise ValueError(f"config.teacher_epochs must be > 0, got {self.teacher_epochs}")
+        if not isinstance(self.length_grouping, int) or isinstance(self.length_grouping, bool) \
+                or self.length_grouping < 0:
+            raise ValueError(f"config.length_grouping must be an integer >= 0 (batches per length-sorted "
+                             f"megabatch; 0 or 1: off), got {self.length_grouping!r}")
         if self.train_examples is not None and self.train_examples <= 0:
             raise ValueError(f"config.train_examples must be positive or None, got {self.train_examples}")
         choices = {"layer_strategy": ("skip", "first", "last"), "student_init": ("skip", "first", "last"),
                    "student_init_from": ("pretrained", "teacher"), "verify_cache": ("full", "size"),
-                   "pooling": ("cls", "mean"), "precision": PRECISIONS}
+                   "pooling": ("cls", "mean"), "precision": PRECISIONS,
+                   "student_precision": PRECISIONS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"config.{name} must be one of {list(valid)}, got {getattr(self, name)!r}")
@@ -251,12 +268,16 @@ PRESETS: dict[str, DistillConfig] = {
     # first layers and both classify the mean of the real tokens (the bundled sentence-transformers
     # model was trained to be read that way; its [CLS] barely varies): measured, not guessed, by
     # `python -m experiments.student_settings` (README "Text students"), chosen on the dev probe.
-    # Many small updates (batch 16, lr 5e-4) learn more than fewer large ones in the same budget
+    # Many small updates (batch 16, lr 5e-4) learn more than fewer large ones in the same budget.
+    # Random batches, not length-grouped ones: grouping cost ~1 point (README "Length grouping").
+    # The student's forward pass under bf16 autocast where the CPU has bf16 instructions: 0.63x the
+    # step time, the same accuracy over 5 paired seeds (README "bf16 students")
     "text": DistillConfig(freeze_embeddings=True, batch_size=16, lr=5e-4, total_steps=80, steps_per_action=16,
-                          pooling="mean", student_init_from="teacher"),
+                          pooling="mean", student_init_from="teacher", student_precision="auto"),
     # the paper's shape, half the teacher's depth (BERT-base 12 -> BERT6): 6 -> 3; the demo's default
     "text3": DistillConfig(freeze_embeddings=True, batch_size=16, lr=5e-4, total_steps=80, steps_per_action=16,
-                           pooling="mean", student_init_from="teacher", student_layers=3),
+                           pooling="mean", student_init_from="teacher", student_layers=3,
+                           student_precision="auto"),
     "paper": DistillConfig(task="sst2", teacher="bert-base-uncased", student_layers=6, max_len=128,
                            batch_size=32, lr=5e-5, total_steps=6000, steps_per_action=200,
                            train_examples=None, dev_probe_size=1000, teacher_epochs=3.0, teacher_lr=2e-5,

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batching import BatchSampler
+from .batching import BatchSampler, length_grouped_order, tokens_per_example
 from .config import DistillConfig
 from .data import TaskData
 from .knowledge import Knowledge, check_example_weighting
 from .models import Student
 from .phase_stats import PhaseStats, accumulate_prediction_stats
-from .runtime import NO_TIMER, StepTimer, private_torch_rng
+from .runtime import NO_TIMER, StepTimer, autocast, private_torch_rng
 from .teacher import LiveTeacher, TeacherCache, evaluate_model
 
 __all__ = ["PhaseStats", "Distiller"]
@@ -97,8 +97,11 @@ class Distiller:
                  test: BatchSampler, student: Student, teacher: TeacherCache | LiveTeacher,
                  knowledge: Sequence[Knowledge], fresh_student: bool, device: torch.device,
                  teacher_metrics: dict[str, Any] | None = None, layer_map: Sequence[int] | None = None,
-                 teacher_model: nn.Module | None = None):
+                 teacher_model: nn.Module | None = None, precision: str = "fp32"):
         self.config = config
+        self.precision = precision
+        """``fp32`` or ``bf16``: the precision of the student's training forward pass (resolved
+        ``config.student_precision``); evaluation is fp32"""
         self.task = task
         self.train_data, self.dev_data, self.test_data = train, dev, test
         self.student = student.to(device)
@@ -212,14 +215,24 @@ class Distiller:
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
         self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(self.train_data))
+        self._lengths = tokens_per_example(self.train_data) if cfg.length_grouping > 1 else None
+        self.order = self._new_order()
         self.position = 0
         self.step = 0
+
+    def _new_order(self) -> np.ndarray:
+        """A fresh epoch's example order: a seeded permutation, length-grouped into batches of
+        similar length when ``config.length_grouping`` > 1."""
+        order = self.rng.permutation(len(self.train_data))
+        if self._lengths is None:
+            return order
+        return length_grouped_order(order, self._lengths, self.config.batch_size, self.config.length_grouping,
+                                    self.rng)
 
     def _next_indices(self) -> np.ndarray:
         bs = self.config.batch_size
         if self.position + bs > len(self.order):
-            self.order = self.rng.permutation(len(self.train_data))
+            self.order = self._new_order()
             self.position = 0
         idx = self.order[self.position : self.position + bs]
         self.position += bs
@@ -318,7 +331,9 @@ class Distiller:
         teacher_out = self.teacher.outputs(batch)
         timer.mark("teacher")
         with torch.set_grad_enabled(bool(active)):
-            student_out = self.student(batch, attentions=self.need_attentions)
+            with autocast(self.precision, self.device):
+                student_out = self.student(batch, attentions=self.need_attentions)
+            student_out = student_out.float()  # knowledge losses in fp32 (a no-op in fp32)
             timer.mark("forward")
             example_weights = {}
             if self._weighting_fn is not None:

@@ -14,6 +14,7 @@ state is ``(batch, tokens, width)``; an MLP has one "token".
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,16 @@ class ModelOutputs:
     cls: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     pooling: str = "cls"
+
+    def float(self) -> "ModelOutputs":
+        """These outputs in float32 (outputs of a bf16-autocast forward pass carry bf16 tensors;
+        the cast keeps the graph, so losses on the result backpropagate into the model)."""
+        if self.logits.dtype == torch.float32 and all(h.dtype == torch.float32 for h in self.hidden):
+            return self
+        return dataclasses.replace(
+            self, logits=self.logits.float(), hidden=[h.float() for h in self.hidden],
+            attentions=None if self.attentions is None else [a.float() for a in self.attentions],
+            cls=None if self.cls is None else self.cls.float())
 
     def pooled(self, j: int) -> torch.Tensor:
         """``(B, H)`` sentence vector of hidden state ``j`` under this model's pooling.  A state

@@ -14,7 +14,6 @@ fails any check is deleted and rebuilt, never used.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -186,12 +185,7 @@ class LiveTeacher:
     def outputs(self, batch: dict[str, torch.Tensor]) -> ModelOutputs:
         with autocast(self.precision, self.device):
             out = align_teacher(self.teacher(batch, attentions="attentions" in self.fields), self.mapping)
-        if self.precision == "fp32":
-            return out
-        return dataclasses.replace(
-            out, logits=out.logits.float(), hidden=[h.float() for h in out.hidden],
-            attentions=None if out.attentions is None else [a.float() for a in out.attentions],
-            cls=None if out.cls is None else out.cls.float())
+        return out.float()
 
     def close(self) -> None:
         pass

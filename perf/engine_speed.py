@@ -52,7 +52,7 @@ from kd_env.batching import BatchSampler  # noqa: E402
 from kd_env.data import load_task  # noqa: E402
 from kd_env.knowledge import Relation, fsp_matrix, register_knowledge  # noqa: E402
 from kd_env.models import SequenceClassifier, layer_map, load_hf_classifier, load_tokenizer  # noqa: E402
-from kd_env.runtime import StepTimer  # noqa: E402
+from kd_env.runtime import StepTimer, autocast  # noqa: E402
 from kd_env.teacher import TeacherCache, cache_root, train_classifier  # noqa: E402
 
 NAIVE_RELATION = "relation_fsp_matrices"
@@ -137,7 +137,8 @@ def textbrewer_step_fn(distiller):
 def bare_step_fn(distiller, timer: StepTimer):
     """A function running bare train steps of a copy of the distiller's student (the Hugging
     Face model alone: CE to the labels, AdamW with clipping and the same schedule, no teacher,
-    no statistics), one per list of example indices, timed part by part by ``timer``."""
+    no statistics), one per list of example indices, timed part by part by ``timer``; the forward
+    pass in the distiller's student precision, as the KD step's."""
     model = copy.deepcopy(distiller.student.model.model).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=distiller.config.lr, weight_decay=distiller.config.weight_decay)
@@ -151,9 +152,10 @@ def bare_step_fn(distiller, timer: StepTimer):
             inputs = {k: b[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in b}
             labels = b["labels"].to(device)
             timer.mark("data")
-            logits = model(**inputs).logits
+            with autocast(distiller.precision, device):
+                logits = model(**inputs).logits
             timer.mark("forward")
-            loss = torch.nn.functional.cross_entropy(logits, labels)
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
             timer.mark("losses")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -235,7 +237,7 @@ def bench_text(args, rows: list[list[str]], profiles: dict[int, dict[str, dict[s
             times["bare"].append(ms_per_step(steps, bare_run, batches)[0])
         cached.step_timer = None
         c = times["cached"]
-        note = f"{args.reps} reps x {steps} steps, batch {args.batch_size}"
+        note = f"{args.reps} reps x {steps} steps, batch {args.batch_size}, student {cached.precision}"
         row(rows, "KD step, teacher cache (finetune+response+feature), ms", threads, c, note)
         row(rows, "KD step, live teacher forward, ms", threads, times["live"])
         row(rows, "bare student train step (CE only, same batches), ms", threads, times["bare"])
@@ -243,7 +245,7 @@ def bench_text(args, rows: list[list[str]], profiles: dict[int, dict[str, dict[s
             "{:.2f}", bold=True)
         if tb_run:
             row(rows, f"TextBrewer {tb_version} GeneralDistiller step (KD + 1 hidden match, live teacher), ms",
-                threads, times["tb"])
+                threads, times["tb"], "fp32 (TextBrewer's own precision)")
             row(rows, "ratio cached / TextBrewer", threads, [a / b for a, b in zip(c, times["tb"])],
                 "target <= 0.65", "{:.2f}", bold=True)
         else:

@@ -516,3 +516,56 @@ def test_step_timer_times_every_part_and_changes_nothing(quick):
     assert all(v >= 0 for v in ms.values()) and 0 < sum(ms.values()) <= 1000 * timed.seconds / 3 + 1e-6
     timer.clear()
     assert timer.steps == 0 and timer.milliseconds_per_step() == {}
+
+
+def test_length_grouped_order_keeps_the_examples_and_groups_by_length():
+    from kd_env.batching import length_grouped_order
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 60, size=103)
+    order = rng.permutation(103)
+    grouped = length_grouped_order(order, lengths, batch_size=8, group=4, rng=np.random.default_rng(1))
+    assert sorted(grouped.tolist()) == list(range(103))  # a permutation: nothing lost or repeated
+    assert grouped[96:].tolist() == order[96:].tolist()  # the 7 left over stay at the end
+    for start in range(0, 96, 32):  # each megabatch of 4 batches holds the same examples, by length
+        mega, batches = order[start:start + 32], grouped[start:start + 32].reshape(-1, 8)
+        assert set(batches.ravel().tolist()) == set(mega.tolist())
+        spans = sorted((lengths[b].min(), lengths[b].max()) for b in batches)
+        assert all(hi <= lo_next for (_, hi), (lo_next, _) in zip(spans, spans[1:]))  # disjoint length bands
+    padded = lambda o: sum(lengths[b].max() * 8 for b in o[:96].reshape(-1, 8))
+    assert padded(grouped) < 0.8 * padded(order)
+    assert length_grouped_order(order, lengths, 8, 1, rng) is order  # off: unchanged, no draw
+    assert length_grouped_order(order, lengths, 8, 0, rng) is order
+
+
+def test_length_grouping_in_the_engine(tiny_bert_dir, text_csv):
+    from kd_env.batching import tokens_per_example
+
+    plain = build_distiller(_text_config(tiny_bert_dir, text_csv, total_steps=8, steps_per_action=4))
+    grouped = build_distiller(_text_config(tiny_bert_dir, text_csv, total_steps=8, steps_per_action=4,
+                                           length_grouping=2))
+    try:
+        lengths = tokens_per_example(plain.train_data)
+        for d in (plain, grouped):
+            d.reset(seed=3)
+        # off: the order is the seeded permutation, exactly as before the option existed
+        assert plain.order.tolist() == np.random.default_rng(3).permutation(32).tolist()
+        assert sorted(grouped.order.tolist()) == list(range(32))
+        batches = grouped.order.reshape(-1, 8)
+        spans = sorted((lengths[b].min(), lengths[b].max()) for b in batches[:2])
+        assert spans[0][1] <= spans[1][0]
+        result = grouped.train_phase(np.ones(5))
+        assert result.trained_steps == 4 and np.all(np.isfinite(result.losses))
+        state = grouped.state_dict()
+        again = grouped.train_phase(np.ones(5)).losses
+        grouped.load_state_dict(state)
+        np.testing.assert_array_equal(grouped.train_phase(np.ones(5)).losses, again)  # resumable
+    finally:
+        plain.close()
+        grouped.close()
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, True, "16"])
+def test_bad_length_grouping_is_rejected(value):
+    with pytest.raises(ValueError, match=r"config\.length_grouping must be an integer"):
+        DistillConfig(length_grouping=value)

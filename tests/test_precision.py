@@ -122,3 +122,52 @@ def test_cache_key_keeps_fp32_keys_and_separates_bf16():
     args = ("teacher", "split", "tok:1", 16, [0, 2], ["logits"])
     assert TeacherCache.cache_key(*args) == TeacherCache.cache_key(*args, precision="fp32")
     assert TeacherCache.cache_key(*args, precision="bf16") != TeacherCache.cache_key(*args)
+
+
+def test_student_precision_defaults_to_fp32_and_auto_follows_the_teacher_rule(monkeypatch):
+    from kd_env.build import student_precision
+
+    assert DistillConfig().student_precision == "fp32"
+    with pytest.raises(ValueError, match=r"config\.student_precision must be one of \['auto', 'fp32', 'bf16'\]"):
+        DistillConfig(student_precision="half")
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
+    digits = load_task("digits", seed=0)
+    assert student_precision(get_preset("quick", student_precision="auto"), digits, CPU) == "fp32"  # MLP
+    assert student_precision(get_preset("quick", student_precision="bf16"), digits, CPU) == "bf16"
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
+    assert student_precision(get_preset("text3", student_precision="auto"), digits, CPU) == "fp32"
+
+
+def test_bf16_student_trains_under_autocast_with_fp32_weights_and_losses(tiny_bert_dir, text_csv):
+    """A bf16 student step: its linear layers run in bf16 (checked by a hook), its weights,
+    gradients and knowledge losses stay fp32, the losses are those of the fp32 step to bf16
+    accuracy, and evaluation is fp32 (the same metric as an fp32 model with those weights)."""
+    fp32 = build_distiller(_text_config(tiny_bert_dir, text_csv, precision="fp32"))
+    bf16 = build_distiller(_text_config(tiny_bert_dir, text_csv, precision="fp32", student_precision="bf16"))
+    try:
+        assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+        seen = []
+        hook = next(m for m in bf16.student.modules() if isinstance(m, torch.nn.Linear)).register_forward_hook(
+            lambda m, i, o: seen.append(o.dtype))
+        batch = bf16._train_batch(np.arange(8))
+        bf16.student.eval()  # no dropout: the two forward passes differ only by precision
+        fp32.student.eval()
+        with torch.no_grad():
+            terms, values, out, _ = bf16._losses(batch, [], [0, 1, 2])
+            ref_terms, _, _, _ = fp32._losses(batch, [], [0, 1, 2])
+        hook.remove()
+        assert seen == [torch.bfloat16]
+        assert out.logits.dtype == torch.float32 and all(t.dtype == torch.float32 for t in terms.values())
+        for i in terms:
+            torch.testing.assert_close(terms[i], ref_terms[i], rtol=5e-2, atol=1e-3)
+        before = {n: p.detach().clone() for n, p in bf16.student.named_parameters() if p.requires_grad}
+        phase = bf16.train_phase(np.ones(3))
+        assert phase.trained_steps == 2 and np.all(np.isfinite(phase.losses)) and not phase.crashed
+        moved = [n for n, p in bf16.student.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+        assert moved and all(p.dtype == torch.float32 for p in bf16.student.parameters())
+        # evaluation runs in fp32 whatever the training precision
+        fp32.student.load_state_dict(bf16.student.state_dict())
+        assert bf16.evaluate("probe") == fp32.evaluate("probe")
+    finally:
+        fp32.close()
+        bf16.close()
