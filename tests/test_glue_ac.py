@@ -285,3 +285,18 @@ def test_run_folder_check_tolerates_only_new_config_fields_at_their_default(tmp_
     (run.dir / "config.yaml").write_text(yaml.safe_dump(saved))
     with pytest.raises(SystemExit, match=r"different config \(keys \['distill_resolved'\]\)"):
         run.check()
+
+
+def test_text_presets_leave_out_the_masks_that_cannot_train_the_head():
+    """The text demo runs the selector and the strong baselines; feature or relation alone (no
+    signal to the classifier head) only with --methods.  Digits keeps every single mask."""
+    from experiments.glue_ac import ExperimentConfig, default_methods
+
+    knowledge = ["finetune", "response", "feature", "relation"]
+    for preset in ("text", "text3"):
+        methods = ExperimentConfig(preset=preset).resolved().methods
+        assert methods == [m for m in default_methods(knowledge) if m not in ("only:feature", "only:relation")]
+        assert "only:response" in methods and "selector" in methods
+        asked = ExperimentConfig(preset=preset, methods=["vanilla_kd", "only:feature"]).resolved().methods
+        assert asked == ["vanilla_kd", "only:feature"]
+    assert ExperimentConfig(preset="quick").resolved().methods == default_methods(knowledge)
