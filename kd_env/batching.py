@@ -3,6 +3,9 @@ example (dynamic padding), and the sampler that turns a split into batches."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import weakref
 from typing import Any, Iterable
 
 import numpy as np
@@ -10,7 +13,8 @@ import torch
 
 from .data import Split, TaskData
 
-__all__ = ["encode_split", "collate", "BatchSampler", "tokens_per_example", "length_grouped_order"]
+__all__ = ["encode_split", "collate", "BatchSampler", "tokens_per_example", "length_grouped_order",
+           "tokenizer_fingerprint"]
 
 
 _ENCODE_CACHE: dict[tuple, list[dict[str, np.ndarray]]] = {}
@@ -18,6 +22,38 @@ _ENCODE_CACHE: dict[tuple, list[dict[str, np.ndarray]]] = {}
 
 def _tokenizer_key(tokenizer: Any) -> str:
     return f"{getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)}:{len(tokenizer)}"
+
+
+#: a fixed text whose encoding shows how a tokenizer normalises (case, accents, punctuation)
+_PROBE_TEXT = "Kd-Env probe: Ünïcode, CAPS & digits 123... don't"
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """What a tokenizer does, independent of where it is installed: its class, vocabulary,
+    special tokens and the ids it gives a fixed probe text (sha256, 24 hex digits).  The teacher
+    cache is keyed on it, so that two installs of the same model share one cache (keyed on the
+    install path, every fresh virtual environment rebuilt its own 177 MB cache)."""
+    if tokenizer is None:
+        return "none"
+    try:
+        size, digest = _FINGERPRINTS[tokenizer]
+        if size == len(tokenizer):  # tokens added since: computed afresh
+            return digest
+    except (KeyError, TypeError):
+        pass
+    ident = {"class": type(tokenizer).__name__, "size": len(tokenizer),
+             "vocab": sorted(tokenizer.get_vocab().items()),
+             "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
+             "probe": [int(i) for i in tokenizer(_PROBE_TEXT)["input_ids"]]}
+    digest = hashlib.sha256(json.dumps(ident, ensure_ascii=False).encode()).hexdigest()[:24]
+    try:
+        _FINGERPRINTS[tokenizer] = (len(tokenizer), digest)
+    except TypeError:  # not weak-referenceable: computed again next time
+        pass
+    return digest
+
+
+_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, tuple[int, str]]" = weakref.WeakKeyDictionary()
 
 
 def encode_split(tokenizer: Any, split: Split, max_len: int) -> list[dict[str, np.ndarray]]:

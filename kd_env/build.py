@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batching import BatchSampler
+from .batching import BatchSampler, tokenizer_fingerprint
 from .config import DistillConfig
 from .data import TaskData, load_task
 from .engine import Distiller
@@ -236,7 +236,7 @@ def _assemble(config: DistillConfig, task: TaskData | None, device: torch.device
     precision = teacher_summary["precision"]
     if config.use_teacher_cache:
         key = TeacherCache.cache_key(fingerprint_module(teacher), train_split.fingerprint(),
-                                     f"{getattr(tokenizer, 'name_or_path', None)}:{len(tokenizer) if tokenizer else 0}",
+                                     tokenizer_fingerprint(tokenizer),
                                      config.max_len, mapping, fields, precision)
         source: TeacherCache | LiveTeacher = TeacherCache.build_or_open(
             cache_root(config.cache_dir) / "teacher_outputs", key, teacher, train, mapping, fields, device,

@@ -287,3 +287,22 @@ def test_text_cache_pooled_vectors_equal_live_teacher(tiny_bert_dir, text, tmp_p
     student.hidden = [h + 0.3 * torch.randn_like(h) for h in student.hidden]
     torch.testing.assert_close(feature(student, out, text.batch), feature(student, live, text.batch),
                                rtol=1e-2, atol=1e-3)
+
+
+def test_teacher_cache_key_follows_the_tokenizer_not_its_install_path(tiny_bert_dir, tmp_path):
+    """Two installs of one model (another virtual environment, another clone) share the teacher
+    cache; a tokenizer that encodes differently gets its own."""
+    import shutil
+
+    from kd_env.batching import tokenizer_fingerprint
+    from kd_env.models import load_tokenizer
+
+    copy = tmp_path / "elsewhere" / "tiny-bert"
+    shutil.copytree(tiny_bert_dir, copy)
+    first, second = load_tokenizer(str(tiny_bert_dir)), load_tokenizer(str(copy))
+    assert first.name_or_path != second.name_or_path
+    assert tokenizer_fingerprint(first) == tokenizer_fingerprint(second) == tokenizer_fingerprint(first)
+    second.add_tokens(["kdenvnewtoken"])  # a tokenizer that changes after its first fingerprint
+    assert tokenizer_fingerprint(second) != tokenizer_fingerprint(first)
+    assert tokenizer_fingerprint(load_tokenizer(str(copy))) == tokenizer_fingerprint(first)
+    assert tokenizer_fingerprint(None) == "none"
