@@ -58,18 +58,20 @@ def teacher_precision(config: DistillConfig, task: TaskData, device: torch.devic
     ``config.precision``, with ``auto`` resolved by :func:`~kd_env.runtime.resolve_precision` for
     transformer teachers and to fp32 for MLP teachers (a few thousand multiply-adds per example:
     nothing for bf16 to speed up, and a rounding for nothing)."""
-    if config.precision == "auto" and task.kind != "text":
-        return "fp32"
-    return resolve_precision(config.precision, device)
+    return _model_precision(config.precision, task, device)
 
 
 def student_precision(config: DistillConfig, task: TaskData, device: torch.device) -> str:
     """``fp32`` or ``bf16``: the precision of the student's training steps
     (``config.student_precision``, ``auto`` resolved as for the teacher: bf16 for transformer
     students where the device has fast bf16, fp32 for MLPs)."""
-    if config.student_precision == "auto" and task.kind != "text":
+    return _model_precision(config.student_precision, task, device)
+
+
+def _model_precision(value: str, task: TaskData, device: torch.device) -> str:
+    if value == "auto" and task.kind != "text":
         return "fp32"
-    return resolve_precision(config.student_precision, device)
+    return resolve_precision(value, device)
 
 
 def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, device: torch.device,

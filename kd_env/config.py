@@ -90,9 +90,10 @@ class DistillConfig:
     pads little: the shuffled order is cut into megabatches of this many batches, each sorted by
     length and cut into batches, whose order is shuffled (as ``group_by_length`` in HF Trainer).
     0 or 1: plain random batches (every preset).  On rt-polarity random batches of 16 hold 1.78x
-    the real tokens, batches grouped by 16 1.07x (0.55x the step time of the 3-layer student),
-    but over 5 seeds grouping cost the text3 students 0.6-1.3 points of test accuracy (README
-    "Length grouping"), so no preset uses it"""
+    the real tokens, batches grouped by 16 1.06x (0.58x the step time of the 3-layer student),
+    but over 5 paired seeds grouping cost the text3 students that mix knowledge types 0.6-2.0
+    points of test accuracy (README "bf16 students, and why batches are not grouped by length"),
+    so no preset uses it"""
     train_examples: int | None = 2048
     """distil on the first N examples of a seeded shuffle of train (None: all); bounds the cache"""
     dev_probe_size: int = 200
@@ -269,9 +270,9 @@ PRESETS: dict[str, DistillConfig] = {
     # model was trained to be read that way; its [CLS] barely varies): measured, not guessed, by
     # `python -m experiments.student_settings` (README "Text students"), chosen on the dev probe.
     # Many small updates (batch 16, lr 5e-4) learn more than fewer large ones in the same budget.
-    # Random batches, not length-grouped ones: grouping cost ~1 point (README "Length grouping").
-    # The student's forward pass under bf16 autocast where the CPU has bf16 instructions: 0.63x the
-    # step time, the same accuracy over 5 paired seeds (README "bf16 students")
+    # Random batches, not length-grouped ones: grouping cost 0.6-2 points; the student's forward
+    # pass under bf16 autocast where the CPU has bf16 instructions: 0.67x the step time, the same
+    # accuracy over 5 paired seeds (README "bf16 students, and why batches are not grouped by length")
     "text": DistillConfig(freeze_embeddings=True, batch_size=16, lr=5e-4, total_steps=80, steps_per_action=16,
                           pooling="mean", student_init_from="teacher", student_precision="auto"),
     # the paper's shape, half the teacher's depth (BERT-base 12 -> BERT6): 6 -> 3; the demo's default

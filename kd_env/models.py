@@ -70,7 +70,8 @@ class ModelOutputs:
     def float(self) -> "ModelOutputs":
         """These outputs in float32 (outputs of a bf16-autocast forward pass carry bf16 tensors;
         the cast keeps the graph, so losses on the result backpropagate into the model)."""
-        if self.logits.dtype == torch.float32 and all(h.dtype == torch.float32 for h in self.hidden):
+        tensors = [self.logits, *self.hidden, *(self.attentions or []), *([] if self.cls is None else [self.cls])]
+        if all(t.dtype == torch.float32 for t in tensors):
             return self
         return dataclasses.replace(
             self, logits=self.logits.float(), hidden=[h.float() for h in self.hidden],

@@ -4,6 +4,7 @@
     python perf/engine_speed.py --digits-only --threads 1
     python perf/engine_speed.py --fresh-cache    # also time teacher fine-tuning + caching
     python perf/engine_speed.py --precision-compare   # teacher fine-tuning + caching, fp32 vs bf16
+    python perf/engine_speed.py --digits-only --student-compare --threads 1   # text students: fp32, bf16, grouped
     python perf/engine_speed.py --digits-only --relation-naive --threads 1   # the Gram trick
 
 Measured side by side in one run, for each thread count in ``--threads`` (default 1 and 2), in
@@ -349,6 +350,48 @@ def bench_precision(args, rows: list[list[str]]) -> None:
     shutil.rmtree(scratch, ignore_errors=True)
 
 
+def bench_students(args, rows: list[list[str]]) -> None:
+    """The student's training step in the text presets (batch 16, all four knowledge types, the
+    demo's set-up): fp32 against bf16 autocast on the same random batches, and against
+    length-grouped batches (``length_grouping=16``, fp32), in interleaved repetitions; with the
+    padded tokens per real token of the timed batches."""
+    from kd_env.batching import tokens_per_example
+
+    ones = np.ones(4)
+    for preset in ("text", "text3"):
+        variants = {"fp32": {"student_precision": "fp32"}, "bf16": {"student_precision": "bf16"},
+                    "grouped": {"student_precision": "fp32", "length_grouping": 16}}
+        ds = {name: build_distiller(get_preset(preset, progress=False, **kw)) for name, kw in variants.items()}
+        lengths = tokens_per_example(ds["fp32"].train_data)
+        steps, bs = args.student_steps, ds["fp32"].config.batch_size
+        for name in ("fp32", "grouped"):
+            ds[name].reset(1)
+            idx = ds[name].order[: steps * bs].reshape(steps, bs)
+            padding = lengths[idx].max(1).sum() * bs / lengths[idx].sum()
+            rows.append([f"{preset}: padded / real tokens, {'length-grouped' if name == 'grouped' else 'random'} "
+                         f"batches of {bs}", "", f"{padding:.2f}", "", f"the {steps} timed batches"])
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for d in ds.values():
+                d.reset(1)
+                d.train_phase(ones, steps=2)  # warm-up
+            times: dict[str, list[float]] = {name: [] for name in ds}
+            for _ in range(args.reps):
+                for name, d in ds.items():
+                    d.reset(1)
+                    times[name].append(ms_per_step(steps, d.train_phase, ones, steps=steps)[0])
+            label = f"{preset}: student KD step (all four knowledge types, batch {bs}), ms"
+            row(rows, f"{label}, fp32", threads, times["fp32"], f"{args.reps} reps x {steps} steps")
+            row(rows, f"{label}, bf16 autocast", threads, times["bf16"], "same batches")
+            row(rows, f"{label}, fp32, length-grouped batches", threads, times["grouped"], "its own batches")
+            row(rows, f"{preset}: ratio bf16 / fp32", threads,
+                [a / b for a, b in zip(times["bf16"], times["fp32"])], "", "{:.2f}", bold=True)
+            row(rows, f"{preset}: ratio length-grouped / random batches", threads,
+                [a / b for a, b in zip(times["grouped"], times["fp32"])], "", "{:.2f}", bold=True)
+        for d in ds.values():
+            d.close()
+
+
 def print_table(header: list[str], rows: list[list[str]]) -> None:
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for r in rows:
@@ -368,6 +411,9 @@ def main(argv=None) -> int:
                    help="time teacher fine-tuning + caching in fp32 and in bf16 autocast (text teacher)")
     p.add_argument("--precision-steps", type=int, default=8, help="fine-tuning steps per precision-compare run")
     p.add_argument("--precision-examples", type=int, default=256, help="examples cached per precision-compare run")
+    p.add_argument("--student-compare", action="store_true",
+                   help="time the text presets' student step in fp32, bf16 autocast and on length-grouped batches")
+    p.add_argument("--student-steps", type=int, default=24, help="steps per student-compare repetition")
     p.add_argument("--relation-naive", action="store_true",
                    help="also time relation through the explicit H x H FSP matrices on digits (the Gram trick)")
     args = p.parse_args(argv)
@@ -378,6 +424,8 @@ def main(argv=None) -> int:
         bench_text(args, rows, profiles)
     if args.precision_compare:  # also with --digits-only: the text teacher alone
         bench_precision(args, rows)
+    if args.student_compare:
+        bench_students(args, rows)
     bench_digits(args, rows)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nengine_speed on {os.cpu_count()} cores (load average {load:.1f} at the end), torch "
