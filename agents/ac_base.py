@@ -91,6 +91,12 @@ class ActorCriticAgent(Agent):
         self.config = config if config is not None else ActorCriticConfig(**{**hyperparameters,
                                                                              "critic": self.critic_kind})
         cfg = self.config
+        if cfg.example_weighting is not None:
+            from kd_env.knowledge import check_example_weighting
+
+            distiller = getattr(getattr(env, "unwrapped", env), "distiller", None)
+            if distiller is not None:  # ValueError naming the valid weightings / knowledge in use
+                check_example_weighting(cfg.example_weighting, distiller.knowledge)
         self.log_dir = log_dir
         self.tensorboard = tensorboard
         self.device = torch.device(cfg.device)
@@ -139,10 +145,21 @@ class ActorCriticAgent(Agent):
         """The exploring action while learning, for one observation (``n=None``) or ``n`` of them."""
         return self._policy(x, deterministic=False)
 
+    def reset_options(self) -> dict[str, Any]:
+        """``{"example_weighting": name}`` when the config names one, else none."""
+        weighting = self.config.example_weighting
+        return {"example_weighting": weighting} if weighting is not None else {}
+
     def _start_options(self) -> dict[str, Any] | None:
         """Reset options of the next training reset (one call per ``reset``, of one env or of a
         whole vector env); ``None``: a plain reset."""
         return None
+
+    def _training_reset_options(self) -> dict[str, Any] | None:
+        """The options of the next training reset: the agent's own (:meth:`reset_options`) and
+        the algorithm's (:meth:`_start_options`, e.g. a replay)."""
+        options = {**self.reset_options(), **(self._start_options() or {})}
+        return options or None
 
     def _new_rollout(self) -> dict[str, Any]:
         """The algorithm's per-episode storage, filled by :meth:`_store_transition`."""
@@ -306,7 +323,7 @@ class ActorCriticAgent(Agent):
         """One training episode in ``env``: its log record and what the update needs of it."""
         start = time.perf_counter()
         self.reset()
-        options = self._start_options()
+        options = self._training_reset_options()
         obs, info = env.reset(seed=None if options and options.get("replay") else seed, options=options)
         flat = self._flatten(obs)
         trajectory = self._new_trajectory()
@@ -332,7 +349,7 @@ class ActorCriticAgent(Agent):
         n = venv.num_envs
         start = time.perf_counter()
         self.reset()
-        options = self._start_options()
+        options = self._training_reset_options()
         obs, _ = venv.reset(seed=None if options and options.get("replay") else seed, options=options)
         flats = self._flatten_batch(obs, n)
         trajectories = [self._new_trajectory() for _ in range(n)]

@@ -107,6 +107,12 @@ class ActorCriticConfig:
     to the previous action) or ``"auto"`` (hard for masks, soft for weights)"""
     exploration_coef: float = 0.0
     """exploration-reward coefficient (>= 0; 0 switches it off)"""
+    example_weighting: str | None = None
+    """a registered per-example weighting (:func:`kd_env.register_example_weighting`), e.g.
+    ``"uncertainty"`` (Dynamic KD's supervision adjustment), switched on in every episode the agent
+    runs, training and evaluation alike (through :meth:`agents.base.Agent.reset_options`): the
+    selector then chooses the knowledge mix per phase while the weighting decides, inside each
+    batch, how much each example counts.  ``None``: every example counts the same"""
     seed: int | None = 0
     """seed of network initialisation, action sampling, replay sampling and the env's first reset
     in each ``learn`` call (``None``: not reproducible)"""
@@ -180,6 +186,10 @@ class ActorCriticConfig:
         if not 0 < number("clip_range", self.clip_range) < 1:
             raise ValueError(f"clip_range must be in (0, 1), got {self.clip_range!r}")
         positive_int("gradient_steps", self.gradient_steps)
+        if self.example_weighting is not None and (not isinstance(self.example_weighting, str)
+                                                   or not self.example_weighting):
+            raise ValueError(f"example_weighting must be a registered example weighting's name or None, got "
+                             f"{self.example_weighting!r}")
         if self.exploration not in EXPLORATION_MODES:
             raise ValueError(f"exploration must be one of {list(EXPLORATION_MODES)}, got {self.exploration!r}")
         if self.seed is not None:

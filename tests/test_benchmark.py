@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import kd_env
 from experiments import benchmark
 from experiments.benchmark import (
     DEFAULT_ALGOS,
@@ -24,6 +25,8 @@ from experiments.benchmark import (
     parse_value,
     run_benchmark,
 )
+
+from kd_env import Instance, InstanceSet
 
 ENV = "kd_env/QuickKD-v0"
 PHASES = 4  # QuickKD: 40 steps, 10 per phase
@@ -463,3 +466,55 @@ def test_oracle_share_from_cell_files_by_hand(tmp_path):
     with pytest.raises(ValueError, match=r"no algorithm for held-out instance\(s\) \['b'\]"):
         oracle_shares(tmp_path, {"a": "fixed:1000"}, ["ac"])
     assert main([str(tmp_path), "--choice", "a=fixed:1000,b=nope"]) == 2
+
+
+# ---- selection runs (--eval-split dev) ------------------------------------------------------------
+
+if "tiny-bench" not in kd_env.instance_set_names():
+    kd_env.register_instance_set(InstanceSet(
+        name="tiny-bench", base="quick",
+        instances=[Instance("clean", {}), Instance("few-labels", {"label_fraction": 0.1}),
+                   Instance("noisy", {"label_noise": 0.4})],
+        held_out=["noisy"], description="three quick instances for the benchmark's split tests"))
+
+TINY_INSTANCES = ["vanilla_kd.env_kwargs.config=quick", "vanilla_kd.env_kwargs.instances=tiny-bench"]
+
+
+def test_dev_split_scores_the_train_instances_dev_split_on_selection_seeds():
+    import gymnasium as gym
+
+    from agents import make_agent, run_episode
+
+    env_id = "kd_env/DigitsKD-Instances-v0"
+    dev_cell, = build_grid(["vanilla_kd"], [env_id], [1], eval_every=1, eval_episodes=2, overrides=TINY_INSTANCES,
+                           eval_split="dev")
+    test_cell, = build_grid(["vanilla_kd"], [env_id], [1], eval_every=1, eval_episodes=2, overrides=TINY_INSTANCES)
+    assert "eval_split" not in test_cell.describe()  # runs made before the option keep their fingerprints
+    assert dev_cell.describe()["eval_split"] == "dev" and dev_cell.fingerprint() != test_cell.fingerprint()
+    assert set(dev_cell.eval_seeds()).isdisjoint(test_cell.eval_seeds())
+    dev, test = benchmark.run_cell(dev_cell), benchmark.run_cell(test_cell)
+    assert dev["result"]["eval_split"] == "dev" and test["result"]["eval_split"] == "test"
+    assert list(dev["arrays"]["eval_instances"]) == ["clean", "few-labels"] * 2
+    assert list(test["arrays"]["eval_instances"]) == ["noisy"] * 2
+    # the recorded score is the dev metric of that student, recomputed here by hand
+    env = gym.make(env_id, config="quick", instances="tiny-bench")
+    try:
+        seed, instance = dev_cell.eval_seeds()[1], "few-labels"
+        run_episode(env, make_agent("vanilla_kd", env), deterministic=True, seed=seed, options={"instance": instance})
+        by_hand = env.unwrapped.distiller.evaluate("dev")["main"]
+    finally:
+        env.close()
+    assert dev["arrays"]["test_metrics"][-1][3] == pytest.approx(by_hand)
+    with pytest.raises(ConfigError, match=r"eval_split must be one of \['test', 'dev'\], got 'val'"):
+        build_grid(["vanilla_kd"], [env_id], [1], eval_every=1, eval_episodes=2, eval_split="val")
+
+
+def test_selection_runs_say_so_in_their_summary(tmp_path):
+    result = run_benchmark(tiny_config(tmp_path, algos=["vanilla_kd"], envs=["kd_env/DigitsKD-Instances-v0"],
+                                       seeds=[0], overrides=TINY_INSTANCES, eval_split="dev"))
+    text = (result.run_dir / "summary.md").read_text(encoding="utf-8")
+    assert "Selection run (`--eval-split dev`)" in text
+    assert json.loads((result.run_dir / "benchmark.json").read_text())["eval_split"] == "dev"
+    with pytest.raises(SystemExit) as exc:  # argparse names the valid choices
+        benchmark.parse_args(["--eval-split", "val"])
+    assert exc.value.code == 2

@@ -241,3 +241,37 @@ def test_glue_ac_and_benchmark_episodes_use_the_agents_options(digits6):
     assert vanilla.seen == [None] * 6
     benchmark._evaluate(env, dynamic, seeds=[11], num_phases=6, k=4)
     assert dynamic.seen[-6:] == ["uncertainty"] * 6
+
+
+# ---- the learned selectors on top of an example weighting ------------------------------------------
+
+
+@pytest.mark.parametrize("algo", ["ac", "ac_q"])
+def test_selectors_ask_for_their_example_weighting_in_every_episode(algo):
+    env = PhaseEnv("mask" if algo == "ac" else "weights", phases=3)
+    extra = {"group_size": 2, "episodes_per_update": 2} if algo == "ac" else {"learning_starts": 2}
+    agent = make_agent(algo, env, seed=0, example_weighting="uncertainty", **extra)
+    assert agent.reset_options() == {"example_weighting": "uncertainty"}
+    agent.learn(env, total_episodes=4)
+    expected = {"example_weighting": "uncertainty"}
+    if algo == "ac":  # paired rollouts: every second reset replays the first, with the weighting kept
+        assert env.options_seen == [expected, {**expected, "replay": True}] * 2
+    else:
+        assert env.options_seen == [expected] * 4
+    run_episode(env, agent, deterministic=True, seed=9)  # evaluation episodes too
+    assert env.options_seen[-1] == expected
+    plain = make_agent(algo, env, seed=0)
+    assert plain.reset_options() == {}
+
+
+def test_selector_example_weighting_reaches_the_student_and_bad_names_are_refused(digits6, tmp_path):
+    env = digits6["mask"]
+    spy = WeightingSpy(make_agent("ac", env, seed=0, example_weighting="uncertainty"), env)
+    run_episode(env, spy, seed=0)
+    assert spy.seen == ["uncertainty"] * 6
+    with pytest.raises(ValueError, match="unknown example weighting 'nope'; valid: .*uncertainty"):
+        make_agent("ac", env, example_weighting="nope")
+    with pytest.raises(ValueError, match="example_weighting must be"):
+        make_agent("ac", env, example_weighting=3)
+    spy.agent.save(tmp_path / "ac")
+    assert load_agent(tmp_path / "ac", env).reset_options() == {"example_weighting": "uncertainty"}

@@ -91,6 +91,7 @@ from .grid import (
     DEFAULT_SEEDS,
     DEFAULT_WORKERS,
     EVAL_SEED_BASE,
+    EVAL_SPLITS,
     EXECUTORS,
     MAX_EVAL_EPISODES,
     REFERENCE_ALGO,
@@ -110,7 +111,7 @@ from .grid import (
 )
 __all__ = [
     "ACTION_MODES", "CONFIG_DIR", "DEFAULT_ALGOS", "DEFAULT_ENVS", "DEFAULT_EVAL_EPISODES", "DEFAULT_EVAL_EVERY",
-    "DEFAULT_SEEDS", "DEFAULT_WORKERS", "EVAL_SEED_BASE", "EXECUTORS", "MAX_EVAL_EPISODES", "REFERENCE_ALGO",
+    "DEFAULT_SEEDS", "DEFAULT_WORKERS", "EVAL_SEED_BASE", "EVAL_SPLITS", "EXECUTORS", "MAX_EVAL_EPISODES", "REFERENCE_ALGO",
     "RUN_COLUMNS", "SUMMARY_COLUMNS", "TRAIN_SEED_STRIDE",
     "AlgoSettings", "BenchmarkConfig", "BenchmarkResult", "Cell", "ConfigError",
     "build_grid", "check_grid", "check_hyperparameter_types", "env_slug", "evaluation_episodes", "execute",

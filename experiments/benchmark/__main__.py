@@ -9,7 +9,7 @@ from typing import Sequence
 from experiments.cli import SEEDS_HELP, parse_seeds
 
 from .grid import CONFIG_DIR, DEFAULT_ALGOS, DEFAULT_ENVS, DEFAULT_EVAL_EPISODES, DEFAULT_EVAL_EVERY, DEFAULT_SEEDS, \
-    DEFAULT_WORKERS, EXECUTORS, BenchmarkConfig, ConfigError
+    DEFAULT_WORKERS, EVAL_SPLITS, EXECUTORS, BenchmarkConfig, ConfigError
 from .runner import run_benchmark
 
 
@@ -32,6 +32,10 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     p.add_argument("--eval-every", type=int, default=DEFAULT_EVAL_EVERY, help="evaluate every N training episodes")
     p.add_argument("--eval-episodes", type=int, default=DEFAULT_EVAL_EPISODES,
                    help="held-out episodes per evaluation")
+    p.add_argument("--eval-split", choices=EVAL_SPLITS, default="test",
+                   help="what evaluations score: test = the held-out instances' test split (report this); dev = "
+                        "the train instances' dev split on selection seeds (choose settings on this, then "
+                        "run once on test)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="ALGO.KEY=VALUE",
                    help="override a config value, e.g. ppo.learning_rate=1.0e-3, ac.episodes=30, "
                         "sac.env_kwargs.reward=dev_metric_delta (repeatable)")
@@ -48,7 +52,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     p.add_argument("--bootstrap-reps", type=int, default=2000)
     a = p.parse_args(argv)
     return BenchmarkConfig(name=a.name, algos=a.algos, envs=a.envs, seeds=a.seeds, episodes=a.episodes,
-                           eval_every=a.eval_every, eval_episodes=a.eval_episodes, overrides=a.overrides,
+                           eval_every=a.eval_every, eval_episodes=a.eval_episodes, eval_split=a.eval_split,
+                           overrides=a.overrides,
                            workers=a.workers, threads=a.threads, executor=a.executor, address=a.address, out=a.out,
                            config_dir=a.config_dir, fresh=a.fresh, plots=a.plots, bootstrap_reps=a.bootstrap_reps,
                            baseline=a.baseline)

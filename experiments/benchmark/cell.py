@@ -74,20 +74,24 @@ class _PreservedGlobalRandomness:
         return False
 
 
-def evaluation_episodes(env: Any, seeds: Sequence[int]) -> list[tuple[int, str | None]]:
-    """The held-out episodes of an evaluation: each seed on each held-out instance of an instance
-    env (paired across algorithms), or each seed alone on a plain env."""
+def evaluation_episodes(env: Any, seeds: Sequence[int], split: str = "test") -> list[tuple[int, str | None]]:
+    """The episodes of an evaluation: each seed on each held-out instance of an instance env
+    (paired across algorithms; ``split="dev"``: on each *train* instance instead, for selection),
+    or each seed alone on a plain env."""
     iset = getattr(env.unwrapped, "instance_set", None)
-    instances: list[str | None] = list(iset.test_names) if iset is not None else [None]
+    names = (iset.train_names if split == "dev" else iset.test_names) if iset is not None else None
+    instances: list[str | None] = list(names) if names is not None else [None]
     return [(int(seed), inst) for seed in seeds for inst in instances]
 
 
-def _evaluate(env: Any, agent: Any, seeds: Sequence[int], num_phases: int, k: int) -> dict[str, np.ndarray]:
-    """Deterministic episodes on the held-out instances (seeds, and held-out situations of an
-    instance env; see :func:`evaluation_episodes`)."""
+def _evaluate(env: Any, agent: Any, seeds: Sequence[int], num_phases: int, k: int,
+              split: str = "test") -> dict[str, np.ndarray]:
+    """Deterministic episodes on unseen students (seeds, and the held-out situations of an
+    instance env; see :func:`evaluation_episodes`), each scored on ``split`` (``test``, or
+    ``dev`` for selection runs: the arrays keep their ``test`` names)."""
     from agents import run_episode
 
-    episodes = evaluation_episodes(env, seeds)
+    episodes = evaluation_episodes(env, seeds, split)
     n = len(episodes)
     out = {"returns": np.zeros(n), "lengths": np.zeros(n, np.int64), "test": np.zeros(n), "test_loss": np.zeros(n),
            "probe": np.zeros(n), "actions": np.full((n, num_phases, k), np.nan, np.float32)}
@@ -95,7 +99,7 @@ def _evaluate(env: Any, agent: Any, seeds: Sequence[int], num_phases: int, k: in
         for j, (seed, instance) in enumerate(episodes):
             options = {"instance": instance} if instance is not None else None
             episode = run_episode(env, agent, deterministic=True, seed=seed, options=options)
-            test = env.unwrapped.distiller.evaluate("test")
+            test = env.unwrapped.distiller.evaluate(split)
             out["returns"][j] = episode["return"]
             out["lengths"][j] = episode["length"]
             out["test"][j] = test["main"]
@@ -143,7 +147,7 @@ def _run_cell(cell: Cell, threads: int) -> dict[str, Any]:
         k = len(knowledge)
         agent = make_agent(s.algo, train_env, seed=cell.seed, **s.hyperparams)
         eval_seeds = cell.eval_seeds()
-        eval_pairs = evaluation_episodes(eval_env, eval_seeds)
+        eval_pairs = evaluation_episodes(eval_env, eval_seeds, cell.eval_split)
         timesteps: list[int] = []
         episodes_at: list[int] = []
         evaluations: list[dict[str, np.ndarray]] = []
@@ -152,7 +156,7 @@ def _run_cell(cell: Cell, threads: int) -> dict[str, Any]:
 
         def evaluate_now() -> None:
             t0 = time.perf_counter()
-            evaluations.append(_evaluate(eval_env, agent, eval_seeds, num_phases, k))
+            evaluations.append(_evaluate(eval_env, agent, eval_seeds, num_phases, k, cell.eval_split))
             timesteps.append(progress["steps"])
             episodes_at.append(progress["episodes"])
             progress["eval_seconds"] += time.perf_counter() - t0
@@ -205,6 +209,7 @@ def _run_cell(cell: Cell, threads: int) -> dict[str, Any]:
         "fingerprint": cell.fingerprint(),
         "algo": cell.algo, "env_id": cell.env_id,
         "metric_name": metric_name,
+        "eval_split": cell.eval_split,
         "knowledge": knowledge,
         "num_phases": num_phases,
         "train_episodes": progress["episodes"],

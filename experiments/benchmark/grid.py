@@ -37,6 +37,12 @@ EXECUTORS = ("local", "ray")
 TRAIN_SEED_STRIDE = 100_000
 #: evaluation resets of seed s use seeds EVAL_SEED_BASE + s * MAX_EVAL_EPISODES + j
 EVAL_SEED_BASE = 1_000_000_000
+#: selection evaluations (``eval_split="dev"``) use SELECTION_SEED_BASE + s * MAX_EVAL_EPISODES + j
+#: instead: students never met in training nor in the held-out evaluation
+SELECTION_SEED_BASE = 2_000_000_000
+#: what a cell's evaluation scores: ``test`` (the held-out instances' test split, for reporting)
+#: or ``dev`` (the *train* instances' dev split, for choosing settings before a test run)
+EVAL_SPLITS = ("test", "dev")
 MAX_EVAL_EPISODES = 1000
 MAX_SEED = 9_999
 #: bump when a cell's outputs change meaning (finished cells of another format are rerun)
@@ -74,6 +80,7 @@ class Cell:
     seed: int
     eval_every: int
     eval_episodes: int
+    eval_split: str = "test"
 
     @property
     def algo(self) -> str:
@@ -93,8 +100,11 @@ class Cell:
 
     def describe(self) -> dict[str, Any]:
         """The JSON-able definition of the cell (what its numbers depend on)."""
-        return {"format": CELL_FORMAT, "settings": self.settings.to_dict(), "seed": self.seed,
-                "eval_every": self.eval_every, "eval_episodes": self.eval_episodes}
+        out = {"format": CELL_FORMAT, "settings": self.settings.to_dict(), "seed": self.seed,
+               "eval_every": self.eval_every, "eval_episodes": self.eval_episodes}
+        if self.eval_split != "test":  # absent for test, so that runs made before it keep their fingerprints
+            out["eval_split"] = self.eval_split
+        return out
 
     def fingerprint(self) -> str:
         text = json.dumps(self.describe(), sort_keys=True, default=str)
@@ -104,7 +114,8 @@ class Cell:
         return [self.seed * TRAIN_SEED_STRIDE + k for k in range(count)]
 
     def eval_seeds(self) -> list[int]:
-        return [EVAL_SEED_BASE + self.seed * MAX_EVAL_EPISODES + j for j in range(self.eval_episodes)]
+        base = SELECTION_SEED_BASE if self.eval_split == "dev" else EVAL_SEED_BASE
+        return [base + self.seed * MAX_EVAL_EPISODES + j for j in range(self.eval_episodes)]
 
     def label(self) -> str:
         return f"{self.algo} {self.env_id} seed {self.seed}"
@@ -262,7 +273,7 @@ def check_hyperparameter_types(settings: AlgoSettings) -> None:
 
 def build_grid(algos: Sequence[str], envs: Sequence[str], seeds: Sequence[int], eval_every: int, eval_episodes: int,
                overrides: Sequence[str] = (), episodes: int | None = None,
-               config_dir: str | Path = CONFIG_DIR) -> list[Cell]:
+               config_dir: str | Path = CONFIG_DIR, eval_split: str = "test") -> list[Cell]:
     """Every cell of the grid, algorithm-major, from the YAML configs and the overrides.
 
     Raises:
@@ -282,6 +293,8 @@ def build_grid(algos: Sequence[str], envs: Sequence[str], seeds: Sequence[int], 
         raise ConfigError(f"eval_every must be a positive integer, got {eval_every!r}")
     if not matches(eval_episodes, int) or not 1 <= eval_episodes <= MAX_EVAL_EPISODES:
         raise ConfigError(f"eval_episodes must be an integer in [1, {MAX_EVAL_EPISODES}], got {eval_episodes!r}")
+    if eval_split not in EVAL_SPLITS:
+        raise ConfigError(f"eval_split must be one of {list(EVAL_SPLITS)}, got {eval_split!r}")
     if episodes is not None and (not matches(episodes, int) or not 0 < episodes < TRAIN_SEED_STRIDE):
         raise ConfigError(f"episodes must be an integer in [1, {TRAIN_SEED_STRIDE - 1}], got {episodes!r}")
     _check_env_ids(envs)
@@ -300,7 +313,8 @@ def build_grid(algos: Sequence[str], envs: Sequence[str], seeds: Sequence[int], 
             if settings.episodes >= TRAIN_SEED_STRIDE:
                 raise ConfigError(f"{algo} on {env_id}: episodes must be < {TRAIN_SEED_STRIDE}, got {settings.episodes}")
             for seed in seeds:
-                cells.append(Cell(settings=settings, seed=seed, eval_every=eval_every, eval_episodes=eval_episodes))
+                cells.append(Cell(settings=settings, seed=seed, eval_every=eval_every, eval_episodes=eval_episodes,
+                                  eval_split=eval_split))
     return cells
 
 
@@ -381,6 +395,9 @@ class BenchmarkConfig:
     """evaluate the learners every this many training episodes (and at the end)"""
     eval_episodes: int = DEFAULT_EVAL_EPISODES
     """held-out episodes per evaluation"""
+    eval_split: str = "test"
+    """``test``: score the held-out instances' test split (what to report); ``dev``: the train
+    instances' dev split on selection seeds (what to choose settings on); see :data:`EVAL_SPLITS`"""
     overrides: list[str] = field(default_factory=list)
     """``ALGO.KEY=VALUE`` settings"""
     workers: int = DEFAULT_WORKERS

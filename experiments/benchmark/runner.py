@@ -49,7 +49,7 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
     if not config.name or _slug(config.name) != config.name:
         raise ConfigError(f"name must be non-empty and use only letters, digits, '-', '_' and '.', got {config.name!r}")
     cells = build_grid(config.algos, config.envs, config.seeds, config.eval_every, config.eval_episodes,
-                       config.overrides, config.episodes, config.config_dir)
+                       config.overrides, config.episodes, config.config_dir, config.eval_split)
     if config.executor == "ray":
         try:
             import ray  # noqa: F401
@@ -75,7 +75,8 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "benchmark.json", {
         "algos": config.algos, "envs": config.envs, "seeds": config.seeds, "episodes": config.episodes,
-        "eval_every": config.eval_every, "eval_episodes": config.eval_episodes, "overrides": config.overrides,
+        "eval_every": config.eval_every, "eval_episodes": config.eval_episodes, "eval_split": config.eval_split,
+        "overrides": config.overrides,
         "cells": {str(c.relative_dir()): c.describe() for c in cells}})
     failed: dict[str, str] = {}
     executed: list[Cell] = []

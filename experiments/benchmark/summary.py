@@ -191,6 +191,9 @@ def _summary_markdown(rows: list[dict[str, Any]], aggregate: list[dict[str, Any]
              f"({config.bootstrap_reps} resamples) over runs (seeds); IQM = interquartile mean. "
              f"P(> {REFERENCE_ALGO}) = probability that a run of the algorithm has a higher test metric than a "
              f"run of {REFERENCE_ALGO} (ties count half).", ""]
+    if getattr(config, "eval_split", "test") == "dev":
+        lines += ["**Selection run (`--eval-split dev`): every \"test\" column below is the dev-split metric of "
+                  "the *train* instances on selection seeds. Choose settings on it; report only a run on test.**", ""]
     lines += [f"Paired diff = mean over seeds of (algorithm - {config.baseline}) test metric, each seed's runs "
               f"scored on the same held-out episodes, with a {pct} t interval over seeds; wins = seeds won.", ""]
     header = ["algorithm", "mode", "runs", "train eps", "test mean", "test IQM", f"paired diff vs {config.baseline}",
@@ -258,7 +261,8 @@ def load_run(run_dir: str | Path) -> tuple[list[Cell], dict[Cell, dict[str, Any]
         raise FileNotFoundError(f"{run_dir} holds no benchmark.json: not a benchmark run folder")
     saved = json.loads(path.read_text(encoding="utf-8"))
     cells = [Cell(settings=AlgoSettings(**d["settings"]), seed=d["seed"], eval_every=d["eval_every"],
-                  eval_episodes=d["eval_episodes"]) for d in saved["cells"].values()]
+                  eval_episodes=d["eval_episodes"], eval_split=d.get("eval_split", "test"))
+             for d in saved["cells"].values()]
     payloads = {cell: payload for cell in cells if (payload := read_cell(run_dir, cell)) is not None}
     return cells, payloads, saved
 
