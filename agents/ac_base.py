@@ -39,7 +39,8 @@ from gymnasium import spaces
 from torch import nn
 
 from .ac_config import CRITICS, ActorCriticConfig
-from .base import Agent, CheckpointError, EpisodeCallback, EpisodeLogger, selection_frequencies
+from .base import (Agent, CheckpointError, EpisodeCallback, EpisodeLogger, check_env_example_weighting,
+                   selection_frequencies)
 from .networks import ACTIVATIONS, Actor, Critic, ObservationEncoder, RunningNorm, observation_layout
 
 __all__ = ["ActorCriticAgent"]
@@ -91,12 +92,7 @@ class ActorCriticAgent(Agent):
         self.config = config if config is not None else ActorCriticConfig(**{**hyperparameters,
                                                                              "critic": self.critic_kind})
         cfg = self.config
-        if cfg.example_weighting is not None:
-            from kd_env.knowledge import check_example_weighting
-
-            distiller = getattr(getattr(env, "unwrapped", env), "distiller", None)
-            if distiller is not None:  # ValueError naming the valid weightings / knowledge in use
-                check_example_weighting(cfg.example_weighting, distiller.knowledge)
+        check_env_example_weighting(env, cfg.example_weighting)
         self.log_dir = log_dir
         self.tensorboard = tensorboard
         self.device = torch.device(cfg.device)

@@ -43,6 +43,7 @@ __all__ = [
     "register_agent",
     "agent_hyperparameters",
     "config_hyperparameters",
+    "check_env_example_weighting",
     "make_agent",
     "agent_names",
     "load_agent",
@@ -293,6 +294,22 @@ def agent_hyperparameters(name: str) -> dict[str, Any] | None:
     if callable(declared):
         declared = _HYPERPARAMETERS[name.partition(":")[0]] = dict(declared())
     return dict(declared)
+
+
+def check_env_example_weighting(env: Any, name: str | None) -> str | None:
+    """``name`` (or ``None``) once it is known to be a registered example weighting
+    (:func:`kd_env.register_example_weighting`) that fits the env's knowledge types (when the env
+    has a distiller to ask); ``ValueError`` naming the valid ones otherwise."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"example_weighting must be a registered example weighting's name or None, got {name!r}")
+    from kd_env.knowledge import check_example_weighting
+
+    distiller = getattr(getattr(env, "unwrapped", env), "distiller", None)
+    if distiller is not None:
+        check_example_weighting(name, distiller.knowledge)
+    return name
 
 
 def config_hyperparameters(config_class: type, exclude: Sequence[str] = (), **extra: Any) -> dict[str, Any]:

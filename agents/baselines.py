@@ -42,7 +42,7 @@ import numpy as np
 
 from kd_env.checks import matches
 
-from .base import Agent, register_agent
+from .base import Agent, check_env_example_weighting, register_agent
 
 __all__ = ["FixedAgent", "RandomHardAgent", "RandomSoftAgent", "ScheduleAgent", "NAMED_MASKS", "read_schedule"]
 
@@ -69,12 +69,17 @@ class FixedAgent(Agent):
         mask: one value per knowledge type (0/1; in weights mode any value in [0, 1]).
         name: the registry name written to checkpoints (``fixed`` or a named baseline).
         seed: accepted for a uniform interface; unused.
+        example_weighting: a registered per-example weighting switched on in every episode (as
+            ``ac``'s hyperparameter of that name), e.g. ``"uncertainty"``: ``fixed:1100`` with it
+            is ``dynamic_kd``.  The fixed masks a selector with that weighting must beat.
     """
 
-    def __init__(self, env: Any, mask: Sequence[float], name: str = "fixed", seed: int | None = None):
+    def __init__(self, env: Any, mask: Sequence[float], name: str = "fixed", seed: int | None = None,
+                 example_weighting: str | None = None):
         super().__init__(env)
         self.name = name
         self.seed = _check_seed(seed)
+        self.example_weighting = check_env_example_weighting(env, example_weighting)
         arr = np.asarray(mask, dtype=np.float64).reshape(-1)
         if arr.shape != (len(self.knowledge_names),):
             raise ValueError(f"mask has {arr.size} entries; this env has {len(self.knowledge_names)} knowledge types "
@@ -85,10 +90,15 @@ class FixedAgent(Agent):
     def act(self, obs: Any, deterministic: bool = False) -> np.ndarray:
         return self._format_action(self.mask) if self.action_mode == "mask" else self.mask.astype(np.float32)
 
+    def reset_options(self) -> dict[str, Any]:
+        return {"example_weighting": self.example_weighting} if self.example_weighting is not None else {}
+
     def hyperparameters(self) -> dict[str, Any]:
-        if self.name == "fixed":
-            return {"bits": self.mask.tolist(), "seed": self.seed}
-        return {"seed": self.seed}
+        out: dict[str, Any] = {"bits": self.mask.tolist(), "seed": self.seed} if self.name == "fixed" else \
+            {"seed": self.seed}
+        if self.example_weighting is not None:
+            out["example_weighting"] = self.example_weighting
+        return out
 
 
 def _check_values(arr: np.ndarray, action_mode: str, what: str) -> None:
@@ -130,8 +140,9 @@ for _name in NAMED_MASKS:
 
 @register_agent("fixed", takes_argument=True, description="a fixed mask, e.g. fixed:1010 (bit k = knowledge k)")
 def make_fixed(env: Any, argument: str | None = None, bits: Sequence[float] | str | None = None,
-               seed: int | None = None) -> FixedAgent:
-    """``fixed:<bits>`` (``argument``) or ``fixed`` with ``bits=[...]``."""
+               seed: int | None = None, example_weighting: str | None = None) -> FixedAgent:
+    """``fixed:<bits>`` (``argument``) or ``fixed`` with ``bits=[...]``; ``example_weighting``
+    as :class:`FixedAgent`'s."""
     spec = bits if bits is not None else argument
     if spec is None or spec == "":
         raise ValueError("fixed needs a mask: 'fixed:1010' (one 0/1 per knowledge type)")
@@ -147,7 +158,7 @@ def make_fixed(env: Any, argument: str | None = None, bits: Sequence[float] | st
     if len(values) != len(names):
         raise ValueError(f"fixed:{spec if isinstance(spec, str) else ''.join(str(int(v)) for v in values)} has "
                          f"{len(values)} bits; this env has {len(names)} knowledge types {names}")
-    return FixedAgent(env, values, name="fixed", seed=seed)
+    return FixedAgent(env, values, name="fixed", seed=seed, example_weighting=example_weighting)
 
 
 class RandomHardAgent(Agent):

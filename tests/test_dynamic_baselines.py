@@ -275,3 +275,19 @@ def test_selector_example_weighting_reaches_the_student_and_bad_names_are_refuse
         make_agent("ac", env, example_weighting=3)
     spy.agent.save(tmp_path / "ac")
     assert load_agent(tmp_path / "ac", env).reset_options() == {"example_weighting": "uncertainty"}
+
+
+def test_fixed_mask_with_the_uncertainty_weighting_is_dynamic_kd(digits6, tmp_path):
+    env = digits6["mask"]
+    fixed = make_agent("fixed:1100", env, example_weighting="uncertainty")
+    assert fixed.reset_options() == {"example_weighting": "uncertainty"}
+    ours, theirs = run_episode(env, fixed, seed=3), run_episode(env, make_agent("dynamic_kd", env), seed=3)
+    assert [i["losses"] for i in ours["infos"]] == [i["losses"] for i in theirs["infos"]]
+    assert ours["final_probe_metric"] == theirs["final_probe_metric"]
+    plain = run_episode(env, make_agent("fixed:1100", env), seed=3)
+    assert [i["losses"] for i in plain["infos"]] != [i["losses"] for i in ours["infos"]]
+    fixed.save(tmp_path / "fixed")
+    restored = load_agent(tmp_path / "fixed", env)
+    assert restored.reset_options() == {"example_weighting": "uncertainty"} and restored.mask.tolist() == [1, 1, 0, 0]
+    with pytest.raises(ValueError, match="unknown example weighting 'nope'"):
+        make_agent("fixed:1100", env, example_weighting="nope")
