@@ -19,6 +19,9 @@ set                        instances
 ``digits``                 digits preset; gold labels 100% / 25% / 5% of the distillation set x
                            clean or 40% flipped labels x a strong (0.96) or a weak (0.70) teacher
                            (12 instances, 4 held out)
+``digits-validation``      the 8 train instances of ``digits`` alone, 3 of them set aside: choose an
+                           agent's settings on these (train on 5, validate on the dev split of 3),
+                           then run once on ``digits``
 ``text``                   text preset (rt-polarity, MiniLM-L6); 100% / 5% labels x clean or 40%
                            noisy labels (4)
 =========================  ================================================================
@@ -185,6 +188,19 @@ register_instance_set(InstanceSet(
     # two clean and two noisy, two strong and two weak teachers; every axis value is also trained on
     held_out=["labels100-noisy40-strong", "labels25-clean-weak", "labels5-noisy40-weak", "labels5-clean-strong"],
     description="digits: gold-label share x label noise x teacher strength (12 instances, 4 held out)",
+))
+
+_DIGITS = INSTANCE_SETS["digits"]
+register_instance_set(InstanceSet(
+    name="digits-validation",
+    base="digits",
+    instances=[i for i in _DIGITS.instances if i.name in _DIGITS.train_names],
+    # for choosing an agent's settings before a run on `digits`: its 8 train instances only (no
+    # held-out test instance), 3 of them set aside by a fixed pattern, set before any measurement
+    # on them: one per label level, so that each level keeps a training instance, and both noise
+    # levels and both teachers on each side
+    held_out=["labels100-noisy40-weak", "labels25-clean-strong", "labels5-clean-weak"],
+    description="the digits train instances only: 5 to train on, 3 set aside to validate on (selection runs)",
 ))
 
 register_instance_set(InstanceSet(

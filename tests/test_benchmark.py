@@ -492,20 +492,27 @@ def test_dev_split_scores_the_train_instances_dev_split_on_selection_seeds():
     assert "eval_split" not in test_cell.describe()  # runs made before the option keep their fingerprints
     assert dev_cell.describe()["eval_split"] == "dev" and dev_cell.fingerprint() != test_cell.fingerprint()
     assert set(dev_cell.eval_seeds()).isdisjoint(test_cell.eval_seeds())
-    dev, test = benchmark.run_cell(dev_cell), benchmark.run_cell(test_cell)
+    held_cell, = build_grid(["vanilla_kd"], [env_id], [1], eval_every=1, eval_episodes=2, overrides=TINY_INSTANCES,
+                            eval_split="held-out-dev")
+    assert held_cell.eval_seeds() == dev_cell.eval_seeds()
+    dev, test, held = (benchmark.run_cell(c) for c in (dev_cell, test_cell, held_cell))
     assert dev["result"]["eval_split"] == "dev" and test["result"]["eval_split"] == "test"
     assert list(dev["arrays"]["eval_instances"]) == ["clean", "few-labels"] * 2
     assert list(test["arrays"]["eval_instances"]) == ["noisy"] * 2
+    assert list(held["arrays"]["eval_instances"]) == ["noisy"] * 2
     # the recorded score is the dev metric of that student, recomputed here by hand
     env = gym.make(env_id, config="quick", instances="tiny-bench")
     try:
         seed, instance = dev_cell.eval_seeds()[1], "few-labels"
         run_episode(env, make_agent("vanilla_kd", env), deterministic=True, seed=seed, options={"instance": instance})
         by_hand = env.unwrapped.distiller.evaluate("dev")["main"]
+        run_episode(env, make_agent("vanilla_kd", env), deterministic=True, seed=seed, options={"instance": "noisy"})
+        held_by_hand = env.unwrapped.distiller.evaluate("dev")["main"]
     finally:
         env.close()
     assert dev["arrays"]["test_metrics"][-1][3] == pytest.approx(by_hand)
-    with pytest.raises(ConfigError, match=r"eval_split must be one of \['test', 'dev'\], got 'val'"):
+    assert held["arrays"]["test_metrics"][-1][1] == pytest.approx(held_by_hand)
+    with pytest.raises(ConfigError, match=r"eval_split must be one of \['test', 'dev', 'held-out-dev'\], got 'val'"):
         build_grid(["vanilla_kd"], [env_id], [1], eval_every=1, eval_episodes=2, eval_split="val")
 
 
@@ -514,6 +521,7 @@ def test_selection_runs_say_so_in_their_summary(tmp_path):
                                        seeds=[0], overrides=TINY_INSTANCES, eval_split="dev"))
     text = (result.run_dir / "summary.md").read_text(encoding="utf-8")
     assert "Selection run (`--eval-split dev`)" in text
+    assert "dev metric per train instance" in text and "held-out instance" not in text
     assert json.loads((result.run_dir / "benchmark.json").read_text())["eval_split"] == "dev"
     with pytest.raises(SystemExit) as exc:  # argparse names the valid choices
         benchmark.parse_args(["--eval-split", "val"])

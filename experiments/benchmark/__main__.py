@@ -34,8 +34,9 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
                    help="held-out episodes per evaluation")
     p.add_argument("--eval-split", choices=EVAL_SPLITS, default="test",
                    help="what evaluations score: test = the held-out instances' test split (report this); dev = "
-                        "the train instances' dev split on selection seeds (choose settings on this, then "
-                        "run once on test)")
+                        "the train instances' dev split, held-out-dev = the held-out instances' dev split, both "
+                        "on selection seeds (choose settings on these, e.g. with --set ac.env_kwargs.instances="
+                        "digits-validation, then run once on test)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="ALGO.KEY=VALUE",
                    help="override a config value, e.g. ppo.learning_rate=1.0e-3, ac.episodes=30, "
                         "sac.env_kwargs.reward=dev_metric_delta (repeatable)")

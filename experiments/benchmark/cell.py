@@ -77,7 +77,7 @@ class _PreservedGlobalRandomness:
 def evaluation_episodes(env: Any, seeds: Sequence[int], split: str = "test") -> list[tuple[int, str | None]]:
     """The episodes of an evaluation: each seed on each held-out instance of an instance env
     (paired across algorithms; ``split="dev"``: on each *train* instance instead, for selection),
-    or each seed alone on a plain env."""
+    or each seed alone on a plain env.  ``split`` is one of :data:`~.grid.EVAL_SPLITS`."""
     iset = getattr(env.unwrapped, "instance_set", None)
     names = (iset.train_names if split == "dev" else iset.test_names) if iset is not None else None
     instances: list[str | None] = list(names) if names is not None else [None]
@@ -87,8 +87,9 @@ def evaluation_episodes(env: Any, seeds: Sequence[int], split: str = "test") -> 
 def _evaluate(env: Any, agent: Any, seeds: Sequence[int], num_phases: int, k: int,
               split: str = "test") -> dict[str, np.ndarray]:
     """Deterministic episodes on unseen students (seeds, and the held-out situations of an
-    instance env; see :func:`evaluation_episodes`), each scored on ``split`` (``test``, or
-    ``dev`` for selection runs: the arrays keep their ``test`` names)."""
+    instance env; see :func:`evaluation_episodes`), each scored on the test split, or on the dev
+    split for the selection splits ``dev`` and ``held-out-dev`` (the arrays keep their ``test``
+    names)."""
     from agents import run_episode
 
     episodes = evaluation_episodes(env, seeds, split)
@@ -99,7 +100,7 @@ def _evaluate(env: Any, agent: Any, seeds: Sequence[int], num_phases: int, k: in
         for j, (seed, instance) in enumerate(episodes):
             options = {"instance": instance} if instance is not None else None
             episode = run_episode(env, agent, deterministic=True, seed=seed, options=options)
-            test = env.unwrapped.distiller.evaluate(split)
+            test = env.unwrapped.distiller.evaluate("test" if split == "test" else "dev")
             out["returns"][j] = episode["return"]
             out["lengths"][j] = episode["length"]
             out["test"][j] = test["main"]

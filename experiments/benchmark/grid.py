@@ -40,9 +40,12 @@ EVAL_SEED_BASE = 1_000_000_000
 #: selection evaluations (``eval_split="dev"``) use SELECTION_SEED_BASE + s * MAX_EVAL_EPISODES + j
 #: instead: students never met in training nor in the held-out evaluation
 SELECTION_SEED_BASE = 2_000_000_000
-#: what a cell's evaluation scores: ``test`` (the held-out instances' test split, for reporting)
-#: or ``dev`` (the *train* instances' dev split, for choosing settings before a test run)
-EVAL_SPLITS = ("test", "dev")
+#: what a cell's evaluation scores: ``test`` (the held-out instances' test split, for reporting);
+#: for choosing settings before a test run, ``dev`` (the *train* instances' dev split: how well a
+#: policy does where it learnt) or ``held-out-dev`` (the held-out instances' dev split: how well it
+#: carries over to situations it never met; with the ``digits-validation`` instance set those are
+#: train instances set aside, so that no test instance is touched)
+EVAL_SPLITS = ("test", "dev", "held-out-dev")
 MAX_EVAL_EPISODES = 1000
 MAX_SEED = 9_999
 #: bump when a cell's outputs change meaning (finished cells of another format are rerun)
@@ -114,7 +117,7 @@ class Cell:
         return [self.seed * TRAIN_SEED_STRIDE + k for k in range(count)]
 
     def eval_seeds(self) -> list[int]:
-        base = SELECTION_SEED_BASE if self.eval_split == "dev" else EVAL_SEED_BASE
+        base = EVAL_SEED_BASE if self.eval_split == "test" else SELECTION_SEED_BASE
         return [base + self.seed * MAX_EVAL_EPISODES + j for j in range(self.eval_episodes)]
 
     def label(self) -> str:
@@ -396,8 +399,9 @@ class BenchmarkConfig:
     eval_episodes: int = DEFAULT_EVAL_EPISODES
     """held-out episodes per evaluation"""
     eval_split: str = "test"
-    """``test``: score the held-out instances' test split (what to report); ``dev``: the train
-    instances' dev split on selection seeds (what to choose settings on); see :data:`EVAL_SPLITS`"""
+    """``test``: score the held-out instances' test split (what to report); ``dev`` / ``held-out-dev``:
+    the train / held-out instances' dev split on selection seeds (what to choose settings on);
+    see :data:`EVAL_SPLITS`"""
     overrides: list[str] = field(default_factory=list)
     """``ALGO.KEY=VALUE`` settings"""
     workers: int = DEFAULT_WORKERS

@@ -153,9 +153,11 @@ def _fmt(row: dict[str, Any], key: str, digits: int = 3) -> str:
 
 
 def _per_instance_markdown(rows: list[dict[str, Any]],
-                           payloads_by_algo: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
+                           payloads_by_algo: dict[str, dict[str, list[dict[str, Any]]]],
+                           eval_split: str = "test") -> list[str]:
     """For instance envs: each algorithm's final test metric on each held-out situation (mean over
-    its runs' evaluation episodes there)."""
+    its runs' evaluation episodes there); for a selection run (``eval_split="dev"``) its dev
+    metric on each train situation."""
     lines: list[str] = []
     for env_id, algos in payloads_by_algo.items():
         per: dict[str, dict[str, float]] = {}
@@ -174,7 +176,9 @@ def _per_instance_markdown(rows: list[dict[str, Any]],
             continue
         instances = sorted({i for v in per.values() for i in v})
         order = [r["algorithm"] for r in sorted((r for r in rows if r["env"] == env_id), key=lambda r: -r["test_iqm"])]
-        lines += [f"### {env_id}: test metric per held-out instance (mean over runs and evaluation seeds)", ""]
+        what = {"dev": "dev metric per train", "held-out-dev": "dev metric per held-out"}.get(
+            eval_split, "test metric per held-out")
+        lines += [f"### {env_id}: {what} instance (mean over runs and evaluation seeds)", ""]
         lines.append(markdown_table(["algorithm", *instances],
                                     [[a, *(f"{per[a].get(i, math.nan):.3f}" for i in instances)]
                                      for a in order if a in per]))
@@ -191,9 +195,12 @@ def _summary_markdown(rows: list[dict[str, Any]], aggregate: list[dict[str, Any]
              f"({config.bootstrap_reps} resamples) over runs (seeds); IQM = interquartile mean. "
              f"P(> {REFERENCE_ALGO}) = probability that a run of the algorithm has a higher test metric than a "
              f"run of {REFERENCE_ALGO} (ties count half).", ""]
-    if getattr(config, "eval_split", "test") == "dev":
-        lines += ["**Selection run (`--eval-split dev`): every \"test\" column below is the dev-split metric of "
-                  "the *train* instances on selection seeds. Choose settings on it; report only a run on test.**", ""]
+    split = getattr(config, "eval_split", "test")
+    if split != "test":
+        which = "*train*" if split == "dev" else "held-out"
+        lines += [f"**Selection run (`--eval-split {split}`): every \"test\" column below is the dev-split metric "
+                  f"of the {which} instances on selection seeds. Choose settings on it; report only a run on "
+                  f"test.**", ""]
     lines += [f"Paired diff = mean over seeds of (algorithm - {config.baseline}) test metric, each seed's runs "
               f"scored on the same held-out episodes, with a {pct} t interval over seeds; wins = seeds won.", ""]
     header = ["algorithm", "mode", "runs", "train eps", "test mean", "test IQM", f"paired diff vs {config.baseline}",
@@ -209,7 +216,7 @@ def _summary_markdown(rows: list[dict[str, Any]], aggregate: list[dict[str, Any]
                   _fmt(r, "return_mean"), _fmt(r, "return_iqm"), _fmt(r, "poi_vs_random_hard", 2),
                   f"{r['seconds_per_run']:.1f}"] for r in env_rows]
         lines.append(markdown_table(header, table))
-    lines += _per_instance_markdown(rows, payloads_by_algo)
+    lines += _per_instance_markdown(rows, payloads_by_algo, getattr(config, "eval_split", "test"))
     if aggregate:
         lines += ["## All envs (test metric, stratified by env)", ""]
         table = [[r["algorithm"], r["runs"], _fmt(r, "test_mean"), _fmt(r, "test_iqm"), _fmt(r, "poi_vs_random_hard", 2)]
