@@ -455,7 +455,7 @@ def test_oracle_share_from_cell_files_by_hand(tmp_path):
             cell = tmp_path / algo / f"kd_env__X-v0__seed{seed}"
             cell.mkdir(parents=True)
             np.savez(cell / "evaluations.npz", test_metrics=np.array([[0.0] * 4, [a, b, a, b]]),
-                     eval_instances=np.array(["a", "b", "a", "b"]))
+                     eval_instances=np.array(["a", "b", "a", "b"]), eval_seeds=np.array([7, 8]) + seed)
     out = oracle_shares(tmp_path, {"a": "fixed:1000", "b": "fixed:0100"}, ["ac"], reps=200)
     # oracle: seed 0 (0.9 + 0.7) / 2 = 0.8, seed 1 (0.8 + 0.8) / 2 = 0.8; baseline 0.5 both: gain 0.3
     assert out["oracle_mean"] == pytest.approx(0.8)
@@ -466,6 +466,22 @@ def test_oracle_share_from_cell_files_by_hand(tmp_path):
     with pytest.raises(ValueError, match=r"no algorithm for held-out instance\(s\) \['b'\]"):
         oracle_shares(tmp_path, {"a": "fixed:1000"}, ["ac"])
     assert main([str(tmp_path), "--choice", "a=fixed:1000,b=nope"]) == 2
+    # an algorithm from another run folder, scored on the same episodes: ALGO@RUN_DIR
+    other = tmp_path / "other"
+    for seed, (a, b) in {0: (0.9, 0.7), 1: (0.8, 0.8)}.items():  # the oracle's scores: all of the gain
+        cell = other / "ac" / f"kd_env__X-v0__seed{seed}"
+        cell.mkdir(parents=True)
+        np.savez(cell / "evaluations.npz", test_metrics=np.array([[a, b, a, b]]),
+                 eval_instances=np.array(["a", "b", "a", "b"]), eval_seeds=np.array([7, 8]) + seed)
+    both = oracle_shares(tmp_path, {"a": "fixed:1000", "b": "fixed:0100"}, ["ac", f"ac@{other}"], reps=200)
+    assert both["algos"]["ac"]["share"] == pytest.approx(1 / 3)
+    assert both["algos"][f"ac@{other}"]["share"] == pytest.approx(1.0)
+    vs_ac = oracle_shares(tmp_path, {"a": "fixed:1000", "b": "fixed:0100"}, [f"ac@{other}"], baseline="ac", reps=200)
+    assert vs_ac["algos"][f"ac@{other}"]["diff"]["mean"] == pytest.approx(0.2)
+    np.savez(other / "ac" / "kd_env__X-v0__seed1" / "evaluations.npz", test_metrics=np.array([[0.8, 0.8, 0.8, 0.8]]),
+             eval_instances=np.array(["a", "b", "a", "b"]), eval_seeds=np.array([70, 80]))
+    with pytest.raises(ValueError, match=r"seed 1 was scored on other evaluation episodes"):
+        oracle_shares(tmp_path, {"a": "fixed:1000", "b": "fixed:0100"}, [f"ac@{other}"], reps=200)
 
 
 # ---- selection runs (--eval-split dev) ------------------------------------------------------------

@@ -10,6 +10,11 @@ bootstrap interval over seeds::
     python -m experiments.benchmark.oracle runs/benchmark-instances-paired \\
         --choice labels100-noisy40-strong=vanilla_kd,labels25-clean-weak=fixed:1000,\\
 labels5-clean-strong=fixed:0100,labels5-noisy40-weak=fixed:0100
+
+An algorithm may come from another run folder of the same env and seeds: ``ALGO@RUN_DIR`` (e.g.
+``--algos ac,ac@runs/benchmark-instances-uw`` or ``--baseline ac@runs/benchmark-other``); its
+cells must have been scored on the same evaluation episodes (same seeds and instances), which is
+checked.
 """
 
 from __future__ import annotations
@@ -24,16 +29,27 @@ import numpy as np
 from ..report import paired_difference
 
 
-def _episode_scores(run_dir: Path, algo: str) -> dict[int, dict[str, float]]:
-    """``{seed: {instance: mean final test metric over that instance's evaluation episodes}}``."""
-    folder = run_dir / algo.replace(":", "_")
+def _episode_scores(run_dir: Path, spec: str,
+                    episodes: dict[int, tuple] | None = None) -> dict[int, dict[str, float]]:
+    """``{seed: {instance: mean final test metric over that instance's evaluation episodes}}`` of
+    algorithm ``spec`` (``ALGO`` in ``run_dir``, or ``ALGO@OTHER_RUN_DIR``).  ``episodes``
+    (``{seed: (eval seeds, eval instances)}``) is filled on first sight and checked after, so that
+    every algorithm is scored on the same evaluation episodes."""
+    algo, _, other = spec.partition("@")
+    where = Path(other) if other else run_dir
+    folder = where / algo.replace(":", "_")
     if not folder.is_dir():
-        raise ValueError(f"{run_dir} has no runs of {algo!r} (no folder {folder.name}/)")
+        raise ValueError(f"{where} has no runs of {algo!r} (no folder {folder.name}/)")
     out: dict[int, dict[str, float]] = {}
     for cell in sorted(folder.glob("*__seed*")):
         seed = int(cell.name.rsplit("__seed", 1)[1])
-        data = np.load(cell / "evaluations.npz")
-        final, instances = data["test_metrics"][-1], data["eval_instances"]
+        with np.load(cell / "evaluations.npz") as data:
+            final, instances = data["test_metrics"][-1], data["eval_instances"]
+            key = (tuple(int(x) for x in data["eval_seeds"]), tuple(str(x) for x in instances))
+        if episodes is not None:
+            if episodes.setdefault(seed, key) != key:
+                raise ValueError(f"{spec!r} seed {seed} was scored on other evaluation episodes than the algorithms "
+                                 f"before it (another env, --eval-split or --eval-episodes)")
         out[seed] = {str(i): float(np.mean(final[instances == i])) for i in np.unique(instances)}
     return out
 
@@ -43,7 +59,8 @@ def oracle_shares(run_dir: str | Path, choice: dict[str, str], algos: Sequence[s
     """The oracle's mean and paired difference with ``baseline``, and per algorithm its paired
     difference and share of the oracle's gain (point and 95% bootstrap interval over seeds)."""
     run_dir = Path(run_dir)
-    scores = {a: _episode_scores(run_dir, a) for a in {*choice.values(), *algos, baseline}}
+    episodes: dict[int, tuple] = {}
+    scores = {a: _episode_scores(run_dir, a, episodes) for a in dict.fromkeys([baseline, *choice.values(), *algos])}
     seeds = sorted(set.intersection(*(set(s) for s in scores.values())))
     if not seeds:
         raise ValueError(f"no seed has runs of every algorithm in {run_dir}")
