@@ -259,6 +259,30 @@ class Response(Knowledge):
         return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1) * t * t
 
 
+@register_knowledge("uncertainty_kd", cost=2.0)
+class UncertaintyKD(Knowledge):
+    """Dynamic KD's supervision adjustment (Li et al., EMNLP 2021) as one knowledge type: per
+    example, ``u_i * response_i + (1 - u_i) * finetune_i``, with ``u_i`` the student's
+    normalised prediction entropy (the ``uncertainty`` example weighting; finetune averaged over
+    the labelled examples, response over all, as those terms are).  Alone (``fixed:00001`` after
+    the four default types) it trains exactly as ``dynamic_kd`` does; as a knowledge type, a
+    selector can choose it in some phases and plain finetune or response in others.
+
+    Args:
+        temperature: the response term's softening temperature (> 0).
+    """
+
+    needs = ("logits",)
+
+    def __init__(self, temperature: float = 2.0):
+        self.finetune, self.response = Finetune(), Response(temperature)
+
+    def __call__(self, student, teacher, batch):
+        weights = uncertainty_weighting(student, teacher, batch)
+        return (self.finetune.weighted(student, teacher, batch, weights["finetune"])
+                + self.response.weighted(student, teacher, batch, weights["response"]))
+
+
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean of ``x`` (B, T, ...) over real tokens."""
     if mask is None:

@@ -349,6 +349,42 @@ def test_uncertainty_weights_and_weighted_terms_match_a_hand_computation():
     assert not weights["response"].requires_grad
 
 
+def test_uncertainty_kd_is_the_sum_of_the_weighted_terms_by_hand():
+    student, teacher, batch = _tiny_dynamic_kd_batch()
+    u = [1.0, 2.0 - 0.75 * math.log2(3.0)]
+    finetune_by_hand = ((1 - u[0]) * math.log(2.0) + (1 - u[1]) * math.log(4.0)) / 2
+    a = math.sqrt(3.0) / (1 + math.sqrt(3.0))
+    b = 1 - a
+    kl = [a * math.log(a / 0.5) + b * math.log(b / 0.5), 0.5 * math.log(0.5 / a) + 0.5 * math.log(0.5 / b)]
+    response_by_hand = (u[0] * kl[0] + u[1] * kl[1]) / 2 * 4
+    (k,) = make_knowledge(["uncertainty_kd"])
+    assert k.needs == ("logits",) and k.cost == 2.0
+    loss = k(student, teacher, batch)
+    assert _value(loss) == pytest.approx(finetune_by_hand + response_by_hand, abs=1e-7)
+    loss.backward()  # the gradient flows through both terms, not through the weights
+    assert student.logits.grad is not None and torch.isfinite(student.logits.grad).all()
+
+
+def test_uncertainty_kd_alone_trains_as_dynamic_kd():
+    import gymnasium as gym
+    import numpy as np
+
+    import kd_env  # noqa: F401 - registers the env ids
+    from agents import make_agent, run_episode
+
+    env = gym.make("kd_env/QuickKD-v0", knowledge=[*DEFAULT_KNOWLEDGE, "uncertainty_kd"])
+    plain = gym.make("kd_env/QuickKD-v0")
+    try:
+        ours = run_episode(env, make_agent("fixed:00001", env), seed=5)
+        theirs = run_episode(plain, make_agent("dynamic_kd", plain), seed=5)
+        assert ours["final_probe_metric"] == theirs["final_probe_metric"]
+        for p, q in zip(env.unwrapped.distiller.student.parameters(), plain.unwrapped.distiller.student.parameters()):
+            np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-5, atol=1e-6)
+    finally:
+        env.close()
+        plain.close()
+
+
 def test_finetune_with_a_label_mask_ignores_unlabelled_examples():
     (finetune,) = make_knowledge(["finetune"])
     student, leaves = _student()  # 3 examples, 4 classes
