@@ -542,3 +542,13 @@ def test_selection_runs_say_so_in_their_summary(tmp_path):
     with pytest.raises(SystemExit) as exc:  # argparse names the valid choices
         benchmark.parse_args(["--eval-split", "val"])
     assert exc.value.code == 2
+
+
+def test_runs_with_different_knowledge_lists_in_one_env_summarise_and_plot(tmp_path):
+    k5 = "[finetune,response,feature,relation,uncertainty_kd]"
+    result = run_benchmark(tiny_config(tmp_path, algos=["vanilla_kd", "fixed:00001"], seeds=[0], plots=True,
+                                       overrides=[f"fixed:00001.env_kwargs.knowledge={k5}"]))
+    assert not result.failed and len(result.rows) == 2
+    plots = result.run_dir / "plots"
+    assert (plots / "kd_env__QuickKD-v0-selection.png").stat().st_size > 0
+    assert (plots / "kd_env__QuickKD-v0-selection-fixed_00001.png").stat().st_size > 0

@@ -230,11 +230,12 @@ def _plots(run_dir: Path, by_env: dict[str, dict[str, list[Cell]]], payloads: di
     for env_id, algos in by_env.items():
         slug = env_slug(env_id)
         curves: dict[str, dict[str, Any]] = {}
-        frequencies: dict[str, np.ndarray] = {}
-        knowledge: list[str] = []
+        frequencies: dict[str, dict[str, float]] = {}
+        knowledge: list[str] = []  # every knowledge type of the env's runs (their env_kwargs may differ)
         for algo, algo_cells in algos.items():
             arrays = [payloads[c]["arrays"] for c in algo_cells]
-            knowledge = payloads[algo_cells[0]]["result"]["knowledge"]
+            algo_knowledge = payloads[algo_cells[0]]["result"]["knowledge"]
+            knowledge += [k for k in algo_knowledge if k not in knowledge]
             curves[algo] = {
                 "timesteps": arrays[0]["timesteps"],
                 "return": [a["results"].mean(axis=1) for a in arrays if len(a["timesteps"]) == len(arrays[0]["timesteps"])],
@@ -243,12 +244,13 @@ def _plots(run_dir: Path, by_env: dict[str, dict[str, list[Cell]]], payloads: di
             }
             actions = np.concatenate([a["final_actions"] for a in arrays])  # (runs * episodes, phases, K)
             heat = np.nanmean(actions, axis=0).T  # (K, phases)
-            frequencies[algo] = np.nanmean(heat, axis=1)
-            plot_heatmap(np.nan_to_num(heat), knowledge, folder / f"{slug}-selection-{_slug(algo)}.png",
+            frequencies[algo] = dict(zip(algo_knowledge, np.nanmean(heat, axis=1)))
+            plot_heatmap(np.nan_to_num(heat), algo_knowledge, folder / f"{slug}-selection-{_slug(algo)}.png",
                          f"{algo} on {env_id}: final policy's knowledge selection per phase "
                          f"({len(algo_cells)} seeds x {actions.shape[0] // len(algo_cells)} held-out episodes)")
         plot_learning_curves(curves, folder / f"{slug}-learning_curves.png", f"{env_id}: held-out evaluation")
-        plot_selection_bars(frequencies, knowledge, folder / f"{slug}-selection.png",
+        aligned = {a: np.array([f.get(k, np.nan) for k in knowledge]) for a, f in frequencies.items()}
+        plot_selection_bars(aligned, knowledge, folder / f"{slug}-selection.png",
                             f"{env_id}: how often each knowledge type is selected (final policy, held-out)")
 
 
