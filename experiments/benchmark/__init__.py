@@ -19,6 +19,13 @@ curves); the baselines, which do not learn, only at the end.  Any registered age
 ``two_stage`` and ``anneal`` (:mod:`agents.dynamic`; not in the default grid).  Evaluation
 episodes reset the env with the agent's own reset options (Dynamic KD's example weighting).
 
+Choosing settings: ``--eval-split dev`` scores the *train* instances' dev split and
+``--eval-split held-out-dev`` the held-out instances' dev split, on selection seeds of their own
+(``SELECTION_SEED_BASE``); with ``--set ALGO.env_kwargs.instances=digits-validation`` the held-out
+instances are train instances set aside, so a learner's settings are chosen on situations it
+never trained on without touching a test instance.  ``--eval-split test`` (the default) is what
+to report.
+
 Hyperparameters: ``experiments/configs/<algo>.yml`` (rl-baselines3-zoo style), one entry per env
 id merged over a ``default`` entry.  An entry holds ``action_mode`` (``mask`` or ``weights``:
 sac/td3/ddpg/ac_q act on weights), ``episodes`` (the training budget), ``env_kwargs`` (passed to
