@@ -92,7 +92,7 @@ class ActorCriticAgent(Agent):
         self.config = config if config is not None else ActorCriticConfig(**{**hyperparameters,
                                                                              "critic": self.critic_kind})
         cfg = self.config
-        check_env_example_weighting(env, cfg.example_weighting)
+        self.example_weighting = check_env_example_weighting(env, cfg.example_weighting)
         self.log_dir = log_dir
         self.tensorboard = tensorboard
         self.device = torch.device(cfg.device)
@@ -140,11 +140,6 @@ class ActorCriticAgent(Agent):
     def _training_action(self, x: torch.Tensor, n: int | None) -> tuple[np.ndarray, np.ndarray]:
         """The exploring action while learning, for one observation (``n=None``) or ``n`` of them."""
         return self._policy(x, deterministic=False)
-
-    def reset_options(self) -> dict[str, Any]:
-        """``{"example_weighting": name}`` when the config names one, else none."""
-        weighting = self.config.example_weighting
-        return {"example_weighting": weighting} if weighting is not None else {}
 
     def _start_options(self) -> dict[str, Any] | None:
         """Reset options of the next training reset (one call per ``reset``, of one env or of a

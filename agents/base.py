@@ -151,6 +151,9 @@ class Agent:
     """
 
     name: str = ""
+    #: a registered per-example weighting this agent's episodes run with (``None``: none); the
+    #: default :meth:`reset_options` asks the env for it
+    example_weighting: str | None = None
 
     def __init__(self, env: Any):
         self.spec = selection_spec(env)
@@ -170,14 +173,15 @@ class Agent:
         """Start of an episode (default: nothing)."""
 
     def reset_options(self) -> dict[str, Any]:
-        """Env reset options this agent's method needs for an episode (default: none).
+        """Env reset options this agent's method needs for an episode (default:
+        ``{"example_weighting": name}`` when :attr:`example_weighting` is set, else none).
 
         An agent whose method changes how the student trains, beyond the per-phase action (e.g.
         Dynamic KD's per-example weighting), says so here; whoever runs the agent's episode
         resets the env with ``{**agent.reset_options(), **caller_options}`` (see
         :func:`run_episode`).
         """
-        return {}
+        return {"example_weighting": self.example_weighting} if self.example_weighting is not None else {}
 
     # ---- learning ---------------------------------------------------------------------------
     def learn(self, env: Any, total_episodes: int | None = None, total_steps: int | None = None,

@@ -90,9 +90,6 @@ class FixedAgent(Agent):
     def act(self, obs: Any, deterministic: bool = False) -> np.ndarray:
         return self._format_action(self.mask) if self.action_mode == "mask" else self.mask.astype(np.float32)
 
-    def reset_options(self) -> dict[str, Any]:
-        return {"example_weighting": self.example_weighting} if self.example_weighting is not None else {}
-
     def hyperparameters(self) -> dict[str, Any]:
         out: dict[str, Any] = {"bits": self.mask.tolist(), "seed": self.seed} if self.name == "fixed" else \
             {"seed": self.seed}

@@ -85,7 +85,7 @@ class DynamicKDAgent(_MethodSchedule):
     student's prediction divided by ``log C``, the response loss of example ``i`` is weighted by
     ``u_i`` and its finetune loss by ``1 - u_i``.  The weighting is the env's ``uncertainty``
     example weighting (:mod:`kd_env.knowledge`), switched on for the episode by
-    :meth:`reset_options`.
+    :meth:`reset_options` (its :attr:`example_weighting`).
 
     Args:
         env: the env (mask or weights mode; needs ``finetune`` and ``response``).
@@ -93,12 +93,10 @@ class DynamicKDAgent(_MethodSchedule):
     """
 
     name = "dynamic_kd"
+    example_weighting = "uncertainty"
 
     def _rows(self, num_phases: int) -> list[list[float]]:
         return [self._weights(finetune=1, response=1)]
-
-    def reset_options(self) -> dict[str, Any]:
-        return {"example_weighting": "uncertainty"}
 
 
 class EarlyStoppedKDAgent(_MethodSchedule):
