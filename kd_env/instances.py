@@ -22,6 +22,7 @@ set                        instances
 ``digits-validation``      the 8 train instances of ``digits`` alone, 3 of them set aside: choose an
                            agent's settings on these (train on 5, validate on the dev split of 3),
                            then run once on ``digits``
+``digits-validation-b``    the same 8, a second fold: the 3 set aside are none of the first fold's
 ``text``                   text preset (rt-polarity, MiniLM-L6); 100% / 5% labels x clean or 40%
                            noisy labels (4)
 =========================  ================================================================
@@ -201,6 +202,21 @@ register_instance_set(InstanceSet(
     # levels and both teachers on each side
     held_out=["labels100-noisy40-weak", "labels25-clean-strong", "labels5-clean-weak"],
     description="the digits train instances only: 5 to train on, 3 set aside to validate on (selection runs)",
+))
+
+register_instance_set(InstanceSet(
+    name="digits-validation-b",
+    base="digits",
+    instances=list(INSTANCE_SETS["digits-validation"].instances),
+    # the second fold of the same 8 train instances, set before any run on it: 3 set aside, none of
+    # them set aside by `digits-validation`, by the same pattern (one per label level, both noise
+    # levels and both teachers on each side).  Two such folds exist; this one sets aside the weak
+    # teacher with plentiful clean labels, the one instance left where a choice of knowledge
+    # matters on dev.  Score a candidate on both folds: in the first, the only train instance
+    # with few labels has a strong teacher, so a policy that reads the instance's features cannot
+    # learn there what scarce labels and a weak teacher need
+    held_out=["labels100-clean-weak", "labels25-noisy40-strong", "labels5-noisy40-strong"],
+    description="the digits train instances only, a second fold: 5 to train on, the other 3 set aside",
 ))
 
 register_instance_set(InstanceSet(

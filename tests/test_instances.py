@@ -41,17 +41,23 @@ def test_registered_instance_sets_have_disjoint_train_and_held_out_instances():
         assert test_values <= train_values, axis
 
 
-def test_the_validation_set_holds_only_digits_train_instances_and_every_axis_value_on_both_sides():
-    digits, validation = get_instance_set("digits"), get_instance_set("digits-validation")
+@pytest.mark.parametrize("fold", ["digits-validation", "digits-validation-b"])
+def test_the_validation_sets_hold_only_digits_train_instances_and_every_axis_value_on_both_sides(fold):
+    digits, validation = get_instance_set("digits"), get_instance_set(fold)
     assert sorted(validation.names) == sorted(digits.train_names)
     assert len(validation.test_names) == 3
     for axis in ("label_fraction", "label_noise", "teacher_train_fraction"):
         values = [{getattr(validation.config(n), axis) for n in side}
                   for side in (validation.train_names, validation.test_names)]
         assert values[0] == {getattr(digits.config(n), axis) for n in digits.names}, axis
-        assert values[1] <= values[0], axis
+        assert values[1] == values[0] if axis != "label_fraction" else len(values[1]) == 3, axis
     name = validation.names[0]
     np.testing.assert_array_equal(validation.features(name), digits.features(name))
+
+
+def test_the_two_validation_folds_set_aside_different_instances():
+    a, b = get_instance_set("digits-validation"), get_instance_set("digits-validation-b")
+    assert not set(a.test_names) & set(b.test_names)
 
 
 def test_reset_draws_train_instances_only_seeded_and_reports_them():
