@@ -15,6 +15,8 @@ non-finite loss is ``+inf`` there) and then clip them into the space (a non-fini
 the cap ``LOG_CAP``, never 0).  Clipping is a guard, not a normal case: the tests check that the
 unclipped values of real runs lie inside the bounds.
 * ``dict``: a one-level ``Dict`` of both (for stable-baselines3's ``MultiInputPolicy``).
+* ``instance_features`` (instance envs): ``summary`` followed by the instance's features.
+* ``instance`` (instance envs): the budget fraction spent and the instance's features only.
 
 Add your own::
 
@@ -215,6 +217,26 @@ class DictObservation(Observation):
         return {k: v(env) for k, v in self.parts.items()}
 
 
+def _instance_features(env) -> np.ndarray:
+    """The current instance's features (:meth:`kd_env.instances.InstanceSet.features`, clipped to
+    [0, 1]), built once per instance and kept on the env."""
+    cache = env.__dict__.setdefault("_instance_feature_cache", {})  # fixed per instance: built once
+    if env.instance not in cache:
+        cache[env.instance] = np.clip(env.instance_set.features(env.instance, env._base_config), 0.0, 1.0)
+    return cache[env.instance]
+
+
+def _instance_feature_box(env, low: np.ndarray, high: np.ndarray, name: str) -> spaces.Box:
+    """``Box(low, high)`` followed by one [0, 1] entry per instance feature."""
+    from .instances import FEATURE_FIELDS
+
+    if getattr(env, "instance_set", None) is None:
+        raise ValueError(f"observation {name!r} needs an env made with instances=<set name>")
+    n = len(FEATURE_FIELDS)
+    return spaces.Box(np.concatenate([low, np.zeros(n, np.float32)]).astype(np.float32),
+                      np.concatenate([high, np.ones(n, np.float32)]).astype(np.float32), dtype=np.float32)
+
+
 @register_observation("instance_features")
 class InstanceFeatures(Observation):
     """Opt-in: the ``summary`` vector followed by the current instance's situation
@@ -226,17 +248,24 @@ class InstanceFeatures(Observation):
         self.summary = Summary()
 
     def space(self, env):
-        from .instances import FEATURE_FIELDS
-
-        if getattr(env, "instance_set", None) is None:
-            raise ValueError("observation 'instance_features' needs an env made with instances=<set name>")
         inner = self.summary.space(env)
-        n = len(FEATURE_FIELDS)
-        return spaces.Box(np.concatenate([inner.low, np.zeros(n, np.float32)]),
-                          np.concatenate([inner.high, np.ones(n, np.float32)]), dtype=np.float32)
+        return _instance_feature_box(env, inner.low, inner.high, self.name)
 
     def __call__(self, env):
-        cache = env.__dict__.setdefault("_instance_feature_cache", {})  # fixed per instance: built once
-        if env.instance not in cache:
-            cache[env.instance] = np.clip(env.instance_set.features(env.instance, env._base_config), 0.0, 1.0)
-        return np.concatenate([self.summary(env), cache[env.instance]]).astype(np.float32)
+        return np.concatenate([self.summary(env), _instance_features(env)]).astype(np.float32)
+
+
+@register_observation("instance")
+class InstanceOnly(Observation):
+    """Opt-in: the fraction of the student's budget spent, followed by the current instance's
+    situation (:data:`kd_env.instances.FEATURE_FIELDS`), and nothing of the training state.  A
+    policy on it is a schedule per kind of situation; with one phase per episode
+    (``steps_per_action = total_steps``), a constant mask per kind of situation.  Needs an env
+    made with ``instances=<set>``."""
+
+    def space(self, env):
+        return _instance_feature_box(env, np.zeros(1, np.float32), np.ones(1, np.float32), self.name)
+
+    def __call__(self, env):
+        d = env.distiller
+        return np.concatenate([[d.step / d.total_steps], _instance_features(env)]).astype(np.float32)

@@ -125,6 +125,25 @@ def test_instance_features_observation_is_opt_in_and_survives_pickling():
         gym.make("kd_env/QuickKD-v0", observation="instance_features")
 
 
+def test_instance_observation_is_the_budget_spent_and_the_features_alone():
+    env = _env(observation="instance")
+    try:
+        obs, _ = env.reset(seed=0, options={"instance": "few-labels"})
+        features = env.instance_set.features("few-labels", env._base_config)
+        assert env.observation_space.shape == (1 + len(FEATURE_FIELDS),)
+        np.testing.assert_allclose(obs, np.concatenate([[0.0], features]), rtol=0, atol=1e-7)
+        obs, *_ = env.step(np.array([1, 1, 0, 0]))
+        assert env.observation_space.contains(obs)
+        assert obs[0] == pytest.approx(env.distiller.step / env.distiller.total_steps) and obs[0] > 0
+        np.testing.assert_allclose(obs[1:], features, rtol=0, atol=1e-7)
+        other, _ = env.reset(seed=0, options={"instance": "noisy"})
+        assert not np.array_equal(other[1:], obs[1:])  # it tells the situations apart
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="'instance' needs an env made with instances=<set name>"):
+        gym.make("kd_env/QuickKD-v0", observation="instance")
+
+
 def test_instance_set_validation_names_what_is_wrong():
     with pytest.raises(ValueError, match="unknown config key"):
         InstanceSet("bad", "quick", [Instance("a", {"label_fracton": 0.1}), Instance("b", {})], held_out=["b"])
