@@ -23,6 +23,8 @@ set                        instances
                            agent's settings on these (train on 5, validate on the dev split of 3),
                            then run once on ``digits``
 ``digits-validation-b``    the same 8, a second fold: the 3 set aside are none of the first fold's
+``digits-loo-<instance>``  the same 8, one set aside (8 sets: a leave-one-out cross-validation;
+                           :func:`register_leave_one_out` makes them for any set)
 ``text``                   text preset (rt-polarity, MiniLM-L6); 100% / 5% labels x clean or 40%
                            noisy labels (4)
 =========================  ================================================================
@@ -41,7 +43,7 @@ from .config import DistillConfig, get_preset
 from .registry import Registry
 
 __all__ = ["Instance", "InstanceSet", "INSTANCE_SETS", "register_instance_set", "get_instance_set",
-           "instance_set_names", "INSTANCE_SPLITS", "FEATURE_FIELDS"]
+           "instance_set_names", "INSTANCE_SPLITS", "FEATURE_FIELDS", "register_leave_one_out"]
 
 #: which instances an env draws from
 INSTANCE_SPLITS = ("train", "test", "all")
@@ -218,6 +220,32 @@ register_instance_set(InstanceSet(
     held_out=["labels100-clean-weak", "labels25-noisy40-strong", "labels5-noisy40-strong"],
     description="the digits train instances only, a second fold: 5 to train on, the other 3 set aside",
 ))
+
+
+
+def register_leave_one_out(base: str) -> list[str]:
+    """Register one instance set per train instance of ``base``, named ``<base>-loo-<instance>``:
+    ``base``'s train instances only, that one set aside.  Scored with ``--eval-split
+    held-out-dev``, the sets together are a leave-one-out cross-validation over the train
+    instances, for choosing an agent's settings without a held-out (test) instance: each fit
+    trains on all train instances but one, as close as selection gets to training on all of them
+    and meeting the held-out ones.  Returns the names (already registered ones are kept)."""
+    source = get_instance_set(base)
+    names = []
+    for left_out in source.train_names:
+        name = f"{base}-loo-{left_out}"
+        if name not in INSTANCE_SETS:
+            register_instance_set(InstanceSet(
+                name=name, base=source.base,
+                instances=[i for i in source.instances if i.name in source.train_names],
+                held_out=[left_out],
+                description=f"{base}'s train instances, {left_out} set aside (leave-one-out selection)",
+            ))
+        names.append(name)
+    return names
+
+
+register_leave_one_out("digits")
 
 register_instance_set(InstanceSet(
     name="text",

@@ -13,7 +13,7 @@ import pytest
 import kd_env  # noqa: F401 - registers the env ids
 from kd_env import DistillConfig, Instance, InstanceSet, get_instance_set, get_preset
 from kd_env.engine import build_distiller
-from kd_env.instances import FEATURE_FIELDS
+from kd_env.instances import FEATURE_FIELDS, register_leave_one_out
 
 TINY = InstanceSet(name="tiny-test", base="quick",
                    instances=[Instance("clean", {}), Instance("few-labels", {"label_fraction": 0.1}),
@@ -53,6 +53,18 @@ def test_the_validation_sets_hold_only_digits_train_instances_and_every_axis_val
         assert values[1] == values[0] if axis != "label_fraction" else len(values[1]) == 3, axis
     name = validation.names[0]
     np.testing.assert_array_equal(validation.features(name), digits.features(name))
+
+
+def test_leave_one_out_sets_set_aside_each_train_instance_once():
+    digits = get_instance_set("digits")
+    names = register_leave_one_out("digits")  # registered at import: asking again returns the same sets
+    assert names == [f"digits-loo-{n}" for n in digits.train_names]
+    held = []
+    for name in names:
+        fold = get_instance_set(name)
+        assert sorted(fold.names) == sorted(digits.train_names) and len(fold.test_names) == 1
+        held += fold.test_names
+    assert held == digits.train_names
 
 
 def test_the_two_validation_folds_set_aside_different_instances():
