@@ -595,6 +595,23 @@ def test_terminated_exactly_after_ceil_budget_over_phase_steps(total_steps, step
         env.step(np.array([1, 0, 0, 0]))
 
 
+def test_a_constant_mask_trains_the_same_student_whatever_the_phase_length():
+    """Comparisons across decision intervals rely on this: a policy that acts once per episode
+    (steps_per_action = total_steps) and a fixed mask played every 10 steps train the same
+    student when they play the same mask, to the last bit."""
+    finals = []
+    for steps_per_action in (10, 40):
+        env = gym.make(QUICK, total_steps=40, steps_per_action=steps_per_action).unwrapped
+        env.reset(seed=3)
+        done = False
+        while not done:
+            _, _, done, _, info = env.step(np.array([1, 1, 0, 0]))
+        finals.append((info["probe_metric"], [p.detach().clone() for p in env.distiller.student.parameters()]))
+        env.close()
+    assert finals[0][0] == finals[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(finals[0][1], finals[1][1]))
+
+
 def test_registered_ids_and_direct_construction():
     assert {QUICK, DIGITS, "kd_env/TextKD-v0"} <= set(gym.registry)
     kd_env.register_envs()  # idempotent
