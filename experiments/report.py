@@ -245,11 +245,12 @@ def plot_selection_bars(frequencies: dict[str, np.ndarray], knowledge: Sequence[
         values = [float(frequencies[n][j]) for n in names]
         ax.bar(x + (j - (k - 1) / 2) * width, values, width, label=kname)
     ax.set_xticks(x, labels=names, rotation=30, ha="right")
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.3)  # room above the bars (at most 1) for the legend
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("selection frequency / mean weight")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncol=min(k, 5))
+    ax.legend(fontsize=8, ncol=min(k, 5), loc="upper center")
     _save(fig, path)
     plt.close(fig)
 
