@@ -414,6 +414,29 @@ def test_summary_breaks_instance_envs_down_per_held_out_instance():
     assert _per_instance_markdown(rows, {"E": {"x": [plain]}}) == []
 
 
+def test_the_summary_says_what_a_learner_played_on_each_situation():
+    from experiments.benchmark.summary import _selection_per_instance_markdown
+
+    def payload(masks):  # one decision per episode, 4 episodes: instances a, b, a, b
+        return {"result": {"knowledge": ["finetune", "response"]},
+                "arrays": {"eval_instances": np.asarray(["a", "b", "a", "b"]),
+                           "final_actions": np.asarray(masks, dtype=float).reshape(4, 1, 2)}}
+
+    rows = [{"env": "E", "algorithm": "ac", "train_episodes": 8}, {"env": "E", "algorithm": "fixed:10", "train_episodes": 0}]
+    runs = {"E": {"ac": [payload([[1, 0], [0, 1], [1, 0], [0, 1]]), payload([[1, 1], [0, 1], [1, 0], [0, 1]])],
+                  "fixed:10": [payload([[1, 0]] * 4)]}}
+    table = "\n".join(_selection_per_instance_markdown(rows, runs))
+    assert "`ac`" in table and "fixed:10" not in table  # learners only
+    assert "| instance | episodes | finetune | response | masks played |" in table
+    assert "| a | 4 | 1.00 | 0.25 | `10` x3, `11` x1 |" in table
+    assert "| b | 4 | 0.00 | 1.00 | `01` x4 |" in table
+    many = {"E": {"ac": [{"result": {"knowledge": ["finetune", "response"]},
+                          "arrays": {"eval_instances": np.asarray(["a", "a"]),
+                                     "final_actions": np.asarray([[[1, 0], [0, 1]], [[1, 0], [1, 1]]], dtype=float)}}]}}
+    table = "\n".join(_selection_per_instance_markdown(rows, many))  # several phases: means, no mask column
+    assert "| a | 2 | 0.75 | 0.50 |" in table and "masks played" not in table
+
+
 def test_summary_regenerates_from_the_cell_files_alone(serial_run, tmp_path):
     """``python -m experiments.benchmark.summary RUN_DIR`` rewrites the same summary files from
     benchmark.json and the cells' result.json / evaluations.npz, without running anything."""

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -185,6 +186,46 @@ def _per_instance_markdown(rows: list[dict[str, Any]],
     return lines
 
 
+def _selection_per_instance_markdown(rows: list[dict[str, Any]],
+                                     payloads_by_algo: dict[str, dict[str, list[dict[str, Any]]]]) -> list[str]:
+    """For instance envs: what each *learner*'s final policy played on each evaluation situation
+    -- the mean selection frequency (mask) or weight of every knowledge type over phases and
+    episodes, and for a one-decision mask policy its masks with counts (where the per-phase
+    heatmap is a single column and cannot show that it picks per situation)."""
+    lines: list[str] = []
+    learners = {(r["env"], r["algorithm"]) for r in rows if isinstance(r.get("train_episodes"), (int, float))
+                and r["train_episodes"] > 0}
+    for env_id, algos in payloads_by_algo.items():
+        for algo, payloads in algos.items():
+            if (env_id, algo) not in learners:
+                continue
+            actions: dict[str, list[np.ndarray]] = {}
+            knowledge: list[str] = []
+            for payload in payloads:
+                arrays = payload["arrays"]
+                if "eval_instances" not in arrays or "final_actions" not in arrays:
+                    continue
+                knowledge = list(payload["result"]["knowledge"])
+                for inst, act in zip(arrays["eval_instances"], arrays["final_actions"]):
+                    if str(inst) != "None":
+                        actions.setdefault(str(inst), []).append(np.asarray(act, dtype=float))
+            if not actions:
+                continue
+            one_mask = all(a.shape[0] == 1 and np.isin(a, (0.0, 1.0)).all() for v in actions.values() for a in v)
+            header = ["instance", "episodes", *knowledge] + (["masks played"] if one_mask else [])
+            table = []
+            for inst in sorted(actions):
+                stacked = np.stack(actions[inst])  # (episodes, phases, K)
+                row = [inst, len(stacked), *(f"{x:.2f}" for x in np.nanmean(stacked, axis=(0, 1)))]
+                if one_mask:
+                    counts = Counter("".join(str(int(x)) for x in a[0]) for a in stacked)
+                    row.append(", ".join(f"`{m}` x{n}" for m, n in counts.most_common()))
+                table.append(row)
+            lines += [f"### {env_id}: what `{algo}`'s final policy selected per evaluation instance (mean over "
+                      f"phases and episodes)", "", markdown_table(header, table)]
+    return lines
+
+
 def _summary_markdown(rows: list[dict[str, Any]], aggregate: list[dict[str, Any]], config: BenchmarkConfig,
                       payloads_by_algo: dict[str, dict[str, list[dict[str, Any]]]] | None = None) -> str:
     payloads_by_algo = payloads_by_algo or {}
@@ -217,6 +258,7 @@ def _summary_markdown(rows: list[dict[str, Any]], aggregate: list[dict[str, Any]
                   f"{r['seconds_per_run']:.1f}"] for r in env_rows]
         lines.append(markdown_table(header, table))
     lines += _per_instance_markdown(rows, payloads_by_algo, getattr(config, "eval_split", "test"))
+    lines += _selection_per_instance_markdown(rows, payloads_by_algo)
     if aggregate:
         lines += ["## All envs (test metric, stratified by env)", ""]
         table = [[r["algorithm"], r["runs"], _fmt(r, "test_mean"), _fmt(r, "test_iqm"), _fmt(r, "poi_vs_random_hard", 2)]
