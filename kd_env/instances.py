@@ -212,15 +212,15 @@ register_instance_set(InstanceSet(
     instances=list(INSTANCE_SETS["digits-validation"].instances),
     # the second fold of the same 8 train instances, set before any run on it: 3 set aside, none of
     # them set aside by `digits-validation`, by the same pattern (one per label level, both noise
-    # levels and both teachers on each side).  Two such folds exist; this one sets aside the weak
-    # teacher with plentiful clean labels, the one instance left where a choice of knowledge
-    # matters on dev.  Score a candidate on both folds: in the first, the only train instance
-    # with few labels has a strong teacher, so a policy that reads the instance's features cannot
-    # learn there what scarce labels and a weak teacher need
+    # levels and both teachers on each side).  Three such folds exist; two of them set aside the
+    # weak teacher with plentiful clean labels, the one instance left where a choice of knowledge
+    # matters on dev (known from the fixed masks' dev scores); which of the two was taken by hand,
+    # before any candidate had run on either.  Score a candidate on both folds: in the first, the
+    # only train instance with few labels has a strong teacher, so a policy that reads the
+    # instance's features cannot learn there what scarce labels and a weak teacher need
     held_out=["labels100-clean-weak", "labels25-noisy40-strong", "labels5-noisy40-strong"],
     description="the digits train instances only, a second fold: 5 to train on, the other 3 set aside",
 ))
-
 
 
 def register_leave_one_out(base: str) -> list[str]:

@@ -23,8 +23,9 @@ Choosing settings: ``--eval-split dev`` scores the *train* instances' dev split 
 ``--eval-split held-out-dev`` the held-out instances' dev split, on selection seeds of their own
 (``SELECTION_SEED_BASE``); with ``--set ALGO.env_kwargs.instances=digits-validation`` the held-out
 instances are train instances set aside, so a learner's settings are chosen on situations it
-never trained on without touching a test instance.  ``--eval-split test`` (the default) is what
-to report.
+never trained on without touching a test instance (``digits-validation-b`` is a second fold and
+``digits-loo-<instance>`` a leave-one-out cross-validation, one run folder per set).
+``--eval-split test`` (the default) is what to report.
 
 Hyperparameters: ``experiments/configs/<algo>.yml`` (rl-baselines3-zoo style), one entry per env
 id merged over a ``default`` entry.  An entry holds ``action_mode`` (``mask`` or ``weights``:
