@@ -13,7 +13,7 @@ import pytest
 import kd_env  # noqa: F401 - registers the env ids
 from kd_env import DistillConfig, Instance, InstanceSet, get_instance_set, get_preset
 from kd_env.engine import build_distiller
-from kd_env.instances import FEATURE_FIELDS, register_leave_one_out
+from kd_env.instances import FEATURE_FIELDS, register_folds, register_leave_one_out
 
 TINY = InstanceSet(name="tiny-test", base="quick",
                    instances=[Instance("clean", {}), Instance("few-labels", {"label_fraction": 0.1}),
@@ -65,6 +65,40 @@ def test_leave_one_out_sets_set_aside_each_train_instance_once():
         assert sorted(fold.names) == sorted(digits.train_names) and len(fold.test_names) == 1
         held += fold.test_names
     assert held == digits.train_names
+
+
+def test_the_dense_set_holds_out_the_digits_instances_unchanged_and_covers_every_axis_between():
+    digits, dense = get_instance_set("digits"), get_instance_set("digits-dense")
+    assert len(dense.names) == 45 and sorted(dense.test_names) == sorted(digits.test_names)
+    for name in digits.test_names:  # the same situation, described by the same features
+        assert dense.config(name) == digits.config(name)
+        np.testing.assert_array_equal(dense.features(name), digits.features(name))
+    for axis, n_values in (("label_fraction", 5), ("label_noise", 3), ("teacher_train_fraction", 3)):
+        train_values = {getattr(dense.config(n), axis) for n in dense.train_names}
+        assert len(train_values) == n_values, axis
+        for name in dense.test_names:  # each held-out value is trained on
+            value = getattr(dense.config(name), axis)
+            assert value in train_values, (axis, name)
+    digits_values = {getattr(digits.config(n), "teacher_train_fraction") for n in digits.names}
+    assert {getattr(dense.config(n), "teacher_train_fraction") for n in dense.names} > digits_values
+
+
+def test_k_folds_set_aside_every_train_instance_exactly_once_and_are_seeded():
+    dense = get_instance_set("digits-dense")
+    names = register_folds("digits-dense", 4)  # registered at import: asking again returns the same sets
+    assert names == [f"digits-dense-fold{i}of4" for i in range(1, 5)]
+    held = []
+    for name in names:
+        fold = get_instance_set(name)
+        assert sorted(fold.names) == sorted(dense.train_names)
+        assert len(fold.test_names) in (10, 11)  # 41 train instances in 4 near-equal parts
+        held += fold.test_names
+    assert sorted(held) == sorted(dense.train_names)
+    other = register_folds("digits", 3, seed=5)  # any set, any k
+    assert other == [f"digits-fold{i}of3" for i in range(1, 4)]
+    assert sum(len(get_instance_set(n).test_names) for n in other) == 8
+    with pytest.raises(ValueError, match=r"k must be in \[2, 8\].*got 9"):
+        register_folds("digits", 9)
 
 
 def test_the_two_validation_folds_set_aside_different_instances():
