@@ -249,8 +249,15 @@ register_instance_set(InstanceSet(
 
 
 def _register_set_aside(source: InstanceSet, name: str, held_out: Sequence[str], description: str) -> None:
-    """Register ``source``'s train instances alone as ``name``, ``held_out`` of them set aside."""
-    if name not in INSTANCE_SETS:
+    """Register ``source``'s train instances alone as ``name``, ``held_out`` of them set aside
+    (a set already registered under ``name`` is kept if it sets aside the same instances)."""
+    if name in INSTANCE_SETS:
+        have = INSTANCE_SETS[name]
+        if sorted(have.held_out) != sorted(held_out) or sorted(have.names) != sorted(source.train_names):
+            raise ValueError(f"instance set {name!r} is already registered with other instances set aside "
+                             f"({sorted(have.held_out)}, asked for {sorted(held_out)}); register the new folds "
+                             f"under other names with register_instance_set")
+    else:
         register_instance_set(InstanceSet(
             name=name, base=source.base, instances=[i for i in source.instances if i.name in source.train_names],
             held_out=list(held_out), description=description))

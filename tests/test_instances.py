@@ -99,6 +99,8 @@ def test_k_folds_set_aside_every_train_instance_exactly_once_and_are_seeded():
     assert sum(len(get_instance_set(n).test_names) for n in other) == 8
     with pytest.raises(ValueError, match=r"k must be in \[2, 8\].*got 9"):
         register_folds("digits", 9)
+    with pytest.raises(ValueError, match="already registered with other instances set aside"):
+        register_folds("digits", 3, seed=6)  # the same names, other folds: never silently the old ones
 
 
 def test_the_two_validation_folds_set_aside_different_instances():
