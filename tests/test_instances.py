@@ -79,8 +79,8 @@ def test_the_dense_set_holds_out_the_digits_instances_unchanged_and_covers_every
         for name in dense.test_names:  # each held-out value is trained on
             value = getattr(dense.config(name), axis)
             assert value in train_values, (axis, name)
-    digits_values = {getattr(digits.config(n), "teacher_train_fraction") for n in digits.names}
-    assert {getattr(dense.config(n), "teacher_train_fraction") for n in dense.names} > digits_values
+    digits_values = {digits.config(n).teacher_train_fraction for n in digits.names}
+    assert {dense.config(n).teacher_train_fraction for n in dense.names} > digits_values
 
 
 def test_k_folds_set_aside_every_train_instance_exactly_once_and_are_seeded():
