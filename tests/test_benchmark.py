@@ -575,3 +575,20 @@ def test_runs_with_different_knowledge_lists_in_one_env_summarise_and_plot(tmp_p
     plots = result.run_dir / "plots"
     assert (plots / "kd_env__QuickKD-v0-selection.png").stat().st_size > 0
     assert (plots / "kd_env__QuickKD-v0-selection-fixed_00001.png").stat().st_size > 0
+
+
+def test_the_selection_bar_legend_sits_above_every_bar(tmp_path, monkeypatch):
+    """Bars reach 1.0 (a type always selected); the legend must not cover them or the 1.0 tick."""
+    from experiments import report
+
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig))
+    knowledge = ["finetune", "response", "feature", "relation", "uncertainty_kd"]
+    report.plot_selection_bars({name: np.ones(5) for name in ("ac", "ppo", "dqn")}, knowledge,
+                               tmp_path / "bars.png", "selection")
+    fig = figures[0]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    box = ax.get_legend().get_window_extent().transformed(ax.transData.inverted())
+    assert box.y0 > 1.0  # in data units: above the tallest bar
+    assert 1.0 in list(ax.get_yticks()) and ax.get_ylim()[1] > box.y1 - 1e-9
