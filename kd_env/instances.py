@@ -30,6 +30,9 @@ set                        instances
                            4 held-out instances of ``digits``, unchanged)
 ``digits-dense-fold<i>of4``  its 41 train instances alone, fold i of a 4-fold split set aside
                            (:func:`register_folds` makes such folds for any set)
+``digits-between``         the 41 train instances of ``digits-dense``; held out the 24 situations
+                           between its grid values: 70 / 35 / 15 / 7% labels x 10 / 30% flipped
+                           labels x the three teachers (a larger test of carrying a policy over)
 ``text``                   text preset (rt-polarity, MiniLM-L6); 100% / 5% labels x clean or 40%
                            noisy labels (4)
 =========================  ================================================================
@@ -216,6 +219,26 @@ register_instance_set(InstanceSet(
     held_out=list(INSTANCE_SETS["digits"].held_out),
     description="digits, a denser grid of the same axes: 5 label levels x 3 noise levels x 3 teachers "
                 "(45 instances; the 4 of `digits` held out)",
+))
+
+_DENSE = INSTANCE_SETS["digits-dense"]
+register_instance_set(InstanceSet(
+    name="digits-between",
+    base="digits",
+    # a larger test of carrying a policy over to new situations, declared before any run on it:
+    # the 41 train instances of `digits-dense`, unchanged and in the same order (so a policy trains
+    # exactly as on `digits-dense`, and the features of every train instance are the same), and
+    # held out every situation *between* its grid values: gold labels 70 / 35 / 15 / 7% (about the
+    # geometric midpoints of 100/50/25/10/5) x 10 / 30% flipped labels (the midpoints of 0/20/40)
+    # x the same three teachers = 24 situations no policy or fixed mask has been scored on
+    instances=[i for i in _DENSE.instances if i.name in _DENSE.train_names] + _grid(
+        labels=[("labels70", 0.7), ("labels35", 0.35), ("labels15", 0.15), ("labels7", 0.07)],
+        noise=[("noisy10", 0.1), ("noisy30", 0.3)],
+        teachers=[("strong", {}), ("medium", MEDIUM_DIGITS_TEACHER), ("weak", WEAK_DIGITS_TEACHER)]),
+    held_out=[f"{lab}-{noise}-{teacher}" for lab in ("labels70", "labels35", "labels15", "labels7")
+              for noise in ("noisy10", "noisy30") for teacher in ("strong", "medium", "weak")],
+    description="digits-dense's 41 train instances; held out the 24 situations between its grid values "
+                "(70/35/15/7% labels x 10/30% noise x 3 teachers)",
 ))
 
 _DIGITS = INSTANCE_SETS["digits"]

@@ -83,6 +83,22 @@ def test_the_dense_set_holds_out_the_digits_instances_unchanged_and_covers_every
     assert {dense.config(n).teacher_train_fraction for n in dense.names} > digits_values
 
 
+def test_the_between_set_trains_as_the_dense_set_and_holds_out_only_situations_between_its_values():
+    dense, between = get_instance_set("digits-dense"), get_instance_set("digits-between")
+    assert between.train_names == dense.train_names  # same instances, same order: the same training
+    for name in dense.train_names:  # same configs and features (the set's maxima are unchanged)
+        assert between.config(name) == dense.config(name)
+        np.testing.assert_array_equal(between.features(name), dense.features(name))
+    assert len(between.test_names) == 24 and not set(between.test_names) & set(dense.names)
+    for axis in ("label_fraction", "label_noise"):
+        grid = sorted({getattr(dense.config(n), axis) for n in dense.names})
+        for name in between.test_names:  # strictly between two neighbouring grid values
+            value = getattr(between.config(name), axis)
+            assert value not in grid and grid[0] < value < grid[-1], (axis, name)
+    teachers = {dense.config(n).teacher_train_fraction for n in dense.names}
+    assert {between.config(n).teacher_train_fraction for n in between.test_names} == teachers
+
+
 def test_k_folds_set_aside_every_train_instance_exactly_once_and_are_seeded():
     dense = get_instance_set("digits-dense")
     names = register_folds("digits-dense", 4)  # registered at import: asking again returns the same sets
