@@ -93,7 +93,9 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
         payloads[cell] = payload
         executed.append(cell)
         r = payload["result"]
-        log(f"{prefix}: test {r['metric_name']} {r['test_metric']:.4f}, return {r['return']:+.4f} "
+        # a selection run scores a dev split: the line names it, never "test"
+        split = "test" if config.eval_split == "test" else f"{config.eval_split} (selection)"
+        log(f"{prefix}: {split} {r['metric_name']} {r['test_metric']:.4f}, return {r['return']:+.4f} "
             f"({r['seconds']['total']:.1f} s)")
 
     execute(todo, on_done, config.executor, config.workers, config.threads, config.address)
