@@ -562,6 +562,7 @@ def test_selection_runs_say_so_in_their_summary(tmp_path, capsys):
     assert len(progress) == 1 and ": dev (selection) accuracy " in progress[0], progress  # never "test" here
     text = (result.run_dir / "summary.md").read_text(encoding="utf-8")
     assert "Selection run (`--eval-split dev`)" in text
+    assert "1 evaluation seed(s) per run, each on every train instance" in text  # what eval_episodes counts
     assert "dev metric per train instance" in text and "held-out instance" not in text
     assert json.loads((result.run_dir / "benchmark.json").read_text())["eval_split"] == "dev"
     with pytest.raises(SystemExit) as exc:  # argparse names the valid choices

@@ -230,13 +230,15 @@ def _summary_markdown(rows: list[dict[str, Any]], aggregate: list[dict[str, Any]
                       payloads_by_algo: dict[str, dict[str, list[dict[str, Any]]]] | None = None) -> str:
     payloads_by_algo = payloads_by_algo or {}
     pct = f"{config.confidence:.0%}"
+    split = getattr(config, "eval_split", "test")
+    where = "train" if split == "dev" else "held-out"
     lines = [f"# Benchmark `{config.name}`", "",
-             f"Held-out evaluation of the final policy (deterministic; {config.eval_episodes} evaluation instance(s) "
-             f"per run, unseen in training). Point estimates with {pct} stratified-bootstrap percentile CIs "
+             f"Held-out evaluation of the final policy (deterministic; {config.eval_episodes} evaluation seed(s) "
+             f"per run, each on every {where} instance of an instance env; students unseen in training). "
+             f"Point estimates with {pct} stratified-bootstrap percentile CIs "
              f"({config.bootstrap_reps} resamples) over runs (seeds); IQM = interquartile mean. "
              f"P(> {REFERENCE_ALGO}) = probability that a run of the algorithm has a higher test metric than a "
              f"run of {REFERENCE_ALGO} (ties count half).", ""]
-    split = getattr(config, "eval_split", "test")
     if split != "test":
         which = "*train*" if split == "dev" else "held-out"
         lines += [f"**Selection run (`--eval-split {split}`): every \"test\" column below is the dev-split metric "
