@@ -2,8 +2,9 @@
 
 Environments (``gymnasium.make``): ``kd_env/DigitsKD-v0`` (digits, MLPs; fast),
 ``kd_env/QuickKD-v0`` (digits, tiny budget), ``kd_env/TextKD-v0`` (rt-polarity, MiniLM-L6
-teacher, 2-layer student), and the instance envs ``kd_env/DigitsKD-Instances-v0`` and
-``kd_env/TextKD-Instances-v0`` (situations that differ: gold-label share, label noise, teacher
+teacher, 2-layer student), and the instance envs ``kd_env/DigitsKD-Instances-v0``,
+``kd_env/DigitsKD-Between-v0`` (one mask per episode from the situation; 24 held-out situations)
+and ``kd_env/TextKD-Instances-v0`` (situations that differ: gold-label share, label noise, teacher
 strength; see :mod:`kd_env.instances`).  Any :class:`DistillConfig` field can be passed to ``make``.
 For stable-baselines3 on the weights mode, wrap the env in :class:`SymmetricWeights`
 (``Box(-1, 1)`` actions).
@@ -39,6 +40,12 @@ ENV_IDS = {"kd_env/DigitsKD-v0": "digits", "kd_env/QuickKD-v0": "quick", "kd_env
 INSTANCE_ENV_IDS = {
     "kd_env/DigitsKD-Instances-v0": {"config": "digits", "instances": "digits", "reward": "dev_metric_delta"},
     "kd_env/TextKD-Instances-v0": {"config": "text", "instances": "text", "reward": "dev_metric_delta"},
+    # instance-aware selection: one mask per episode over the paper's four knowledge types plus
+    # Dynamic KD's weighting, chosen from the situation alone; trained on digits-dense's 41
+    # situations, scored on the 24 between its grid values (README, "A fifth test")
+    "kd_env/DigitsKD-Between-v0": {"config": "digits", "instances": "digits-between", "reward": "dev_metric_delta",
+                                   "knowledge": ["finetune", "response", "feature", "relation", "uncertainty_kd"],
+                                   "observation": "instance", "steps_per_action": 150},
 }
 
 

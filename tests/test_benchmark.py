@@ -283,7 +283,7 @@ def test_shipped_configs_are_valid_for_every_env():
     extra = ["a2c", "sac", "td3", "all", "ddpg", "random_soft", "pkd", "finetune", "fixed:1010", "dynamic_kd", "eskd",
              "two_stage", "anneal"]
     algos = list(dict.fromkeys(list(DEFAULT_ALGOS) + extra))
-    envs = ["kd_env/DigitsKD-v0", ENV, "kd_env/TextKD-v0", "kd_env/DigitsKD-Instances-v0"]
+    envs = ["kd_env/DigitsKD-v0", ENV, "kd_env/TextKD-v0", "kd_env/DigitsKD-Instances-v0", "kd_env/DigitsKD-Between-v0"]
     cells = build_grid(algos, envs, [0], eval_every=5, eval_episodes=2)
     assert len(cells) == len(algos) * len(envs)
     modes = {c.algo: c.settings.action_mode for c in cells}
@@ -292,6 +292,25 @@ def test_shipped_configs_are_valid_for_every_env():
                if c.algo in ("random_hard", "all", "vanilla_kd", "dynamic_kd", "eskd", "two_stage", "anneal"))
     # the agents accept every shipped hyperparameter (the dry run builds each one on QuickKD)
     check_grid([c for c in cells if c.env_id == ENV], log=lambda _m: None)
+
+
+def test_the_between_env_gives_every_learner_the_fifth_tests_budget_and_ac_its_selected_settings():
+    import gymnasium as gym
+
+    env = gym.make("kd_env/DigitsKD-Between-v0")
+    try:
+        inner = env.unwrapped
+        assert inner.instance_set.name == "digits-between" and inner.config.num_phases == 1  # one decision
+        assert inner.config.knowledge == ("finetune", "response", "feature", "relation", "uncertainty_kd")
+        assert env.action_space.n == 5
+    finally:
+        env.close()
+    learners = ["ac", "ppo", "dqn", "ac_q"]
+    between = {c.algo: c.settings for c in build_grid(learners, ["kd_env/DigitsKD-Between-v0"], [0], 600, 2)}
+    instances = {c.algo: c.settings for c in build_grid(learners, ["kd_env/DigitsKD-Instances-v0"], [0], 600, 2)}
+    assert {a: s.episodes for a, s in between.items()} == dict.fromkeys(learners, 1200)  # equal budgets
+    for algo in learners:  # the settings of the fifth test's runs: Instances-v0's, with 1,200 episodes
+        assert between[algo].hyperparams == instances[algo].hyperparams, algo
 
 
 def test_overrides_and_values():
