@@ -334,9 +334,7 @@ class HeadroomRun:
                         for m in masks}
             oracle[inst] = max(masks, key=lambda m: dev_inst[m])
         # 2. two-stage schedules among the best masks, chosen on the selection seeds (train instances)
-        top = ranked[: s.top_masks]
-        switches = sorted({min(self.num_phases - 1, max(1, int(round(f * self.num_phases)))) for f in s.switch_points})
-        schedules = [schedule_name(a, b, k) for a in top for b in top if a != b for k in switches]
+        schedules = self.two_stage_schedules(ranked[: s.top_masks])
         sched_units = [{"policy": p, "instance": i, "seed": sd, "splits": ["dev"]} for p in schedules
                        for i in self.train_instances for sd in s.selection_seeds]
         sched_sel = self.run_units(sched_units, "two-stage schedules, selection seeds")
@@ -362,6 +360,15 @@ class HeadroomRun:
                        "seed": 5000 + e, "reward": rw} for e in range(s.random_episodes) for rw in rewards]
         rand = self.run_units(rand_units, "reward alignment (random policies)")
         return self.analyse(scored, best_fixed, oracle, best_schedule, sched_dev, dev_train, dynamic, rand, rewards)
+
+    def two_stage_schedules(self, top: Sequence[str]) -> list[str]:
+        """Every "A for k phases, then B" over the masks ``top`` and the switch points; none on an
+        env with one phase per episode (one decision: a schedule would be a fixed mask)."""
+        if self.num_phases < 2:
+            return []
+        n = self.num_phases
+        switches = sorted({min(n - 1, max(1, int(round(f * n)))) for f in self.settings.switch_points})
+        return [schedule_name(a, b, k) for a in top for b in top if a != b for k in switches]
 
     # ---- analysis --------------------------------------------------------------------------------
     def analyse(self, scored, best_fixed, oracle, best_schedule, sched_dev, dev_train, dynamic, rand,

@@ -92,3 +92,14 @@ def test_bad_input_is_a_clean_error(tmp_path, capsys):
         headroom.main(["--selection-seeds", "0-3", "--test-seeds", "3-5"])
     with pytest.raises(SystemExit):
         headroom.main(["--selection-seeds", "a-b"])
+
+
+def test_two_stage_schedules_switch_inside_the_episode_and_a_one_phase_env_has_none(tmp_path):
+    kwargs = {"config": "quick", "instances": "tiny-headroom"}
+    many = headroom.HeadroomRun(headroom.HeadroomSettings.quick(env_kwargs=kwargs, out=str(tmp_path)))
+    assert many.num_phases >= 2
+    schedules = many.two_stage_schedules(["1100", "0100"])
+    assert schedules == [f"schedule:1100>0100@{many.num_phases // 2}", f"schedule:0100>1100@{many.num_phases // 2}"]
+    one = headroom.HeadroomRun(headroom.HeadroomSettings.quick(
+        env="kd_env/DigitsKD-Between-v0", out=str(tmp_path)))  # one decision per episode
+    assert one.num_phases == 1 and one.two_stage_schedules(["00001", "10000"]) == []
