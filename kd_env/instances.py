@@ -205,6 +205,9 @@ register_instance_set(InstanceSet(
 #: between the weak (0.70) and the strong (0.96) one
 MEDIUM_DIGITS_TEACHER = {"teacher_train_fraction": 0.06, "teacher_epochs": 120}
 
+#: the three digits teachers of the denser sets, strongest first
+_THREE_DIGITS_TEACHERS = [("strong", {}), ("medium", MEDIUM_DIGITS_TEACHER), ("weak", WEAK_DIGITS_TEACHER)]
+
 register_instance_set(InstanceSet(
     name="digits-dense",
     base="digits",
@@ -214,14 +217,15 @@ register_instance_set(InstanceSet(
     # scored on the same situations, seeds and splits as one trained on `digits`
     instances=_grid(labels=[("labels100", 1.0), ("labels50", 0.5), ("labels25", 0.25), ("labels10", 0.1),
                             ("labels5", 0.05)],
-                    noise=[("clean", 0.0), ("noisy20", 0.2), ("noisy40", 0.4)],
-                    teachers=[("strong", {}), ("medium", MEDIUM_DIGITS_TEACHER), ("weak", WEAK_DIGITS_TEACHER)]),
+                    noise=[("clean", 0.0), ("noisy20", 0.2), ("noisy40", 0.4)], teachers=_THREE_DIGITS_TEACHERS),
     held_out=list(INSTANCE_SETS["digits"].held_out),
     description="digits, a denser grid of the same axes: 5 label levels x 3 noise levels x 3 teachers "
                 "(45 instances; the 4 of `digits` held out)",
 ))
 
 _DENSE = INSTANCE_SETS["digits-dense"]
+_BETWEEN = _grid(labels=[("labels70", 0.7), ("labels35", 0.35), ("labels15", 0.15), ("labels7", 0.07)],
+                 noise=[("noisy10", 0.1), ("noisy30", 0.3)], teachers=_THREE_DIGITS_TEACHERS)
 register_instance_set(InstanceSet(
     name="digits-between",
     base="digits",
@@ -231,12 +235,8 @@ register_instance_set(InstanceSet(
     # held out every situation *between* its grid values: gold labels 70 / 35 / 15 / 7% (about the
     # geometric midpoints of 100/50/25/10/5) x 10 / 30% flipped labels (the midpoints of 0/20/40)
     # x the same three teachers = 24 situations no policy or fixed mask has been scored on
-    instances=[i for i in _DENSE.instances if i.name in _DENSE.train_names] + _grid(
-        labels=[("labels70", 0.7), ("labels35", 0.35), ("labels15", 0.15), ("labels7", 0.07)],
-        noise=[("noisy10", 0.1), ("noisy30", 0.3)],
-        teachers=[("strong", {}), ("medium", MEDIUM_DIGITS_TEACHER), ("weak", WEAK_DIGITS_TEACHER)]),
-    held_out=[f"{lab}-{noise}-{teacher}" for lab in ("labels70", "labels35", "labels15", "labels7")
-              for noise in ("noisy10", "noisy30") for teacher in ("strong", "medium", "weak")],
+    instances=[i for i in _DENSE.instances if i.name in _DENSE.train_names] + _BETWEEN,
+    held_out=[i.name for i in _BETWEEN],
     description="digits-dense's 41 train instances; held out the 24 situations between its grid values "
                 "(70/35/15/7% labels x 10/30% noise x 3 teachers)",
 ))
