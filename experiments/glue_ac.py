@@ -52,7 +52,7 @@ from experiments.report import (
 from kd_env import DistillConfig, KnowledgeSelectionEnv, get_preset, preset_names
 from kd_env.checks import check_types, matches, type_hints
 from kd_env.data import DataUnavailableError
-from kd_env.runtime import resolve_threads, usable_cpus
+from kd_env.runtime import PRECISIONS, resolve_threads, usable_cpus
 from kd_env.io import atomic_write_json, atomic_write_text, progress_bar
 from kd_env.teacher import evaluate_model
 
@@ -337,11 +337,16 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     print(f"glue_ac {c.name}: {resolve_threads(distill.threads)} torch thread(s) ({usable_cpus()} CPU(s) usable; "
           f"distill.threads={distill.threads})", file=sys.stderr)
     print(f"[1/4] teacher: {distill.teacher} on {distill.task} (fine-tuned and cached once)", file=sys.stderr)
+    stages: dict[str, float] = {}
     try:  # bad task files, models or knowledge fail here, before the run folder is written
+        start = time.perf_counter()
         env = _make_env(c, distill)
     except (ValueError, FileNotFoundError, ModuleNotFoundError, DataUnavailableError) as exc:
         raise SystemExit(f"error: {exc}") from None
     d = env.distiller
+    built = getattr(d, "build_seconds", {})
+    stages["teacher"] = built.get("teacher", math.nan)
+    stages["teacher_cache"] = time.perf_counter() - start - stages["teacher"]  # with data, tokenizer, student
     labels = None if d.task.label_names is None else {name: i for i, name in enumerate(d.task.label_names)}
     knowledge = list(d.knowledge_names)
     try:  # a baseline that needs knowledge this env lacks fails here too (e.g. eskd without response)
@@ -361,7 +366,10 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     todo = [(m, s) for m in c.methods for s in c.seeds]
     if SELECTOR in c.methods:
         print(f"[2/4] selector: {c.agent}, {c.episodes} episodes x {distill.num_phases} phases", file=sys.stderr)
+        start = time.perf_counter()
         selector, selector_returns = train_selector(run, env)
+        stages["selector"] = time.perf_counter() - start
+    start = time.perf_counter()
     missing = [(m, s) for m, s in todo if run.load_unit(m, s) is None]
     workers = min(c.workers, len(missing))
     threads = resolve_threads(distill.threads)
@@ -379,10 +387,15 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
             atomic_write_json(run.unit_path(method, seed), row)
         bar.close()
         env.close()
+    stages["students"] = time.perf_counter() - start
     rows = [run.load_unit(m, s) for m, s in todo]
     print("[4/4] report", file=sys.stderr)
+    start = time.perf_counter()
     summary = write_report(run, rows, teacher, knowledge, selector_returns, distill, labels)
+    stages["report"] = time.perf_counter() - start
     summary["wall_seconds_this_invocation"] = time.perf_counter() - t0
+    summary["stage_seconds"] = stage_times(stages, summary["wall_seconds_this_invocation"], len(missing), workers)
+    atomic_write_json(run.dir / "timing.json", json_safe(summary["stage_seconds"]))
     return summary
 
 
@@ -480,6 +493,56 @@ def _tensorboard(run: Run, rows: list[dict[str, Any]]) -> None:
     writer.close()
 
 
+#: where ``make install`` records its wall seconds (the Makefile writes it; the demo prints it)
+INSTALL_SECONDS_FILE = ".kd_env-install-seconds"
+#: the timing table's rows: key in ``stage_seconds`` -> label
+STAGES = {"install": "install (make install)", "teacher": "teacher fine-tune (or load)",
+          "teacher_cache": "teacher cache (+ data, student)", "selector": "selector training",
+          "students": "students", "report": "report", "total": "total (this invocation, no install)"}
+
+
+def install_seconds(prefix: str | Path | None = None) -> float | None:
+    """The seconds the last ``make install`` took (``<venv>/.kd_env-install-seconds``), or ``None``
+    when it was not recorded (installed by hand, or not in a venv made by the Makefile)."""
+    path = Path(sys.prefix if prefix is None else prefix) / INSTALL_SECONDS_FILE
+    try:
+        return float(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def stage_times(stages: dict[str, float], total: float, units: int, workers: int) -> dict[str, Any]:
+    """This invocation's wall seconds per stage (a resumed run's finished stages take ~0 s), the
+    last ``make install``'s, and how the students ran."""
+    out: dict[str, Any] = {"install": install_seconds()}
+    out.update({k: stages.get(k) for k in ("teacher", "teacher_cache", "selector", "students", "report")})
+    out.update(total=total, student_units=units, workers=workers)
+    return out
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    return f"{minutes}:{sec:02d}"
+
+
+def print_timing(times: dict[str, Any], out=None) -> None:
+    """The per-stage wall-time table (``summary["stage_seconds"]``)."""
+    out = sys.stdout if out is None else out
+    print("\nwall time per stage (m:ss)", file=out)
+    width = max(len(v) for v in STAGES.values()) + 2
+    for key, label in STAGES.items():
+        note = ""
+        if key == "install" and times.get(key) is None:
+            note = "  (not recorded: run `make demo`)"
+        elif key == "students" and times.get(key) is not None:
+            note = f"  ({times['student_units']} students, {times['workers']} at a time)"
+        elif key == "selector" and times.get(key) is None:
+            note = "  (no selector)"
+        print(f"  {label:<{width}} {_clock(times.get(key)):>6}{note}", file=out)
+
+
 def print_summary(summary: dict[str, Any], out=sys.stdout) -> None:
     metric = summary["metric"]
     print(f"\n{summary['name']}: test {metric} (mean ± std over seeds)", file=out)
@@ -520,6 +583,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="run folder name")
     p.add_argument("--out", help="output root (default runs)")
     p.add_argument("--device", help="cpu, cuda, auto")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="numeric precision of the teacher (fine-tune, cache) and the students' training steps: "
+                        "sets distill.precision and distill.student_precision, recorded in config.yaml. auto "
+                        "(the presets' choice): bf16 where the CPU has bf16 instructions (AMX, AVX512-BF16) or "
+                        "the GPU supports it, else fp32; fp32 forces fp32, e.g. to time the demo as on a CPU "
+                        "without bf16")
     p.add_argument("--workers", type=int, help="students distilled at once in spawned processes (default: per "
                                                "preset: text 2, at most the usable CPUs)")
     return p
@@ -553,6 +622,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> ExperimentConfig:
                       ("student_layers", "student_layers"), ("device", "device")):
         if getattr(args, flag) is not None:
             distill[key] = getattr(args, flag)
+    if args.precision is not None:  # one setting for both: teacher and students
+        distill["precision"] = distill["student_precision"] = args.precision
     if args.labels is not None:
         distill["labels"] = [x.strip() for x in args.labels.split(",") if x.strip()]
     data["distill"] = distill
@@ -578,6 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = config_from_args(argv)
     summary = run_experiment(config)
     print_summary(summary)
+    print_timing(summary["stage_seconds"])
     print(f"\nwrote {Path(config.out) / config.resolved().name}/ (results.md, results.csv, results.json, plots)")
     return 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -89,6 +90,8 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
              "hidden": list(config.teacher_hidden) if task.kind != "text" else None}
     if task.kind == "text" and config.pooling != "cls":  # cls teachers keep their cache folders
         ident["pooling"] = config.pooling
+    if task.kind == "text" and config.teacher_length_grouping > 1:  # ungrouped teachers keep theirs too
+        ident["length_grouping"] = config.teacher_length_grouping
     teacher_split = task["train"]
     if precision != "fp32":  # fp32 teachers keep the folders they had before precision was an option
         ident["precision"] = precision
@@ -130,7 +133,8 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
     with private_torch_rng(config.seed, device):  # dropout during fine-tuning: a seeded private stream
         fit = train_classifier(model, train, epochs=config.teacher_epochs, lr=config.teacher_lr,
                                batch_size=config.teacher_batch_size, seed=config.seed, device=device,
-                               max_steps=config.teacher_max_steps, progress=config.progress, precision=precision)
+                               max_steps=config.teacher_max_steps, progress=config.progress, precision=precision,
+                               length_grouping=config.teacher_length_grouping if task.kind == "text" else 0)
     dev = BatchSampler(task, task["dev"], tokenizer, config.max_len)
     test = BatchSampler(task, task[task.eval_split], tokenizer, config.max_len)
     summary = {"fine_tune": fit, "dev": evaluate_model(model, dev, task, device, progress=config.progress,
@@ -203,7 +207,9 @@ def _assemble(config: DistillConfig, task: TaskData | None, device: torch.device
         tokenizer = load_tokenizer(config.teacher, trust_remote_code=config.trust_remote_code)
     elif config.teacher != "mlp":
         raise ValueError(f"task {task.name!r} has feature vectors; its teacher must be 'mlp', got {config.teacher!r}")
+    start = time.perf_counter()
     teacher, teacher_summary = prepare_teacher(config, task, tokenizer, device, attentions)
+    teacher_seconds = time.perf_counter() - start
     # distillation set: a seeded subset of train
     train_split = task["train"]
     if config.train_examples is not None and config.train_examples < len(train_split):
@@ -236,6 +242,7 @@ def _assemble(config: DistillConfig, task: TaskData | None, device: torch.device
     student = Student(student_model, teacher_widths)
     fields = _teacher_fields(knowledge, getattr(teacher, "pooling", "cls"))
     precision = teacher_summary["precision"]
+    start = time.perf_counter()
     if config.use_teacher_cache:
         key = TeacherCache.cache_key(fingerprint_module(teacher), train_split.fingerprint(),
                                      tokenizer_fingerprint(tokenizer),
@@ -245,6 +252,10 @@ def _assemble(config: DistillConfig, task: TaskData | None, device: torch.device
             verify=config.verify_cache, progress=config.progress, precision=precision)
     else:
         source = LiveTeacher(teacher, mapping, fields, device, precision)
-    return Distiller(config, task, train, dev, test, student, source, knowledge, fresh, device,
-                     teacher_metrics=teacher_summary, layer_map=mapping, teacher_model=teacher,
-                     precision=student_precision(config, task, device))
+    distiller = Distiller(config, task, train, dev, test, student, source, knowledge, fresh, device,
+                          teacher_metrics=teacher_summary, layer_map=mapping, teacher_model=teacher,
+                          precision=student_precision(config, task, device))
+    # wall seconds of this build's two slow stages: the teacher (fine-tuned and evaluated, or loaded
+    # when cached) and the teacher-output cache (built, or opened and verified); the demo prints them
+    distiller.build_seconds = {"teacher": teacher_seconds, "teacher_cache": time.perf_counter() - start}
+    return distiller

@@ -114,6 +114,10 @@ class DistillConfig:
     teacher_lr: float = 5e-5
     teacher_batch_size: int = 32
     teacher_max_steps: int | None = None
+    teacher_length_grouping: int = 0
+    """text: fine-tune the teacher on batches of examples of similar length (as ``length_grouping``
+    does for the student: megabatches of this many batches, each sorted by length; 0 or 1: plain
+    random batches).  Part of the teacher's identity"""
     precision: str = "auto"
     """numeric precision of teacher fine-tuning and teacher-cache building: ``fp32``, ``bf16``
     (autocast: matrix multiplies in bf16, fp32 weights and losses) or ``auto``: bf16 for a
@@ -207,6 +211,10 @@ class DistillConfig:
                 or self.length_grouping < 0:
             raise ValueError(f"config.length_grouping must be an integer >= 0 (batches per length-sorted "
                              f"megabatch; 0 or 1: off), got {self.length_grouping!r}")
+        if not isinstance(self.teacher_length_grouping, int) or isinstance(self.teacher_length_grouping, bool) \
+                or self.teacher_length_grouping < 0:
+            raise ValueError(f"config.teacher_length_grouping must be an integer >= 0 (batches per length-sorted "
+                             f"megabatch; 0 or 1: off), got {self.teacher_length_grouping!r}")
         if self.train_examples is not None and self.train_examples <= 0:
             raise ValueError(f"config.train_examples must be positive or None, got {self.train_examples}")
         choices = {"layer_strategy": ("skip", "first", "last"), "student_init": ("skip", "first", "last"),

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batching import BatchSampler, tokens_per_example
+from .batching import BatchSampler, length_grouped_order, tokens_per_example
 from .data import TaskData
 from .io import atomic_write_bytes, atomic_write_json, progress_bar
 from .io import fsync_dir as _fsync_dir
@@ -102,10 +102,12 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 def train_classifier(model: nn.Module, sampler: BatchSampler, *, epochs: float, lr: float, batch_size: int,
                      seed: int, device: torch.device, max_steps: int | None = None, weight_decay: float = 0.01,
                      warmup_fraction: float = 0.1, progress: bool = True, desc: str = "fine-tune teacher",
-                     precision: str = "fp32") -> dict:
+                     precision: str = "fp32", length_grouping: int = 0) -> dict:
     """Plain supervised fine-tuning (AdamW, linear warm-up and decay), the forward pass and loss in
-    ``precision`` (``fp32`` or ``bf16`` autocast; weights and optimizer stay fp32).  Returns a
-    summary: steps, seconds, final loss, precision."""
+    ``precision`` (``fp32`` or ``bf16`` autocast; weights and optimizer stay fp32); with
+    ``length_grouping`` > 1 each epoch's batches hold examples of similar length
+    (:func:`~kd_env.batching.length_grouped_order`).  Returns a summary: steps, seconds, final
+    loss, precision."""
     model.to(device).train()
     rng = np.random.default_rng(seed)
     steps_per_epoch = math.ceil(len(sampler) / batch_size)
@@ -118,12 +120,15 @@ def train_classifier(model: nn.Module, sampler: BatchSampler, *, epochs: float, 
         opt, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
     start = time.perf_counter()
     order = np.empty(0, dtype=np.int64)
+    lengths = tokens_per_example(sampler) if length_grouping > 1 else None
     pos = 0
     losses = []
     bar = progress_bar(range(total), total, desc, progress, leave=False)
     for _ in bar:
         if pos + batch_size > len(order):
             order, pos = rng.permutation(len(sampler)), 0
+            if lengths is not None:
+                order = length_grouped_order(order, lengths, batch_size, length_grouping, rng)
         batch = _to(sampler.batch(order[pos : pos + batch_size]), device)
         pos += batch_size
         with autocast(precision, device):

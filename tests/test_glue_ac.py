@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.glue_ac import RESULT_COLUMNS, config_from_args
+from experiments.glue_ac import RESULT_COLUMNS, STAGES, config_from_args, install_seconds, print_timing
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--preset", "quick", "--methods", "selector,vanilla_kd,random_hard,only:response", "--seeds", "0,1",
@@ -42,7 +42,45 @@ def finished_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs")
     proc = _run(out, "full")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (out / "full.stdout").write_text(proc.stdout)
     return out / "full"
+
+
+def test_the_run_ends_with_a_timing_table_of_every_stage(finished_run: Path):
+    stdout = (finished_run.parent / "full.stdout").read_text()
+    table = stdout[stdout.index("wall time per stage"):]
+    for label in STAGES.values():
+        assert label in table, label
+    assert "(8 students, 1 at a time)" in table
+    times = json.loads((finished_run / "timing.json").read_text())
+    for key in ("teacher", "teacher_cache", "selector", "students", "report"):
+        assert 0 <= times[key] <= times["total"], key
+    assert times["student_units"] == 8 and times["workers"] == 1
+    assert sum(times[k] for k in ("teacher", "teacher_cache", "selector", "students", "report")) <= times["total"]
+
+
+def test_install_seconds_recorded_by_the_makefile_are_printed(tmp_path: Path, capsys):
+    assert install_seconds(tmp_path) is None
+    (tmp_path / ".kd_env-install-seconds").write_text("83 seconds, make install finished 2026-12-05T12:00:00Z\n")
+    assert install_seconds(tmp_path) == 83.0
+    print_timing({"install": 83.0, "teacher": 61.2, "teacher_cache": 5.0, "selector": None, "students": 600.4,
+                  "report": 1.0, "total": 667.6, "student_units": 24, "workers": 2})
+    out = capsys.readouterr().out
+    assert "install (make install)" in out and "1:23" in out and "10:00  (24 students, 2 at a time)" in out
+    assert "(no selector)" in out
+    print_timing({"install": None, "total": 1.0, "student_units": 0, "workers": 0})
+    assert "not recorded: run `make demo`" in capsys.readouterr().out
+    makefile = (ROOT / "Makefile").read_text()
+    assert ".kd_env-install-seconds" in makefile  # the file install_seconds reads
+
+
+def test_precision_flag_sets_teacher_and_student_precision(tmp_path: Path, capsys):
+    config = config_from_args(["--preset", "text3", "--precision", "fp32", "--out", str(tmp_path)])
+    resolved = config.resolved().to_dict()["distill_resolved"]
+    assert resolved["precision"] == resolved["student_precision"] == "fp32"
+    with pytest.raises(SystemExit):
+        config_from_args(["--precision", "fp16"])
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err
 
 
 def test_quick_run_writes_every_file_with_its_schema(finished_run: Path):
