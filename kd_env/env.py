@@ -155,7 +155,7 @@ class KnowledgeSelectionEnv(gym.Env):
         self.reward_fn = make_reward(reward, **(reward_params or {}))
         self._reward_spec = (reward if isinstance(reward, str) else self.reward_fn, dict(reward_params or {}))
         self.observation_fn = make_observation(observation)
-        self.distiller = distiller if distiller is not None else build_distiller(self.config)
+        self.distiller = distiller if distiller is not None else self._build_distiller(self.config)
         if self.instance is not None:
             self._distillers[self.instance] = self.distiller
         k = self.distiller.num_knowledge
@@ -182,13 +182,17 @@ class KnowledgeSelectionEnv(gym.Env):
             raise ValueError("pass either config or preset, not both")
         return base.replace(**overrides) if overrides else base
 
+    def _build_distiller(self, config: DistillConfig) -> Distiller:
+        """The distiller of ``config`` (a hook: the batched env shares one per config among its copies)."""
+        return build_distiller(config)
+
     def _use_instance(self, name: str) -> None:
         """Make instance ``name`` current, building its distiller the first time."""
         if name == self.instance:
             return
         if name not in self._distillers:
             config = self.instance_set.config(name, self._base_config)
-            distiller = build_distiller(config)
+            distiller = self._build_distiller(config)
             if distiller.knowledge_names != self.knowledge_names:
                 distiller.close()
                 raise ValueError(f"instance {name!r} changes the knowledge types: {self.knowledge_names} -> "
@@ -198,18 +202,26 @@ class KnowledgeSelectionEnv(gym.Env):
         self.config = self.distiller.config
         self.instance = name
 
-    def _start_episode_state(self) -> None:
+    def _start_episode_state(self, measured: PhaseStats | None = None, probe: dict[str, float] | None = None) -> None:
+        """The episode bookkeeping of a freshly reset student; ``measured`` and ``probe`` (the
+        first batch's statistics and the dev probe) are computed here unless given."""
         k = self.distiller.num_knowledge
         self.phase_index = 0
         self.last_action = np.zeros(k, dtype=np.float32)
-        self.last_phase: PhaseStats = self.distiller.measure()
-        self.last_probe: dict[str, float] | None = self.distiller.evaluate("probe")
+        self.last_phase: PhaseStats = measured if measured is not None else self.distiller.measure()
+        self.last_probe: dict[str, float] | None = probe if probe is not None else self.distiller.evaluate("probe")
         self.episode_return = 0.0
         self.history: list[dict[str, Any]] = []
         self.last_phase_seconds = 0.0  # wall time of the last step (kept out of info by default)
 
     # ---- gymnasium API ----------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        self._begin_reset(seed, options)
+        return self._finish_reset()
+
+    def _begin_reset(self, seed: int | None, options: dict[str, Any] | None) -> None:
+        """The first part of :meth:`reset`: options checked and applied, the instance chosen, the
+        distiller reset with the episode's seed."""
         super().reset(seed=seed)
         options = dict(options or {})
         valid = ["config", "example_weighting", "instance", "replay", "reward", "reward_params"]
@@ -248,7 +260,7 @@ class KnowledgeSelectionEnv(gym.Env):
             new_config = self.config.replace(**options["config"])
             if new_config != self.config:
                 old_names = self.knowledge_names
-                new_distiller = build_distiller(new_config)
+                new_distiller = self._build_distiller(new_config)
                 if new_distiller.knowledge_names != old_names:
                     new_distiller.close()
                     raise ValueError(f"reset options cannot change the knowledge types (the action space): "
@@ -266,7 +278,10 @@ class KnowledgeSelectionEnv(gym.Env):
             episode_seed = self._last_start[1]
         self._last_start = (self.instance, episode_seed)
         self.distiller.reset(episode_seed)
-        self._start_episode_state()
+
+    def _finish_reset(self, measured: PhaseStats | None = None, probe: dict[str, float] | None = None):
+        """The rest of :meth:`reset`: the episode state, the reward's reset, the first observation."""
+        self._start_episode_state(measured, probe)
         self.reward_fn.reset(self)
         obs = self.observation_fn(self)
         return obs, self._info(None, {}, crashed=False, seconds=0.0)
@@ -335,7 +350,7 @@ class KnowledgeSelectionEnv(gym.Env):
         self.phase_index += 1
         probe = None
         if not crashed and (self.reward_fn.needs_probe or self.phase_index % self.probe_every == 0 or terminated):
-            probe = self.distiller.evaluate("probe")
+            probe = self._probe()
         outcome = PhaseOutcome(phase=phase, weights=w, probe=probe, previous_probe=self.last_probe,
                                terminated=terminated, crashed=crashed)
         if not crashed:
@@ -357,6 +372,10 @@ class KnowledgeSelectionEnv(gym.Env):
         if not student_finite:
             d.restore_student(snapshot)
         return phase, phase.crashed or not student_finite
+
+    def _probe(self) -> dict[str, float]:
+        """The student's loss and metrics on the dev probe after a phase."""
+        return self.distiller.evaluate("probe")
 
     def _is_terminated(self, crashed: bool) -> bool:
         """A crash or a spent budget ends the episode."""

@@ -177,7 +177,12 @@ class Summary(Observation):
         return np.asarray(vals, dtype=np.float64)
 
     def __call__(self, env):
-        return _clip_into(self.unclipped(env), self.space(env))
+        # the space depends only on the knowledge types: built once per list, not at every step
+        key = tuple(env.distiller.knowledge_names)
+        cache = self.__dict__.setdefault("_space_cache", {})
+        if key not in cache:
+            cache[key] = self.space(env)
+        return _clip_into(self.unclipped(env), cache[key])
 
 
 @register_observation("cls")

@@ -1,0 +1,977 @@
+"""Batched students: N copies of a feature-task env (DigitsKD) trained as one batched model in one
+process, behind Gymnasium's :class:`~gymnasium.vector.VectorEnv` API.
+
+A DigitsKD optimizer step is a handful of tiny matmuls, so one student per process spends its
+time in Python and kernel launches, not arithmetic.  :class:`BatchedKDVectorEnv` keeps one
+ordinary :class:`~kd_env.env.KnowledgeSelectionEnv` per copy for everything that happens once
+per phase or episode (resets, instances, observations, rewards, infos, the data order of each
+student), and trains the N students of a phase together: their parameters are stacked into
+``(N, ...)`` tensors, every linear layer is one batched matmul (``torch.baddbmm``), every
+knowledge loss is computed for all N students at once, and AdamW, gradient clipping and the
+learning-rate schedule run on the stacked tensors with each student's own step count.
+
+Each copy keeps its own seed, situation (instance), mask, example weighting, data order and
+crash handling, so N copies give what N single envs give with the same seeds, up to float
+rounding (a batched matmul sums in another order than a single one): ``tests/test_vector_env.py``
+compares every observation, reward and final metric within a stated tolerance.
+
+Make one with ``gymnasium.make_vec("kd_env/DigitsKD-v0", num_envs=32)`` (the digits ids register
+this class as their ``vector_entry_point``) or ``BatchedKDVectorEnv(32, config="digits", ...)``
+with the arguments of :class:`~kd_env.env.KnowledgeSelectionEnv`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space, create_empty_array
+from torch import nn
+
+from .engine import Distiller
+from .env import KnowledgeSelectionEnv
+from .knowledge import Feature, Finetune, Knowledge, Relation, Response, UncertaintyKD
+from .metrics import compute_metrics
+from .models import MLPClassifier, ModelOutputs
+from .phase_stats import PhaseStats
+from .runtime import resolve_device
+
+__all__ = ["BatchedKDVectorEnv", "StudentBatch", "batched_knowledge_loss"]
+
+#: AdamW's defaults, as :class:`~kd_env.engine.Distiller` uses them
+_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
+
+
+# --------------------------------------------------------------------------------------------
+# Knowledge losses of N students at once
+# --------------------------------------------------------------------------------------------
+# Shapes: student/teacher logits (N, B, C); hidden[j] (N, B, H_j) (MLP layers: one "token");
+# labels (N, B); label_mask (N, B) float (1 = labelled).  Each function returns (N,) losses equal
+# to the knowledge's own loss on each student's batch.
+
+
+def _log_softmax(x: torch.Tensor) -> torch.Tensor:
+    """``log_softmax`` over the last dimension.  PyTorch's CPU kernel is slow on a short last
+    dimension (10 classes: 4x slower than this on (32, 64, 10)); the value is the same."""
+    return x - torch.logsumexp(x, -1, keepdim=True)
+
+
+def _finetune_per_example(s_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy to ``labels``, ``(N, B)``."""
+    return -_log_softmax(s_logits).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
+
+def _response_per_example(s_logits: torch.Tensor, teacher: "TeacherStates", temperature: float) -> torch.Tensor:
+    log_p_s = _log_softmax(s_logits / temperature)
+    log_p_t = teacher.log_softmax(temperature)
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1) * temperature * temperature
+
+
+def _labelled_mean(values: torch.Tensor, weights: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+    """``sum_i w_i l_i / n`` over the labelled examples (all of them without a mask), per student."""
+    if weights is not None:
+        values = values * weights
+    if mask is None:
+        return values.mean(1) if weights is None else values.sum(1) / values.shape[1]
+    return (values * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+
+def _uncertainty(s_logits: torch.Tensor) -> torch.Tensor:
+    """Dynamic KD's ``u_i``: the student's prediction entropy / log C, in [0, 1] (no gradient)."""
+    logp = _log_softmax(s_logits.detach())
+    u = -(logp.exp() * logp).sum(-1) / math.log(s_logits.shape[-1])
+    return u.clamp(0.0, 1.0)
+
+
+class StudentStates:
+    """N students' outputs on a batch: logits ``(N, B, C)`` and their hidden states ``raw[j]``
+    ``(N, B, d_j)`` with the learned projections ``projections[j]`` ``(N, H_j, d_j)`` (``None``:
+    identity) kept apart.  The built-in losses only need dot products of projected states,
+    ``(P h) . (P h) = h^T (P^T P) h`` and ``(P h) . t = h . (P^T t)``, which cost ``d_j`` wide
+    operations instead of ``H_j`` wide ones (the teacher's width is 4x the student's on digits);
+    :attr:`hidden` materialises the projected states for other knowledge types."""
+
+    def __init__(self, logits: torch.Tensor, raw: list[torch.Tensor], projections: list[torch.Tensor | None]):
+        self.logits = logits
+        self.raw = raw
+        self.projections = projections
+        self._memo: dict[tuple, torch.Tensor] = {}
+        self._hidden: list[torch.Tensor] | None = None
+
+    @property
+    def hidden(self) -> list[torch.Tensor]:
+        """Projected hidden states ``(N, B, H_j)``, as a single student's ``ModelOutputs.hidden``."""
+        if self._hidden is None:
+            self._hidden = [h if p is None else torch.bmm(h, p.transpose(1, 2)) for h, p in zip(self.raw, self.projections)]
+        return self._hidden
+
+    @property
+    def depth(self) -> int:
+        return len(self.raw)
+
+    def sq_norm(self, j: int) -> torch.Tensor:
+        """``||P_j h_j||^2`` per example, ``(N, B)``."""
+        key = ("sq", j, torch.is_grad_enabled())  # a value memoised without a graph gives no gradient
+        if key not in self._memo:
+            h, p = self.raw[j], self.projections[j]
+            hg = h if p is None else torch.bmm(h, torch.bmm(p.transpose(1, 2), p))
+            self._memo[key] = (hg * h).sum(-1)
+        return self._memo[key]
+
+    def dot(self, j: int, t: torch.Tensor) -> torch.Tensor:
+        """``(P_j h_j) . t`` per example, ``(N, B)``, for the teacher's state ``t`` of layer ``j``."""
+        key = ("dot", j, torch.is_grad_enabled())
+        if key not in self._memo:
+            h, p = self.raw[j], self.projections[j]
+            self._memo[key] = (h * (t if p is None else torch.bmm(t, p))).sum(-1)
+        return self._memo[key]
+
+
+class TeacherStates(ModelOutputs):
+    """The teacher's outputs on N students' batches (``(N, B, ...)``), with each hidden state's
+    squared norm per example (``sq_norms[j]``, ``(N, B)``)."""
+
+    def __init__(self, logits: torch.Tensor, hidden: list[torch.Tensor], sq_norms: list[torch.Tensor],
+                 log_probs: dict[float, torch.Tensor] | None = None):
+        super().__init__(logits=logits, hidden=hidden)
+        self.sq_norms = sq_norms
+        self.log_probs = log_probs or {}
+
+    def log_softmax(self, temperature: float) -> torch.Tensor:
+        """``log_softmax(logits / temperature)`` (stored for the temperatures in use)."""
+        hit = self.log_probs.get(float(temperature))
+        return hit if hit is not None else _log_softmax(self.logits / temperature)
+
+
+def _feature_pooled(student: StudentStates, teacher: TeacherStates, j: int) -> torch.Tensor:
+    """``((normalize(P h) - normalize(t))^2).sum(-1)`` per example from dot products (``F.normalize``'s
+    eps included)."""
+    sq_s, sq_t = student.sq_norm(j), teacher.sq_norms[j]
+    ns, nt = sq_s.sqrt().clamp_min(1e-12), sq_t.sqrt().clamp_min(1e-12)
+    return sq_s / (ns * ns) + sq_t / (nt * nt) - 2 * student.dot(j, teacher.hidden[j]) / (ns * nt)
+
+
+def batched_knowledge_loss(knowledge: Knowledge, student: StudentStates, teacher: TeacherStates,
+                           batch: dict[str, torch.Tensor],
+                           example_weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """``knowledge``'s loss for each of N students, ``(N,)``.
+
+    ``student`` and ``teacher`` hold ``(N, B, ...)`` tensors, and ``batch`` ``labels`` ``(N, B)``
+    and optionally ``label_mask``.  The built-in types of a feature task (``finetune``,
+    ``response``, ``feature``, ``relation``, ``uncertainty_kd``) have batched forms written out
+    (equal to the single student's loss up to float rounding); any other registered knowledge is
+    mapped over the students with ``torch.func.vmap`` (its loss must then be vmap-able: no
+    data-dependent shapes or ``.item()``).  ``example_weights`` (per-example weights ``(N, B)`` by
+    knowledge name) applies a per-example weighting such as Dynamic KD's ``uncertainty``.
+    """
+    example_weights = example_weights or {}
+    s = student.logits
+    mask = batch.get("label_mask")
+    if s.shape[-1] == 1:
+        raise ValueError("the batched env supports classification tasks only (regression has one output)")
+    kind = type(knowledge)
+    if kind is Finetune:
+        return _labelled_mean(_finetune_per_example(s, batch["labels"]), example_weights.get("finetune"), mask)
+    if kind is Response:
+        values = _response_per_example(s, teacher, knowledge.temperature)
+        return _labelled_mean(values, example_weights.get("response"), None)
+    if kind is UncertaintyKD:
+        u = _uncertainty(s)
+        ft = _labelled_mean(_finetune_per_example(s, batch["labels"]), 1.0 - u, mask)
+        resp = _labelled_mean(_response_per_example(s, teacher, knowledge.response.temperature), u, None)
+        return ft + resp
+    if kind is Feature:
+        losses = []
+        for j in knowledge._indices(student.depth - 1):
+            if knowledge.tokens == "all":  # mean over (B, H) of (P h - t)^2
+                sq = student.sq_norm(j) - 2 * student.dot(j, teacher.hidden[j]) + teacher.sq_norms[j]
+                losses.append(sq.mean(1) / teacher.hidden[j].shape[-1])
+            else:
+                losses.append(_feature_pooled(student, teacher, j).mean(1))
+        return torch.stack(losses).mean(0)
+    if kind is Relation:
+        losses = []
+        for j in range(1, student.depth):
+            # fsp_mse with one token: ||a_s b_s^T - a_t b_t^T||^2 by Gram (dot) products
+            a_t, b_t = teacher.hidden[j - 1], teacher.hidden[j]
+            sq = (student.sq_norm(j - 1) * student.sq_norm(j) - 2 * student.dot(j - 1, a_t) * student.dot(j, b_t)
+                  + teacher.sq_norms[j - 1] * teacher.sq_norms[j])
+            losses.append(sq.clamp_min(0).mean(1) / (a_t.shape[-1] * b_t.shape[-1]))
+        return torch.stack(losses).mean(0)
+    if example_weights.get(knowledge.name) is not None:
+        raise ValueError(f"the batched env has no per-example weighting for knowledge {knowledge.name!r}")
+    return _vmapped_loss(knowledge, student, teacher, batch)
+
+
+def _vmapped_loss(knowledge: Knowledge, student: StudentStates, teacher: ModelOutputs,
+                  batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A user's knowledge type, mapped over the students with ``torch.func.vmap``."""
+
+    def one(s_logits, s_hidden, t_logits, t_hidden, one_batch):
+        s_out = ModelOutputs(logits=s_logits, hidden=[h.unsqueeze(1) for h in s_hidden], cls=s_hidden[-1])
+        t_out = ModelOutputs(logits=t_logits, hidden=[h.unsqueeze(1) for h in t_hidden])
+        return knowledge(s_out, t_out, one_batch)
+
+    try:
+        return torch.func.vmap(one)(student.logits, list(student.hidden), teacher.logits, list(teacher.hidden),
+                                    dict(batch))
+    except Exception as exc:  # noqa: BLE001 - whatever vmap refuses, say which knowledge
+        raise ValueError(f"knowledge {knowledge.name!r} cannot be batched over students with torch.func.vmap "
+                         f"({type(exc).__name__}: {exc}); use the single env (gym.make) or a vmap-able loss") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# N MLP students as one batched model
+# --------------------------------------------------------------------------------------------
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ W^T + b`` for every student: x (N, B, in), W (N, out, in), b (N, out)."""
+    if bias is None:
+        return torch.bmm(x, weight.transpose(1, 2))
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+def _architecture(distiller: Distiller) -> tuple:
+    """What must agree for two students to be stacked: parameter names and shapes, knowledge."""
+    return (tuple((n, tuple(p.shape)) for n, p in distiller.student.named_parameters()),
+            tuple(distiller.knowledge_names))
+
+
+def check_batchable(distiller: Distiller) -> None:
+    """``ValueError`` unless ``distiller`` trains an MLP student in fp32 without dropout (what the
+    batched engine reproduces)."""
+    model = distiller.student.model
+    if not isinstance(model, MLPClassifier):
+        raise ValueError(f"the batched env trains MLP students of feature tasks (digits); this config has a "
+                         f"{type(model).__name__} student (task {distiller.config.task!r}): use gym.make or an "
+                         f"async vector env")
+    if model.dropout.p != 0:
+        raise ValueError(f"the batched env trains students without dropout; this one has dropout {model.dropout.p}")
+    if distiller.precision != "fp32":
+        raise ValueError(f"the batched env trains in fp32; this config resolves student precision to "
+                         f"{distiller.precision!r} (set student_precision='fp32')")
+    if distiller.task.num_labels < 2:
+        raise ValueError("the batched env supports classification tasks only")
+
+
+class StudentBatch:
+    """The students of several distillers (same architecture and knowledge), trained together.
+
+    The distillers stay the owners of everything but the training arithmetic: each keeps its own
+    data order (``_next_indices``), step count, label view and example weighting.  Parameters
+    and AdamW moments live here as ``(N, ...)`` tensors; :meth:`load` copies a freshly reset
+    student in, :meth:`store` writes the trained ones back into the distillers' modules.
+
+    Args:
+        distillers: one per copy, all passing :func:`check_batchable`, same architecture.
+        device: where the batched training runs (``"cpu"``, ``"cuda"``).
+    """
+
+    def __init__(self, distillers: Sequence[Distiller], device: str | torch.device = "cpu"):
+        if not distillers:
+            raise ValueError("StudentBatch needs at least one distiller")
+        for d in distillers:
+            check_batchable(d)
+        arch = _architecture(distillers[0])
+        for d in distillers[1:]:
+            if _architecture(d) != arch:
+                raise ValueError("the students of one batch must share architecture and knowledge types")
+        self.device = resolve_device(str(device)) if isinstance(device, str) else device
+        self.distillers = list(distillers)
+        self.n = len(distillers)
+        first = distillers[0]
+        self.knowledge = first.knowledge
+        self.names = [n for n, p in first.student.named_parameters() if p.requires_grad]
+        model = first.student.model
+        self.layer_names = [(f"model.layers.{i}.weight", f"model.layers.{i}.bias") for i in range(len(model.layers))]
+        self.projection_names = [None if isinstance(p, nn.Identity) else f"projections.{j}.weight"
+                                 for j, p in enumerate(first.student.projections)]
+        # every student's parameters are one row of `flat` (N, P); `params[name]` are (N, *shape)
+        # views of it (leaves for autograd), so AdamW and clipping are a dozen ops on (N, P)
+        named = [(n, p) for n, p in first.student.named_parameters() if p.requires_grad]
+        sizes = [p.numel() for _, p in named]
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        self.flat = torch.zeros((self.n, int(starts[-1])), device=self.device)
+        self.params: dict[str, torch.Tensor] = {}
+        for (name, p), a, b in zip(named, starts[:-1], starts[1:]):
+            view = self.flat[:, a:b].view(self.n, *p.shape)
+            self.params[name] = view.requires_grad_(True)
+        self._segments = list(zip(starts[:-1].tolist(), starts[1:].tolist()))  # each parameter's columns
+        # weight decay as the Distiller's parameter groups have it: matrices yes, biases and norms no
+        self._decay = [p.ndim >= 2 and "norm" not in n.lower() for n, p in named]
+        self.exp_avg = torch.zeros_like(self.flat)
+        self.exp_avg_sq = torch.zeros_like(self.flat)
+        #: AdamW's step count per slot and parameter (PyTorch counts per parameter: one that got no
+        #: gradient in a step, e.g. the head when only ``feature`` is chosen, is not stepped at all)
+        self.adam_steps = np.zeros((self.n, len(named)), dtype=np.int64)
+        self.grad_flat = torch.zeros_like(self.flat)
+        self._step_counts = torch.zeros((self.n, len(named)))  # the same counts, as the fused kernel reads them
+        # per slot and parameter: views of the parameters, gradients, moments and step counts
+        self._views = [[[t[i, a:b] for a, b in self._segments] for i in range(self.n)]
+                       for t in (self.flat, self.grad_flat, self.exp_avg, self.exp_avg_sq)]
+        self._views.append([[self._step_counts[i, q] for q in range(len(named))] for i in range(self.n)])
+        self._reach: np.ndarray | None = None
+        self._student_params: dict[int, tuple] = {}  # id(distiller) -> (distiller, its parameters in our order)
+        # each slot's distillation set as the student sees it, one row block per slot, so that a
+        # step gathers every student's batch with one index per field
+        n_train = len(first.train_data)
+        dev = self.device
+        self._teacher_memo: dict[int, tuple] = {}
+        t_out = self._teacher_outputs(first)
+        # the temperatures the knowledge softens the teacher's outputs with (their log-probabilities
+        # are stored, not recomputed every step)
+        self.temperatures = sorted({1.0} | {float(k.temperature) for k in self.knowledge if isinstance(k, Response)}
+                                   | {float(k.response.temperature) for k in self.knowledge
+                                      if isinstance(k, UncertaintyKD)})
+        widths = [("features", first.train_data.features.shape[1]), ("teacher_logits", t_out[0].shape[1])]
+        widths += [(f"teacher_logp@{t}", t_out[0].shape[1]) for t in self.temperatures]
+        widths += [(f"hidden{j}", h.shape[1]) for j, h in enumerate(t_out[1])]
+        widths += [(f"sq_norm{j}", 1) for j in range(len(t_out[1]))] + [("label_mask", 1)]
+        ends = np.cumsum([w for _, w in widths])
+        self._columns = {name: (int(e - w), int(e)) for (name, w), e in zip(widths, ends)}
+        self._num_hidden = len(t_out[1])
+        #: every slot's distillation set as its student sees it: (N, n, F) floats (fields side by
+        #: side, so a step gathers all of them with one index) and the student's labels (N, n)
+        self.table = torch.zeros((self.n, n_train, int(ends[-1])), device=dev)
+        self.labels = torch.zeros((self.n, n_train), dtype=torch.long, device=dev)
+        self.has_mask = np.zeros(self.n, dtype=bool)
+        n_probe = len(first.probe_indices)
+        self.probe_features = torch.zeros((self.n, n_probe, first.train_data.features.shape[1]), device=dev)
+        self.probe_labels = torch.zeros((self.n, n_probe), dtype=torch.long)
+        self._source: list[Distiller | None] = [None] * self.n  # whose data each slot holds
+        self._row_offsets = (np.arange(self.n) * n_train)[:, None]
+        for i, d in enumerate(self.distillers):
+            self.load(i, d)
+
+    # ---- copies in and out ------------------------------------------------------------------
+    def load(self, i: int, distiller: Distiller) -> None:
+        """Copy ``distiller``'s (freshly reset) student into slot ``i`` and zero its AdamW state
+        (a reset distiller has a new optimizer)."""
+        if _architecture(distiller) != _architecture(self.distillers[0]):
+            check_batchable(distiller)
+            raise ValueError("a copy changed its student's architecture or knowledge types; the batched env "
+                             "needs every instance to share them")
+        self.distillers[i] = distiller
+        named = dict(distiller.student.named_parameters())
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p[i].copy_(named[n].detach())
+            self.exp_avg[i].zero_()
+            self.exp_avg_sq[i].zero_()
+        self.adam_steps[i] = 0
+        self._step_counts[i] = 0
+        if self._source[i] is not distiller:
+            self._load_data(i, distiller)
+
+    def store(self, indices: Sequence[int] | None = None) -> None:
+        """Write the trained parameters of slots ``indices`` (all) back into their distillers."""
+        with torch.no_grad():
+            for i in range(self.n) if indices is None else indices:
+                d = self.distillers[i]
+                hit = self._student_params.get(id(d))
+                if hit is None or hit[0] is not d:
+                    named = dict(d.student.named_parameters())
+                    hit = (d, [named[n] for n in self.params])
+                    self._student_params[id(d)] = hit
+                for p, row in zip(hit[1], self._views[0][i]):
+                    p.view(-1).copy_(row)
+
+    def _teacher_outputs(self, d: Distiller) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The teacher's logits and mapped hidden states (one vector per layer) on the whole
+        distillation set, read once per teacher cache."""
+        key = id(d.teacher)
+        hit = self._teacher_memo.get(key)
+        if hit is None or hit[0] is not d.teacher:
+            with torch.no_grad():
+                out = d.teacher.outputs(d.train_data.batch(np.arange(len(d.train_data))))
+            hit = (d.teacher, (out.logits.float(), [h[:, 0].float() for h in out.hidden]))
+            self._teacher_memo[key] = hit
+        return hit[1]
+
+    def _load_data(self, i: int, d: Distiller) -> None:
+        """Slot ``i``'s rows of the data tables from distiller ``d``."""
+        if len(d.train_data) != self.table.shape[1] or len(d.probe_indices) != self.probe_features.shape[1]:
+            raise ValueError("the batched env needs every copy and instance to have the same distillation set and "
+                             "dev probe sizes (train_examples, dev_probe_size)")
+        full = d.train_data.batch(np.arange(len(d.train_data)))
+        labels = d.student_labels if d.student_labels is not None else d.train_data.labels
+        logits, hidden = self._teacher_outputs(d)
+        probe = d.dev_data.batch(d.probe_indices)
+        mask = torch.ones(len(labels)) if d.label_mask is None else torch.as_tensor(d.label_mask, dtype=torch.float32)
+        fields = {"features": full["features"], "teacher_logits": logits, "label_mask": mask.unsqueeze(1)}
+        for t in self.temperatures:
+            fields[f"teacher_logp@{t}"] = torch.log_softmax(logits / t, -1)
+        for j, h in enumerate(hidden):
+            fields[f"hidden{j}"] = h
+            fields[f"sq_norm{j}"] = (h * h).sum(-1, keepdim=True)
+        with torch.no_grad():
+            for name, (a, b) in self._columns.items():
+                self.table[i, :, a:b].copy_(fields[name])
+            self.labels[i].copy_(torch.as_tensor(np.asarray(labels)).long())
+            self.has_mask[i] = d.label_mask is not None
+            self.probe_features[i].copy_(probe["features"])
+            self.probe_labels[i].copy_(probe["labels"].long())
+        self._source[i] = d
+
+    # ---- forward ------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> StudentStates:
+        """The students' outputs on ``x`` (N, B, in): logits (N, B, C) and hidden states."""
+        p = self.params if params is None else params
+        h = x
+        hidden = [h]
+        for w, b in self.layer_names:
+            h = torch.relu(_linear(h, p[w], p[b]))
+            hidden.append(h)
+        logits = _linear(h, p["model.head.weight"], p["model.head.bias"])
+        return StudentStates(logits, hidden, [None if name is None else p[name] for name in self.projection_names])
+
+    # ---- one phase ----------------------------------------------------------------------------
+    def train_phase(self, weights: np.ndarray, steps: Sequence[int], all_losses: bool = True) -> list[PhaseStats]:
+        """One phase for every slot: slot i runs ``steps[i]`` optimizer steps (0: none) with
+        loss ``sum_k weights[i, k] * L_k``, exactly as :meth:`Distiller.train_phase` does
+        (the same data, crash rules, schedule and statistics); returns each slot's statistics."""
+        start = time.perf_counter()
+        dev = self.device
+        n, k = self.n, len(self.knowledge)
+        w = torch.as_tensor(weights, dtype=torch.float32, device=dev)
+        steps = np.asarray(steps, dtype=np.int64)
+        running = steps > 0
+        selected = weights > 0  # (N, K)
+        has_active = selected.any(1)
+        computed = list(range(k)) if all_losses else [j for j in range(k) if selected[:, j].any()]
+        grad_terms = [j for j in range(k) if selected[:, j].any()]
+        sums = np.zeros((n, k))
+        counts = np.zeros((n, k))
+        stat_names = ("ce", "acc", "kl", "agree", "ent")
+        stats = {s: np.zeros(n) for s in (*stat_names, "total", "grad")}
+        done = np.zeros(n, dtype=np.int64)
+        trained = np.zeros(n, dtype=np.int64)
+        crashed = np.zeros(n, dtype=bool)
+        weighting = [d.example_weighting for d in self.distillers]
+        for name in set(weighting) - {None}:
+            if name != "uncertainty":
+                raise ValueError(f"the batched env supports the 'uncertainty' example weighting only, got {name!r}")
+        weighted_rows = torch.as_tensor([x == "uncertainty" for x in weighting], device=dev)
+        for step in range(int(steps.max(initial=0))):
+            live = running & (step < steps) & ~crashed
+            if not live.any():
+                break
+            batch, t_out = self._gather(live)
+            with torch.set_grad_enabled(bool(grad_terms)):
+                s_out = self.forward(batch["features"])
+                example_weights = None
+                if bool(weighted_rows.any()):
+                    u = _uncertainty(s_out.logits)
+                    ones = torch.ones_like(u)
+                    rows = weighted_rows.unsqueeze(1)
+                    example_weights = {"response": torch.where(rows, u, ones),
+                                       "finetune": torch.where(rows, 1.0 - u, ones)}
+                terms = {}
+                for j in computed:
+                    kn = self.knowledge[j]
+                    ew = example_weights if kn.name in ("finetune", "response") else None
+                    with torch.set_grad_enabled(j in grad_terms and torch.is_grad_enabled()):
+                        terms[j] = batched_knowledge_loss(kn, s_out, t_out, batch, ew)
+            values = torch.stack([terms[j].detach() if j in terms else torch.full((n,), math.nan, device=dev)
+                                  for j in range(k)], 1).cpu().double().numpy()  # (N, K)
+            done += live
+            finite = np.isfinite(values)
+            crash_now = live & (selected & ~finite).any(1)
+            crashed |= crash_now
+            ok = live & ~crash_now
+            sums[ok] += np.where(finite[ok], values[ok], 0.0)
+            counts[ok] += finite[ok]
+            self._prediction_stats(stats, s_out.logits.detach(), t_out, batch, ok)
+            update = ok & has_active
+            if update.any():
+                total = sum(w[:, j] * terms[j] for j in grad_terms)  # (N,): sum_k w_k L_k per student
+                upd = torch.as_tensor(update, device=dev)
+                for p in self.params.values():
+                    p.grad = None
+                torch.where(upd, total, torch.zeros_like(total)).sum().backward()
+                grad_norm = self._clip(upd)  # (N,) before clipping
+                bad = update & ~np.isfinite(grad_norm)
+                crashed |= bad
+                update &= ~bad
+                if update.any():
+                    self._adamw(update, selected)
+                    stats["total"][update] += total.detach().cpu().double().numpy()[update]
+                    stats["grad"][update] += grad_norm[update]
+                    trained += update
+            for i in np.flatnonzero(live & ~crashed):
+                self.distillers[i].step += 1
+        for i in np.flatnonzero(crashed):
+            self.distillers[i].step += 1  # the crashing step is spent
+        seconds = (time.perf_counter() - start) / max(1, n)
+        out = []
+        for i in range(n):
+            m = max(1, int(done[i]) - int(crashed[i]))
+            losses = np.where(counts[i] > 0, sums[i] / np.maximum(counts[i], 1), np.nan)
+            out.append(PhaseStats(
+                losses=losses, total_loss=stats["total"][i] / max(1, trained[i]), student_ce=stats["ce"][i] / m,
+                student_accuracy=stats["acc"][i] / m, teacher_kl=stats["kl"][i] / m, agreement=stats["agree"][i] / m,
+                entropy=stats["ent"][i] / m, grad_norm=stats["grad"][i] / max(1, trained[i]), steps=int(done[i]),
+                trained_steps=int(trained[i]), seconds=seconds, crashed=bool(crashed[i])))
+        return out
+
+    def _gather(self, live: np.ndarray) -> tuple[dict[str, torch.Tensor], TeacherStates]:
+        """The next training batch of every live slot (from its distiller's own data order); idle
+        slots get their first examples (computed on, never learnt from)."""
+        bs = self.distillers[0].config.batch_size
+        first = np.arange(bs)
+        return self._batch_at(np.stack([d._next_indices() if live[i] else first
+                                        for i, d in enumerate(self.distillers)]))
+
+    def _batch_at(self, idx: np.ndarray) -> tuple[dict[str, torch.Tensor], TeacherStates]:
+        """The batch of examples ``idx[i]`` of each slot i (``(N, B)`` indices)."""
+        bs = idx.shape[1]
+        flat = torch.as_tensor((idx + self._row_offsets).reshape(-1), device=self.device)
+
+        table = self.table.view(-1, self.table.shape[2]).index_select(0, flat).view(self.n, bs, -1)
+
+        def field(name: str) -> torch.Tensor:
+            a, b = self._columns[name]
+            return table[:, :, a:b]
+
+        labels = self.labels.view(-1).index_select(0, flat).view(self.n, bs)
+        batch = {"features": field("features"), "labels": labels}
+        if self.has_mask.any():
+            batch["label_mask"] = field("label_mask").squeeze(-1)
+        h = range(self._num_hidden)
+        teacher = TeacherStates(field("teacher_logits"), [field(f"hidden{j}") for j in h],
+                                [field(f"sq_norm{j}").squeeze(-1) for j in h],
+                                {t: field(f"teacher_logp@{t}") for t in self.temperatures})
+        return batch, teacher
+
+    @staticmethod
+    def _prediction_stats(stats: dict[str, np.ndarray], logits: torch.Tensor, teacher: TeacherStates,
+                          batch: dict[str, torch.Tensor], ok: np.ndarray) -> None:
+        """:func:`~kd_env.phase_stats.accumulate_prediction_stats` for every slot in ``ok``."""
+        logp = _log_softmax(logits.float())
+        labels = batch["labels"]
+        ce = -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        hit = (logits.argmax(-1) == labels).float()
+        mask = batch.get("label_mask")
+        if mask is None:
+            ce_mean, acc = ce.mean(1), hit.mean(1)
+        else:
+            count = mask.sum(1)
+            ce_mean = torch.where(count > 0, (ce * mask).sum(1) / count.clamp_min(1), torch.zeros_like(count))
+            acc = torch.where(count > 0, (hit * mask).sum(1) / count.clamp_min(1), torch.zeros_like(count))
+        logq = teacher.log_softmax(1.0)
+        kl = (logq.exp() * (logq - logp)).sum(-1).mean(1)
+        agree = (logits.argmax(-1) == teacher.logits.argmax(-1)).float().mean(1)
+        ent = -(logp.exp() * logp).sum(-1).mean(1)
+        values = torch.stack([ce_mean, acc, kl, agree, ent], 1).cpu().double().numpy()
+        for j, name in enumerate(("ce", "acc", "kl", "agree", "ent")):
+            stats[name][ok] += values[ok, j]
+
+    def _clip(self, update: torch.Tensor) -> np.ndarray:
+        """The students' gradients gathered in :attr:`grad_flat` ``(N, P)`` and clipped per
+        student to ``config.max_grad_norm`` as ``clip_grad_norm_`` clips them (slots not updated
+        are left alone); returns each student's gradient norm before clipping."""
+        grads = self.grad_flat
+        for p, (a, b) in zip(self.params.values(), self._segments):
+            if p.grad is None:
+                grads[:, a:b].zero_()
+            else:
+                grads[:, a:b].copy_(p.grad.reshape(self.n, -1))
+        total = torch.linalg.vector_norm(grads, 2, dim=1)
+        max_norm = torch.as_tensor([d.config.max_grad_norm for d in self.distillers], device=total.device)
+        coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        grads.mul_(torch.where(update, coef, torch.ones_like(coef)).unsqueeze(1))
+        return total.detach().cpu().double().numpy()
+
+    def reach(self) -> np.ndarray:
+        """Which knowledge terms reach which parameter, ``(K, parameters)`` bools.  A parameter
+        no chosen term reaches gets no gradient in a single env (``grad is None``), and AdamW
+        then leaves it and its moments alone (no weight decay either)."""
+        if self._reach is None:
+            with torch.enable_grad():
+                self._reach = self._find_reach()
+        return self._reach
+
+    def _find_reach(self) -> np.ndarray:
+        batch, t_out = self._gather(np.zeros(self.n, dtype=bool))
+        s_out = self.forward(batch["features"])
+        reach = np.zeros((len(self.knowledge), len(self.params)), dtype=bool)
+        for j, kn in enumerate(self.knowledge):
+            loss = batched_knowledge_loss(kn, s_out, t_out, batch).sum()
+            grads = torch.autograd.grad(loss, list(self.params.values()), allow_unused=True, retain_graph=True)
+            reach[j] = [g is not None for g in grads]
+        return reach
+
+    @torch.no_grad()
+    def _adamw(self, update: np.ndarray, selected: np.ndarray) -> None:
+        """One AdamW step on :attr:`grad_flat` for the slots in ``update``, with PyTorch's fused
+        AdamW kernel (the same arithmetic as the Distiller's ``foreach`` AdamW): each slot with
+        its learning rate (its distiller's warmup/linear schedule at its step) and weight decay,
+        each parameter with its own step count; a parameter no selected term reaches is not
+        stepped (PyTorch skips a parameter without a gradient)."""
+        stepped = update[:, None] & (selected.astype(np.int64) @ self.reach().astype(np.int64) > 0)  # (N, params)
+        self.adam_steps += stepped
+        self._step_counts.add_(torch.as_tensor(stepped, dtype=torch.float32))
+        lr = [_scheduled_lr(d) for d in self.distillers]
+        wd = [d.config.weight_decay for d in self.distillers]
+        groups: dict[tuple[float, float], list[tuple[int, int]]] = {}
+        for i, q in zip(*np.nonzero(stepped)):
+            groups.setdefault((lr[i], wd[i] if self._decay[q] else 0.0), []).append((i, q))
+        for (group_lr, group_wd), pairs in groups.items():
+            views = [[v[i][q] for i, q in pairs] for v in self._views]
+            torch._fused_adamw_(*views[:4], [], views[4], lr=group_lr, beta1=_BETA1, beta2=_BETA2,
+                                weight_decay=group_wd, eps=_EPS, amsgrad=False, maximize=False)
+
+    # ---- checks and evaluation ------------------------------------------------------------------
+    def snapshot(self) -> torch.Tensor:
+        """A copy of every student's parameters."""
+        return self.flat.detach().clone()
+
+    def finite(self) -> np.ndarray:
+        """Per slot: are all its parameters finite?"""
+        with torch.no_grad():
+            return torch.isfinite(self.flat).all(1).cpu().numpy()
+
+    def restore(self, snapshot: torch.Tensor, indices: Sequence[int]) -> None:
+        """Slots ``indices`` back to their parameters in ``snapshot`` (AdamW's moments stay)."""
+        with torch.no_grad():
+            rows = torch.as_tensor(list(indices), dtype=torch.long, device=self.device)
+            self.flat[rows] = snapshot[rows]
+
+    @torch.no_grad()
+    def evaluate_probe(self) -> list[dict[str, float]]:
+        """Each student's loss and metrics on its distiller's dev probe (eval mode), as
+        :meth:`Distiller.evaluate` ``("probe")`` gives them."""
+        logits = self.forward(self.probe_features).logits.float().cpu()
+        labels = self.probe_labels
+        losses = _finetune_per_example(logits, labels).mean(1).double().numpy()
+        correct = (logits.argmax(-1) == labels).sum(1).numpy()
+        out = []
+        for i, d in enumerate(self.distillers):
+            if _accuracy_only(d.task):  # what compute_metrics gives, without its per-copy numpy pass
+                acc = float(correct[i] / labels.shape[1])
+                metrics = {"accuracy": acc, "main": acc}
+            else:
+                metrics = compute_metrics(d.task, logits[i].numpy(), labels[i].numpy())
+            metrics["loss"] = float(losses[i])
+            out.append(metrics)
+        return out
+
+    @torch.no_grad()
+    def measure(self, indices: Sequence[int]) -> dict[int, PhaseStats]:
+        """:meth:`Distiller.measure` for slots ``indices`` at once: every knowledge loss and the
+        prediction statistics on each one's next training batch, without training and without
+        consuming its budget or data (the first observation of an episode)."""
+        start = time.perf_counter()
+        bs = self.distillers[0].config.batch_size
+        idx = np.zeros((self.n, bs), dtype=np.int64)
+        for i, d in enumerate(self.distillers):
+            rows = d.order[d.position: d.position + bs] if i in indices else np.arange(bs)
+            idx[i] = rows if len(rows) == bs else d.order[:bs]
+        batch, t_out = self._batch_at(idx)
+        s_out = self.forward(batch["features"])
+        values = torch.stack([batched_knowledge_loss(k, s_out, t_out, batch) for k in self.knowledge], 1)
+        values = values.double().cpu().numpy()
+        stats = {s: np.zeros(self.n) for s in ("ce", "acc", "kl", "agree", "ent")}
+        self._prediction_stats(stats, s_out.logits, t_out, batch, np.ones(self.n, dtype=bool))
+        seconds = (time.perf_counter() - start) / max(1, len(indices))
+        return {i: PhaseStats(losses=values[i], total_loss=0.0, student_ce=stats["ce"][i],
+                              student_accuracy=stats["acc"][i], teacher_kl=stats["kl"][i],
+                              agreement=stats["agree"][i], entropy=stats["ent"][i], grad_norm=0.0, steps=0,
+                              trained_steps=0, seconds=seconds, crashed=not np.isfinite(values[i]).all())
+                for i in indices}
+
+
+def _accuracy_only(task: Any) -> bool:
+    """Whether :func:`~kd_env.metrics.compute_metrics` gives ``task`` accuracy alone."""
+    key = task.name
+    if key not in _ACCURACY_ONLY:
+        probe = compute_metrics(task, np.eye(max(2, task.num_labels), dtype=np.float32)[:2], np.array([0, 0]))
+        _ACCURACY_ONLY[key] = set(probe) == {"accuracy", "main"} and probe["main"] == probe["accuracy"] == 0.5
+    return _ACCURACY_ONLY[key]
+
+
+_ACCURACY_ONLY: dict[str, bool] = {}
+
+
+def _scheduled_lr(d: Distiller) -> float:
+    """The learning rate of distiller ``d``'s next optimizer step: its LambdaLR (linear warmup,
+    then linear decay to 0) at ``d.step``."""
+    cfg = d.config
+    warm, total, s = int(cfg.warmup_fraction * cfg.total_steps), cfg.total_steps, d.step
+    factor = (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm))
+    return cfg.lr * factor
+
+
+# --------------------------------------------------------------------------------------------
+# The vector env
+# --------------------------------------------------------------------------------------------
+
+
+class _BatchedCopy(KnowledgeSelectionEnv):
+    """One copy of a :class:`BatchedKDVectorEnv`: an ordinary env whose phase is trained by the
+    vector env's :class:`StudentBatch`; its ``step`` reads the phase's result from there."""
+
+    _pending: tuple[PhaseStats, bool, dict[str, float] | None] | None = None
+
+    def _checked_action(self, action: Any) -> np.ndarray:
+        if self._pending is not None:  # checked by the vector env before the phase was trained
+            return self._validate_action(action)
+        return super()._checked_action(action)
+
+    def _train_phase_or_crash(self, w: np.ndarray) -> tuple[PhaseStats, bool]:
+        if self._pending is None:
+            raise RuntimeError("a copy of a BatchedKDVectorEnv is stepped by its vector env, not on its own")
+        phase, crashed, _ = self._pending
+        return phase, crashed
+
+    def _probe(self) -> dict[str, float]:
+        probe = self._pending[2] if self._pending is not None else None
+        return probe if probe is not None else self.distiller.evaluate("probe")
+
+
+class BatchedKDVectorEnv(VectorEnv):
+    """``num_envs`` knowledge-selection envs whose students train as one batched model.
+
+    Observations, rewards, ``terminated``/``truncated`` and infos are those of ``num_envs``
+    :class:`~kd_env.env.KnowledgeSelectionEnv` made with the same arguments and reset with seeds
+    ``seed, seed + 1, ...`` (Gymnasium's vector seeding); infos are batched as
+    :class:`~gymnasium.vector.SyncVectorEnv` batches them (``info[key][i]`` with mask
+    ``info["_" + key]``).  Reset ``options`` go to every copy (``replay``, ``instance``,
+    ``example_weighting``, ``reward``), or per copy as a list of ``num_envs`` dicts (``None``
+    for a copy: no options).  ``reset(options=..., ...)`` may also hold ``"reset_mask"`` (a
+    boolean array): only those copies are reset.
+
+    Autoreset: ``autoreset_mode`` ``"next_step"`` (Gymnasium's default: the step after an
+    episode's last resets that copy, returning its first observation with reward 0) or
+    ``"same_step"`` (the last step returns the next episode's first observation; the final one is
+    in ``info["final_obs"]``, its info in ``info["final_info"]``).
+
+    Args:
+        num_envs: number of copies (students).
+        *args, **kwargs: those of :class:`~kd_env.env.KnowledgeSelectionEnv` (config, preset
+            and overrides, ``instances``, ``observation``, ``reward``, ...).
+        device: where the students train: ``"cpu"`` (default) or ``"cuda"``.
+        autoreset_mode: ``"next_step"`` or ``"same_step"``.
+    """
+
+    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(self, num_envs: int, *args: Any, device: str = "cpu", autoreset_mode: str = "next_step",
+                 **kwargs: Any):
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+        modes = {"next_step": AutoresetMode.NEXT_STEP, "same_step": AutoresetMode.SAME_STEP,
+                 AutoresetMode.NEXT_STEP: AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP: AutoresetMode.SAME_STEP}
+        if autoreset_mode not in modes:
+            raise ValueError(f"autoreset_mode must be 'next_step' or 'same_step', got {autoreset_mode!r}")
+        self.autoreset_mode = modes[autoreset_mode]
+        kwargs.pop("max_episode_steps", None)  # from gymnasium.make_vec; episodes end with the budget
+        if kwargs.get("render_mode") is not None:
+            raise ValueError("the batched env does not render; make single envs with render_mode='ansi'")
+        self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
+        self.num_envs = int(num_envs)
+        self.envs: list[_BatchedCopy] = []
+        try:
+            for _ in range(self.num_envs):
+                self.envs.append(_BatchedCopy(*args, **kwargs))
+            self.batch = StudentBatch([e.distiller for e in self.envs], device=device)
+        except Exception:
+            for e in self.envs:
+                e.close()
+            raise
+        first = self.envs[0]
+        self.single_observation_space = first.observation_space
+        self.single_action_space = first.action_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.knowledge_names = list(first.knowledge_names)
+        self.device = self.batch.device
+        self._needs_reset = np.ones(self.num_envs, dtype=bool)
+        self._autoreset = np.zeros(self.num_envs, dtype=bool)
+        self._observations = create_empty_array(self.single_observation_space, n=self.num_envs)
+        self._closed = False
+        self.last_phase_seconds = 0.0
+
+    # ---- reset ------------------------------------------------------------------------------
+    def reset(self, *, seed: int | Sequence[int | None] | None = None, options: Any = None):
+        self._check_open()
+        if seed is None:
+            seeds: list[int | None] = [None] * self.num_envs
+        elif isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+            seeds = [int(seed) + i for i in range(self.num_envs)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"reset seed must be an int, None or a list of {self.num_envs} seeds, got {len(seeds)}")
+        options = dict(options) if isinstance(options, dict) else options
+        mask = np.ones(self.num_envs, dtype=bool)
+        if isinstance(options, dict) and "reset_mask" in options:
+            mask = np.asarray(options.pop("reset_mask"), dtype=bool)
+            if mask.shape != (self.num_envs,):
+                raise ValueError(f"reset_mask must have shape ({self.num_envs},), got {mask.shape}")
+        per_copy = self._per_copy_options(options)
+        indices = [int(i) for i in np.flatnonzero(mask)]
+        self._begin_resets(indices, seeds, per_copy)
+        infos: dict[str, Any] = {}
+        for i, (obs, info) in self._finish_resets(indices).items():
+            self._observations = _set_row(self._observations, i, obs, self.single_observation_space)
+            infos = self._add_info(infos, info, i)
+        self._autoreset[mask] = False
+        return self._copy_obs(), infos
+
+    def _per_copy_options(self, options: Any) -> list[dict[str, Any] | None]:
+        if options is None or isinstance(options, dict):
+            return [options or None] * self.num_envs
+        if isinstance(options, (list, tuple)) and len(options) == self.num_envs:
+            return [None if o is None else dict(o) for o in options]
+        raise ValueError(f"reset options must be a dict, None or a list of {self.num_envs} dicts (one per copy), "
+                         f"got {type(options).__name__}")
+
+    def _begin_resets(self, indices: Sequence[int], seeds: Sequence[int | None],
+                      options: Sequence[dict[str, Any] | None]) -> None:
+        """Reset the copies' distillers (options, instance, seed) and load their fresh students."""
+        self._needs_reset[list(indices)] = True  # until the reset completes
+        for i in indices:
+            env = self.envs[i]
+            env._pending = None
+            env._begin_reset(seeds[i], options[i])
+            self.batch.load(i, env.distiller)
+
+    def _finish_resets(self, indices: Sequence[int]) -> dict[int, tuple[Any, dict[str, Any]]]:
+        """The first observation and info of each copy in ``indices`` (after
+        :meth:`_begin_resets`), their first batch measured and dev probe evaluated at once."""
+        if not indices:
+            return {}
+        measured = self.batch.measure(indices)
+        probes = self.batch.evaluate_probe()
+        out = {}
+        for i in indices:
+            out[i] = self.envs[i]._finish_reset(measured[i], probes[i])
+            self._needs_reset[i] = False
+        return out
+
+    # ---- step -------------------------------------------------------------------------------
+    def step(self, actions: Any):
+        """One phase in every copy: the students of copies whose episode goes on train together;
+        copies that ended an episode on the last step are reset instead (``next_step`` mode)."""
+        self._check_open()
+        start = time.perf_counter()
+        actions = np.asarray(actions)
+        if actions.shape[:1] != (self.num_envs,):
+            raise ValueError(f"actions must have a leading dimension of num_envs={self.num_envs}, got shape "
+                             f"{actions.shape}; expected {self.action_space}")
+        resetting = self._autoreset.copy()
+        if self._needs_reset[~resetting].any():
+            raise RuntimeError("step() before reset(): call reset() first")
+        weights = np.zeros((self.num_envs, len(self.knowledge_names)))
+        stepping = [int(i) for i in np.flatnonzero(~resetting)]
+        for i in stepping:  # every action checked before any student trains
+            try:
+                weights[i] = self.envs[i]._checked_action(actions[i])
+            except ValueError as exc:
+                raise ValueError(f"copy {i}: {exc}") from None
+        restarting = [int(i) for i in np.flatnonzero(resetting)]
+        self._begin_resets(restarting, [None] * self.num_envs, [None] * self.num_envs)
+        steps = np.zeros(self.num_envs, dtype=np.int64)
+        for i in stepping:
+            d = self.envs[i].distiller
+            steps[i] = max(0, min(d.config.steps_per_action, d.budget_left))
+        snapshot = self.batch.snapshot()
+        phases = self.batch.train_phase(weights, steps)
+        finite = self.batch.finite()
+        broken = [i for i in stepping if not finite[i]]
+        if broken:
+            self.batch.restore(snapshot, broken)  # as the single env: back to the state before the phase
+        self.batch.store(stepping)
+        started = self._finish_resets(restarting)
+        probes = self.batch.evaluate_probe() if stepping else []
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        terminated = np.zeros(self.num_envs, dtype=bool)
+        truncated = np.zeros(self.num_envs, dtype=bool)
+        results: dict[int, tuple[Any, dict[str, Any]]] = dict(started)
+        for i in stepping:
+            env = self.envs[i]
+            crashed = phases[i].crashed or not finite[i]
+            env._pending = (phases[i], crashed, None if crashed else probes[i])
+            try:
+                obs, reward, term, trunc, info = env.step(actions[i])
+            finally:
+                env._pending = None
+            rewards[i], terminated[i], truncated[i] = reward, term, trunc
+            results[i] = (obs, info)
+        ended = [i for i in stepping if terminated[i] or truncated[i]]
+        if self.autoreset_mode == AutoresetMode.SAME_STEP and ended:
+            self._begin_resets(ended, [None] * self.num_envs, [None] * self.num_envs)
+            for i, (obs, info) in self._finish_resets(ended).items():
+                final_obs, final_info = results[i]
+                results[i] = (obs, {**info, "final_obs": final_obs, "final_info": final_info})
+        infos: dict[str, Any] = {}
+        for i in range(self.num_envs):
+            obs, info = results[i]
+            self._observations = _set_row(self._observations, i, obs, self.single_observation_space)
+            infos = self._add_info(infos, info, i)
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            self._autoreset = terminated | truncated
+        self.last_phase_seconds = time.perf_counter() - start
+        return self._copy_obs(), rewards, terminated, truncated, infos
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def _copy_obs(self):
+        return _copy_tree(self._observations)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the vector env is closed")
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """``getattr(copy, name)(*args, **kwargs)`` (or the attribute) of every copy."""
+        out = []
+        for env in self.envs:
+            attr = getattr(env, name)
+            out.append(attr(*args, **kwargs) if callable(attr) else attr)
+        return tuple(out)
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        return tuple(getattr(env, name) for env in self.envs)
+
+    def set_attr(self, name: str, values: Any) -> None:
+        if not isinstance(values, (list, tuple)):
+            values = [values] * self.num_envs
+        if len(values) != self.num_envs:
+            raise ValueError(f"set_attr needs one value or {self.num_envs} values, got {len(values)}")
+        for env, value in zip(self.envs, values):
+            setattr(env, name, value)
+
+    def close_extras(self, **kwargs: Any) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for env in self.envs:
+            env.close()
+
+    def __repr__(self) -> str:
+        return f"BatchedKDVectorEnv(num_envs={self.num_envs}, device={self.device}, knowledge={self.knowledge_names})"
+
+
+def _set_row(batched: Any, i: int, value: Any, space: gym.Space) -> Any:
+    """Row ``i`` of a batched observation set to ``value`` (``concatenate``'s layout)."""
+    if isinstance(space, gym.spaces.Dict):
+        for key, sub in space.spaces.items():
+            batched[key] = _set_row(batched[key], i, value[key], sub)
+        return batched
+    batched[i] = value
+    return batched
+
+
+def _copy_tree(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _copy_tree(v) for k, v in x.items()}
+    return np.array(x, copy=True)
+
