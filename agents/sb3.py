@@ -29,8 +29,9 @@ Defaults are sized for an expensive env, where one step is a training phase (``n
   ``"MlpPolicy"``.
 
 Parallel episodes: ``n_envs=N`` (SB3's own name) runs N copies of the env, rebuilt from its
-``gym.make`` spec, in N spawned processes with one torch thread each (an SB3
-``SubprocVecEnv``), so N episodes run at once; every finished episode is logged and counts
+``gym.make`` spec: on the digits ids, N students trained as one batched model in this process
+(:class:`BatchedVecEnv` over :class:`kd_env.vector.BatchedKDVectorEnv`), otherwise N spawned
+processes with one torch thread each (an SB3 ``SubprocVecEnv``), so N episodes run at once; every finished episode is logged and counts
 towards the budget (``total_episodes * num_phases`` env steps over all copies).  PPO's
 ``n_steps`` is then per copy, ``4 n / N``, so a rollout still holds four episodes.  The copies
 are made from the spec, so wrappers applied around the env passed in are not in them; call
@@ -240,8 +241,10 @@ class SB3Agent(Agent):
         return _adapt(env, self.algo, self._rescaled)
 
     def _parallel_copies(self, env: Any) -> Any:
-        """``n_envs`` copies of ``env`` (rebuilt from its ``gym.make`` spec) in spawned processes
-        with one torch thread each, as an SB3 ``SubprocVecEnv``: their episodes run at once."""
+        """``n_envs`` copies of ``env`` (rebuilt from its ``gym.make`` spec): for an id with a
+        batched vector env (the digits ids), its N students trained as one batched model in this
+        process (:class:`BatchedVecEnv`); otherwise N spawned processes with one torch thread
+        each, as an SB3 ``SubprocVecEnv``.  Either way their episodes run at once."""
         from stable_baselines3.common.vec_env import SubprocVecEnv
 
         spec = getattr(env, "spec", None)
@@ -249,6 +252,10 @@ class SB3Agent(Agent):
             raise ValueError(f"n_envs={self.n_envs} needs an env made with gym.make (its spec builds the copies); "
                              f"got {type(env).__name__} without a spec")
         kwargs = dict(spec.kwargs or {})
+        if spec.vector_entry_point is not None:
+            venv = gym.make_vec(spec.id, num_envs=self.n_envs, vectorization_mode="vector_entry_point",
+                                autoreset_mode="same_step", **kwargs)
+            return BatchedVecEnv(venv, self.algo, self._rescaled)
         fns = [_CopyFactory(spec.id, kwargs, self.algo, self._rescaled) for _ in range(self.n_envs)]
         return SubprocVecEnv(fns, start_method="spawn")
 
@@ -413,6 +420,87 @@ class _CopyFactory:
         import kd_env  # noqa: F401 - registers the env ids in the fresh process
 
         return _adapt(gym.make(self.env_id, **self.kwargs), self.algo, self.rescaled)
+
+
+class BatchedVecEnv:
+    """A :class:`kd_env.vector.BatchedKDVectorEnv` (made with ``autoreset_mode="same_step"``) as
+    an SB3 ``VecEnv``: N copies whose students train as one batched model, stepped and reset as
+    SB3 expects (an ended episode is reset at once, its last observation in
+    ``info["terminal_observation"]``), actions translated as :func:`_adapt`'s wrapper would.
+
+    Built lazily as a subclass of SB3's ``VecEnv`` (SB3 is imported on first use).
+    """
+
+    def __new__(cls, venv: Any, algo: str, rescaled: bool):
+        from stable_baselines3.common.vec_env import VecEnv
+
+        class _BatchedVecEnv(VecEnv):
+            def __init__(self):
+                self.venv = venv
+                # the adapter's wrapper around the first copy: never stepped, it translates actions
+                self.template = _adapt(venv.envs[0], algo, rescaled)
+                super().__init__(venv.num_envs, venv.single_observation_space, self.template.action_space)
+                self._actions: Any = None
+                self._seeds: list[int | None] = [None] * venv.num_envs
+
+            def reset(self):
+                seeds = self._seeds
+                self._seeds = [None] * self.num_envs
+                obs, _ = self.venv.reset(seed=seeds if any(s is not None for s in seeds) else None)
+                return obs
+
+            def step_async(self, actions):
+                convert = getattr(self.template, "action", None)  # an ActionWrapper's, or none
+                self._actions = np.stack([convert(a) if convert else np.asarray(a) for a in actions])
+
+            def step_wait(self):
+                obs, rewards, terminated, truncated, info = self.venv.step(self._actions)
+                infos = []
+                for i in range(self.num_envs):
+                    item = _info_row(info, i)
+                    if terminated[i] or truncated[i]:  # SB3 wants the ended episode's info
+                        item = _info_row(info["final_info"], i)
+                        item["terminal_observation"] = info["final_obs"][i]
+                        item["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+                    infos.append(item)
+                return obs, rewards.astype(np.float32), terminated | truncated, infos
+
+            def close(self):
+                self.venv.close()
+
+            def seed(self, seed=None):
+                self._seeds = [None if seed is None else int(seed) + i for i in range(self.num_envs)]
+                return self._seeds
+
+            def get_attr(self, attr_name, indices=None):
+                return [getattr(self.venv.envs[i], attr_name) for i in self._get_indices(indices)]
+
+            def set_attr(self, attr_name, value, indices=None):
+                for i in self._get_indices(indices):
+                    setattr(self.venv.envs[i], attr_name, value)
+
+            def env_method(self, method_name, *method_args, indices=None, **method_kwargs):
+                return [getattr(self.venv.envs[i], method_name)(*method_args, **method_kwargs)
+                        for i in self._get_indices(indices)]
+
+            def env_is_wrapped(self, wrapper_class, indices=None):
+                return [isinstance(self.template, wrapper_class) for _ in self._get_indices(indices)]
+
+        return _BatchedVecEnv()
+
+
+def _info_row(info: dict[str, Any], i: int) -> dict[str, Any]:
+    """Copy ``i``'s info out of a Gymnasium vector env's batched info (``key``/``_key`` pairs,
+    nested dicts batched the same way)."""
+    row = {}
+    for key, value in info.items():
+        if key.startswith("_") or key in ("final_obs", "final_info"):
+            continue
+        if isinstance(value, dict):
+            row[key] = _info_row(value, i)
+        elif info.get("_" + key, None) is None or info["_" + key][i]:
+            row[key] = value[i]
+    return row
 
 
 def _adapt(env: gym.Env, algo: str, rescaled: bool) -> gym.Env:

@@ -49,16 +49,25 @@ INSTANCE_ENV_IDS = {
 }
 
 
+#: the ids whose students are MLPs: ``gymnasium.make_vec(id, num_envs=N)`` gives a
+#: :class:`~kd_env.vector.BatchedKDVectorEnv` (N students trained as one batched model)
+BATCHED_ENV_IDS = ("kd_env/DigitsKD-v0", "kd_env/QuickKD-v0", "kd_env/DigitsKD-Instances-v0",
+                   "kd_env/DigitsKD-Between-v0")
+BATCHED_VECTOR_ENTRY_POINT = "kd_env.vector:BatchedKDVectorEnv"
+
+
 def register_envs() -> None:
     """Register the Gymnasium ids (harmless when called again)."""
     import gymnasium as gym
 
     for env_id, preset in ENV_IDS.items():
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point="kd_env.env:KnowledgeSelectionEnv", kwargs={"config": preset})
+            gym.register(id=env_id, entry_point="kd_env.env:KnowledgeSelectionEnv", kwargs={"config": preset},
+                         vector_entry_point=BATCHED_VECTOR_ENTRY_POINT if env_id in BATCHED_ENV_IDS else None)
     for env_id, kwargs in INSTANCE_ENV_IDS.items():
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point="kd_env.env:KnowledgeSelectionEnv", kwargs=dict(kwargs))
+            gym.register(id=env_id, entry_point="kd_env.env:KnowledgeSelectionEnv", kwargs=dict(kwargs),
+                         vector_entry_point=BATCHED_VECTOR_ENTRY_POINT if env_id in BATCHED_ENV_IDS else None)
 
 
 register_envs()
@@ -66,7 +75,7 @@ register_envs()
 __all__ = [
     "TaskData", "compute_metrics", "load_task",
     "Distiller", "PhaseStats", "build_distiller",
-    "KnowledgeSelectionEnv", "ENV_IDS", "INSTANCE_ENV_IDS", "register_envs",
+    "KnowledgeSelectionEnv", "ENV_IDS", "INSTANCE_ENV_IDS", "BATCHED_ENV_IDS", "register_envs",
     "Instance", "InstanceSet", "get_instance_set", "instance_set_names", "register_instance_set",
     "register_example_weighting",
     "DEFAULT_KNOWLEDGE", "Knowledge", "knowledge_names", "make_knowledge", "register_knowledge",

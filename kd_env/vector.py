@@ -40,7 +40,6 @@ from .knowledge import Feature, Finetune, Knowledge, Relation, Response, Uncerta
 from .metrics import compute_metrics
 from .models import MLPClassifier, ModelOutputs
 from .phase_stats import PhaseStats
-from .runtime import resolve_device
 
 __all__ = ["BatchedKDVectorEnv", "StudentBatch", "batched_knowledge_loss"]
 
@@ -283,7 +282,7 @@ class StudentBatch:
         for d in distillers[1:]:
             if _architecture(d) != arch:
                 raise ValueError("the students of one batch must share architecture and knowledge types")
-        self.device = resolve_device(str(device)) if isinstance(device, str) else device
+        self.device = _checked_device(device)
         self.distillers = list(distillers)
         self.n = len(distillers)
         first = distillers[0]
@@ -454,11 +453,6 @@ class StudentBatch:
         done = np.zeros(n, dtype=np.int64)
         trained = np.zeros(n, dtype=np.int64)
         crashed = np.zeros(n, dtype=bool)
-        weighting = [d.example_weighting for d in self.distillers]
-        for name in set(weighting) - {None}:
-            if name != "uncertainty":
-                raise ValueError(f"the batched env supports the 'uncertainty' example weighting only, got {name!r}")
-        weighted_rows = torch.as_tensor([x == "uncertainty" for x in weighting], device=dev)
         for step in range(int(steps.max(initial=0))):
             live = running & (step < steps) & ~crashed
             if not live.any():
@@ -466,19 +460,7 @@ class StudentBatch:
             batch, t_out = self._gather(live)
             with torch.set_grad_enabled(bool(grad_terms)):
                 s_out = self.forward(batch["features"])
-                example_weights = None
-                if bool(weighted_rows.any()):
-                    u = _uncertainty(s_out.logits)
-                    ones = torch.ones_like(u)
-                    rows = weighted_rows.unsqueeze(1)
-                    example_weights = {"response": torch.where(rows, u, ones),
-                                       "finetune": torch.where(rows, 1.0 - u, ones)}
-                terms = {}
-                for j in computed:
-                    kn = self.knowledge[j]
-                    ew = example_weights if kn.name in ("finetune", "response") else None
-                    with torch.set_grad_enabled(j in grad_terms and torch.is_grad_enabled()):
-                        terms[j] = batched_knowledge_loss(kn, s_out, t_out, batch, ew)
+                terms = self._terms(s_out, t_out, batch, computed, grad_terms)
             values = torch.stack([terms[j].detach() if j in terms else torch.full((n,), math.nan, device=dev)
                                   for j in range(k)], 1).cpu().double().numpy()  # (N, K)
             done += live
@@ -520,6 +502,28 @@ class StudentBatch:
                 entropy=stats["ent"][i] / m, grad_norm=stats["grad"][i] / max(1, trained[i]), steps=int(done[i]),
                 trained_steps=int(trained[i]), seconds=seconds, crashed=bool(crashed[i])))
         return out
+
+    def _terms(self, s_out: StudentStates, t_out: TeacherStates, batch: dict[str, torch.Tensor],
+               computed: Sequence[int], grad_terms: Sequence[int]) -> dict[int, torch.Tensor]:
+        """The knowledge terms ``computed`` of every student, ``(N,)`` each, with gradient for
+        those in ``grad_terms``; each distiller's example weighting applied to its row."""
+        weighting = [d.example_weighting for d in self.distillers]
+        for name in set(weighting) - {None}:
+            if name != "uncertainty":
+                raise ValueError(f"the batched env supports the 'uncertainty' example weighting only, got {name!r}")
+        example_weights = None
+        if "uncertainty" in weighting:
+            rows = torch.as_tensor([x == "uncertainty" for x in weighting], device=self.device).unsqueeze(1)
+            u = _uncertainty(s_out.logits)
+            ones = torch.ones_like(u)
+            example_weights = {"response": torch.where(rows, u, ones), "finetune": torch.where(rows, 1.0 - u, ones)}
+        terms = {}
+        for j in computed:
+            kn = self.knowledge[j]
+            weights = example_weights if kn.name in ("finetune", "response") else None
+            with torch.set_grad_enabled(j in grad_terms and torch.is_grad_enabled()):
+                terms[j] = batched_knowledge_loss(kn, s_out, t_out, batch, weights)
+        return terms
 
     def _gather(self, live: np.ndarray) -> tuple[dict[str, torch.Tensor], TeacherStates]:
         """The next training batch of every live slot (from its distiller's own data order); idle
@@ -676,7 +680,8 @@ class StudentBatch:
             idx[i] = rows if len(rows) == bs else d.order[:bs]
         batch, t_out = self._batch_at(idx)
         s_out = self.forward(batch["features"])
-        values = torch.stack([batched_knowledge_loss(k, s_out, t_out, batch) for k in self.knowledge], 1)
+        terms = self._terms(s_out, t_out, batch, range(len(self.knowledge)), [])
+        values = torch.stack([terms[j] for j in range(len(self.knowledge))], 1)
         values = values.double().cpu().numpy()
         stats = {s: np.zeros(self.n) for s in ("ce", "acc", "kl", "agree", "ent")}
         self._prediction_stats(stats, s_out.logits, t_out, batch, np.ones(self.n, dtype=bool))
@@ -772,6 +777,7 @@ class BatchedKDVectorEnv(VectorEnv):
         if autoreset_mode not in modes:
             raise ValueError(f"autoreset_mode must be 'next_step' or 'same_step', got {autoreset_mode!r}")
         self.autoreset_mode = modes[autoreset_mode]
+        device = _checked_device(device)
         kwargs.pop("max_episode_steps", None)  # from gymnasium.make_vec; episodes end with the budget
         if kwargs.get("render_mode") is not None:
             raise ValueError("the batched env does not render; make single envs with render_mode='ansi'")
@@ -958,6 +964,25 @@ class BatchedKDVectorEnv(VectorEnv):
 
     def __repr__(self) -> str:
         return f"BatchedKDVectorEnv(num_envs={self.num_envs}, device={self.device}, knowledge={self.knowledge_names})"
+
+
+def _checked_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device: ``cpu``, ``cuda``, ``cuda:<i>`` or ``auto`` (CUDA when there is
+    one); ``ValueError`` naming the valid ones otherwise, or when CUDA is asked for and absent."""
+    if isinstance(device, torch.device):
+        name = str(device)
+    elif isinstance(device, str):
+        name = device
+    else:
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:<index>' or 'auto', got {device!r}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:<index>' or 'auto', got {device!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but this torch has no CUDA device (torch.cuda.is_available() "
+                         f"is False); use 'cpu' or 'auto'")
+    return torch.device(name)
 
 
 def _set_row(batched: Any, i: int, value: Any, space: gym.Space) -> Any:
