@@ -85,8 +85,8 @@ def test_ac_on_the_batched_env_learns_what_it_learns_on_sync_copies():
         venv = make_vector_env("kd_env/QuickKD-v0", 3, vectorization_mode=mode)
         try:
             agent = make_agent("ac", gym.make("kd_env/QuickKD-v0"), seed=5, episodes_per_update=3)
-            records = []
-            agent.learn(venv, total_episodes=6, callback=lambda a, r: records.append(r) or True)
+            records: list[dict] = []
+            agent.learn(venv, total_episodes=6, callback=lambda a, r, out=records: out.append(r) or True)
             chosen = [{k: r[f"freq_{k}"] for k in agent.knowledge_names} for r in records]  # masks chosen
             runs.append(([p.detach().clone() for p in agent.actor.parameters()], [r["return"] for r in records],
                          chosen))
