@@ -839,8 +839,7 @@ class BatchedKDVectorEnv(VectorEnv):
         raise ValueError(f"reset options must be a dict, None or a list of {self.num_envs} dicts (one per copy), "
                          f"got {type(options).__name__}")
 
-    def _begin_resets(self, indices: Sequence[int], seeds: Sequence[int | None],
-                      options: Sequence[dict[str, Any] | None]) -> None:
+    def _begin_resets(self, indices: Sequence[int], seeds: Any, options: Any) -> None:
         """Reset the copies' distillers (options, instance, seed) and load their fresh students."""
         self._needs_reset[list(indices)] = True  # until the reset completes
         for i in indices:
@@ -875,57 +874,100 @@ class BatchedKDVectorEnv(VectorEnv):
         resetting = self._autoreset.copy()
         if self._needs_reset[~resetting].any():
             raise RuntimeError("step() before reset(): call reset() first")
-        weights = np.zeros((self.num_envs, len(self.knowledge_names)))
-        stepping = [int(i) for i in np.flatnonzero(~resetting)]
-        for i in stepping:  # every action checked before any student trains
-            try:
-                weights[i] = self.envs[i]._checked_action(actions[i])
-            except ValueError as exc:
-                raise ValueError(f"copy {i}: {exc}") from None
-        restarting = [int(i) for i in np.flatnonzero(resetting)]
-        self._begin_resets(restarting, [None] * self.num_envs, [None] * self.num_envs)
-        steps = np.zeros(self.num_envs, dtype=np.int64)
-        for i in stepping:
-            d = self.envs[i].distiller
-            steps[i] = max(0, min(d.config.steps_per_action, d.budget_left))
-        snapshot = self.batch.snapshot()
-        phases = self.batch.train_phase(weights, steps)
-        finite = self.batch.finite()
-        broken = [i for i in stepping if not finite[i]]
-        if broken:
-            self.batch.restore(snapshot, broken)  # as the single env: back to the state before the phase
-        self.batch.store(stepping)
-        started = self._finish_resets(restarting)
-        probes = self.batch.evaluate_probe() if stepping else []
+        stepping = {int(i): actions[i] for i in np.flatnonzero(~resetting)}
+        restarting = {int(i): (None, None) for i in np.flatnonzero(resetting)}
+        results = self.advance(stepping, restarting, strict=True)
         rewards = np.zeros(self.num_envs, dtype=np.float64)
         terminated = np.zeros(self.num_envs, dtype=bool)
         truncated = np.zeros(self.num_envs, dtype=bool)
-        results: dict[int, tuple[Any, dict[str, Any]]] = dict(started)
         for i in stepping:
-            env = self.envs[i]
-            crashed = phases[i].crashed or not finite[i]
-            env._pending = (phases[i], crashed, None if crashed else probes[i])
-            try:
-                obs, reward, term, trunc, info = env.step(actions[i])
-            finally:
-                env._pending = None
-            rewards[i], terminated[i], truncated[i] = reward, term, trunc
-            results[i] = (obs, info)
+            _, rewards[i], terminated[i], truncated[i], _ = results[i]
         ended = [i for i in stepping if terminated[i] or truncated[i]]
+        final = {}
         if self.autoreset_mode == AutoresetMode.SAME_STEP and ended:
-            self._begin_resets(ended, [None] * self.num_envs, [None] * self.num_envs)
-            for i, (obs, info) in self._finish_resets(ended).items():
-                final_obs, final_info = results[i]
-                results[i] = (obs, {**info, "final_obs": final_obs, "final_info": final_info})
+            final = self.advance({}, {i: (None, None) for i in ended}, strict=True)
         infos: dict[str, Any] = {}
         for i in range(self.num_envs):
-            obs, info = results[i]
+            if i in final:
+                obs, info = final[i]
+                step = results[i]
+                info = {**info, "final_obs": step[0], "final_info": step[4]}
+            elif i in stepping:
+                obs, info = results[i][0], results[i][4]
+            else:
+                obs, info = results[i]
             self._observations = _set_row(self._observations, i, obs, self.single_observation_space)
             infos = self._add_info(infos, info, i)
         if self.autoreset_mode == AutoresetMode.NEXT_STEP:
             self._autoreset = terminated | truncated
         self.last_phase_seconds = time.perf_counter() - start
         return self._copy_obs(), rewards, terminated, truncated, infos
+
+    def advance(self, steps: dict[int, Any], resets: dict[int, tuple[int | None, dict[str, Any] | None]],
+                strict: bool = False) -> dict[int, Any]:
+        """Step some copies and reset others, in one batched phase (the rest wait): what
+        :class:`Lockstep` drives, one copy per independent driver.
+
+        Args:
+            steps: ``{copy: action}``: these copies take one phase; each result is the copy's
+                ``(obs, reward, terminated, truncated, info)``, as its single env's ``step``.
+            resets: ``{copy: (seed, options)}``: these copies start an episode; each result is
+                ``(obs, info)``, as its single env's ``reset``.
+            strict: raise the first copy's error (a bad action, a step after the episode's end)
+                before anything runs; otherwise that copy's result is the exception and the other
+                copies go on.
+
+        Returns:
+            ``{copy: result or exception}``.
+        """
+        self._check_open()
+        out: dict[int, Any] = {}
+        weights = np.zeros((self.num_envs, len(self.knowledge_names)))
+        stepping = []
+        for i, action in steps.items():  # every action checked before any student trains
+            try:
+                if self._needs_reset[i]:
+                    raise RuntimeError("step() before reset(): call reset() first")
+                weights[i] = self.envs[i]._checked_action(action)
+                stepping.append(i)
+            except (ValueError, RuntimeError) as exc:
+                if strict:
+                    raise type(exc)(f"copy {i}: {exc}") from None
+                out[i] = exc
+        restarting = []
+        for i, (seed, options) in resets.items():
+            try:
+                self._begin_resets([i], {i: seed}, {i: options})
+                restarting.append(i)
+            except (ValueError, RuntimeError) as exc:
+                if strict:
+                    raise
+                out[i] = exc
+        budget = np.zeros(self.num_envs, dtype=np.int64)
+        for i in stepping:
+            d = self.envs[i].distiller
+            budget[i] = max(0, min(d.config.steps_per_action, d.budget_left))
+        finite = np.ones(self.num_envs, dtype=bool)
+        phases: list[PhaseStats] = []
+        if stepping:
+            snapshot = self.batch.snapshot()
+            phases = self.batch.train_phase(weights, budget)
+            finite = self.batch.finite()
+            broken = [i for i in stepping if not finite[i]]
+            if broken:
+                self.batch.restore(snapshot, broken)  # as the single env: back to the state before the phase
+            self.batch.store(stepping)
+        out.update(self._finish_resets(restarting))
+        probes = self.batch.evaluate_probe() if stepping else []
+        for i in stepping:
+            env = self.envs[i]
+            crashed = phases[i].crashed or not finite[i]
+            env._pending = (phases[i], crashed, None if crashed else probes[i])
+            try:
+                out[i] = env.step(steps[i])
+            finally:
+                env._pending = None
+        return out
 
     # ---- helpers ------------------------------------------------------------------------------
     def _copy_obs(self):
@@ -999,3 +1041,156 @@ def _copy_tree(x: Any) -> Any:
         return {k: _copy_tree(v) for k, v in x.items()}
     return np.array(x, copy=True)
 
+
+
+# --------------------------------------------------------------------------------------------
+# Independent drivers on the copies: one learner per copy, stepping in lockstep
+# --------------------------------------------------------------------------------------------
+
+
+class CopyEnv(gym.Env):
+    """Copy ``index`` of a :class:`BatchedKDVectorEnv` seen as a single env, for code written
+    for one env (an agent's ``learn``, an evaluation loop).  ``reset`` and ``step`` go through
+    ``lockstep``, which runs them batched with the other copies' calls; ``unwrapped`` is the
+    copy itself (its distiller holds the trained student after every phase)."""
+
+    def __init__(self, lockstep: "Lockstep", venv: BatchedKDVectorEnv, index: int):
+        super().__init__()
+        self._lockstep, self._venv, self._index = lockstep, venv, index
+        copy = venv.envs[index]
+        self.observation_space = copy.observation_space
+        self.action_space = copy.action_space
+        self.metadata = copy.metadata
+
+    @property
+    def unwrapped(self) -> KnowledgeSelectionEnv:
+        return self._venv.envs[self._index]
+
+    @property
+    def spec(self):  # the single env's (gym.make's), if the copies were made from an id
+        return getattr(self._venv, "single_spec", None)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        return self._lockstep.call(self._venv, self._index, "reset", (seed, options))
+
+    def step(self, action: Any):
+        return self._lockstep.call(self._venv, self._index, "step", action)
+
+    def close(self) -> None:
+        pass  # the vector env owns the copy
+
+
+class Lockstep:
+    """Runs independent drivers (one callable per driver, e.g. one learner's training per seed)
+    in threads, one at a time, each on its own copies of batched vector envs (:class:`CopyEnv`):
+    when every driver is waiting on a copy's ``reset`` or ``step``, all the waiting calls run as
+    one batched phase.  Each driver therefore sees exactly what it would see on its own single
+    env, while the students of all drivers train together.
+
+    Only one driver runs at a time (a baton), so drivers never race on global state (random
+    streams, the torch RNG a distiller saves and restores); drivers must not share objects.
+    Outside :meth:`run`, a copy's call runs at once, alone.
+    """
+
+    def __init__(self):
+        import threading
+
+        self._cond = threading.Condition()
+        self._baton = threading.Lock()
+        self._pending: dict[int, tuple] = {}  # driver -> (venv, copy, kind, args)
+        self._results: dict[int, Any] = {}
+        self._live: set[int] = set()
+        self._driver = threading.local()
+        self._threads = False
+
+    def copy_env(self, venv: BatchedKDVectorEnv, index: int) -> CopyEnv:
+        if not 0 <= index < venv.num_envs:
+            raise ValueError(f"copy index {index} out of range for a vector env of {venv.num_envs} copies")
+        return CopyEnv(self, venv, index)
+
+    def call(self, venv: BatchedKDVectorEnv, index: int, kind: str, args: Any) -> Any:
+        driver = getattr(self._driver, "id", None)
+        if not self._threads or driver is None:  # no drivers running: this call alone
+            result = self._execute({0: (venv, index, kind, args)})[0]
+        else:
+            with self._cond:
+                self._pending[driver] = (venv, index, kind, args)
+                self._cond.notify_all()
+            self._baton.release()  # let the other drivers run until they wait too
+            with self._cond:
+                while driver not in self._results:
+                    self._cond.wait()
+                result = self._results.pop(driver)
+            self._baton.acquire()
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    @staticmethod
+    def _execute(requests: dict[int, tuple]) -> dict[int, Any]:
+        """One batched phase per vector env for the waiting calls; ``{driver: result or error}``."""
+        out: dict[int, Any] = {}
+        by_venv: dict[int, list[tuple[int, tuple]]] = {}
+        for driver, request in requests.items():
+            by_venv.setdefault(id(request[0]), []).append((driver, request))
+        for items in by_venv.values():
+            venv = items[0][1][0]
+            owner: dict[int, int] = {}
+            steps, resets = {}, {}
+            for driver, (_, index, kind, args) in items:
+                if index in owner:
+                    out[driver] = RuntimeError(f"two drivers called copy {index} of one vector env at once")
+                    continue
+                owner[index] = driver
+                (steps if kind == "step" else resets)[index] = args
+            try:
+                results = venv.advance(steps, resets)
+            except Exception as exc:  # noqa: BLE001 - every driver of this env learns of it
+                results = {index: exc for index in owner}
+            for index, driver in owner.items():
+                out[driver] = results[index]
+        return out
+
+    def run(self, drivers: Sequence[Any]) -> list[Any]:
+        """Run ``drivers`` (callables without arguments) to the end; their return values, or the
+        exception a driver raised, in order."""
+        import threading
+
+        outcomes: list[Any] = [None] * len(drivers)
+
+        def body(k: int, fn: Any) -> None:
+            self._driver.id = k
+            self._baton.acquire()
+            try:
+                outcomes[k] = fn()
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+                outcomes[k] = exc
+            finally:
+                with self._cond:
+                    self._live.discard(k)
+                    self._cond.notify_all()
+                self._baton.release()
+
+        self._threads = True
+        self._live = set(range(len(drivers)))
+        threads = [threading.Thread(target=body, args=(k, fn), daemon=True) for k, fn in enumerate(drivers)]
+        try:
+            for t in threads:
+                t.start()
+            while True:
+                with self._cond:
+                    while self._live and len(self._pending) < len(self._live):
+                        self._cond.wait()
+                    if not self._live:
+                        break
+                    requests, self._pending = self._pending, {}
+                with self._baton:  # every live driver waits: none runs while the phase does
+                    results = self._execute(requests)
+                with self._cond:
+                    self._results.update(results)
+                    self._cond.notify_all()
+            for t in threads:
+                t.join()
+        finally:
+            self._threads = False
+        return outcomes

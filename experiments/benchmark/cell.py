@@ -111,6 +111,21 @@ def _evaluate(env: Any, agent: Any, seeds: Sequence[int], num_phases: int, k: in
     return out
 
 
+#: learners whose random streams are their own (no global RNG after construction): their cells
+#: on an env with a batched vector env run on it, several seeds in lockstep (:func:`run_cells`)
+BATCHED_ALGOS = ("ac", "ac_q")
+
+
+def batched(cell: Cell) -> bool:
+    """Whether ``cell`` runs on the batched vector env: a learner of :data:`BATCHED_ALGOS` on an
+    id with a ``vector_entry_point`` (the digits ids)."""
+    import gymnasium as gym
+
+    import kd_env  # noqa: F401 - registers the ids
+
+    return cell.settings.algo in BATCHED_ALGOS and gym.spec(cell.settings.env_id).vector_entry_point is not None
+
+
 def run_cell(cell: Cell, threads: int = 1) -> dict[str, Any]:
     """Train and evaluate one cell (in this process, on ``threads`` torch threads).
 
@@ -118,6 +133,11 @@ def run_cell(cell: Cell, threads: int = 1) -> dict[str, Any]:
         the cell's payload: ``"arrays"`` (what goes to ``evaluations.npz``) and ``"result"``
         (what goes to ``result.json``).
     """
+    if batched(cell):
+        outcome = run_cells([cell], threads)[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
     import torch
 
     previous_threads = torch.get_num_threads()
@@ -129,7 +149,48 @@ def run_cell(cell: Cell, threads: int = 1) -> dict[str, Any]:
         torch.set_num_threads(previous_threads)
 
 
-def _run_cell(cell: Cell, threads: int) -> dict[str, Any]:
+def run_cells(cells: Sequence[Cell], threads: int = 1) -> list[Any]:
+    """Train and evaluate cells that differ only in their seed, all :func:`batched`, together: each
+    seed's learner runs its own training and evaluation exactly as :func:`run_cell` runs them on
+    single envs, on its own copy of a batched vector env (one for training, one for evaluation),
+    and the students of all seeds train as one batched model (:class:`kd_env.vector.Lockstep`).
+    A cell's numbers do not depend on the others (each copy's arithmetic is the same in a batch of
+    one or of many).  Returns each cell's payload, or the exception it raised."""
+    import gymnasium as gym
+    import torch
+
+    import kd_env  # noqa: F401 - registers the ids
+    from kd_env.vector import Lockstep
+
+    settings = cells[0].settings
+    if any(c.settings != settings for c in cells) or not all(batched(c) for c in cells):
+        raise ValueError("run_cells takes batched cells that differ only in their seed")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    make_kwargs = {**settings.env_kwargs, "action_mode": settings.action_mode}
+    venvs = []
+    try:
+        for _ in range(2):  # training, evaluation
+            venvs.append(gym.make_vec(settings.env_id, num_envs=len(cells), vectorization_mode="vector_entry_point",
+                                      **make_kwargs))
+        lockstep = Lockstep()
+
+        def driver(k: int, cell: Cell):
+            def run() -> dict[str, Any]:
+                seed_everything(cell.seed)
+                envs = (lockstep.copy_env(venvs[0], k), lockstep.copy_env(venvs[1], k))
+                return _run_cell(cell, threads, envs)
+
+            return run
+
+        return lockstep.run([driver(k, cell) for k, cell in enumerate(cells)])
+    finally:
+        for venv in venvs:
+            venv.close()
+        torch.set_num_threads(previous_threads)
+
+
+def _run_cell(cell: Cell, threads: int, envs: tuple[Any, Any] | None = None) -> dict[str, Any]:
     import gymnasium as gym
 
     import kd_env  # noqa: F401 - registers the ids
@@ -139,8 +200,10 @@ def _run_cell(cell: Cell, threads: int) -> dict[str, Any]:
     start = time.perf_counter()
     s = cell.settings
     make_kwargs = {**s.env_kwargs, "action_mode": s.action_mode}
-    train_env = _training_instances_wrapper(gym.make(s.env_id, **make_kwargs), cell)
-    eval_env = gym.make(s.env_id, **make_kwargs)
+    if envs is None:
+        envs = (gym.make(s.env_id, **make_kwargs), gym.make(s.env_id, **make_kwargs))
+    train_env = _training_instances_wrapper(envs[0], cell)
+    eval_env = envs[1]
     try:
         base = eval_env.unwrapped
         num_phases = int(base.config.num_phases)

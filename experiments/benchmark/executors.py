@@ -10,7 +10,7 @@ import os
 import traceback
 from typing import Any, Callable, Sequence
 
-from .cell import run_cell
+from .cell import batched, run_cell, run_cells
 from .grid import Cell
 
 def _init_worker(threads: int) -> None:
@@ -30,6 +30,41 @@ def _run_cell_catching(cell: Cell, threads: int) -> tuple[dict[str, Any] | None,
         return None, traceback.format_exc()
 
 
+def _run_unit_catching(unit: Sequence[Cell], threads: int) -> list[tuple[dict[str, Any] | None, str | None]]:
+    """A unit of work: one cell, or batched cells of one setting trained together (``run_cells``)."""
+    if len(unit) == 1:
+        return [_run_cell_catching(unit[0], threads)]
+    try:
+        outcomes = run_cells(unit, threads)
+    except Exception:  # noqa: BLE001 - every cell of the unit failed with it
+        error = traceback.format_exc()
+        return [(None, error)] * len(unit)
+    return [(None, "".join(traceback.format_exception(o))) if isinstance(o, BaseException) else (o, None)
+            for o in outcomes]
+
+
+def units_of_work(cells: Sequence[Cell], workers: int = 1) -> list[list[Cell]]:
+    """``cells`` as units of work: the :func:`~.cell.batched` cells of one setting (they differ
+    only in their seed) in ``min(workers, n)`` groups trained together, every other cell alone.
+    A cell's numbers are the same in any unit (see :func:`~.cell.run_cells`)."""
+    groups: list[list[Cell]] = []
+    units: list[list[Cell]] = []
+    for cell in cells:
+        if not batched(cell):
+            units.append([cell])
+            continue
+        for group in groups:
+            if group[0].settings == cell.settings:
+                group.append(cell)
+                break
+        else:
+            groups.append([cell])
+    for group in groups:
+        parts = max(1, min(workers, len(group)))
+        units.extend([group[i::parts] for i in range(parts)])
+    return units
+
+
 OnDone = Callable[[Cell, "dict[str, Any] | None", "str | None"], None]
 
 
@@ -41,8 +76,9 @@ def execute(cells: Sequence[Cell], on_done: OnDone, executor: str = "local", wor
     if executor == "ray":
         _execute_ray(cells, on_done, workers, threads, address)
     elif workers <= 1:
-        for cell in cells:
-            on_done(cell, *_run_cell_catching(cell, threads))
+        for unit in units_of_work(cells, 1):
+            for cell, outcome in zip(unit, _run_unit_catching(unit, threads)):
+                on_done(cell, *outcome)
     else:
         _execute_processes(cells, on_done, workers, threads)
 
@@ -54,15 +90,16 @@ def _execute_processes(cells: Sequence[Cell], on_done: OnDone, workers: int, thr
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(cells)), mp_context=context, initializer=_init_worker,
                              initargs=(threads,)) as pool:
-        futures = {pool.submit(_run_cell_catching, cell, threads): cell for cell in cells}
+        futures = {pool.submit(_run_unit_catching, unit, threads): unit for unit in units_of_work(cells, workers)}
         try:
             for future in as_completed(futures):
-                cell = futures[future]
+                unit = futures[future]
                 try:
-                    payload, error = future.result()
+                    outcomes = future.result()
                 except Exception:  # noqa: BLE001 - a worker that died (killed, out of memory)
-                    payload, error = None, traceback.format_exc()
-                on_done(cell, payload, error)
+                    outcomes = [(None, traceback.format_exc())] * len(unit)
+                for cell, (payload, error) in zip(unit, outcomes):
+                    on_done(cell, payload, error)
         except BaseException:  # Ctrl-C or a failing on_done: drop the queued cells, do not wait for them
             pool.shutdown(wait=False, cancel_futures=True)
             raise
