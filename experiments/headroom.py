@@ -75,6 +75,9 @@ class HeadroomSettings:
     rewards: tuple[str, ...] = ()
     """rewards checked for alignment (default: every registered one that needs no parameters)"""
     workers: int = 1
+    batch: int = 32
+    """open-loop episodes (fixed masks, schedules, random masks) run this many at a time on the
+    env's batched vector env, where it has one (the digits ids); 1: one at a time on the single env"""
     out: str | None = None
     plugins: list[str] = field(default_factory=list)
     """user files imported first in every process (rewards, knowledge, instance sets)"""
@@ -122,7 +125,7 @@ def _actions_for(policy: str, phase: int) -> np.ndarray:
 class _Worker:
     """One env (all instances built lazily and kept) that runs units."""
 
-    def __init__(self, env_id: str, env_kwargs: dict[str, Any], plugins: Sequence[str] = ()):
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any], plugins: Sequence[str] = (), batch: int = 1):
         import gymnasium as gym
         import torch
 
@@ -130,8 +133,11 @@ class _Worker:
 
         load_plugins(plugins)
         torch.set_num_threads(1)
-        self.env = gym.make(env_id, **{"record_time": False, **env_kwargs}).unwrapped
+        self.env_id, self.env_kwargs = env_id, {"record_time": False, **env_kwargs}
+        self.env = gym.make(env_id, **self.env_kwargs).unwrapped
         self.reward = self.env.reward_fn.name
+        self.batch = batch if batch > 1 and gym.spec(env_id).vector_entry_point is not None else 1
+        self._venv = None
 
     def options(self, instance: str | None, reward: str | None = None) -> dict[str, Any]:
         """Reset options: the instance, and always the reward (a random-policy unit may have
@@ -141,11 +147,13 @@ class _Worker:
             out["instance"] = instance
         return out
 
-    def finish(self, returns: float, length: int, splits: Sequence[str] = ("dev", "test")) -> dict[str, Any]:
+    def finish(self, returns: float, length: int, splits: Sequence[str] = ("dev", "test"),
+               env: Any = None) -> dict[str, Any]:
         """The episode's outcome: return, length, and the final student's metric on ``splits``
         (a selection unit needs only dev, a scoring unit only test; text evaluations are costly)."""
-        d = self.env.distiller
-        out = {"return": float(returns), "length": int(length), "probe": float(self.env.last_probe["main"])}
+        env = env or self.env
+        d = env.distiller
+        out = {"return": float(returns), "length": int(length), "probe": float(env.last_probe["main"])}
         for split in ("dev", "test"):
             out[split] = float(d.evaluate(split)["main"]) if split in splits else None
         return out
@@ -207,22 +215,81 @@ class _Worker:
             total, length = total + r, length + 1
         return self.finish(total, length)
 
+    def run_many(self, units: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``units``, the open-loop ones ``batch`` at a time on the batched env (the same episodes
+        as one by one, up to float rounding), the others one by one."""
+        if self.batch <= 1:
+            return [self.run(u) for u in units]
+        batched = [u for u in units if u["policy"].startswith(OPEN_LOOP)]
+        out = [self.run(u) for u in units if not u["policy"].startswith(OPEN_LOOP)]
+        for start in range(0, len(batched), self.batch):
+            out.extend(self._run_open_loop(batched[start:start + self.batch]))
+        return out
+
+    def _run_open_loop(self, units: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Open-loop units side by side, one copy of the batched env each."""
+        import gymnasium as gym
+
+        if self._venv is None:
+            self._venv = gym.make_vec(self.env_id, num_envs=self.batch, vectorization_mode="vector_entry_point",
+                                      **self.env_kwargs)
+        venv = self._venv
+        start = time.perf_counter()
+        rngs = {i: np.random.default_rng([int(u["policy"].split(":")[1]), int(u["seed"])])
+                for i, u in enumerate(units) if u["policy"].startswith("random:")}
+        resets = {i: (int(u["seed"]), self.options(u["instance"], u.get("reward"))) for i, u in enumerate(units)}
+        _raise_first(venv.advance({}, resets))
+        k = len(self.env.knowledge_names)
+        totals, lengths = np.zeros(len(units)), np.zeros(len(units), dtype=np.int64)
+        live = set(range(len(units)))
+        while live:
+            steps = {i: rngs[i].integers(0, 2, k).astype(np.int8) if i in rngs
+                     else _actions_for(units[i]["policy"], int(lengths[i])) for i in sorted(live)}
+            results = _raise_first(venv.advance(steps, {}))
+            for i in list(live):
+                _, r, terminated, truncated, _ = results[i]
+                totals[i] += r
+                lengths[i] += 1
+                if terminated or truncated:
+                    live.discard(i)
+        seconds = (time.perf_counter() - start) / len(units)
+        out = []
+        for i, u in enumerate(units):
+            splits = ("dev", "test") if i in rngs else u.get("splits", ("dev", "test"))
+            rec = self.finish(totals[i], int(lengths[i]), splits, env=venv.envs[i])
+            rec["seconds"] = seconds
+            out.append({**u, **rec})
+        return out
+
     def close(self) -> None:
         self.env.close()
+        if self._venv is not None:
+            self._venv.close()
+
+
+#: policies whose actions do not depend on the state: they run batched where the env allows
+OPEN_LOOP = ("fixed:", "schedule:", "random:")
+
+
+def _raise_first(results: dict[int, Any]) -> dict[int, Any]:
+    for value in results.values():
+        if isinstance(value, BaseException):
+            raise value
+    return results
 
 
 _WORKER: _Worker | None = None
 
 
-def _init_worker(env_id: str, env_kwargs: dict[str, Any], plugins: Sequence[str]) -> None:
+def _init_worker(env_id: str, env_kwargs: dict[str, Any], plugins: Sequence[str], batch: int = 1) -> None:
     global _WORKER
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _WORKER = _Worker(env_id, env_kwargs, plugins)
+    _WORKER = _Worker(env_id, env_kwargs, plugins, batch)
 
 
-def _run_unit(unit: dict[str, Any]) -> dict[str, Any]:
+def _run_units(units: list[dict[str, Any]]) -> list[dict[str, Any]]:
     assert _WORKER is not None
-    return _WORKER.run(unit)
+    return _WORKER.run_many(units)
 
 
 def builtin_rewards() -> list[str]:
@@ -300,17 +367,21 @@ class HeadroomRun:
     def _execute(self, units: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
         s = self.settings
         units = sorted(units, key=lambda u: (str(u["instance"]), u["policy"]))  # keeps an instance's distiller warm
+        # chunks of units: `batch` open-loop episodes run side by side on the batched env
+        size = max(4, s.batch)
+        chunks = [units[i:i + size] for i in range(0, len(units), size)]
         if s.workers <= 1:
-            worker = _Worker(s.env, s.env_kwargs, s.plugins)
+            worker = _Worker(s.env, s.env_kwargs, s.plugins, s.batch)
             try:
-                for u in units:
-                    yield worker.run(u)
+                for chunk in chunks:
+                    yield from worker.run_many(chunk)
             finally:
                 worker.close()
             return
         ctx = mp.get_context("spawn")
-        with ctx.Pool(s.workers, initializer=_init_worker, initargs=(s.env, s.env_kwargs, s.plugins)) as pool:
-            yield from pool.imap_unordered(_run_unit, units, chunksize=4)
+        with ctx.Pool(s.workers, initializer=_init_worker, initargs=(s.env, s.env_kwargs, s.plugins, s.batch)) as pool:
+            for done in pool.imap_unordered(_run_units, chunks):
+                yield from done
 
     # ---- stages ----------------------------------------------------------------------------------
     def fixed_units(self, instances, seeds, split: str) -> list[dict[str, Any]]:
@@ -571,15 +642,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                    help="import a Python file first (registers rewards, knowledge, instance sets)")
     p.add_argument("--workers", type=int, default=1, help="processes (one torch thread each)")
+    p.add_argument("--batch", type=int, default=HeadroomSettings.batch,
+                   help="open-loop episodes run side by side on the batched env, where the env has one "
+                        "(the digits ids); 1: one at a time on the single env (default %(default)s)")
     p.add_argument("--out", help="output folder (default runs/headroom-<env name>)")
     args = p.parse_args(argv)
     changes: dict[str, Any] = {"env": args.env, "env_kwargs": dict(args.env_kwarg), "workers": args.workers,
-                               "out": args.out}
+                               "batch": args.batch, "out": args.out}
     for name in ("selection_seeds", "test_seeds", "greedy_seeds", "random_episodes", "top_masks"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.workers < 1:
         p.error("--workers must be >= 1")
+    if args.batch < 1:
+        p.error(f"--batch must be >= 1 (1: the single env), got {args.batch}")
     try:
         load_plugins(args.plugin)
     except FileNotFoundError as exc:

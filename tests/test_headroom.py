@@ -103,3 +103,30 @@ def test_two_stage_schedules_switch_inside_the_episode_and_a_one_phase_env_has_n
     one = headroom.HeadroomRun(headroom.HeadroomSettings.quick(
         env="kd_env/DigitsKD-Between-v0", out=str(tmp_path)))  # one decision per episode
     assert one.num_phases == 1 and one.two_stage_schedules(["00001", "10000"]) == []
+
+
+def test_batched_episodes_score_what_single_env_episodes_score(quick_run, tmp_path):
+    """The default runs open-loop episodes side by side on the batched env; one at a time on the
+    single env (``--batch 1``) every unit ends with the same student (dev and test metric) and
+    the same return up to float rounding."""
+    out, _ = quick_run
+    single = tmp_path / "single"
+    assert headroom.main([*ARGS, "--out", str(single), "--batch", "1"]) == 0
+
+    def units(folder):
+        return {headroom.unit_key(u): u for u in map(json.loads, (folder / "units.jsonl").read_text().splitlines())}
+
+    batched, alone = units(out), units(single)
+    assert batched.keys() == alone.keys()
+    open_loop = [k for k in batched if k.startswith(headroom.OPEN_LOOP)]
+    assert len(open_loop) > 20
+    for key in open_loop:
+        a, b = batched[key], alone[key]
+        assert (a["dev"], a["test"], a["length"]) == (b["dev"], b["test"], b["length"]), key
+        assert a["return"] == pytest.approx(b["return"], abs=1e-5), key
+
+
+def test_batch_must_be_positive(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        headroom.main([*ARGS, "--out", str(tmp_path / "x"), "--batch", "0"])
+    assert "--batch must be >= 1" in capsys.readouterr().err

@@ -45,3 +45,15 @@ def test_engine_speed_times_the_gram_form_against_the_fsp_matrices():
                 "digits engine, all four, relation through H x H FSP matrices: optimizer steps/s",
                 "speed-up of the Gram form"):
         assert row in proc.stdout, proc.stdout
+
+
+def test_batched_env_speed_prints_every_row_with_its_ratio():
+    proc = subprocess.run([PYTHON, "perf/batched_env_speed.py", "--env", "kd_env/QuickKD-v0", "--sizes", "1,4",
+                           "--async-copies", "0", "--rounds", "1", "--seconds", "0.3"], cwd=ROOT,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "x |" in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["single env", "batched, N = 1", "batched, N = 4"]
+    assert rows[0].rstrip().endswith("| 1.00x |")
+    assert all(float(r.split("|")[3]) > 0 for r in rows)  # steps/s per core measured, not blank
+    assert "CPU:" in proc.stdout and "1 thread per process" in proc.stdout
