@@ -142,13 +142,18 @@ def test_one_seed_summary_has_no_interval(serial_run, tmp_path, monkeypatch):
 
 def test_resume_skips_finished_cells_and_reruns_missing_or_changed_ones(serial_run, monkeypatch):
     calls = []
-    real = benchmark.run_cell
+    real, real_many = benchmark.run_cell, benchmark.executors.run_cells
 
     def counting(cell, threads=1):
         calls.append((cell.algo, cell.seed))
         return real(cell, threads)
 
+    def counting_many(cells, threads=1):  # seeds of one setting trained together
+        calls.extend((cell.algo, cell.seed) for cell in cells)
+        return real_many(cells, threads)
+
     monkeypatch.setattr(benchmark.executors, "run_cell", counting)  # what the executors call
+    monkeypatch.setattr(benchmark.executors, "run_cells", counting_many)
     out = serial_run.run_dir.parent
     again = run_benchmark(tiny_config(out))
     assert calls == [] and not again.executed and len(again.skipped) == 4
@@ -614,3 +619,31 @@ def test_the_selection_bar_legend_sits_above_every_bar(tmp_path, monkeypatch):
     box = ax.get_legend().get_window_extent().transformed(ax.transData.inverted())
     assert box.y0 > 1.0  # in data units: above the tallest bar
     assert 1.0 in list(ax.get_yticks()) and ax.get_ylim()[1] > box.y1 - 1e-9
+
+
+# ---- batched cells ------------------------------------------------------------------------------
+
+
+def test_batched_cells_score_what_single_env_cells_score():
+    """The seeds of one setting train together on the batched env (one copy each); every cell's
+    numbers are those of the same cell on single envs, up to float rounding in the returns."""
+    cells = build_grid(["ac"], [ENV], [0, 1, 2], eval_every=1, eval_episodes=1, episodes=2)
+    assert all(benchmark.cell.batched(c) for c in cells)
+    together = benchmark.cell.run_cells(cells)
+    for cell, payload in zip(cells, together):
+        seed_everything = benchmark.seed_everything
+        seed_everything(cell.seed)
+        alone = benchmark.cell._run_cell(cell, 1)  # the single-env path
+        a, b = payload["arrays"], alone["arrays"]
+        assert a["test_metrics"].tolist() == b["test_metrics"].tolist()
+        assert a["final_actions"].tolist() == b["final_actions"].tolist()
+        np.testing.assert_allclose(a["train_returns"], b["train_returns"], atol=1e-5)
+        np.testing.assert_allclose(a["results"], b["results"], atol=1e-5)
+
+
+def test_units_of_work_group_batched_seeds_and_leave_the_rest_alone():
+    cells = build_grid(["ac", "ppo"], [ENV], [0, 1, 2], eval_every=1, eval_episodes=1, episodes=2)
+    units = benchmark.executors.units_of_work(cells, workers=2)
+    ac = sorted((sorted(c.seed for c in u) for u in units if u[0].algo == "ac"))
+    assert ac == [[0, 2], [1]]  # one group, split over the two workers
+    assert sorted(len(u) for u in units if u[0].algo == "ppo") == [1, 1, 1]  # SB3: one cell at a time

@@ -111,19 +111,18 @@ def _evaluate(env: Any, agent: Any, seeds: Sequence[int], num_phases: int, k: in
     return out
 
 
-#: learners whose random streams are their own (no global RNG after construction): their cells
-#: on an env with a batched vector env run on it, several seeds in lockstep (:func:`run_cells`)
-BATCHED_ALGOS = ("ac", "ac_q")
-
-
 def batched(cell: Cell) -> bool:
-    """Whether ``cell`` runs on the batched vector env: a learner of :data:`BATCHED_ALGOS` on an
-    id with a ``vector_entry_point`` (the digits ids)."""
+    """Whether ``cell`` runs on the batched vector env, several seeds in lockstep
+    (:func:`run_cells`): an id with a ``vector_entry_point`` (the digits ids) and one of this
+    project's agents, whose random streams are their own.  SB3 agents seed the global RNGs,
+    which the seeds' drivers would share, so they run one cell at a time (their ``n_envs`` copies
+    are batched inside the agent)."""
     import gymnasium as gym
 
     import kd_env  # noqa: F401 - registers the ids
+    from agents.sb3 import ALGORITHMS
 
-    return cell.settings.algo in BATCHED_ALGOS and gym.spec(cell.settings.env_id).vector_entry_point is not None
+    return cell.settings.algo not in ALGORITHMS and gym.spec(cell.settings.env_id).vector_entry_point is not None
 
 
 def run_cell(cell: Cell, threads: int = 1) -> dict[str, Any]:
