@@ -310,7 +310,7 @@ class StudentBatch:
         #: gradient in a step, e.g. the head when only ``feature`` is chosen, is not stepped at all)
         self.adam_steps = np.zeros((self.n, len(named)), dtype=np.int64)
         self.grad_flat = torch.zeros_like(self.flat)
-        self._step_counts = torch.zeros((self.n, len(named)))  # the same counts, as the fused kernel reads them
+        self._step_counts = torch.zeros((self.n, len(named)), device=self.device)  # the same, for the fused kernel
         # per slot and parameter: views of the parameters, gradients, moments and step counts
         self._views = [[[t[i, a:b] for a, b in self._segments] for i in range(self.n)]
                        for t in (self.flat, self.grad_flat, self.exp_avg, self.exp_avg_sq)]
@@ -620,7 +620,7 @@ class StudentBatch:
         stepped (PyTorch skips a parameter without a gradient)."""
         stepped = update[:, None] & (selected.astype(np.int64) @ self.reach().astype(np.int64) > 0)  # (N, params)
         self.adam_steps += stepped
-        self._step_counts.add_(torch.as_tensor(stepped, dtype=torch.float32))
+        self._step_counts.add_(torch.as_tensor(stepped, dtype=torch.float32, device=self.device))
         lr = [_scheduled_lr(d) for d in self.distillers]
         wd = [d.config.weight_decay for d in self.distillers]
         groups: dict[tuple[float, float], list[tuple[int, int]]] = {}
