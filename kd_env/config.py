@@ -264,6 +264,14 @@ class DistillConfig:
 # The presets: ready-made configs
 # --------------------------------------------------------------------------------------------
 
+#: the text presets' teacher recipe (one teacher, shared by text and text3): half an epoch (160
+#: steps of 32) on length-grouped batches (megabatches of 16 batches), the cold demo's slowest
+#: stage on a CPU without bf16.  rt-polarity snippets are ~27 tokens, so random batches of 32 pad
+#: to ~1.8x their real tokens.  Measured fp32, seed 0, 2 threads (results/2026-12-05-demo-timing.md):
+#: one epoch of random batches (the old recipe) 353 s, dev 0.8226, test 0.8102; one epoch grouped
+#: 157 s (2.25x), dev 0.8295, test 0.8094; half an epoch grouped: see the results file
+_TEXT_TEACHER: dict[str, Any] = {"teacher_epochs": 0.5, "teacher_length_grouping": 16}
+
 PRESETS: dict[str, DistillConfig] = {
     "quick": DistillConfig(task="digits", teacher="mlp", student_layers=2, batch_size=64, lr=3e-3,
                            total_steps=40, steps_per_action=10, train_examples=None, dev_probe_size=200,
@@ -282,11 +290,11 @@ PRESETS: dict[str, DistillConfig] = {
     # pass under bf16 autocast where the CPU has bf16 instructions: 0.67x the step time, the same
     # accuracy over 5 paired seeds (README "bf16 students, and why batches are not grouped by length")
     "text": DistillConfig(freeze_embeddings=True, batch_size=16, lr=5e-4, total_steps=80, steps_per_action=16,
-                          pooling="mean", student_init_from="teacher", student_precision="auto"),
+                          pooling="mean", student_init_from="teacher", student_precision="auto", **_TEXT_TEACHER),
     # the paper's shape, half the teacher's depth (BERT-base 12 -> BERT6): 6 -> 3; the demo's default
     "text3": DistillConfig(freeze_embeddings=True, batch_size=16, lr=5e-4, total_steps=80, steps_per_action=16,
                            pooling="mean", student_init_from="teacher", student_layers=3,
-                           student_precision="auto"),
+                           student_precision="auto", **_TEXT_TEACHER),
     "paper": DistillConfig(task="sst2", teacher="bert-base-uncased", student_layers=6, max_len=128,
                            batch_size=32, lr=5e-5, total_steps=6000, steps_per_action=200,
                            train_examples=None, dev_probe_size=1000, teacher_epochs=3.0, teacher_lr=2e-5,

@@ -569,3 +569,45 @@ def test_length_grouping_in_the_engine(tiny_bert_dir, text_csv):
 def test_bad_length_grouping_is_rejected(value):
     with pytest.raises(ValueError, match=r"config\.length_grouping must be an integer"):
         DistillConfig(length_grouping=value)
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, True, "16"])
+def test_bad_teacher_length_grouping_is_rejected(value):
+    with pytest.raises(ValueError, match=r"config\.teacher_length_grouping must be an integer"):
+        DistillConfig(teacher_length_grouping=value)
+
+
+def test_teacher_length_grouping_fine_tunes_on_batches_of_similar_length(tiny_bert_dir, text_csv):
+    from kd_env.batching import BatchSampler, tokens_per_example
+    from kd_env.data import load_task
+    from kd_env.models import SequenceClassifier, load_hf_classifier, load_tokenizer
+    from kd_env.teacher import train_classifier
+
+    task = load_task(str(text_csv))
+    sampler = BatchSampler(task, task["train"], load_tokenizer(str(tiny_bert_dir)), 16)
+    lengths = tokens_per_example(sampler)
+    seen: list[np.ndarray] = []
+    read = sampler.batch
+    sampler.batch = lambda idx: (seen.append(np.asarray(idx)), read(idx))[1]
+    model = SequenceClassifier(load_hf_classifier(str(tiny_bert_dir), task.num_labels), "mean")
+    steps = len(sampler) // 8
+    fit = train_classifier(model, sampler, epochs=1, lr=1e-3, batch_size=8, seed=0, device=torch.device("cpu"),
+                           progress=False, max_steps=steps, length_grouping=2)
+    assert fit["steps"] == steps and np.isfinite(fit["final_loss"])
+    for first, second in zip(seen[0::2], seen[1::2]):  # each megabatch of 2 batches: disjoint length bands
+        (lo, hi), (lo2, hi2) = sorted([(lengths[first].min(), lengths[first].max()),
+                                       (lengths[second].min(), lengths[second].max())])
+        assert hi <= lo2
+    assert len(np.unique(np.concatenate(seen))) == steps * 8  # one epoch: every example at most once
+
+
+def test_grouped_teacher_is_a_teacher_of_its_own_and_builds_are_timed(tiny_bert_dir, text_csv, tmp_path):
+    import json
+
+    for grouping in (0, 2):
+        d = build_distiller(_text_config(tiny_bert_dir, text_csv, teacher_length_grouping=grouping, cache_dir=str(tmp_path)))
+        assert set(d.build_seconds) == {"teacher", "teacher_cache"} and min(d.build_seconds.values()) >= 0
+        d.close()
+    idents = [json.loads(p.read_text())["ident"] for p in sorted((tmp_path / "teachers").glob("*/teacher.json"))]
+    assert len(idents) == 2  # two teachers, cached apart; the ungrouped one keeps its old key (no new field)
+    assert sorted(i.get("length_grouping", 0) for i in idents) == [0, 2]
