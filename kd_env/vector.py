@@ -718,11 +718,39 @@ def _scheduled_lr(d: Distiller) -> float:
 # --------------------------------------------------------------------------------------------
 
 
+def _clone_distiller(prototype: Distiller) -> Distiller:
+    """A distiller that shares ``prototype``'s data, teacher, teacher cache and initial state
+    (read-only) and has its own student, optimizer, schedule, data order and random stream;
+    closing it leaves the shared teacher cache open (the prototype's owner closes it)."""
+    import copy
+
+    clone = copy.copy(prototype)
+    clone.student = copy.deepcopy(prototype.student)
+    clone._torch_rng = {}
+    clone.step_timer = None
+    clone.close = lambda: None  # the shared teacher cache is closed with the prototype
+    clone.reset(prototype.config.seed)
+    return clone
+
+
 class _BatchedCopy(KnowledgeSelectionEnv):
     """One copy of a :class:`BatchedKDVectorEnv`: an ordinary env whose phase is trained by the
     vector env's :class:`StudentBatch`; its ``step`` reads the phase's result from there."""
 
     _pending: tuple[PhaseStats, bool, dict[str, float] | None] | None = None
+
+    def __init__(self, *args: Any, prototypes: dict[str, Distiller], **kwargs: Any):
+        self._prototypes = prototypes
+        super().__init__(*args, **kwargs)
+
+    def _build_distiller(self, config: Any) -> Distiller:
+        """A copy of the vector env's one distiller for ``config``: the data, teacher and teacher
+        cache are shared by every copy (built once, not once per copy and instance); the student,
+        its optimizer and data order are the copy's own."""
+        key = repr(config)
+        if key not in self._prototypes:
+            self._prototypes[key] = super()._build_distiller(config)
+        return _clone_distiller(self._prototypes[key])
 
     def _checked_action(self, action: Any) -> np.ndarray:
         if self._pending is not None:  # checked by the vector env before the phase was trained
@@ -783,13 +811,16 @@ class BatchedKDVectorEnv(VectorEnv):
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
         self.num_envs = int(num_envs)
         self.envs: list[_BatchedCopy] = []
+        self._prototypes: dict[str, Distiller] = {}  # one distiller per config, shared by the copies
         try:
             for _ in range(self.num_envs):
-                self.envs.append(_BatchedCopy(*args, **kwargs))
+                self.envs.append(_BatchedCopy(*args, prototypes=self._prototypes, **kwargs))
             self.batch = StudentBatch([e.distiller for e in self.envs], device=device)
         except Exception:
             for e in self.envs:
                 e.close()
+            for d in self._prototypes.values():
+                d.close()
             raise
         first = self.envs[0]
         self.single_observation_space = first.observation_space
@@ -1002,6 +1033,8 @@ class BatchedKDVectorEnv(VectorEnv):
         self._closed = True
         for env in self.envs:
             env.close()
+        for d in self._prototypes.values():
+            d.close()
 
     def __repr__(self) -> str:
         return f"BatchedKDVectorEnv(num_envs={self.num_envs}, device={self.device}, knowledge={self.knowledge_names})"
