@@ -128,15 +128,20 @@ def test_make_vec_gives_the_batched_env_for_digits_ids():
         venv.close()
 
 
+def _whole_episode(venv):
+    """Reset and run one QuickKD episode (4 phases) of every copy with all knowledge; the last step's results."""
+    venv.reset(seed=0)
+    for _ in range(4):
+        result = venv.step(np.ones((venv.num_envs, 4), dtype=np.int8))
+    return result
+
+
 def test_next_step_autoreset_starts_a_new_episode_with_reward_zero():
     venv = BatchedKDVectorEnv(2, config="quick")
     try:
-        venv.reset(seed=0)
-        ones = np.ones((2, 4), dtype=np.int8)
-        for _ in range(4):  # QuickKD: 4 phases
-            _, _, term, _, _ = venv.step(ones)
+        _, _, term, _, _ = _whole_episode(venv)
         assert term.all()
-        obs, rew, term, trunc, info = venv.step(ones)  # the autoreset step trains nothing
+        obs, rew, term, trunc, info = venv.step(np.ones((2, 4), dtype=np.int8))  # the autoreset step trains nothing
         assert not term.any() and np.all(rew == 0)
         assert np.all(info["optimizer_steps"] == 0) and np.all(info["phase"] == 0)
         assert np.all(obs[:, 0] == 0)  # budget used: none
@@ -147,10 +152,7 @@ def test_next_step_autoreset_starts_a_new_episode_with_reward_zero():
 def test_same_step_autoreset_returns_the_final_observation_in_info():
     venv = BatchedKDVectorEnv(2, config="quick", autoreset_mode="same_step")
     try:
-        venv.reset(seed=0)
-        ones = np.ones((2, 4), dtype=np.int8)
-        for _ in range(4):
-            obs, _, term, _, info = venv.step(ones)
+        obs, _, term, _, info = _whole_episode(venv)
         assert term.all()
         assert np.all(obs[:, 0] == 0)  # already the next episode's first observation
         assert info["final_obs"][0][0] == 1.0  # the ended episode's: its whole budget used
