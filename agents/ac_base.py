@@ -232,7 +232,8 @@ class ActorCriticAgent(Agent):
 
         ``env`` may be a Gymnasium vector env (``gymnasium.make_vec(id, num_envs=N,
         vectorization_mode="async")`` runs N episodes at once in N processes; see
-        :func:`agents.make_vector_env`): the N episodes of a batch run in lockstep, the policy acts
+        :func:`agents.make_vector_env`; on the digits ids ``"batched"`` trains the N students as one
+        batched model in this process): the N episodes of a batch run in lockstep, the policy acts
         on all N observations at once, and each finished episode is then learnt from and counted
         as one episode of the budget, in sub-env order.  Episodes of the last batch beyond the
         budget are discarded unused (their count is in ``agent.discarded_episodes``).

@@ -7,7 +7,9 @@ teacher, 2-layer student), and the instance envs ``kd_env/DigitsKD-Instances-v0`
 and ``kd_env/TextKD-Instances-v0`` (situations that differ: gold-label share, label noise, teacher
 strength; see :mod:`kd_env.instances`).  Any :class:`DistillConfig` field can be passed to ``make``.
 For stable-baselines3 on the weights mode, wrap the env in :class:`SymmetricWeights`
-(``Box(-1, 1)`` actions).
+(``Box(-1, 1)`` actions).  ``gymnasium.make_vec(id, num_envs=N)`` on the digits ids
+(:data:`BATCHED_ENV_IDS`) gives :class:`kd_env.vector.BatchedKDVectorEnv`: N students trained as
+one batched model, the same episodes as N single envs.
 """
 
 from __future__ import annotations
