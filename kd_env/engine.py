@@ -48,6 +48,15 @@ def weighted_sum(terms: dict[int, torch.Tensor], w: np.ndarray, active: list[int
     return total
 
 
+def lr_factor(config: DistillConfig, step: int) -> float:
+    """The learning-rate multiplier of optimizer step ``step`` (0-based): linear warm-up over
+    ``warmup_fraction`` of the budget, then linear decay to 0 at ``total_steps``."""
+    warm, total = int(config.warmup_fraction * config.total_steps), config.total_steps
+    if step < warm:
+        return (step + 1) / warm
+    return max(0.0, (total - step) / max(1, total - warm))
+
+
 def student_label_view(labels: np.ndarray, num_labels: int,
                        config: DistillConfig) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The distillation set's labels as the student sees them under ``config``'s situation.
@@ -205,15 +214,7 @@ class Distiller:
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.lr, foreach=True)  # the same numbers as the per-tensor loop, less Python per step
         self._params = [p for p in self.student.parameters() if p.requires_grad]  # clipping order
-        warm = int(cfg.warmup_fraction * cfg.total_steps)
-        total = cfg.total_steps
-
-        def lr_lambda(s: int) -> float:
-            if s < warm:
-                return (s + 1) / warm
-            return max(0.0, (total - s) / max(1, total - warm))
-
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(cfg, s))
         self.rng = np.random.default_rng(seed)
         self._lengths = tokens_per_example(self.train_data) if cfg.length_grouping > 1 else None
         self.order = self._new_order()

@@ -33,9 +33,9 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, create_empty_array
 from torch import nn
 
-from .engine import Distiller
+from .engine import Distiller, lr_factor
 from .env import KnowledgeSelectionEnv
-from .knowledge import Feature, Finetune, Knowledge, Relation, Response, UncertaintyKD
+from .knowledge import Feature, Finetune, Knowledge, Relation, Response, UncertaintyKD, uncertainty_weighting
 from .metrics import compute_metrics
 from .models import MLPClassifier, ModelOutputs
 from .phase_stats import PhaseStats
@@ -81,10 +81,8 @@ def _labelled_mean(values: torch.Tensor, weights: torch.Tensor | None, mask: tor
 
 
 def _uncertainty(s_logits: torch.Tensor) -> torch.Tensor:
-    """Dynamic KD's ``u_i``: the student's prediction entropy / log C, in [0, 1] (no gradient)."""
-    logp = _log_softmax(s_logits.detach())
-    u = -(logp.exp() * logp).sum(-1) / math.log(s_logits.shape[-1])
-    return u.clamp(0.0, 1.0)
+    """Dynamic KD's ``u_i`` (the registered ``uncertainty`` weighting's), ``(N, B)``, no gradient."""
+    return uncertainty_weighting(ModelOutputs(logits=s_logits), None, {})["response"]
 
 
 class StudentStates:
@@ -286,7 +284,6 @@ class StudentBatch:
         self.n = len(distillers)
         first = distillers[0]
         self.knowledge = first.knowledge
-        self.names = [n for n, p in first.student.named_parameters() if p.requires_grad]
         model = first.student.model
         self.layer_names = [(f"model.layers.{i}.weight", f"model.layers.{i}.bias") for i in range(len(model.layers))]
         self.projection_names = [None if isinstance(p, nn.Identity) else f"projections.{j}.weight"
@@ -419,9 +416,9 @@ class StudentBatch:
         self._source[i] = d
 
     # ---- forward ------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> StudentStates:
+    def forward(self, x: torch.Tensor) -> StudentStates:
         """The students' outputs on ``x`` (N, B, in): logits (N, B, C) and hidden states."""
-        p = self.params if params is None else params
+        p = self.params
         h = x
         hidden = [h]
         for w, b in self.layer_names:
@@ -705,12 +702,8 @@ _ACCURACY_ONLY: dict[str, bool] = {}
 
 
 def _scheduled_lr(d: Distiller) -> float:
-    """The learning rate of distiller ``d``'s next optimizer step: its LambdaLR (linear warmup,
-    then linear decay to 0) at ``d.step``."""
-    cfg = d.config
-    warm, total, s = int(cfg.warmup_fraction * cfg.total_steps), cfg.total_steps, d.step
-    factor = (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm))
-    return cfg.lr * factor
+    """The learning rate of distiller ``d``'s next optimizer step: its schedule at ``d.step``."""
+    return d.config.lr * lr_factor(d.config, d.step)
 
 
 # --------------------------------------------------------------------------------------------
