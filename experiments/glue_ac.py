@@ -37,13 +37,12 @@ import yaml
 
 from agents import agent_names, load_agent, make_agent
 from experiments.cli import SEEDS_HELP, load_plugins, parse_seeds
-from experiments.stats import format_bounds
-from experiments.toolkit import TrainingProgress, distil_and_test, read_finished
+from experiments.stats import format_bounds, mean_std, paired_difference
+from experiments.store import read_finished
+from experiments.toolkit import TrainingProgress, distil_and_test
 from experiments.report import (
     json_safe,
     markdown_table,
-    mean_std,
-    paired_difference,
     plot_curves,
     plot_heatmap,
     plot_returns,

@@ -42,7 +42,8 @@ from kd_env.io import atomic_write_json, atomic_write_text
 from kd_env.rewards import BUILTIN_REWARDS, reward_names
 
 from .cli import SEEDS_HELP, load_plugins, parse_seeds
-from .report import markdown_table, mean_std, paired_difference
+from .report import markdown_table
+from .stats import mean_std, paired_difference
 
 DYNAMIC_BASELINES = ("dynamic_kd", "eskd", "two_stage", "anneal")
 

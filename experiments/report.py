@@ -1,11 +1,10 @@
-"""Tables, statistics and plots for experiment results (one place for all of them)."""
+"""Tables, files and plots of experiment results (the statistics are in :mod:`experiments.stats`)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -14,10 +13,7 @@ import numpy as np
 from kd_env.io import atomic_write_bytes, atomic_write_text
 
 __all__ = [
-    "mean_std",
-    "t_interval",
     "json_safe",
-    "paired_difference",
     "write_csv",
     "markdown_table",
     "plot_heatmap",
@@ -26,37 +22,6 @@ __all__ = [
     "plot_learning_curves",
     "plot_selection_bars",
 ]
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    x = np.asarray(values, dtype=np.float64)
-    if len(x) == 0:
-        return math.nan, math.nan
-    return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0
-
-
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean and two-sided Student-t confidence interval of the mean (NaN bounds for a single
-    value: see :data:`experiments.stats.NO_INTERVAL`)."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=np.float64)
-    m = float(x.mean())
-    if len(x) < 2:
-        return m, math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return m, m - half, m + half
-
-
-def paired_difference(a: dict[int, float], b: dict[int, float], confidence: float = 0.95) -> dict[str, Any]:
-    """Mean of ``a[s] - b[s]`` over the seeds both have, with a t confidence interval."""
-    seeds = sorted(set(a) & set(b))
-    diffs = [a[s] - b[s] for s in seeds]
-    if not diffs:
-        return {"n": 0, "mean": math.nan, "low": math.nan, "high": math.nan, "wins": 0}
-    m, lo, hi = t_interval(diffs, confidence)
-    return {"n": len(diffs), "mean": m, "low": lo, "high": hi, "wins": int(sum(d > 0 for d in diffs))}
 
 
 def json_safe(value: Any) -> Any:
@@ -182,13 +147,6 @@ def plot_returns(returns: Sequence[float], path: str | Path, title: str) -> None
     ax.legend(fontsize=8)
     _save(fig, path)
     plt.close(fig)
-
-
-def group_by(rows: Iterable[dict[str, Any]], key: str) -> dict[Any, list[dict[str, Any]]]:
-    out: dict[Any, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        out[r[key]].append(r)
-    return dict(out)
 
 
 def plot_learning_curves(curves: dict[str, dict[str, Any]], path: str | Path, title: str) -> None:

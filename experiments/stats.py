@@ -19,6 +19,12 @@ function                       what it computes
                                Y, averaged over tasks (the Mann-Whitney U statistic / ``n m``)
 :func:`poi_interval`           the same with a stratified-bootstrap CI (X and Y resampled
                                independently within each task)
+:func:`hierarchical_bootstrap` mean over situations with a CI that resamples situations, then
+                               seeds within each (situations are a sample too)
+:func:`paired_situations`      a paired difference over (situation, seed): hierarchical CI,
+                               situations won and lost, sign test over situations
+:func:`sign_test`              two-sided exact sign test of paired differences
+:func:`paired_difference`      mean paired difference over seeds with a Student-t CI
 =============================  ===================================================================
 
 Only numpy; replicates come from a seeded ``numpy.random.Generator``, so the intervals are
@@ -30,7 +36,7 @@ single run (per task) has no interval: its bounds are NaN, written :data:`NO_INT
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 
@@ -48,6 +54,12 @@ __all__ = [
     "format_interval",
     "format_bounds",
     "NO_INTERVAL",
+    "mean_std",
+    "t_interval",
+    "paired_difference",
+    "hierarchical_bootstrap",
+    "paired_situations",
+    "sign_test",
 ]
 
 #: how an interval that one run cannot give is written (terminal, markdown, plots)
@@ -236,3 +248,98 @@ def format_interval(point: float, low: float, high: float, digits: int = 3) -> s
         return "nan"
     bounds = format_bounds(low, high, f".{digits}f")
     return f"{point:.{digits}f} {bounds if bounds.startswith('[') else f'[{bounds}]'}"
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) == 0:
+        return math.nan, math.nan
+    return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and two-sided Student-t confidence interval of the mean (NaN bounds for a single
+    value: see :data:`experiments.stats.NO_INTERVAL`)."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=np.float64)
+    m = float(x.mean())
+    if len(x) < 2:
+        return m, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return m, m - half, m + half
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float], confidence: float = 0.95) -> dict[str, Any]:
+    """Mean of ``a[s] - b[s]`` over the seeds both have, with a t confidence interval."""
+    seeds = sorted(set(a) & set(b))
+    diffs = [a[s] - b[s] for s in seeds]
+    if not diffs:
+        return {"n": 0, "mean": math.nan, "low": math.nan, "high": math.nan, "wins": 0}
+    m, lo, hi = t_interval(diffs, confidence)
+    return {"n": len(diffs), "mean": m, "low": lo, "high": hi, "wins": int(sum(d > 0 for d in diffs))}
+
+
+def hierarchical_bootstrap(scores: Scores, reps: int = 2000, confidence: float = 0.95,
+                           seed: int = 0) -> tuple[float, float, float]:
+    """Mean over situations of each situation's mean over seeds, with a two-level percentile
+    bootstrap interval: each replicate resamples the situations with replacement, then the seeds
+    within each drawn situation.  Use it when the situations are themselves a sample (held-out
+    instances): the interval then covers a new draw of situations, not only of seeds.
+
+    ``scores`` is one array of seed values per situation (see :func:`as_tasks`); a single
+    situation gives the seed-level (stratified) interval, a single value NaN bounds.
+    """
+    _check_confidence(confidence)
+    tasks = as_tasks(scores)
+    point = aggregate_mean(tasks)
+    if len(tasks) == 1:
+        return interval_estimate(tasks, "mean", confidence, reps, seed)
+    rng = np.random.default_rng(seed)
+    n = len(tasks)
+    replicates = np.empty(reps)
+    picks = _resample_indices(rng, n, reps)
+    for r in range(reps):
+        total = 0.0
+        for i in picks[r]:
+            t = tasks[i]
+            total += float(t[rng.integers(0, len(t), len(t))].mean())
+        replicates[r] = total / n
+    low, high = _percentile_interval(replicates, confidence)
+    return point, low, high
+
+
+def sign_test(differences: Sequence[float]) -> float:
+    """Two-sided exact sign test: the probability, under "each nonzero difference is as likely
+    positive as negative", of a split at least as lopsided as the one observed (ties dropped;
+    1.0 when nothing is left)."""
+    d = np.asarray(differences, dtype=np.float64)
+    pos, neg = int((d > 0).sum()), int((d < 0).sum())
+    n = pos + neg
+    if n == 0:
+        return 1.0
+    k = min(pos, neg)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    return float(min(1.0, 2.0 * tail))
+
+
+def paired_situations(a: dict[tuple[str, int], float], b: dict[tuple[str, int], float], reps: int = 2000,
+                      confidence: float = 0.95, seed: int = 0) -> dict[str, object]:
+    """``a - b`` paired on (situation, seed), for two learners scored on the same situations and
+    seeds: the mean over situations of the per-situation mean difference with a hierarchical
+    bootstrap interval (:func:`hierarchical_bootstrap`), how many situations ``a`` wins (mean
+    difference > 0) and loses, the sign test over situations and each situation's mean
+    difference.  Pairs only one side has are left out."""
+    by_situation: dict[str, list[float]] = {}
+    for key in sorted(set(a) & set(b)):
+        by_situation.setdefault(str(key[0]), []).append(a[key] - b[key])
+    if not by_situation:
+        return {"situations": 0, "pairs": 0, "mean": math.nan, "low": math.nan, "high": math.nan, "wins": 0,
+                "losses": 0, "sign_p": 1.0, "per_situation": {}}
+    per = {s: float(np.mean(v)) for s, v in by_situation.items()}
+    mean, low, high = hierarchical_bootstrap([np.asarray(v) for v in by_situation.values()], reps, confidence, seed)
+    return {"situations": len(per), "pairs": sum(len(v) for v in by_situation.values()), "mean": mean,
+            "low": low, "high": high, "wins": sum(d > 0 for d in per.values()),
+            "losses": sum(d < 0 for d in per.values()), "sign_p": sign_test(list(per.values())),
+            "per_situation": per}

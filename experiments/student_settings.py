@@ -35,8 +35,8 @@ import yaml
 
 from experiments.cli import SEEDS_HELP, parse_seeds
 from experiments.glue_ac import ExperimentConfig, Run, run_experiment
-from experiments.report import markdown_table, paired_difference
-from experiments.stats import format_bounds
+from experiments.report import markdown_table
+from experiments.stats import format_bounds, paired_difference
 from kd_env.config import get_preset
 from kd_env.io import atomic_write_json, atomic_write_text
 

@@ -1,5 +1,5 @@
 """Pieces every experiment uses, written once: one distillation scored on the held-out split
-(:func:`distil_and_test`), resuming from finished units (:func:`read_finished`), and following
+(:func:`distil_and_test`) and following
 selector training through ``learn(..., callback=...)`` (:class:`TrainingProgress`).
 
 The command-line pieces (``--seeds``, ``--plugin``) are in :mod:`experiments.cli`.
@@ -7,8 +7,6 @@ The command-line pieces (``--seeds``, ``--plugin``) are in :mod:`experiments.cli
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from typing import Any
 
@@ -17,7 +15,7 @@ import numpy as np
 from agents import run_episode
 from kd_env.io import progress_bar
 
-__all__ = ["distil_and_test", "read_finished", "TrainingProgress"]
+__all__ = ["distil_and_test", "TrainingProgress"]
 
 
 def distil_and_test(env: Any, agent: Any, seed: int) -> dict[str, Any]:
@@ -50,26 +48,6 @@ def distil_and_test(env: Any, agent: Any, seed: int) -> dict[str, Any]:
         "actions": actions, "curve": [float(x) for x in curve],
         "mean_weights": [float(x) for x in np.mean(actions, axis=0)],
     }
-
-
-def read_finished(path: str | os.PathLike, **expected: Any) -> dict[str, Any] | None:
-    """The record of a finished unit of work (a JSON object written atomically when the unit
-    finished), or ``None`` when the unit must run (again): no file, a file that is not a JSON
-    object, or one whose ``expected`` keys differ (another method, seed or settings
-    fingerprint: the unit was made for something else).
-
-    Every experiment resumes through this: ``glue_ac``'s ``units/<method>__seed<k>.json`` (keyed
-    by method and seed) and the benchmark's ``<cell>/result.json`` (keyed by the cell's
-    fingerprint).
-    """
-    try:
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or any(record.get(k) != v for k, v in expected.items()):
-        return None
-    return record
 
 
 class TrainingProgress:

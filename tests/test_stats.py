@@ -10,7 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from experiments.report import json_safe, paired_difference, t_interval
+from experiments.report import json_safe
+from experiments.stats import paired_difference, t_interval
 from experiments.stats import (
     NO_INTERVAL,
     aggregate_iqm,

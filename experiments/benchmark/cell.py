@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from experiments.toolkit import read_finished
+from experiments.store import read_finished
 from kd_env.io import atomic_write_bytes, atomic_write_json
 
 from .grid import EVALUATIONS_FILE, RESULT_FILE, TRAIN_SEED_STRIDE, Cell

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..report import paired_difference
+from ..stats import paired_difference
 
 
 def _episode_scores(run_dir: Path, spec: str,

@@ -23,10 +23,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from experiments import stats
+from experiments.stats import paired_difference
 from experiments.report import (
     json_safe,
     markdown_table,
-    paired_difference,
     plot_heatmap,
     plot_learning_curves,
     plot_selection_bars,
