@@ -21,8 +21,8 @@ Names: ``ac`` (:mod:`agents.ac`), ``ac_q`` (:mod:`agents.ac_q`), our actor-criti
 from __future__ import annotations
 
 from . import ac, ac_q, baselines, dynamic, sb3  # noqa: F401 - register their agents
-from .base import Agent, CheckpointError, SelectionSpec, agent_names, agent_table, load_agent, make_agent, \
-    make_vector_env, register_agent, run_episode, selection_spec
+from .base import Agent, CheckpointError, SelectionSpec, agent_hyperparameters, agent_names, agent_table, \
+    load_agent, make_agent, make_vector_env, register_agent, run_episode, selection_spec
 
-__all__ = ["Agent", "CheckpointError", "SelectionSpec", "agent_names", "agent_table", "load_agent", "make_agent",
+__all__ = ["Agent", "CheckpointError", "SelectionSpec", "agent_hyperparameters", "agent_names", "agent_table", "load_agent", "make_agent",
            "make_vector_env", "register_agent", "run_episode", "selection_spec"]

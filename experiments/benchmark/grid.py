@@ -263,7 +263,7 @@ def resolve_settings(algo: str, env_id: str, config: dict[str, dict[str, Any]],
 def check_hyperparameter_types(settings: AlgoSettings) -> None:
     """Unknown hyperparameters and values of the wrong type, against what the agent declared
     where it is registered (agents that declare nothing are left to the dry run)."""
-    from agents.base import agent_hyperparameters
+    from agents import agent_hyperparameters
 
     annotations = agent_hyperparameters(settings.algo)
     if annotations is None:
