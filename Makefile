@@ -5,6 +5,8 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kd_env-installed
+# the tests also need the `ray` extra: the distributed executor is tested, not skipped
+TEST_STAMP := $(VENV)/.kd_env-test-installed
 # when this make started: the install recipe records its wall seconds in $(VENV)/.kd_env-install-seconds,
 # which `make demo` prints in its per-stage timing table
 START := $(shell date +%s)
@@ -30,7 +32,11 @@ $(STAMP): setup.cfg setup.py
 demo: install
 	$(PY) -m experiments.glue_ac $(ARGS)
 
-test: install
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[dev,ray]"
+	touch $(TEST_STAMP)
+
+test: install $(TEST_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: install

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import textwrap
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 import kd_env
 from experiments import benchmark
+from experiments.benchmark import runner as bench_runner
 from experiments.benchmark import (
     DEFAULT_ALGOS,
     SUMMARY_COLUMNS,
@@ -142,7 +144,7 @@ def test_one_seed_summary_has_no_interval(serial_run, tmp_path, monkeypatch):
 
 def test_resume_skips_finished_cells_and_reruns_missing_or_changed_ones(serial_run, monkeypatch):
     calls = []
-    real, real_many = benchmark.run_cell, benchmark.executors.run_cells
+    real, real_many = benchmark.run_cell, bench_runner.run_cells
 
     def counting(cell, threads=1):
         calls.append((cell.algo, cell.seed))
@@ -152,8 +154,8 @@ def test_resume_skips_finished_cells_and_reruns_missing_or_changed_ones(serial_r
         calls.extend((cell.algo, cell.seed) for cell in cells)
         return real_many(cells, threads)
 
-    monkeypatch.setattr(benchmark.executors, "run_cell", counting)  # what the executors call
-    monkeypatch.setattr(benchmark.executors, "run_cells", counting_many)
+    monkeypatch.setattr(bench_runner, "run_cell", counting)  # what the units of work call
+    monkeypatch.setattr(bench_runner, "run_cells", counting_many)
     out = serial_run.run_dir.parent
     again = run_benchmark(tiny_config(out))
     assert calls == [] and not again.executed and len(again.skipped) == 4
@@ -198,12 +200,77 @@ def test_process_executor_gives_the_serial_numbers(serial_run, tmp_path):
                                                                           b["return_mean"])
 
 
+def _ray():
+    """Ray, which CI installs (the ``ray`` extra): there a missing Ray fails the test instead of
+    skipping it, so the distributed path cannot go untested unnoticed."""
+    if os.environ.get("CI"):
+        import ray
+        return ray
+    return pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]'); CI installs it")
+
+
 def test_ray_executor_gives_the_serial_numbers(serial_run, tmp_path):
-    pytest.importorskip("ray", reason="ray is not installed (optional: pip install ray); the Ray executor is "
-                                      "tested only where it is")
+    _ray()
     result = run_benchmark(tiny_config(tmp_path, executor="ray", workers=2))
-    assert not result.failed
+    assert not result.failed and len(result.executed) == 4
     assert _numbers(result.run_dir) == _numbers(serial_run.run_dir)
+
+
+def _running_ray_tasks() -> list[int]:
+    """The pids of Ray workers running one of our jobs now (Ray titles a busy worker
+    ``ray::<task name>``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if title.startswith(b"ray::_ray_task"):
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds Ray's workers through /proc")
+def test_ray_retries_a_cell_whose_worker_is_killed(serial_run, tmp_path):
+    """A Ray worker killed (SIGKILL) in the middle of a cell: Ray reruns the cell on another
+    worker, the run ends with every cell finished and the serial run's numbers, and no file is
+    left half-written."""
+    import signal
+    import threading
+    import time
+
+    ray = _ray()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {k: os.environ[k] for k in ("KD_ENV_CACHE", "HF_HUB_OFFLINE",
+                                                                   "HF_DATASETS_OFFLINE") if k in os.environ}})
+    killed: list[int] = []
+    done = threading.Event()
+
+    def kill_one_busy_worker() -> None:
+        while not done.is_set() and not killed:
+            for pid in _running_ray_tasks():
+                time.sleep(0.3)  # in the middle of the cell, not at its start
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
+                killed.append(pid)
+                break
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_busy_worker, daemon=True)
+    killer.start()
+    try:
+        result = run_benchmark(tiny_config(tmp_path, executor="ray", workers=2))
+    finally:
+        done.set()
+        killer.join()
+        ray.shutdown()
+    assert killed, "no Ray worker was seen running a cell"
+    assert not result.failed and len(result.executed) == 4
+    assert _numbers(result.run_dir) == _numbers(serial_run.run_dir)
+    assert not [p for p in result.run_dir.rglob("*") if ".tmp-" in p.name]
 
 
 def test_ray_executor_without_ray_is_a_clear_error(tmp_path, monkeypatch):
@@ -381,7 +448,7 @@ def test_bad_config_files_raise_before_anything_runs(tmp_path, algo, text, messa
     (dict(executor="dask"), "executor"),
 ])
 def test_bad_grid_inputs_raise_before_any_cell_runs(tmp_path, monkeypatch, changes, message):
-    monkeypatch.setattr(benchmark.executors, "run_cell", lambda *a, **k: pytest.fail("a cell ran"))
+    monkeypatch.setattr(bench_runner, "run_cell", lambda *a, **k: pytest.fail("a cell ran"))
     with pytest.raises(ConfigError, match=message):
         run_benchmark(tiny_config(tmp_path, **changes))
     assert not any((tmp_path / "benchmark-tiny").glob("*/*/result.json"))
@@ -439,7 +506,7 @@ def test_summary_breaks_instance_envs_down_per_held_out_instance():
 
 
 def test_the_summary_says_what_a_learner_played_on_each_situation():
-    from experiments.benchmark.summary import _selection_per_instance_markdown
+    from experiments.benchmark.tables import _selection_per_instance_markdown
 
     def payload(masks):  # one decision per episode, 4 episodes: instances a, b, a, b
         return {"result": {"knowledge": ["finetune", "response"]},
@@ -643,7 +710,7 @@ def test_batched_cells_score_what_single_env_cells_score():
 
 def test_units_of_work_group_batched_seeds_and_leave_the_rest_alone():
     cells = build_grid(["ac", "ppo"], [ENV], [0, 1, 2], eval_every=1, eval_episodes=1, episodes=2)
-    units = benchmark.executors.units_of_work(cells, workers=2)
+    units = bench_runner.units_of_work(cells, workers=2)
     ac = sorted((sorted(c.seed for c in u) for u in units if u[0].algo == "ac"))
     assert ac == [[0, 2], [1]]  # one group, split over the two workers
     assert sorted(len(u) for u in units if u[0].algo == "ppo") == [1, 1, 1]  # SB3: one cell at a time

@@ -53,32 +53,33 @@ Outputs, ``runs/benchmark-<name>/``::
     plots/<env>-selection.png               mean selection frequency per knowledge type
     plots/<env>-selection-<algo>.png        knowledge x phase heatmap of the final policy
 
-The package, one job per module: :mod:`~experiments.benchmark.grid` (settings, grid, overrides,
-config checks), :mod:`~experiments.benchmark.cell` (one run, its evaluation, its files),
-:mod:`~experiments.benchmark.executors` (local processes and Ray),
-:mod:`~experiments.benchmark.runner` (orchestration and resume),
-:mod:`~experiments.benchmark.summary` (tables and plots from the cell files;
-``python -m experiments.benchmark.summary runs/benchmark-<name>`` regenerates them) and
-``__main__`` (the command line).
+The package, one job per module: :mod:`~experiments.benchmark.settings` (YAML configs,
+overrides, config checks), :mod:`~experiments.benchmark.grid` (cells, seeds, the run's config),
+:mod:`~experiments.benchmark.cell` (one run and its files), :mod:`~experiments.benchmark.evaluation`
+(training resets, evaluation episodes), :mod:`~experiments.benchmark.runner` (units of work on
+the shared executor, resume), :mod:`~experiments.benchmark.summary` and
+:mod:`~experiments.benchmark.tables` (tables and plots from the cell files;
+``python -m experiments.benchmark.summary runs/benchmark-<name>`` regenerates them),
+:mod:`~experiments.benchmark.oracle` (per-situation oracle shares) and ``__main__`` (the command
+line).  Processes and Ray are :mod:`experiments.executors`' alone.
 
 Resumable: a finished cell whose settings are unchanged is read back, not rerun; one whose
 settings changed is rerun.  ``--fresh`` reruns everything.
 
 Execution: ``--workers N`` runs cells in N spawned processes; ``--executor ray`` on Ray (local,
-or a cluster with ``--address``).  Each cell runs on ``--threads`` torch threads (default 1:
+or a cluster with ``--address``; a cell whose Ray worker dies is retried, up to 3 times).  Each
+cell runs on ``--threads`` torch threads (default 1:
 the envs' models are small, and N workers then use N cores).  A cell's numbers depend only on
 its settings and seed (global RNGs are reseeded per cell, evaluation does not disturb the
 training RNG streams), so every executor gives the same numbers for the same ``--threads``.
 
 Default budget (no flags): 7 algorithms (ac, ac_q, ppo, dqn; vanilla_kd, dynamic_kd,
 random_hard) x 5 seeds x kd_env/DigitsKD-Instances-v0 (15 phases per episode; the instance env,
-where the headroom is), 2 worker processes.  The learners train 300 episodes each (4,500 env
-steps, the same for every learner; the configs' ``episodes``) and are evaluated after 100, 200
-and 300 episodes on 3 held-out seeds x the 4 held-out instances; the baselines run one such
-evaluation: 4 x 5 x (300 + 36) + 3 x 5 x 12 = 6,900 DigitsKD episodes of ~0.3-0.6 s.  The full
-default grid has not been timed; from ``ac``'s measured 2.5 min per 300-episode run (one core,
-other jobs on the other), expect the better part of an hour on 2 cores.  ``--envs kd_env/DigitsKD-v0`` (12 episodes per learner) is the old,
-minutes-scale smoke benchmark.
+where the headroom is), 2 worker processes.  The learners train 600 episodes each (9,000 env
+steps, the same for every learner: the configs' ``episodes`` for this env) and are evaluated
+every 100 episodes on 3 held-out seeds x the 4 held-out instances; the baselines run one such
+evaluation.  ``--envs kd_env/DigitsKD-v0`` (12 episodes per learner) is the minutes-scale smoke
+benchmark.
 """
 
 from __future__ import annotations
@@ -86,12 +87,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .cell import _evaluate, _training_instances_wrapper  # noqa: F401 - used by the tests
-from .cell import evaluation_episodes, read_cell, run_cell, seed_everything, write_cell
-from .executors import execute
+from .cell import read_cell, run_cell, run_cells, write_cell
+from .evaluation import _evaluate, _training_instances_wrapper  # noqa: F401 - used by the tests
+from .evaluation import evaluation_episodes, seed_everything
 from .grid import (
-    ACTION_MODES,
-    CONFIG_DIR,
     DEFAULT_ALGOS,
     DEFAULT_ENVS,
     DEFAULT_EVAL_EPISODES,
@@ -104,27 +103,32 @@ from .grid import (
     MAX_EVAL_EPISODES,
     REFERENCE_ALGO,
     TRAIN_SEED_STRIDE,
-    AlgoSettings,
     BenchmarkConfig,
     Cell,
-    ConfigError,
     build_grid,
+    env_slug,
+)
+from .settings import (
+    ACTION_MODES,
+    CONFIG_DIR,
+    AlgoSettings,
+    ConfigError,
     check_grid,
     check_hyperparameter_types,
-    env_slug,
     load_algo_config,
     parse_override,
     parse_value,
     resolve_settings,
 )
+
 __all__ = [
     "ACTION_MODES", "CONFIG_DIR", "DEFAULT_ALGOS", "DEFAULT_ENVS", "DEFAULT_EVAL_EPISODES", "DEFAULT_EVAL_EVERY",
     "DEFAULT_SEEDS", "DEFAULT_WORKERS", "EVAL_SEED_BASE", "EVAL_SPLITS", "EXECUTORS", "MAX_EVAL_EPISODES", "REFERENCE_ALGO",
     "RUN_COLUMNS", "SUMMARY_COLUMNS", "TRAIN_SEED_STRIDE",
     "AlgoSettings", "BenchmarkConfig", "BenchmarkResult", "Cell", "ConfigError",
-    "build_grid", "check_grid", "check_hyperparameter_types", "env_slug", "evaluation_episodes", "execute",
+    "build_grid", "check_grid", "check_hyperparameter_types", "env_slug", "evaluation_episodes",
     "load_algo_config", "load_run", "parse_override", "parse_value", "read_cell", "resolve_settings", "run_benchmark",
-    "run_cell", "seed_everything", "summarize", "write_cell", "main", "parse_args",
+    "run_cell", "run_cells", "run_unit", "seed_everything", "units_of_work", "summarize", "write_cell", "main", "parse_args",
 ]
 
 
@@ -132,8 +136,9 @@ __all__ = [
 #: (which imports ``summary``), imported on first use: importing them here would make runpy warn
 #: that the module it is about to run is already imported
 _LAZY = {"main": "__main__", "parse_args": "__main__", "run_benchmark": "runner", "BenchmarkResult": "runner",
+         "run_unit": "runner", "units_of_work": "runner",
          "summarize": "summary", "load_run": "summary", "RUN_COLUMNS": "summary", "SUMMARY_COLUMNS": "summary",
-         "_paired_with_baseline": "summary", "_per_instance_markdown": "summary"}
+         "_paired_with_baseline": "summary", "_per_instance_markdown": "tables"}
 
 
 def __getattr__(name: str) -> Any:

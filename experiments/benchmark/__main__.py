@@ -8,8 +8,9 @@ from typing import Sequence
 
 from experiments.cli import SEEDS_HELP, parse_seeds
 
-from .grid import CONFIG_DIR, DEFAULT_ALGOS, DEFAULT_ENVS, DEFAULT_EVAL_EPISODES, DEFAULT_EVAL_EVERY, DEFAULT_SEEDS, \
-    DEFAULT_WORKERS, EVAL_SPLITS, EXECUTORS, BenchmarkConfig, ConfigError
+from .grid import DEFAULT_ALGOS, DEFAULT_ENVS, DEFAULT_EVAL_EPISODES, DEFAULT_EVAL_EVERY, DEFAULT_SEEDS, \
+    DEFAULT_WORKERS, EVAL_SPLITS, EXECUTORS, BenchmarkConfig
+from .settings import CONFIG_DIR, ConfigError
 from .runner import run_benchmark
 
 

@@ -1,5 +1,6 @@
-"""Run a benchmark: build and check the grid, read back the finished cells, run the others on
-an executor, write each cell as it ends, and summarise.
+"""Run a benchmark: build and check the grid, read back the finished cells, run the others as
+units of work on the shared executor (:mod:`experiments.executors`: local processes or Ray),
+write each cell as it ends, and summarise.
 
 Resumable: a finished cell whose settings are unchanged is read back, not rerun; one whose
 settings changed is rerun.  ``fresh=True`` reruns everything.
@@ -8,17 +9,54 @@ settings changed is rerun.  ``fresh=True`` reruns everything.
 from __future__ import annotations
 
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from kd_env.checks import matches
+from experiments.executors import check_executor, execute
 from kd_env.io import atomic_write_json
 
-from .cell import read_cell, write_cell
-from .executors import execute
-from .grid import EXECUTORS, RESULT_FILE, BenchmarkConfig, Cell, ConfigError, _slug, build_grid, check_grid
+from .cell import batched, read_cell, run_cell, run_cells, write_cell
+from .grid import RESULT_FILE, BenchmarkConfig, Cell, _slug, build_grid
+from .settings import ConfigError, check_grid
 from .summary import summarize
+
+
+def units_of_work(cells: Sequence[Cell], workers: int = 1) -> list[list[Cell]]:
+    """``cells`` as units of work: the :func:`~.cell.batched` cells of one setting (they differ
+    only in their seed) in ``min(workers, n)`` groups trained together, every other cell alone.
+    A cell's numbers are the same in any unit (see :func:`~.cell.run_cells`)."""
+    groups: list[list[Cell]] = []
+    units: list[list[Cell]] = []
+    for cell in cells:
+        if not batched(cell):
+            units.append([cell])
+            continue
+        for group in groups:
+            if group[0].settings == cell.settings:
+                group.append(cell)
+                break
+        else:
+            groups.append([cell])
+    for group in groups:
+        parts = max(1, min(workers, len(group)))
+        units.extend([group[i::parts] for i in range(parts)])
+    return units
+
+
+def run_unit(job: tuple[tuple[Cell, ...], int]) -> list[tuple[dict[str, Any] | None, str | None]]:
+    """The executor's runner: one unit of work (cells, torch threads) -> each cell's
+    ``(payload, error)``; a cell that raises is reported with its traceback, the others go on."""
+    unit, threads = job
+    if len(unit) == 1:
+        try:
+            return [(run_cell(unit[0], threads), None)]
+        except Exception:  # noqa: BLE001 - reported by the driver
+            return [(None, traceback.format_exc())]
+    outcomes = run_cells(unit, threads)
+    return [(None, "".join(traceback.format_exception(o))) if isinstance(o, BaseException) else (o, None)
+            for o in outcomes]
 
 
 @dataclass
@@ -40,21 +78,14 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
     """Build and check the grid, run the unfinished cells, summarise."""
     start = time.perf_counter()
     log = print if config.verbose else (lambda *_a, **_k: None)
-    if config.executor not in EXECUTORS:
-        raise ConfigError(f"executor must be one of {list(EXECUTORS)}, got {config.executor!r}")
-    if not matches(config.workers, int) or config.workers < 1:
-        raise ConfigError(f"workers must be a positive integer, got {config.workers!r}")
-    if not matches(config.threads, int) or config.threads < 1:
-        raise ConfigError(f"threads must be a positive integer, got {config.threads!r}")
+    try:
+        check_executor(config.executor, config.workers, config.threads)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if not config.name or _slug(config.name) != config.name:
         raise ConfigError(f"name must be non-empty and use only letters, digits, '-', '_' and '.', got {config.name!r}")
     cells = build_grid(config.algos, config.envs, config.seeds, config.eval_every, config.eval_episodes,
                        config.overrides, config.episodes, config.config_dir, config.eval_split)
-    if config.executor == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise ConfigError("--executor ray needs the optional 'ray' package: pip install 'ray>=2.9'") from None
     run_dir = config.run_dir
     payloads: dict[Cell, dict[str, Any]] = {}
     todo: list[Cell] = []
@@ -82,7 +113,7 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
     executed: list[Cell] = []
     counter = {"done": 0}
 
-    def on_done(cell: Cell, payload: dict[str, Any] | None, error: str | None) -> None:
+    def on_cell(cell: Cell, payload: dict[str, Any] | None, error: str | None) -> None:
         counter["done"] += 1
         prefix = f"[{counter['done']}/{len(todo)}] {cell.label()}"
         if payload is None:
@@ -98,7 +129,12 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
         log(f"{prefix}: {split} {r['metric_name']} {r['test_metric']:.4f}, return {r['return']:+.4f} "
             f"({r['seconds']['total']:.1f} s)")
 
-    execute(todo, on_done, config.executor, config.workers, config.threads, config.address)
+    def on_done(job: tuple[tuple[Cell, ...], int], outcomes: list[Any] | None, error: str | None) -> None:
+        for k, cell in enumerate(job[0]):
+            on_cell(cell, *(outcomes[k] if outcomes is not None else (None, error)))
+
+    jobs = [(tuple(unit), config.threads) for unit in units_of_work(todo, config.workers)]
+    execute(jobs, run_unit, on_done, config.executor, config.workers, config.threads, config.address)
     finished = [c for c in cells if c in payloads]
     rows = summarize(run_dir, finished, payloads, config) if finished else []
     wall = time.perf_counter() - start
