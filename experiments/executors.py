@@ -29,6 +29,7 @@ executor gives the same results.
 from __future__ import annotations
 
 import os
+import pickle
 import traceback
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -46,7 +47,7 @@ RAY_ENV_VARS = ("KD_ENV_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TOKENI
 Job = TypeVar("Job")
 OnDone = Callable[[Any, Any, "str | None"], None]
 
-_SETUP_DONE: set[Any] = set()
+_SETUP_DONE: set[bytes] = set()
 
 
 def check_executor(executor: str, workers: int, threads: int) -> None:
@@ -144,7 +145,7 @@ def _execute_processes(jobs: list[Any], runner: Callable[[Any], Any], on_done: O
 def _ray_task(runner: Callable[[Any], Any], job: Any, threads: int, setup: Callable[..., None] | None,
               setup_args: tuple[Any, ...]) -> tuple[Any, str | None]:
     """A Ray task: the worker process is set up once (Ray reuses workers), then runs ``job``."""
-    key = (threads, setup, setup_args)
+    key = pickle.dumps((threads, setup, setup_args))  # the arguments need not be hashable
     if key not in _SETUP_DONE:
         init_worker(threads, setup, setup_args)
         _SETUP_DONE.add(key)
