@@ -224,3 +224,44 @@ def test_agrees_with_rliables_formulas_on_fixed_data():
         ref_low, ref_high = _rliable_interval(RLIABLE_X, statistic, reps=20000)
         assert (low, high) == pytest.approx((ref_low, ref_high), abs=0.004), name
         assert low < point < high
+
+
+# ---- situations, then seeds -------------------------------------------------------------------
+
+
+def test_sign_test_exact_values():
+    from experiments.stats import sign_test
+
+    assert sign_test([1.0] * 10) == pytest.approx(2 / 1024)
+    assert sign_test([0.5, -0.5]) == 1.0
+    assert sign_test([0.0, 0.0]) == 1.0  # ties are dropped: nothing left
+    assert sign_test([1, 1, 1, 1, -1, 0]) == pytest.approx(2 * (1 + 5) / 32)
+
+
+def test_hierarchical_bootstrap_resamples_situations_too():
+    from experiments.stats import hierarchical_bootstrap, interval_estimate
+
+    # seeds agree closely within each situation; situations differ a lot
+    situations = [np.array([0.1, 0.11, 0.12]), np.array([0.5, 0.51, 0.52]), np.array([0.9, 0.91, 0.92])]
+    point, low, high = hierarchical_bootstrap(situations, reps=4000)
+    assert point == pytest.approx(np.mean([s.mean() for s in situations]))
+    _, s_low, s_high = interval_estimate(situations, "mean", reps=4000)  # seeds only
+    assert high - low > 10 * (s_high - s_low)  # the spread between situations is in the interval
+    assert hierarchical_bootstrap(situations, reps=4000) == (point, low, high)  # seeded: reproducible
+    one = [np.array([0.1, 0.3, 0.2])]
+    assert hierarchical_bootstrap(one, reps=500) == interval_estimate(one, "mean", reps=500)
+
+
+def test_paired_situations_counts_wins_per_situation():
+    from experiments.stats import paired_situations
+
+    a = {("s1", 0): 0.8, ("s1", 1): 0.7, ("s2", 0): 0.5, ("s2", 1): 0.5, ("s3", 0): 0.9, ("s4", 0): 1.0}
+    b = {("s1", 0): 0.6, ("s1", 1): 0.6, ("s2", 0): 0.6, ("s2", 1): 0.7, ("s3", 0): 0.8}
+    d = paired_situations(a, b, reps=500)
+    assert d["situations"] == 3 and d["pairs"] == 5  # s4 has no pair
+    assert d["per_situation"] == pytest.approx({"s1": 0.15, "s2": -0.15, "s3": 0.1})
+    assert (d["wins"], d["losses"]) == (2, 1)
+    assert d["mean"] == pytest.approx(0.1 / 3)
+    assert d["low"] <= d["mean"] <= d["high"]
+    assert d["sign_p"] == pytest.approx(1.0)
+    assert paired_situations({}, b)["situations"] == 0
