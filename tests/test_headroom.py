@@ -1,5 +1,6 @@
 """The headroom tool end to end (``--quick``) on a tiny instance set over the quick preset, its
-resume, and its choices: made on selection seeds and dev, never on the test split."""
+resume from the result store, and its choices: made on selection seeds and dev, never on the
+test split."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 import kd_env
 from experiments import headroom
+from experiments.store import ResultStore
 from kd_env import Instance, InstanceSet
 
 if "tiny-headroom" not in kd_env.instance_set_names():
@@ -20,6 +22,11 @@ if "tiny-headroom" not in kd_env.instance_set_names():
 ARGS = ["--quick", "--env", "kd_env/DigitsKD-Instances-v0", "--env-kwarg", "config=quick",
         "--env-kwarg", "instances=tiny-headroom", "--selection-seeds", "0", "--test-seeds", "100-101",
         "--random-episodes", "4"]
+
+
+def units(folder):
+    """The finished units of a run folder (one file each in ``units/``)."""
+    return ResultStore(folder / "units").records()
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +48,7 @@ def test_quick_report_has_every_part(quick_run):
     for r in res["policies"]:
         assert r["n"] > 0 and 0.0 <= r["test_mean"] <= 1.0
     # every scored pair is a held-out instance on a test seed
-    units = [json.loads(line) for line in (out / "units.jsonl").read_text().splitlines()]
-    for u in units:
+    for u in units(out):
         if u["policy"].startswith(("greedy:", "agent:")):
             assert u["instance"] == "few-labels" and u["seed"] in (100, 101)
     assert res["held_out_instances"] == ["few-labels"] and res["train_instances"] == ["clean"]
@@ -52,36 +58,69 @@ def test_quick_report_has_every_part(quick_run):
 
 def test_best_fixed_is_the_best_dev_mean_on_the_selection_seeds_of_train_instances(quick_run):
     out, res = quick_run
-    units = [json.loads(line) for line in (out / "units.jsonl").read_text().splitlines()]
+    done = units(out)
     dev = {}
-    for u in units:
+    for u in done:
         if u["policy"].startswith("fixed:") and u["seed"] == 0 and u["instance"] == "clean":
             dev[u["policy"][6:]] = u["dev"]
     assert res["best_fixed"] == max(dev, key=dev.get)
-    oracle_dev = {u["policy"][6:]: u["dev"] for u in units
+    oracle_dev = {u["policy"][6:]: u["dev"] for u in done
                   if u["policy"].startswith("fixed:") and u["seed"] == 0 and u["instance"] == "few-labels"}
     assert res["per_instance_oracle"]["few-labels"] == max(oracle_dev, key=oracle_dev.get)
     # the reference row and the paired differences
-    ref = {(u["instance"], u["seed"]): u["test"] for u in units if u["policy"] == f"fixed:{res['best_fixed']}"
+    ref = {(u["instance"], u["seed"]): u["test"] for u in done if u["policy"] == f"fixed:{res['best_fixed']}"
            and u["seed"] in (100, 101)}
-    oracle = {(u["instance"], u["seed"]): u["test"] for u in units
+    oracle = {(u["instance"], u["seed"]): u["test"] for u in done
               if u["policy"] == f"fixed:{res['per_instance_oracle']['few-labels']}" and u["seed"] in (100, 101)}
     row = next(r for r in res["policies"] if r["policy"] == "per-instance oracle")
     expected = sum(oracle[k] - ref[k] for k in ref) / len(ref)
     assert row["diff_vs_best_fixed"]["mean"] == pytest.approx(expected)
 
 
-def test_rerun_resumes_and_a_cut_line_is_dropped(quick_run, tmp_path):
+def test_rerun_imports_an_old_units_jsonl_and_reruns_only_missing_units(quick_run, tmp_path):
+    """A run folder from before the store (``units.jsonl``, its last line cut short by a kill) is
+    imported once; a rerun runs no finished unit again, only a missing one and one whose file is
+    cut short (the store renames whole files into place, so a kill never leaves one)."""
     out, res = quick_run
-    copy = tmp_path / "again"
-    copy.mkdir()
-    lines = (out / "units.jsonl").read_text().splitlines()
-    (copy / "units.jsonl").write_text("\n".join(lines) + "\n" + lines[-1][: len(lines[-1]) // 2])
-    assert headroom.main([*ARGS, "--out", str(copy)]) == 0
-    again = json.loads((copy / "results.json").read_text())
-    assert len((copy / "units.jsonl").read_text().splitlines()) == len(lines)
+    records = units(out)
+    old = tmp_path / "old"
+    old.mkdir()
+    lines = [json.dumps(r) for r in records]
+    (old / "units.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
+    assert headroom.main([*ARGS, "--out", str(old)]) == 0
+    assert not (old / "units.jsonl").exists() and (old / "units.jsonl.imported").exists()
+    assert sorted(map(headroom.unit_key, units(old))) == sorted(map(headroom.unit_key, records))
+    store = old / "units"
+    cut, gone = sorted(store.glob("*.json"))[:2]
+    cut.write_text(cut.read_text()[:20])
+    gone.unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in store.glob("*.json")}
+    assert headroom.main([*ARGS, "--out", str(old)]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in store.glob("*.json")}
+    assert after.keys() == before.keys() | {gone.name}
+    assert {n for n in after if before.get(n) != after[n]} == {cut.name, gone.name}
+    again = json.loads((old / "results.json").read_text())
     for a, b in zip(res["policies"], again["policies"]):
         assert a["policy"] == b["policy"] and a["test_mean"] == b["test_mean"]
+
+
+def test_a_failing_unit_stops_the_run_and_keeps_the_chunks_that_finished(tmp_path):
+    run = headroom.HeadroomRun(headroom.HeadroomSettings.quick(
+        env_kwargs={"config": "quick", "instances": "tiny-headroom"}, out=str(tmp_path), batch=1))
+    good = [{"policy": f"fixed:{m}", "instance": "clean", "seed": 0, "splits": ["dev"]}
+            for m in ("0001", "0010", "0100", "1000")]  # one chunk (4 units), before the failing one
+    with pytest.raises(RuntimeError, match="unknown policy 'nope:1'"):
+        run.run_units([*good, {"policy": "nope:1", "instance": "clean", "seed": 0}], "a unit that raises")
+    assert sorted(map(headroom.unit_key, units(tmp_path))) == sorted(map(headroom.unit_key, good))
+
+
+def test_executor_flags_are_checked(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        headroom.main([*ARGS, "--out", str(tmp_path / "x"), "--executor", "nope"])
+    with pytest.raises(SystemExit):
+        headroom.main([*ARGS, "--out", str(tmp_path / "x"), "--address", "auto"])
+    assert "--address auto needs --executor ray" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_bad_input_is_a_clean_error(tmp_path, capsys):
@@ -113,10 +152,10 @@ def test_batched_episodes_score_what_single_env_episodes_score(quick_run, tmp_pa
     single = tmp_path / "single"
     assert headroom.main([*ARGS, "--out", str(single), "--batch", "1"]) == 0
 
-    def units(folder):
-        return {headroom.unit_key(u): u for u in map(json.loads, (folder / "units.jsonl").read_text().splitlines())}
+    def by_key(folder):
+        return {headroom.unit_key(u): u for u in units(folder)}
 
-    batched, alone = units(out), units(single)
+    batched, alone = by_key(out), by_key(single)
     assert batched.keys() == alone.keys()
     open_loop = [k for k in batched if k.startswith(headroom.OPEN_LOOP)]
     assert len(open_loop) > 20
