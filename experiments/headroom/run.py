@@ -84,7 +84,7 @@ class HeadroomRun:
         units = sorted(units, key=lambda u: (str(u["instance"]), u["policy"]))  # keeps an instance's distiller warm
         size = max(4, s.batch)
         chunks = [units[i:i + size] for i in range(0, len(units), size)]
-        setup_args = (s.env, json.dumps(s.env_kwargs, sort_keys=True), tuple(s.plugins), s.batch)
+        setup_args = (s.env, s.env_kwargs, list(s.plugins), s.batch)
         in_process = s.executor == "local" and s.workers <= 1  # execute() runs no setup here
         if in_process:
             setup_worker(*setup_args)

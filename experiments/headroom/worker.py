@@ -4,7 +4,6 @@ units, the env's batched vector env) and plays episodes; :func:`setup_worker` an
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Sequence
 
@@ -183,11 +182,10 @@ def _raise_first(results: dict[int, Any]) -> dict[int, Any]:
 _WORKER: _Worker | None = None
 
 
-def setup_worker(env_id: str, env_kwargs_json: str, plugins: Sequence[str] = (), batch: int = 1) -> None:
-    """The executor's ``setup``: build this process's worker (``env_kwargs`` as JSON, so that the
-    arguments are hashable for Ray's set-up-once key)."""
+def setup_worker(env_id: str, env_kwargs: dict[str, Any], plugins: Sequence[str] = (), batch: int = 1) -> None:
+    """The executor's ``setup``: build this process's worker."""
     global _WORKER
-    _WORKER = _Worker(env_id, json.loads(env_kwargs_json), plugins, batch)
+    _WORKER = _Worker(env_id, env_kwargs, plugins, batch)
 
 
 def close_worker() -> None:
