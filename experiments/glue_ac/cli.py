@@ -1,0 +1,123 @@
+"""glue_ac's command line: flags and a YAML config file to an :class:`ExperimentConfig`, then the run."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from agents import agent_names
+from kd_env import DistillConfig, get_preset, preset_names
+from kd_env.runtime import PRECISIONS
+
+from ..cli import SEEDS_HELP, load_plugins, parse_seeds
+from ..executors import EXECUTORS
+from .config import DYNAMIC_BASELINES, EXPERIMENT_PRESETS, ExperimentConfig, default_methods
+from .pipeline import run_experiment
+from .report import print_summary
+from .timing import print_timing
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # the package's docstring (its usage) is the help's description
+    p = argparse.ArgumentParser(prog="python -m experiments.glue_ac",
+                                description=importlib.import_module(__package__).__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(EXPERIMENT_PRESETS), help="default: text3 (embedded offline rt-polarity, 6 -> 3 layers)")
+    p.add_argument("--config", help="YAML file of ExperimentConfig keys (CLI flags override it)")
+    p.add_argument("--task", help="rt-polarity, digits, a GLUE task, or a CSV/TSV path")
+    p.add_argument("--data-dir", help="local GLUE folder (<TASK>/train.tsv, dev.tsv)")
+    p.add_argument("--teacher", help="HF model name or local folder (default: bundled MiniLM-L6)")
+    p.add_argument("--labels", help="class names of a CSV/TSV task in class-id order, e.g. 'neg,pos' (default: "
+                                    "integer labels are the ids; class names get ids in sorted order)")
+    p.add_argument("--student-layers", type=int)
+    p.add_argument("--seeds", type=parse_seeds, help=f"evaluation {SEEDS_HELP} (default: per preset)")
+    p.add_argument("--agent", help=f"selector agent; one of {agent_names()}")
+    p.add_argument("--episodes", type=int, help="selector training episodes")
+    p.add_argument("--methods", help=f"comma list; default: {','.join(default_methods(('finetune', 'response', 'feature', 'relation')))}; "
+                                     f"also: {','.join(DYNAMIC_BASELINES)} (dynamic baselines), fixed:<bits>")
+    p.add_argument("--action-mode", choices=["weights", "mask"])
+    p.add_argument("--reward", help="registered reward name (default dev_loss_delta)")
+    p.add_argument("--plugin", action="append", default=None, help="python file registering rewards/knowledge")
+    p.add_argument("--name", help="run folder name")
+    p.add_argument("--out", help="output root (default runs)")
+    p.add_argument("--device", help="cpu, cuda, auto")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="numeric precision of the teacher (fine-tune, cache) and the students' training steps: "
+                        "sets distill.precision and distill.student_precision, recorded in config.yaml. auto "
+                        "(the presets' choice): bf16 where the CPU has bf16 instructions (AMX, AVX512-BF16) or "
+                        "the GPU supports it, else fp32; fp32 forces fp32, e.g. to time the demo as on a CPU "
+                        "without bf16")
+    p.add_argument("--workers", type=int, help="students distilled at once in spawned processes (default: per "
+                                               "preset: text 2, at most the usable CPUs)")
+    p.add_argument("--executor", choices=EXECUTORS, help="where the students are distilled: local (this process, or "
+                                                         "--workers spawned ones) or ray (one Ray task per student, "
+                                                         "--workers at a time; a local Ray, or the cluster at "
+                                                         "--address) (default local)")
+    p.add_argument("--address", help="an existing Ray cluster for --executor ray (default: start a local Ray)")
+    return p
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> ExperimentConfig:
+    args = build_parser().parse_args(argv)
+    data: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise SystemExit(f"error: --config {args.config}: no such file")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}  # plain data only: no tags that build objects
+        except yaml.YAMLError as exc:
+            first = " ".join(str(exc).split())
+            raise SystemExit(f"error: {args.config} is not a plain YAML mapping of keys "
+                             f"{ExperimentConfig.field_names()} ({first})") from None
+        if not isinstance(loaded, dict):
+            raise SystemExit(f"error: {args.config}: expected a mapping of keys {ExperimentConfig.field_names()}")
+        data.update(loaded)
+    unknown = sorted(set(data) - set(ExperimentConfig.field_names()))
+    if unknown:
+        raise SystemExit(f"error: unknown config key(s) {unknown} in {args.config}; valid: {ExperimentConfig.field_names()}")
+    try:
+        ExperimentConfig.check_types(data)
+    except ValueError as exc:
+        raise SystemExit(f"error: {args.config}: {exc}") from None
+    distill = dict(data.get("distill") or {})
+    for flag, key in (("task", "task"), ("data_dir", "data_dir"), ("teacher", "teacher"),
+                      ("student_layers", "student_layers"), ("device", "device")):
+        if getattr(args, flag) is not None:
+            distill[key] = getattr(args, flag)
+    if args.precision is not None:  # one setting for both: teacher and students
+        distill["precision"] = distill["student_precision"] = args.precision
+    if args.labels is not None:
+        distill["labels"] = [x.strip() for x in args.labels.split(",") if x.strip()]
+    data["distill"] = distill
+    for flag in ("preset", "agent", "episodes", "seeds", "action_mode", "reward", "name", "out", "workers",
+                 "executor", "address"):
+        if getattr(args, flag) is not None:
+            data[flag] = getattr(args, flag)
+    if args.methods is not None:
+        data["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.plugin:
+        data["plugins"] = list(data.get("plugins") or []) + args.plugin
+    try:
+        config = ExperimentConfig(**data)
+        load_plugins(config.plugins)
+        DistillConfig.from_dict({**get_preset(config.preset if config.preset in preset_names() else "text3").to_dict(),
+                                 **config.distill})
+        config.resolved()
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = config_from_args(argv)
+    summary = run_experiment(config)
+    print_summary(summary)
+    print_timing(summary["stage_seconds"])
+    print(f"\nwrote {Path(config.out) / config.resolved().name}/ (results.md, results.csv, results.json, plots)")
+    return 0
+

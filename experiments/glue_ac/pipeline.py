@@ -1,0 +1,86 @@
+"""The whole glue_ac pipeline, resumable: teacher, selector, students, report."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any
+
+from agents import make_agent
+from kd_env.data import DataUnavailableError
+from kd_env.io import atomic_write_json
+from kd_env.runtime import resolve_threads, usable_cpus
+from kd_env.teacher import evaluate_model
+
+from ..cli import load_plugins
+from ..report import json_safe
+from .config import SELECTOR, ExperimentConfig, method_agent_name
+from .distil import distil_students
+from .report import write_report
+from .run import Run, make_env, train_selector
+from .timing import stage_times
+
+
+def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
+    """Run (or resume) the whole pipeline; returns the summary written to results.json."""
+    load_plugins(config.plugins)
+    c = config.resolved()
+    run = Run(c)
+    run.check()
+    distill = c.distill_config()
+    t0 = time.perf_counter()
+    print(f"glue_ac {c.name}: {resolve_threads(distill.threads)} torch thread(s) ({usable_cpus()} CPU(s) usable; "
+          f"distill.threads={distill.threads})", file=sys.stderr)
+    print(f"[1/4] teacher: {distill.teacher} on {distill.task} (fine-tuned and cached once)", file=sys.stderr)
+    stages: dict[str, float] = {}
+    try:  # bad task files, models or knowledge fail here, before the run folder is written
+        start = time.perf_counter()
+        env = make_env(c, distill)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError, DataUnavailableError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    d = env.distiller
+    built = getattr(d, "build_seconds", {})
+    stages["teacher"] = built.get("teacher", math.nan)
+    stages["teacher_cache"] = time.perf_counter() - start - stages["teacher"]  # with data, tokenizer, student
+    labels = None if d.task.label_names is None else {name: i for i, name in enumerate(d.task.label_names)}
+    knowledge = list(d.knowledge_names)
+    try:  # a baseline that needs knowledge this env lacks fails here too (e.g. eskd without response)
+        for method in c.methods:
+            if method != SELECTOR:
+                make_agent(method_agent_name(method, knowledge), env)
+    except ValueError as exc:
+        env.close()
+        raise SystemExit(f"error: {exc}") from None
+    run.prepare(labels)
+    teacher_probe = evaluate_model(d.teacher_model, d.dev_data, d.task, d.device, distill.eval_batch_size,
+                                   indices=d.probe_indices)
+    teacher = {"metric": d.teacher_metrics["test"]["main"], "dev_metric": teacher_probe["main"],
+               "parameters": d.teacher_metrics.get("parameters"),
+               "fine_tune_seconds": d.teacher_metrics["fine_tune"]["seconds"]}
+    selector: Any = None
+    selector_returns: list[float] = []
+    todo = [(m, s) for m in c.methods for s in c.seeds]
+    if SELECTOR in c.methods:
+        print(f"[2/4] selector: {c.agent}, {c.episodes} episodes x {distill.num_phases} phases", file=sys.stderr)
+        start = time.perf_counter()
+        selector, selector_returns = train_selector(run, env)
+        stages["selector"] = time.perf_counter() - start
+    start = time.perf_counter()
+    missing = [(m, s) for m, s in todo if run.load_unit(m, s) is None]
+    workers = min(c.workers, len(missing))
+    threads = resolve_threads(distill.threads)
+    print(f"[3/4] distil: {len(c.methods)} methods x {len(c.seeds)} seeds ({len(todo) - len(missing)} done before)"
+          + (f", {workers} workers" if workers > 1 else "") + (" on ray" if c.executor == "ray" else ""), file=sys.stderr)
+    distil_students(run, env, selector, missing, workers, threads)
+    stages["students"] = time.perf_counter() - start
+    rows = [run.load_unit(m, s) for m, s in todo]
+    print("[4/4] report", file=sys.stderr)
+    start = time.perf_counter()
+    summary = write_report(run, rows, teacher, knowledge, selector_returns, distill, labels)
+    stages["report"] = time.perf_counter() - start
+    summary["wall_seconds_this_invocation"] = time.perf_counter() - t0
+    summary["stage_seconds"] = stage_times(stages, summary["wall_seconds_this_invocation"], len(missing), workers)
+    atomic_write_json(run.dir / "timing.json", json_safe(summary["stage_seconds"]))
+    return summary
+
