@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from . import ac, ac_q, baselines, dynamic, sb3  # noqa: F401 - register their agents
 from .base import Agent, CheckpointError, SelectionSpec, agent_hyperparameters, agent_names, agent_table, \
-    load_agent, make_agent, make_vector_env, register_agent, run_episode, selection_spec
+    load_agent, make_agent, register_agent, selection_spec
+from .rollout import make_vector_env, run_episode
 
-__all__ = ["Agent", "CheckpointError", "SelectionSpec", "agent_hyperparameters", "agent_names", "agent_table", "load_agent", "make_agent",
-           "make_vector_env", "register_agent", "run_episode", "selection_spec"]
+__all__ = ["Agent", "CheckpointError", "SelectionSpec", "agent_hyperparameters", "agent_names", "agent_table",
+           "load_agent", "make_agent", "make_vector_env", "register_agent", "run_episode", "selection_spec"]

@@ -39,8 +39,8 @@ from gymnasium import spaces
 from torch import nn
 
 from .ac_config import CRITICS, ActorCriticConfig
-from .base import (Agent, CheckpointError, EpisodeCallback, EpisodeLogger, check_env_example_weighting,
-                   selection_frequencies)
+from .base import Agent, CheckpointError, EpisodeCallback, check_env_example_weighting
+from .episode_log import EpisodeLogger, selection_frequencies
 from .networks import ACTIVATIONS, Actor, Critic, ObservationEncoder, RunningNorm, observation_layout
 
 __all__ = ["ActorCriticAgent"]

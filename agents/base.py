@@ -1,4 +1,4 @@
-"""The agent protocol, the agent registry, checkpoints and an episode runner.
+"""The agent protocol, the agent registry and checkpoints.
 
 Every agent (our actor-critic selector, the stable-baselines3 adapters, the fixed baselines)
 exposes the same methods, so experiments never branch on where an agent comes from:
@@ -6,56 +6,36 @@ exposes the same methods, so experiments never branch on where an agent comes fr
 * ``act(obs, deterministic=False) -> np.ndarray``: an action valid for ``env.action_space``.
 * ``reset()``: called at the start of every episode (stateful agents such as schedules use it).
 * ``reset_options() -> dict``: env reset options the agent's method needs for an episode (e.g.
-  ``{"example_weighting": "uncertainty"}`` for Dynamic KD; default ``{}``); :func:`run_episode`
-  passes them to ``env.reset``, under the caller's own options.
+  ``{"example_weighting": "uncertainty"}`` for Dynamic KD; default ``{}``);
+  :func:`agents.rollout.run_episode` passes them to ``env.reset``, under the caller's own options.
 * ``learn(env, total_episodes=None, total_steps=None, callback=None) -> self``.
 * ``save(path)`` / ``load(path) -> self``.
 
-Checkpoints are folders (:mod:`agents.checkpoints`: ``agent.json``, a JSON header, and the
-weights); :func:`load_agent` rebuilds any saved agent from its header (``make_agent(name, env,
-**hyperparameters)``) and then loads its tensors.
+The registry (:data:`AGENT_REGISTRY`, a :class:`kd_env.registry.Registry`) maps names to agent
+factories.  Checkpoints are folders (:mod:`agents.checkpoints`: ``agent.json``, a JSON header,
+and the weights); :func:`load_agent` rebuilds any saved agent from its header (``make_agent(name,
+env, **hyperparameters)``) and then loads its tensors.  Running episodes and vector envs:
+:mod:`agents.rollout`; per-episode logs: :mod:`agents.episode_log`.
 """
 
 from __future__ import annotations
 
-import csv
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-import kd_env
-from kd_env.checks import matches, type_hints
+from kd_env.checks import type_hints
+from kd_env.registry import Registry
 
-from .checkpoints import CHECKPOINT_FORMAT, HEADER_FILE, WEIGHTS_FILE, CheckpointError, load_weights, read_header, \
-    write_checkpoint
+from .checkpoints import CHECKPOINT_FORMAT, WEIGHTS_FILE, CheckpointError, load_weights, read_header, write_checkpoint
 
-__all__ = [
-    "make_vector_env",
-    "Agent",
-    "SelectionSpec",
-    "EpisodeLogger",
-    "CheckpointError",
-    "register_agent",
-    "agent_hyperparameters",
-    "config_hyperparameters",
-    "check_env_example_weighting",
-    "make_agent",
-    "agent_names",
-    "load_agent",
-    "run_episode",
-    "episode_options",
-    "selection_spec",
-    "read_header",
-    "HEADER_FILE",
-    "WEIGHTS_FILE",
-    "CHECKPOINT_FORMAT",
-]
+__all__ = ["Agent", "SelectionSpec", "selection_spec", "EpisodeCallback", "CheckpointError", "AGENT_REGISTRY",
+           "register_agent", "agent_hyperparameters", "config_hyperparameters", "check_env_example_weighting",
+           "make_agent", "agent_names", "agent_table", "load_agent"]
 
 
 #: ``callback(agent, record) -> bool | None`` called after every finished training episode with
@@ -180,7 +160,7 @@ class Agent:
         An agent whose method changes how the student trains, beyond the per-phase action (e.g.
         Dynamic KD's per-example weighting), says so here; whoever runs the agent's episode
         resets the env with ``{**agent.reset_options(), **caller_options}`` (see
-        :func:`run_episode`).
+        :func:`agents.rollout.run_episode`).
         """
         return {"example_weighting": self.example_weighting} if self.example_weighting is not None else {}
 
@@ -255,10 +235,10 @@ class Agent:
 # Registry
 # --------------------------------------------------------------------------------------------
 
-#: name -> (factory(env, argument_or_None, **hyperparameters), takes_argument, one-line description)
-_REGISTRY: dict[str, tuple[Callable[..., Agent], bool, str]] = {}
-#: name -> the hyperparameters the agent accepts (name -> type), or a function returning them
-_HYPERPARAMETERS: dict[str, Mapping[str, Any] | Callable[[], Mapping[str, Any]]] = {}
+#: name -> factory(env, argument_or_None, **hyperparameters); each entry's :attr:`Registry.info`
+#: holds ``takes_argument``, ``description`` and ``hyperparameters`` (the hyperparameters the
+#: agent accepts, name -> type, or a function returning them; ``None``: not declared)
+AGENT_REGISTRY: Registry = Registry("agent")
 
 
 def register_agent(name: str, takes_argument: bool = False, description: str = "",
@@ -279,25 +259,26 @@ def register_agent(name: str, takes_argument: bool = False, description: str = "
     """
 
     def wrap(factory):
-        if name in _REGISTRY and not overwrite and _REGISTRY[name][0] is not factory:
-            raise ValueError(f"agent {name!r} is already registered; pass overwrite=True to replace it")
-        _REGISTRY[name] = (factory, takes_argument, description)
-        _HYPERPARAMETERS.pop(name, None)
-        if hyperparameters is not None:
-            _HYPERPARAMETERS[name] = hyperparameters
+        AGENT_REGISTRY.add(name, factory, factory, overwrite, set_name=False, takes_argument=takes_argument,
+                           description=description, hyperparameters=hyperparameters)
         return factory
 
     return wrap
 
 
+def _info(key: str) -> dict[str, Any]:
+    return AGENT_REGISTRY.info.get(key, {})
+
+
 def agent_hyperparameters(name: str) -> dict[str, Any] | None:
     """Name -> type of every hyperparameter the agent ``name`` (``fixed:1010`` -> ``fixed``)
     declared at registration, or ``None`` when it declared none."""
-    declared = _HYPERPARAMETERS.get(name.partition(":")[0])
+    info = _info(name.partition(":")[0])
+    declared = info.get("hyperparameters")
     if declared is None:
         return None
     if callable(declared):
-        declared = _HYPERPARAMETERS[name.partition(":")[0]] = dict(declared())
+        declared = info["hyperparameters"] = dict(declared())
     return dict(declared)
 
 
@@ -324,18 +305,19 @@ def config_hyperparameters(config_class: type, exclude: Sequence[str] = (), **ex
     return {**hints, **extra}
 
 
+_ARGUMENT_NAMES = {"fixed": "bits", "schedule": "file"}
+
+
 def agent_names() -> list[str]:
     """Every name :func:`make_agent` accepts (``fixed:<bits>`` and ``schedule:<file>`` as
-    templates)."""
-    return [f"{n}:<{_ARGUMENT_NAMES.get(n, 'arg')}>" if takes else n for n, (_, takes, _) in _REGISTRY.items()]
-
-
-_ARGUMENT_NAMES = {"fixed": "bits", "schedule": "file"}
+    templates), in registration order."""
+    return [f"{n}:<{_ARGUMENT_NAMES.get(n, 'arg')}>" if _info(n).get("takes_argument") else n
+            for n in AGENT_REGISTRY]
 
 
 def agent_table() -> list[tuple[str, str]]:
     """``(name, description)`` of every registered agent."""
-    return [(shown, _REGISTRY[key][2]) for shown, key in zip(agent_names(), _REGISTRY)]
+    return [(shown, _info(key).get("description", "")) for shown, key in zip(agent_names(), AGENT_REGISTRY)]
 
 
 def make_agent(name: str, env: Any, **hyperparameters: Any) -> Agent:
@@ -354,9 +336,9 @@ def make_agent(name: str, env: Any, **hyperparameters: Any) -> Agent:
     if not isinstance(name, str):
         raise ValueError(f"agent name must be a string, got {name!r}; valid: {agent_names()}")
     key, sep, argument = name.partition(":")
-    if key not in _REGISTRY:
+    if key not in AGENT_REGISTRY:
         raise ValueError(f"unknown agent {name!r}; valid: {agent_names()}")
-    factory, takes_argument, _ = _REGISTRY[key]
+    factory, takes_argument = AGENT_REGISTRY[key], bool(_info(key).get("takes_argument"))
     if sep and not takes_argument:
         raise ValueError(f"agent {key!r} takes no ':<argument>' (got {name!r}); valid: {agent_names()}")
     if takes_argument:
@@ -377,149 +359,10 @@ def load_agent(path: str | os.PathLike, env: Any) -> Agent:
     header = read_header(path)
     name = header["agent"]
     key = name.partition(":")[0]
-    if key not in _REGISTRY:
+    if key not in AGENT_REGISTRY:
         raise CheckpointError(f"checkpoint {str(path)!r} holds unknown agent {name!r}; valid: {agent_names()}")
     hp = header.get("hyperparameters") or {}
     if not isinstance(hp, dict):
         raise CheckpointError(f"checkpoint {str(path)!r}: hyperparameters must be a mapping")
     agent = make_agent(name, env, **hp)
     return agent.load(path)
-
-
-# --------------------------------------------------------------------------------------------
-# Running and logging
-# --------------------------------------------------------------------------------------------
-
-
-def make_vector_env(env_id: str, num_envs: int, vectorization_mode: str = "async", **kwargs: Any) -> gym.vector.VectorEnv:
-    """``num_envs`` copies of ``gym.make(env_id, **kwargs)`` as one Gymnasium vector env, for
-    agents that learn from several episodes at once (``ac``, ``ac_q``).  ``"async"`` runs each copy
-    in its own spawned process with one torch thread (``threads=1`` unless given), so N copies use
-    N cores; ``"sync"`` steps them in turn in this process; ``"batched"`` (the digits ids,
-    :data:`kd_env.BATCHED_ENV_IDS`) trains the N students as one batched model in this process
-    (:class:`kd_env.vector.BatchedKDVectorEnv`: the same episodes as ``"sync"``, several times
-    faster per core)."""
-    if not matches(num_envs, int) or num_envs < 1:
-        raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
-    if vectorization_mode not in ("async", "sync", "batched"):
-        raise ValueError(f"vectorization_mode must be 'async', 'sync' or 'batched', got {vectorization_mode!r}")
-    if vectorization_mode == "batched":
-        spec = gym.spec(env_id)
-        if spec.vector_entry_point is None:
-            raise ValueError(f"env {env_id!r} has no batched vector env (its students are not MLPs); use 'async' or "
-                             f"'sync'.  Batched ids: {list(kd_env.BATCHED_ENV_IDS)}")
-        return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
-    kwargs = {"threads": 1, **kwargs}
-    vector_kwargs = {"context": "spawn"} if vectorization_mode == "async" else {}
-    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization_mode,
-                        vector_kwargs=vector_kwargs, **kwargs)
-
-
-def run_episode(env: Any, agent: Agent, deterministic: bool = True, seed: int | None = None,
-                options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one episode of ``agent`` in ``env`` (no learning).
-
-    Args:
-        env: the env (reset here with ``seed`` and the options below).
-        agent: any :class:`Agent`; its :meth:`Agent.reset` is called first.
-        deterministic: passed to ``agent.act``.
-        seed: the env's reset seed.
-        options: the env's reset options, merged over the agent's own
-            (:meth:`Agent.reset_options`): a key given here wins.
-
-    Returns:
-        ``{"return", "length", "rewards", "actions" (one list per phase, as the agent chose
-        them), "reset_info", "infos", "phase_seconds" (each step's wall time, from
-        ``env.unwrapped.last_phase_seconds``; NaN for envs without it), "final_probe_metric",
-        "final_probe_loss", "terminated", "truncated"}``; the probe values are NaN for envs
-        without a dev probe.
-    """
-    agent.reset()
-    obs, info = env.reset(seed=seed, options=episode_options(agent, options))
-    reset_info = info
-    rewards: list[float] = []
-    actions: list[list[float]] = []
-    infos: list[dict[str, Any]] = []
-    seconds: list[float] = []
-    terminated = truncated = False
-    while not (terminated or truncated):
-        action = agent.act(obs, deterministic=deterministic)
-        obs, reward, terminated, truncated, info = env.step(action)
-        rewards.append(float(reward))
-        actions.append([float(x) for x in np.asarray(action).reshape(-1)])
-        infos.append(info)
-        seconds.append(float(getattr(env.unwrapped, "last_phase_seconds", math.nan)))
-    return {"return": float(sum(rewards)), "length": len(rewards), "rewards": rewards, "actions": actions,
-            "reset_info": reset_info, "infos": infos, "phase_seconds": seconds,
-            "final_probe_metric": float(info.get("probe_metric", math.nan)),
-            "final_probe_loss": float(info.get("probe_loss", math.nan)),
-            "terminated": bool(terminated), "truncated": bool(truncated)}
-
-
-def episode_options(agent: Agent, options: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The env reset options of one of ``agent``'s episodes: ``{**agent.reset_options(),
-    **options}`` (``None`` when both are empty, i.e. a plain reset)."""
-    merged = {**agent.reset_options(), **(options or {})}
-    return merged or None
-
-
-class EpisodeLogger:
-    """Per-episode records: kept in a list, appended to ``log_dir/episodes.csv`` and written to
-    TensorBoard (``log_dir``) when ``log_dir`` is given.
-
-    Args:
-        log_dir: folder for ``episodes.csv`` and the TensorBoard event files (``None``: memory only).
-        records: the list records are appended to (an agent's ``episode_log``).
-        tensorboard: also write TensorBoard scalars.
-    """
-
-    def __init__(self, log_dir: str | os.PathLike | None, records: list[dict[str, Any]], tensorboard: bool = True):
-        self.log_dir = Path(log_dir) if log_dir is not None else None
-        self.records = records
-        self._writer = None
-        self._columns: list[str] | None = None
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._writer = SummaryWriter(log_dir=str(self.log_dir))
-
-    @property
-    def csv_path(self) -> Path | None:
-        return self.log_dir / "episodes.csv" if self.log_dir is not None else None
-
-    def log(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-        if self.log_dir is None:
-            return
-        path = self.csv_path
-        if self._columns is None:
-            if path.exists() and path.stat().st_size > 0:
-                with open(path, newline="", encoding="utf-8") as fh:
-                    self._columns = next(csv.reader(fh), None) or list(record)
-            else:
-                self._columns = list(record)
-                with open(path, "w", newline="", encoding="utf-8") as fh:
-                    csv.writer(fh).writerow(self._columns)
-        with open(path, "a", newline="", encoding="utf-8") as fh:
-            csv.DictWriter(fh, fieldnames=self._columns, extrasaction="ignore", restval="").writerow(record)
-        if self._writer is not None:
-            step = int(record.get("episode", len(self.records)))
-            for key, value in record.items():
-                if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and key != "episode":
-                    if math.isfinite(float(value)):
-                        self._writer.add_scalar(f"episode/{key}", float(value), step)
-            self._writer.flush()
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-
-def selection_frequencies(actions: list[np.ndarray] | np.ndarray, knowledge_names: list[str]) -> dict[str, float]:
-    """``{"freq_<knowledge>": mean action value over the episode}``."""
-    arr = np.asarray(actions, dtype=np.float64).reshape(-1, len(knowledge_names)) if len(actions) else \
-        np.full((1, len(knowledge_names)), math.nan)
-    return {f"freq_{n}": float(v) for n, v in zip(knowledge_names, arr.mean(axis=0))}

@@ -58,10 +58,10 @@ from gymnasium import spaces
 
 from kd_env.checks import matches, type_hints
 from kd_env.io import atomic_write_bytes
-from kd_env.wrappers import SymmetricWeights
+from kd_env.wrappers import MaskIndexWrapper, SymmetricWeights, index_to_mask, mask_to_index
 
-from .base import Agent, CheckpointError, EpisodeCallback, EpisodeLogger, register_agent, \
-    selection_frequencies
+from .base import Agent, CheckpointError, EpisodeCallback, register_agent
+from .episode_log import EpisodeLogger, selection_frequencies
 
 __all__ = ["SB3Agent", "MaskIndexWrapper", "ALGORITHMS", "sb3_defaults", "mask_to_index", "index_to_mask"]
 
@@ -75,52 +75,6 @@ ALGORITHMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ddpg": ("DDPG", ("weights",)),
 }
 MODEL_FILE = "model.zip"
-MAX_DQN_KNOWLEDGE = 16
-
-
-def index_to_mask(index: int, k: int) -> np.ndarray:
-    """Bit ``j`` of ``index`` -> entry ``j`` of a 0/1 mask of length ``k``."""
-    index = int(index)
-    if not 0 <= index < 2**k:
-        raise ValueError(f"index {index} is outside [0, {2**k})")
-    return np.array([(index >> j) & 1 for j in range(k)], dtype=np.int8)
-
-
-def mask_to_index(mask: Any) -> int:
-    """The inverse of :func:`index_to_mask`."""
-    bits = np.asarray(mask).reshape(-1)
-    if not np.all((bits == 0) | (bits == 1)):
-        raise ValueError(f"mask must hold 0/1 values, got {bits.tolist()}")
-    return int(sum(int(b) << j for j, b in enumerate(bits)))
-
-
-class MaskIndexWrapper(gym.ActionWrapper):
-    """Expose ``Discrete(2^K)`` over a knowledge-selection env: action ``i`` applies the mask
-    whose bit ``k`` is bit ``k`` of ``i`` (as 0/1 weights in weights mode).
-
-    Args:
-        env: a mask (``MultiBinary(K)``) or weights (``Box(0, 1, (K,))``) env, K <= 16.
-    """
-
-    def __init__(self, env: gym.Env):
-        super().__init__(env)
-        inner = env.action_space
-        if isinstance(inner, spaces.MultiBinary):
-            self.k, self.weights = int(inner.shape[0]), False
-        elif isinstance(inner, spaces.Box) and len(inner.shape) == 1:
-            self.k, self.weights = int(inner.shape[0]), True
-        else:
-            raise ValueError(f"MaskIndexWrapper needs a MultiBinary(K) or Box(0, 1, (K,)) action space, got {inner}")
-        if self.k > MAX_DQN_KNOWLEDGE:
-            raise ValueError(f"{self.k} knowledge types give 2^{self.k} discrete actions; at most {MAX_DQN_KNOWLEDGE}")
-        self.action_space = spaces.Discrete(2**self.k)
-
-    def action(self, action: Any) -> np.ndarray:
-        mask = index_to_mask(int(np.asarray(action).reshape(())), self.k)
-        return mask.astype(np.float32) if self.weights else mask
-
-    def reverse_action(self, action: Any) -> int:
-        return mask_to_index(np.asarray(action))
 
 
 def sb3_defaults(algo: str, num_phases: int, n_envs: int = 1) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 training phase at a time with a chosen mix of knowledge.
 
 :class:`Distiller` only trains and evaluates; :func:`kd_env.build.build_distiller` makes one from
-a :class:`~kd_env.config.DistillConfig` (``from kd_env.engine import build_distiller`` still works).
+a :class:`~kd_env.config.DistillConfig`.
 """
 
 from __future__ import annotations
@@ -27,15 +27,6 @@ from .runtime import NO_TIMER, StepTimer, autocast, private_torch_rng
 from .teacher import LiveTeacher, TeacherCache, evaluate_model
 
 __all__ = ["PhaseStats", "Distiller"]
-
-
-def __getattr__(name: str) -> Any:
-    """``build_distiller`` lives in :mod:`kd_env.build`; the old import path keeps working."""
-    if name == "build_distiller":
-        from .build import build_distiller
-
-        return build_distiller
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def weighted_sum(terms: dict[int, torch.Tensor], w: np.ndarray, active: list[int]) -> torch.Tensor:

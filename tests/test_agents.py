@@ -31,7 +31,8 @@ from agents.ac import ValueActorCritic
 from agents.ac_base import ActorCriticAgent
 from agents.ac_q import QActorCritic
 from agents.base import selection_spec
-from agents.sb3 import MaskIndexWrapper, index_to_mask, mask_to_index, sb3_defaults
+from agents.sb3 import sb3_defaults
+from kd_env.wrappers import MaskIndexWrapper, index_to_mask, mask_to_index
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 K = 4
@@ -629,11 +630,18 @@ def test_ac_and_ac_q_are_two_algorithms_over_one_base():
         QActorCritic(env, critic="value")
     with pytest.raises(TypeError, match="shared base"):
         ActorCriticAgent(env)
-    # the old module still names the same objects
-    import agents.actor_critic as old
-
-    assert (old.ActorCriticAgent, old.ValueActorCritic, old.QActorCritic) == (ActorCriticAgent, ValueActorCritic,
-                                                                               QActorCritic)
+    # the base runs both: one training loop, whose log records (episode numbers, lengths, the
+    # selection frequencies of the actions taken) and checkpoints are the same for either critic
+    seen = {}
+    for agent in (ac, ac_q):
+        agent.learn(env, total_episodes=3)
+        log = agent.episode_log
+        assert agent.episodes_done == 3 and [r["episode"] for r in log] == [1, 2, 3]
+        assert all(r["length"] == env.num_phases for r in log) and log[-1]["steps"] == 3 * env.num_phases
+        for r in log:
+            assert all(0.0 <= r[f"freq_{n}"] <= 1.0 for n in env.knowledge_names)
+        seen[agent.name] = [sorted(r) for r in log]
+    assert seen["ac"] == seen["ac_q"]
 
 
 def test_registry_lists_every_agent():

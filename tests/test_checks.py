@@ -64,8 +64,8 @@ def test_agents_declare_their_hyperparameters_where_registered(monkeypatch):
     from agents.ac_config import ActorCriticConfig
     from agents.base import agent_hyperparameters, register_agent
 
-    for registry in ("_REGISTRY", "_HYPERPARAMETERS"):  # the test agent below stays out of the real registry
-        monkeypatch.setattr(base, registry, dict(getattr(base, registry)))
+    # the test agent below stays out of the real registry
+    monkeypatch.setattr(base, "AGENT_REGISTRY", base.AGENT_REGISTRY.copy())
 
     ac = agent_hyperparameters("ac")
     assert ac == agent_hyperparameters("ac_q") and "critic" not in ac

@@ -12,7 +12,7 @@ import pytest
 
 import kd_env  # noqa: F401 - registers the env ids
 from kd_env import DistillConfig, Instance, InstanceSet, get_instance_set, get_preset
-from kd_env.engine import build_distiller
+from kd_env.build import build_distiller
 from kd_env.instances import FEATURE_FIELDS, register_folds, register_leave_one_out
 
 TINY = InstanceSet(name="tiny-test", base="quick",

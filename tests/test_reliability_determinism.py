@@ -19,7 +19,7 @@ from tests.helpers import assert_same
 import kd_env  # noqa: F401 - registers the env ids
 from agents import make_agent
 from kd_env import get_preset
-from kd_env.engine import build_distiller
+from kd_env.build import build_distiller
 
 DIGITS = "kd_env/DigitsKD-v0"
 BUDGET = {"total_steps": 40}

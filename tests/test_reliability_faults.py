@@ -28,7 +28,7 @@ import kd_env  # noqa: F401 - registers the env ids
 from agents import load_agent, make_agent
 from experiments import glue_ac
 from kd_env import DistillConfig, get_preset
-from kd_env.engine import build_distiller
+from kd_env.build import build_distiller
 from kd_env.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 QUICK = "kd_env/QuickKD-v0"

@@ -36,15 +36,41 @@ def test_relation_through_fsp_matrices_has_the_relation_value():
     torch.testing.assert_close(naive(student, teacher, {}), relation(student, teacher, {}))
 
 
-def test_engine_speed_times_the_gram_form_against_the_fsp_matrices():
+def _markdown_rows(stdout: str, columns: int) -> dict[str, list[str]]:
+    """The body rows of the markdown tables in ``stdout`` with ``columns`` cells, by their first
+    cell (bold marks removed)."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == columns and not set(cells[0]) <= set("-"):
+            rows[cells[0].strip("*")] = [c.strip("*") for c in cells]
+    return rows
+
+
+def test_engine_speed_prints_the_gram_speed_up_as_the_ratio_of_its_rates():
+    """The Gram-form row is the ratio of the two rates printed above it (one repetition, one
+    thread: each median is the single measurement), not a number of its own."""
     proc = subprocess.run([PYTHON, "perf/engine_speed.py", "--digits-only", "--relation-naive", "--reps", "1",
                            "--threads", "1"], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for row in ("digits engine, all four knowledge types: optimizer steps/s",
-                "digits engine, all four, relation through H x H FSP matrices: optimizer steps/s",
-                "speed-up of the Gram form"):
-        assert row in proc.stdout, proc.stdout
+    rows = _markdown_rows(proc.stdout, 5)
+    gram_row = "digits engine, all four knowledge types: optimizer steps/s"
+    direct_row = "digits engine, all four, relation through H x H FSP matrices: optimizer steps/s"
+    speed_row = "speed-up of the Gram form (all four knowledge types)"
+    finetune_row = "digits engine, finetune only: optimizer steps/s"
+    assert {gram_row, direct_row, speed_row, finetune_row} <= set(rows), proc.stdout
+    for label in (gram_row, direct_row, speed_row, finetune_row):
+        _, threads, median, spread, _ = rows[label]
+        assert threads == "1", rows[label]
+        assert spread == f"{median}-{median}", rows[label]  # one repetition: min = median = max
+    gram, direct, finetune = (float(rows[label][2]) for label in (gram_row, direct_row, finetune_row))
+    assert gram > 0 and direct > 0 and finetune > 0, proc.stdout
+    assert rows[speed_row][2].endswith("x"), rows[speed_row]
+    speed_up = float(rows[speed_row][2][:-1])
+    # the rates are printed to whole steps/s and the speed-up to 0.1: allow for that rounding only
+    exact = gram / direct
+    assert abs(speed_up - exact) <= 0.05 + 1.01 * exact * (0.5 / gram + 0.5 / direct), (speed_up, gram, direct)
 
 
 def test_batched_env_speed_prints_every_row_with_its_ratio():
