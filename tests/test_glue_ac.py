@@ -170,11 +170,45 @@ def test_two_workers_give_the_same_rows(finished_run: Path, tmp_path: Path):
     assert [(r["method"], r["seed"]) for r in got] == [(r["method"], r["seed"]) for r in ref]
     for a, b in zip(ref, got):
         assert a["metric"] == b["metric"] and a["actions"] == b["actions"] and a["threads"] == b["threads"] == 1
+    # the unit files, one per student written by the executor's workers, are the in-process run's
+    names = sorted(p.name for p in (finished_run / "units").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "workers" / "units").iterdir())
+    assert "only-response__seed0.json" in names
+    for name in names:
+        a, b = (json.loads((d / "units" / name).read_text()) for d in (finished_run, tmp_path / "workers"))
+        assert (a["method"], a["seed"], a["metric"], a["dev_metric"], a["return"]) == \
+            (b["method"], b["seed"], b["metric"], b["dev_metric"], b["return"]), name
+
+
+def test_a_failing_student_stops_the_run_after_the_finished_ones_are_saved(tmp_path: Path, monkeypatch):
+    """A unit that raises stops the run with an error naming it and its traceback; the units that
+    finished before it are on disk, and a rerun distils only the failed one."""
+    import experiments.glue_ac.distil as distil
+    from experiments.glue_ac import ExperimentConfig, run_experiment
+
+    real = distil.distil_and_test
+
+    def failing(env, agent, seed):
+        if seed == 1:
+            raise ArithmeticError("student blew up")
+        return real(env, agent, seed)
+
+    monkeypatch.setattr(distil, "distil_and_test", failing)
+    config = ExperimentConfig(preset="quick", methods=["finetune"], seeds=[0, 1], episodes=0, workers=1,
+                              out=str(tmp_path), name="failing")
+    with pytest.raises(RuntimeError, match=r"student finetune seed 1 failed") as exc:
+        run_experiment(config)
+    assert "ArithmeticError: student blew up" in str(exc.value)
+    assert sorted(p.name for p in (tmp_path / "failing" / "units").iterdir()) == ["finetune__seed0.json"]
+    monkeypatch.setattr(distil, "distil_and_test", real)
+    summary = run_experiment(config)
+    assert summary["stage_seconds"]["student_units"] == 1 and len(summary["rows"]) == 2
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "selector,bogus"], "unknown method(s) ['bogus']"),
     (["--workers", "0"], "workers must be an integer >= 1"),
+    (["--address", "10.0.0.1:6379"], "address '10.0.0.1:6379' needs executor 'ray'"),
     (["--agent", "nope"], "unknown agent 'nope'"),
     (["--preset", "quick", "--episodes", "-1"], "episodes must be an integer >= 0"),
     (["--task", "no_such_task"], "unknown task"),
@@ -184,6 +218,21 @@ def test_bad_flags_are_errors_listing_valid_values(argv, message, tmp_path: Path
         config_from_args([*argv, "--out", str(tmp_path)])
     assert isinstance(exc.value.code, str) and message in exc.value.code, exc.value.code
     assert not any(tmp_path.iterdir()), "a bad flag must not create run files"
+
+
+def test_executor_flags_are_stored_but_not_part_of_the_run_check(tmp_path: Path, capsys):
+    import dataclasses
+
+    from experiments.glue_ac import Run
+
+    with pytest.raises(SystemExit):
+        config_from_args(["--executor", "dask"])
+    assert "invalid choice: 'dask'" in capsys.readouterr().err
+    config = config_from_args(["--preset", "quick", "--out", str(tmp_path), "--name", "r"]).resolved()
+    assert (config.executor, config.address) == ("local", None)
+    Run(config).prepare()
+    on_ray = dataclasses.replace(config, executor="ray", address="10.0.0.1:6379", workers=3)
+    Run(on_ray).check()  # where the students run is not the run's identity
 
 
 def test_bad_seeds_flag(capsys):

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the presets' choice): bf16 where the CPU has bf16 instructions (AMX, AVX512-BF16) or "
                         "the GPU supports it, else fp32; fp32 forces fp32, e.g. to time the demo as on a CPU "
                         "without bf16")
-    p.add_argument("--workers", type=int, help="students distilled at once in spawned processes (default: per "
+    p.add_argument("--workers", type=int, help="students distilled at once in spawned processes or Ray tasks (default: per "
                                                "preset: text 2, at most the usable CPUs)")
     p.add_argument("--executor", choices=EXECUTORS, help="where the students are distilled: local (this process, or "
                                                          "--workers spawned ones) or ray (one Ray task per student, "

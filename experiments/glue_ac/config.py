@@ -71,8 +71,8 @@ class ExperimentConfig:
     selector_seed: int = 1000
     """seed of the selector's training episodes (distinct from the evaluation seeds)"""
     workers: int | None = None
-    """students distilled at once, each in a spawned process with its share of the torch threads
-    (default: per preset, at most the usable CPUs; 1 = in this process)"""
+    """students distilled at once, each in a spawned process (or a Ray task) with its share of the
+    torch threads (default: per preset, at most the usable CPUs; 1 = in this process, locally)"""
     executor: str = "local"
     """where the students are distilled (:mod:`experiments.executors`): "local" (this process or
     ``workers`` spawned ones) or "ray" (one Ray task per student)"""
