@@ -29,6 +29,7 @@ from experiments.benchmark import (
 )
 
 from kd_env import Instance, InstanceSet
+from tests.helpers import hide_ray, ray_or_skip
 
 ENV = "kd_env/QuickKD-v0"
 PHASES = 4  # QuickKD: 40 steps, 10 per phase
@@ -200,17 +201,8 @@ def test_process_executor_gives_the_serial_numbers(serial_run, tmp_path):
                                                                           b["return_mean"])
 
 
-def _ray():
-    """Ray, which CI installs (the ``ray`` extra): there a missing Ray fails the test instead of
-    skipping it, so the distributed path cannot go untested unnoticed."""
-    if os.environ.get("CI"):
-        import ray
-        return ray
-    return pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]'); CI installs it")
-
-
 def test_ray_executor_gives_the_serial_numbers(serial_run, tmp_path):
-    _ray()
+    ray_or_skip()
     result = run_benchmark(tiny_config(tmp_path, executor="ray", workers=2))
     assert not result.failed and len(result.executed) == 4
     assert _numbers(result.run_dir) == _numbers(serial_run.run_dir)
@@ -240,7 +232,7 @@ def test_ray_retries_a_cell_whose_worker_is_killed(serial_run, tmp_path):
     import threading
     import time
 
-    ray = _ray()
+    ray = ray_or_skip()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {k: os.environ[k] for k in ("KD_ENV_CACHE", "HF_HUB_OFFLINE",
                                                                    "HF_DATASETS_OFFLINE") if k in os.environ}})
@@ -274,16 +266,7 @@ def test_ray_retries_a_cell_whose_worker_is_killed(serial_run, tmp_path):
 
 
 def test_ray_executor_without_ray_is_a_clear_error(tmp_path, monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_ray(name, *args, **kwargs):
-        if name == "ray" or name.startswith("ray."):
-            raise ImportError("No module named 'ray'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_ray)
+    hide_ray(monkeypatch)
     with pytest.raises(ConfigError, match="pip install"):
         run_benchmark(tiny_config(tmp_path, executor="ray"))
     assert not (tmp_path / "benchmark-tiny").exists()

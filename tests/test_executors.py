@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from experiments.executors import RAY_MISSING, check_executor, execute
+from tests.helpers import hide_ray, ray_or_skip
 
-HERE = str(Path(__file__).resolve().parent)
+#: Ray workers import this module as pytest does (``test_executors`` from tests/; it imports tests.helpers)
+PATHS = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 
 def square(job: int) -> int:
@@ -40,18 +42,11 @@ def _collect(jobs, runner, **kwargs):
     return out
 
 
-def _ray():
-    if os.environ.get("CI"):
-        import ray
-        return ray
-    return pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]'); CI installs it")
-
-
 @pytest.fixture(scope="module")
 def local_ray():
-    ray = _ray()
+    ray = ray_or_skip()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")])}})
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([*PATHS, os.environ.get("PYTHONPATH", "")])}})
     yield ray
     ray.shutdown()
 
@@ -104,16 +99,7 @@ def test_bad_settings_are_clear_errors(executor, workers, threads, message):
 
 
 def test_ray_missing_names_the_install(monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_ray(name, *args, **kwargs):
-        if name == "ray" or name.startswith("ray."):
-            raise ImportError("No module named 'ray'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_ray)
+    hide_ray(monkeypatch)
     with pytest.raises(ValueError) as info:
         check_executor("ray", 1, 1)
     assert str(info.value) == RAY_MISSING and "pip install" in RAY_MISSING
