@@ -7,8 +7,9 @@ ppo     mask or weights    natively (``MultiBinary``; weights through
                            :class:`kd_env.wrappers.SymmetricWeights`, a ``RescaleAction`` to
                            ``Box(-1, 1)``, so the initial Gaussian is centred on 0.5)
 a2c     mask or weights    as ppo
-dqn     mask or weights    through :class:`MaskIndexWrapper`: ``Discrete(2^K)``, bit k of the
-                           index = knowledge k (in weights mode the mask is sent as 0.0/1.0)
+dqn     mask or weights    through :class:`kd_env.wrappers.MaskIndexWrapper`:
+                           ``Discrete(2^K)``, bit k of the index = knowledge k (in weights
+                           mode the mask is sent as 0.0/1.0)
 sac     weights only       natively (``Box``); a mask env raises ``ValueError`` (make the env
 td3     weights only       with ``action_mode="weights"``: a continuous policy on a mask would
 ddpg    weights only       need a threshold the critic never sees)

@@ -730,22 +730,14 @@ def test_schedule_from_csv_with_header_and_errors(tmp_path):
     assert run_episode(SyntheticSelectionEnv("mask", phases=2), make_agent(f"schedule:{plain}",
                                                                           SyntheticSelectionEnv("mask")),
                        seed=0)["actions"] == [[1, 0, 0, 0], [1, 1, 0, 0]]
-    bad = tmp_path / "bad.csv"
-    bad.write_text("1,0,0\n")
-    with pytest.raises(ValueError, match="3 entries"):
-        make_agent(f"schedule:{bad}", env)
-    ragged = tmp_path / "ragged.yaml"
-    ragged.write_text("[[1, 0, 0, 0], [1, 0]]\n")
-    with pytest.raises(ValueError, match="row 2"):
-        make_agent(f"schedule:{ragged}", env)
-    notlist = tmp_path / "notlist.yaml"
-    notlist.write_text("phase1: [1, 0, 0, 0]\n")
-    with pytest.raises(ValueError, match="list of lists"):
-        make_agent(f"schedule:{notlist}", env)
-    soft = tmp_path / "soft.csv"
-    soft.write_text("0.5,0,0,0\n")
-    with pytest.raises(ValueError, match="0 or 1"):
-        make_agent(f"schedule:{soft}", SyntheticSelectionEnv("mask"))
+    bad_files = [("bad.csv", "1,0,0\n", env, "3 entries"),
+                 ("ragged.yaml", "[[1, 0, 0, 0], [1, 0]]\n", env, "row 2"),
+                 ("notlist.yaml", "phase1: [1, 0, 0, 0]\n", env, "list of lists"),
+                 ("soft.csv", "0.5,0,0,0\n", SyntheticSelectionEnv("mask"), "0 or 1")]
+    for file_name, text, target_env, message in bad_files:
+        (tmp_path / file_name).write_text(text)
+        with pytest.raises(ValueError, match=message):
+            make_agent(f"schedule:{tmp_path / file_name}", target_env)
     with pytest.raises(ValueError, match="not found"):
         make_agent(f"schedule:{tmp_path / 'none.yaml'}", env)
 
