@@ -27,6 +27,7 @@ from tests.helpers import read_json
 import kd_env  # noqa: F401 - registers the env ids
 from agents import load_agent, make_agent
 from experiments import glue_ac
+from experiments.cli import load_plugins
 from kd_env import DistillConfig, get_preset
 from kd_env.build import build_distiller
 from kd_env.io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -67,7 +68,7 @@ FLAKY_KNOWLEDGE = ["finetune", "response", "flaky_response"]
 def _plugin(tmp_path: Path):
     path = tmp_path / "flaky_plugin.py"
     path.write_text(FLAKY_PLUGIN, encoding="utf-8")
-    glue_ac.load_plugins([str(path)])
+    load_plugins([str(path)])
     import sys
 
     module = next(m for name, m in sys.modules.items() if name.startswith("kd_env_plugin_")
@@ -257,9 +258,16 @@ def test_atomic_helpers_are_what_the_jobs_use():
     import experiments.benchmark.cell as benchmark_cell
     import experiments.benchmark.runner as benchmark_runner
     import experiments.benchmark.summary as benchmark_summary
+    import experiments.glue_ac.pipeline as glue_pipeline
+    import experiments.glue_ac.report as glue_report
+    import experiments.glue_ac.run as glue_run
+    import experiments.headroom.cli as headroom_cli
     import experiments.report as report
+    import experiments.store as store
+    import experiments.student_settings as student_settings
 
-    for module in (glue_ac, benchmark_cell, benchmark_runner, benchmark_summary, report):
+    for module in (glue_pipeline, glue_report, glue_run, headroom_cli, store, student_settings, benchmark_cell,
+                   benchmark_runner, benchmark_summary, report):
         names = [n for n in ("atomic_write_json", "atomic_write_text", "atomic_write_bytes") if hasattr(module, n)]
         assert names, module.__name__
         for name in names:
