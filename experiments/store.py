@@ -15,17 +15,13 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import yaml
 
 from kd_env.io import atomic_write_json, atomic_write_text
 
-__all__ = ["ResultStore", "read_finished", "SettingsChanged", "changed_settings", "save_settings", "file_key"]
-
-
-class SettingsChanged(SystemExit):
-    """The run folder holds a run made with other settings (nothing was written)."""
+__all__ = ["ResultStore", "read_finished", "changed_settings", "save_settings", "file_key"]
 
 
 def read_finished(path: str | os.PathLike, **expected: Any) -> dict[str, Any] | None:
@@ -65,10 +61,6 @@ class ResultStore:
     def write(self, name: str, record: dict[str, Any]) -> None:
         """Write a finished unit atomically (the folder is created on first use)."""
         atomic_write_json(self.path(name), record)
-
-    def missing(self, names: Iterable[str], **expected: Any) -> list[str]:
-        """The names among ``names`` with no finished unit."""
-        return [n for n in names if self.read(n, **expected) is None]
 
     def records(self) -> list[dict[str, Any]]:
         """Every readable unit in the folder (files cut short by a kill are skipped)."""
