@@ -3,7 +3,8 @@
 Environments (``gymnasium.make``): ``kd_env/DigitsKD-v0`` (digits, MLPs; fast),
 ``kd_env/QuickKD-v0`` (digits, tiny budget), ``kd_env/TextKD-v0`` (rt-polarity, MiniLM-L6
 teacher, 2-layer student), and the instance envs ``kd_env/DigitsKD-Instances-v0``,
-``kd_env/DigitsKD-Between-v0`` (one mask per episode from the situation; 24 held-out situations)
+``kd_env/DigitsKD-BetweenOracle-v0`` (an oracle: one mask per episode from the situation's
+privileged true configuration; 24 held-out situations)
 and ``kd_env/TextKD-Instances-v0`` (situations that differ: gold-label share, label noise, teacher
 strength; see :mod:`kd_env.instances`).  Any :class:`DistillConfig` field can be passed to ``make``.
 For stable-baselines3 on the weights mode, wrap the env in :class:`SymmetricWeights`
@@ -42,19 +43,19 @@ ENV_IDS = {"kd_env/DigitsKD-v0": "digits", "kd_env/QuickKD-v0": "quick", "kd_env
 INSTANCE_ENV_IDS = {
     "kd_env/DigitsKD-Instances-v0": {"config": "digits", "instances": "digits", "reward": "dev_metric_delta"},
     "kd_env/TextKD-Instances-v0": {"config": "text", "instances": "text", "reward": "dev_metric_delta"},
-    # instance-aware selection: one mask per episode over the paper's four knowledge types plus
-    # Dynamic KD's weighting, chosen from the situation alone; trained on digits-dense's 41
+    # privileged, an oracle: one mask per episode over the paper's four knowledge types plus Dynamic
+    # KD's weighting, chosen from the situation's *true* configuration (no user has it); trained on digits-dense's 41
     # situations, scored on the 24 between its grid values (README, "A fifth test")
-    "kd_env/DigitsKD-Between-v0": {"config": "digits", "instances": "digits-between", "reward": "dev_metric_delta",
-                                   "knowledge": ["finetune", "response", "feature", "relation", "uncertainty_kd"],
-                                   "observation": "instance", "steps_per_action": 150},
+    "kd_env/DigitsKD-BetweenOracle-v0": {"config": "digits", "instances": "digits-between",
+                                         "reward": "dev_metric_delta", "knowledge": ["finetune", "response", "feature", "relation", "uncertainty_kd"],
+                                         "observation": "oracle_situation_only", "steps_per_action": 150},
 }
 
 
 #: the ids whose students are MLPs: ``gymnasium.make_vec(id, num_envs=N)`` gives a
 #: :class:`~kd_env.vector.BatchedKDVectorEnv` (N students trained as one batched model)
 BATCHED_ENV_IDS = ("kd_env/DigitsKD-v0", "kd_env/QuickKD-v0", "kd_env/DigitsKD-Instances-v0",
-                   "kd_env/DigitsKD-Between-v0")
+                   "kd_env/DigitsKD-BetweenOracle-v0")
 BATCHED_VECTOR_ENTRY_POINT = "kd_env.vector:BatchedKDVectorEnv"
 
 

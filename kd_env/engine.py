@@ -124,6 +124,8 @@ class Distiller:
         self.student_labels, self.label_mask = student_label_view(train.labels, task.num_labels, config)
         self.example_weighting: str | None = None
         self._weighting_fn = None
+        self.situation_cache: dict[str, Any] = {}
+        """what :func:`kd_env.situation.observable_situation` computed once (shared by copies)"""
         self.step_timer: StepTimer | None = None
         """set a :class:`~kd_env.runtime.StepTimer` to time the parts of each training step"""
         self.reset(config.seed)

@@ -10,8 +10,10 @@ scoring).  DACBench builds its benchmarks the same way.
 An env made with ``instances=<name>`` draws an instance at every ``reset()`` from its
 ``instance_split`` (seeded by the env's ``np_random``; ``reset(options={"instance": name})``
 picks one), builds that instance's distiller once and keeps it, and reports the instance in
-``info["instance"]``.  A policy sees only the training state unless the env is made with
-``observation="instance_features"`` (the summary plus the instance's features, opt-in).
+``info["instance"]``.  A policy sees only the training state, or with ``observation="observable"``
+the training state plus what a user can compute about their situation
+(:mod:`kd_env.situation`); the instance's true configuration is an oracle's input only
+(``observation="oracle_situation"``).
 
 =========================  ================================================================
 set                        instances

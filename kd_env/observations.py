@@ -15,8 +15,19 @@ non-finite loss is ``+inf`` there) and then clip them into the space (a non-fini
 the cap ``LOG_CAP``, never 0).  Clipping is a guard, not a normal case: the tests check that the
 unclipped values of real runs lie inside the bounds.
 * ``dict``: a one-level ``Dict`` of both (for stable-baselines3's ``MultiInputPolicy``).
-* ``instance_features`` (instance envs): ``summary`` followed by the instance's features.
-* ``instance`` (instance envs): the budget fraction spent and the instance's features only.
+* ``observable``: ``summary`` followed by what a user can compute about their own situation
+  (:data:`kd_env.situation.SITUATION_FEATURES`: labelled-example count and share, the teacher's
+  dev accuracy, skill above chance and calibration error, its disagreement with the gold labels,
+  the student/teacher parameter ratio).  The observation for learned selection.
+* ``observable_only``: the budget fraction spent and the observable situation only (one
+  decision per episode: a contextual bandit's context).
+
+Privileged, for oracles only (instance envs; no default, demo or headline uses them):
+
+* ``oracle_situation``: ``summary`` followed by the instance's *true* configuration
+  (:data:`kd_env.instances.FEATURE_FIELDS`: label noise rate, the teacher's training share and
+  epochs, ...), which no user has.
+* ``oracle_situation_only``: the budget fraction spent and the true configuration only.
 
 Add your own::
 
@@ -50,7 +61,11 @@ __all__ = [
     "make_observation",
     "observation_names",
     "summary_features",
+    "PRIVILEGED_OBSERVATIONS",
 ]
+
+#: observations that read the situation's true configuration: oracles, never a learner's input
+PRIVILEGED_OBSERVATIONS = ("oracle_situation", "oracle_situation_only")
 
 LOG_CAP = 10.0  # log1p-squashed quantities are clipped to [0, LOG_CAP]
 CLS_BOUND = 100.0
@@ -242,11 +257,11 @@ def _instance_feature_box(env, low: np.ndarray, high: np.ndarray, name: str) -> 
                       np.concatenate([high, np.ones(n, np.float32)]).astype(np.float32), dtype=np.float32)
 
 
-@register_observation("instance_features")
-class InstanceFeatures(Observation):
-    """Opt-in: the ``summary`` vector followed by the current instance's situation
-    (:data:`kd_env.instances.FEATURE_FIELDS`, each in [0, 1]): a policy that *knows* the
-    instance.  Needs an env made with ``instances=<set>``."""
+@register_observation("oracle_situation")
+class OracleSituation(Observation):
+    """Privileged (an oracle's input): the ``summary`` vector followed by the current instance's
+    *true* configuration (:data:`kd_env.instances.FEATURE_FIELDS`, each in [0, 1]), which no user
+    distilling their own model knows.  Needs an env made with ``instances=<set>``."""
 
     def __init__(self):
         super().__init__()
@@ -260,13 +275,13 @@ class InstanceFeatures(Observation):
         return np.concatenate([self.summary(env), _instance_features(env)]).astype(np.float32)
 
 
-@register_observation("instance")
-class InstanceOnly(Observation):
-    """Opt-in: the fraction of the student's budget spent, followed by the current instance's
-    situation (:data:`kd_env.instances.FEATURE_FIELDS`), and nothing of the training state.  A
-    policy on it is a schedule per kind of situation; with one phase per episode
-    (``steps_per_action = total_steps``), a constant mask per kind of situation.  Needs an env
-    made with ``instances=<set>``."""
+@register_observation("oracle_situation_only")
+class OracleSituationOnly(Observation):
+    """Privileged (an oracle's input): the fraction of the student's budget spent, followed by the
+    current instance's true configuration (:data:`kd_env.instances.FEATURE_FIELDS`), and nothing
+    of the training state.  With one phase per episode (``steps_per_action = total_steps``) a
+    policy on it is a constant mask per kind of situation, chosen from facts a user does not have.
+    Needs an env made with ``instances=<set>``."""
 
     def space(self, env):
         return _instance_feature_box(env, np.zeros(1, np.float32), np.ones(1, np.float32), self.name)
@@ -274,3 +289,47 @@ class InstanceOnly(Observation):
     def __call__(self, env):
         d = env.distiller
         return np.concatenate([[d.step / d.total_steps], _instance_features(env)]).astype(np.float32)
+
+
+def _situation_box(low: np.ndarray, high: np.ndarray) -> spaces.Box:
+    from .situation import SITUATION_FEATURES
+
+    n = len(SITUATION_FEATURES)
+    return spaces.Box(np.concatenate([low, np.zeros(n, np.float32)]).astype(np.float32),
+                      np.concatenate([high, np.ones(n, np.float32)]).astype(np.float32), dtype=np.float32)
+
+
+@register_observation("observable")
+class Observable(Observation):
+    """The ``summary`` vector followed by the observable situation
+    (:func:`kd_env.situation.observable_situation`): the student's training state plus only what a
+    user can compute from their own data and teacher.  Works on any classification env, with or
+    without instances."""
+
+    def __init__(self):
+        super().__init__()
+        self.summary = Summary()
+
+    def space(self, env):
+        inner = self.summary.space(env)
+        return _situation_box(inner.low, inner.high)
+
+    def __call__(self, env):
+        from .situation import observable_situation
+
+        return np.concatenate([self.summary(env), observable_situation(env.distiller)]).astype(np.float32)
+
+
+@register_observation("observable_only")
+class ObservableOnly(Observation):
+    """The fraction of the budget spent followed by the observable situation, and nothing of the
+    training state: the context of a one-decision contextual bandit."""
+
+    def space(self, env):
+        return _situation_box(np.zeros(1, np.float32), np.ones(1, np.float32))
+
+    def __call__(self, env):
+        from .situation import observable_situation
+
+        d = env.distiller
+        return np.concatenate([[d.step / d.total_steps], observable_situation(d)]).astype(np.float32)

@@ -338,7 +338,7 @@ def test_shipped_configs_are_valid_for_every_env():
     extra = ["a2c", "sac", "td3", "all", "ddpg", "random_soft", "pkd", "finetune", "fixed:1010", "dynamic_kd", "eskd",
              "two_stage", "anneal"]
     algos = list(dict.fromkeys(list(DEFAULT_ALGOS) + extra))
-    envs = ["kd_env/DigitsKD-v0", ENV, "kd_env/TextKD-v0", "kd_env/DigitsKD-Instances-v0", "kd_env/DigitsKD-Between-v0"]
+    envs = ["kd_env/DigitsKD-v0", ENV, "kd_env/TextKD-v0", "kd_env/DigitsKD-Instances-v0", "kd_env/DigitsKD-BetweenOracle-v0"]
     cells = build_grid(algos, envs, [0], eval_every=5, eval_episodes=2)
     assert len(cells) == len(algos) * len(envs)
     modes = {c.algo: c.settings.action_mode for c in cells}
@@ -352,7 +352,7 @@ def test_shipped_configs_are_valid_for_every_env():
 def test_the_between_env_gives_every_learner_the_fifth_tests_budget_and_ac_its_selected_settings():
     import gymnasium as gym
 
-    env = gym.make("kd_env/DigitsKD-Between-v0")
+    env = gym.make("kd_env/DigitsKD-BetweenOracle-v0")
     try:
         inner = env.unwrapped
         assert inner.instance_set.name == "digits-between" and inner.config.num_phases == 1  # one decision
@@ -361,7 +361,7 @@ def test_the_between_env_gives_every_learner_the_fifth_tests_budget_and_ac_its_s
     finally:
         env.close()
     learners = ["ac", "ppo", "dqn", "ac_q"]
-    between = {c.algo: c.settings for c in build_grid(learners, ["kd_env/DigitsKD-Between-v0"], [0], 600, 2)}
+    between = {c.algo: c.settings for c in build_grid(learners, ["kd_env/DigitsKD-BetweenOracle-v0"], [0], 600, 2)}
     instances = {c.algo: c.settings for c in build_grid(learners, ["kd_env/DigitsKD-Instances-v0"], [0], 600, 2)}
     assert {a: s.episodes for a, s in between.items()} == dict.fromkeys(learners, 1200)  # equal budgets
     for algo in learners:  # the settings of the fifth test's runs: Instances-v0's, with 1,200 episodes

@@ -140,7 +140,7 @@ def test_two_stage_schedules_switch_inside_the_episode_and_a_one_phase_env_has_n
     schedules = many.two_stage_schedules(["1100", "0100"])
     assert schedules == [f"schedule:1100>0100@{many.num_phases // 2}", f"schedule:0100>1100@{many.num_phases // 2}"]
     one = headroom.HeadroomRun(headroom.HeadroomSettings.quick(
-        env="kd_env/DigitsKD-Between-v0", out=str(tmp_path)))  # one decision per episode
+        env="kd_env/DigitsKD-BetweenOracle-v0", out=str(tmp_path)))  # one decision per episode
     assert one.num_phases == 1 and one.two_stage_schedules(["00001", "10000"]) == []
 
 

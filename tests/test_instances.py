@@ -166,8 +166,8 @@ def test_instance_distillers_are_built_once_and_the_same_seed_gives_the_same_epi
         env.close()
 
 
-def test_instance_features_observation_is_opt_in_and_survives_pickling():
-    env = _env(observation="instance_features")
+def test_oracle_situation_observation_is_opt_in_and_survives_pickling():
+    env = _env(observation="oracle_situation")
     try:
         obs, _ = env.reset(seed=0, options={"instance": "few-labels"})
         assert env.observation_space.contains(obs)
@@ -186,11 +186,11 @@ def test_instance_features_observation_is_opt_in_and_survives_pickling():
     finally:
         plain.close()
     with pytest.raises(ValueError, match="instances=<set name>"):
-        gym.make("kd_env/QuickKD-v0", observation="instance_features")
+        gym.make("kd_env/QuickKD-v0", observation="oracle_situation")
 
 
-def test_instance_observation_is_the_budget_spent_and_the_features_alone():
-    env = _env(observation="instance")
+def test_oracle_situation_only_is_the_budget_spent_and_the_features_alone():
+    env = _env(observation="oracle_situation_only")
     try:
         obs, _ = env.reset(seed=0, options={"instance": "few-labels"})
         features = env.instance_set.features("few-labels", env._base_config)
@@ -204,8 +204,8 @@ def test_instance_observation_is_the_budget_spent_and_the_features_alone():
         assert not np.array_equal(other[1:], obs[1:])  # it tells the situations apart
     finally:
         env.close()
-    with pytest.raises(ValueError, match="'instance' needs an env made with instances=<set name>"):
-        gym.make("kd_env/QuickKD-v0", observation="instance")
+    with pytest.raises(ValueError, match="'oracle_situation_only' needs an env made with instances=<set name>"):
+        gym.make("kd_env/QuickKD-v0", observation="oracle_situation_only")
 
 
 def test_instance_set_validation_names_what_is_wrong():

@@ -101,7 +101,7 @@ def test_batched_equals_single_envs_on_instances_with_per_copy_options():
 
 
 def test_batched_equals_single_envs_on_the_between_env_and_paired_replays():
-    kwargs = dict(kd_env.INSTANCE_ENV_IDS["kd_env/DigitsKD-Between-v0"])
+    kwargs = dict(kd_env.INSTANCE_ENV_IDS["kd_env/DigitsKD-BetweenOracle-v0"])
     kwargs["config"] = kwargs.pop("config")
     record, singles, venv = _run_pair(3, _random_masks(3, 5, seed=3), **kwargs)
     try:
