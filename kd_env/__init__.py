@@ -3,7 +3,8 @@
 Environments (``gymnasium.make``): ``kd_env/DigitsKD-v0`` (digits, MLPs; fast),
 ``kd_env/QuickKD-v0`` (digits, tiny budget), ``kd_env/TextKD-v0`` (rt-polarity, MiniLM-L6
 teacher, 2-layer student), and the instance envs ``kd_env/DigitsKD-Instances-v0``,
-``kd_env/DigitsKD-BetweenOracle-v0`` (an oracle: one mask per episode from the situation's
+``kd_env/DigitsKD-Switch-v0`` (where switching knowledge pays; the observable observation; 12 fresh
+held-out situations), ``kd_env/DigitsKD-BetweenOracle-v0`` (an oracle: one mask per episode from the situation's
 privileged true configuration; 24 held-out situations)
 and ``kd_env/TextKD-Instances-v0`` (situations that differ: gold-label share, label noise, teacher
 strength; see :mod:`kd_env.instances`).  Any :class:`DistillConfig` field can be passed to ``make``.
@@ -43,6 +44,11 @@ ENV_IDS = {"kd_env/DigitsKD-v0": "digits", "kd_env/QuickKD-v0": "quick", "kd_env
 INSTANCE_ENV_IDS = {
     "kd_env/DigitsKD-Instances-v0": {"config": "digits", "instances": "digits", "reward": "dev_metric_delta"},
     "kd_env/TextKD-Instances-v0": {"config": "text", "instances": "text", "reward": "dev_metric_delta"},
+    # learned selection from what a user can see (issue 27): 15 decisions per episode on the
+    # training state plus the observable situation; trained on digits-switch's 18 situations, scored
+    # once on its 12 fresh ones (results/2026-12-05-switch-preregistration.md)
+    "kd_env/DigitsKD-Switch-v0": {"config": "digits", "instances": "digits-switch", "reward": "dev_metric_delta",
+                                  "observation": "observable"},
     # privileged, an oracle: one mask per episode over the paper's four knowledge types plus Dynamic
     # KD's weighting, chosen from the situation's *true* configuration (no user has it); trained on digits-dense's 41
     # situations, scored on the 24 between its grid values (README, "A fifth test")
@@ -55,7 +61,7 @@ INSTANCE_ENV_IDS = {
 #: the ids whose students are MLPs: ``gymnasium.make_vec(id, num_envs=N)`` gives a
 #: :class:`~kd_env.vector.BatchedKDVectorEnv` (N students trained as one batched model)
 BATCHED_ENV_IDS = ("kd_env/DigitsKD-v0", "kd_env/QuickKD-v0", "kd_env/DigitsKD-Instances-v0",
-                   "kd_env/DigitsKD-BetweenOracle-v0")
+                   "kd_env/DigitsKD-BetweenOracle-v0", "kd_env/DigitsKD-Switch-v0")
 BATCHED_VECTOR_ENTRY_POINT = "kd_env.vector:BatchedKDVectorEnv"
 
 

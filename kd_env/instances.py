@@ -35,6 +35,15 @@ set                        instances
 ``digits-between``         the 41 train instances of ``digits-dense``; held out the 24 situations
                            between its grid values: 70 / 35 / 15 / 7% labels x 10 / 30% flipped
                            labels x the three teachers (a larger test of carrying a policy over)
+``digits-switch``          gold labels 50 / 30 / 15% x 20 / 35 / 50% flipped labels x the medium or
+                           the weak teacher (18 train situations, config seed 0): where the right
+                           knowledge changes during training (teacher first, gold labels later);
+                           held out 12 *fresh* situations (40 / 20 / 10% labels x 25 / 45% noise x
+                           the two teacher recipes), each with its own config seed (101-112): its
+                           own data split, teacher, labelled subset and flipped labels, none shared
+                           with a train situation (issue 27's pre-registered test)
+``digits-switch-dev``      digits-switch's 18 train situations alone, 6 set aside: for choosing
+                           settings and measuring headroom without the fresh test
 ``text``                   text preset (rt-polarity, MiniLM-L6); 100% / 5% labels x clean or 40%
                            noisy labels (4)
 =========================  ================================================================
@@ -338,4 +347,38 @@ register_instance_set(InstanceSet(
                     teachers=[("", {})]),
     held_out=["labels5-noisy40"],
     description="rt-polarity: gold-label share x label noise (4 instances, 1 held out)",
+))
+
+
+#: where switching knowledge pays (measured before registering, on train situations and selection
+#: seeds only: teacher knowledge first, gold labels later, results/2026-12-05-switching-headroom.md):
+#: scarce, noisy labels and a teacher that is neither strong nor useless
+_SWITCH_TEACHERS = [("medium", MEDIUM_DIGITS_TEACHER), ("weak", WEAK_DIGITS_TEACHER)]
+_SWITCH_TRAIN = _grid(labels=[("labels50", 0.5), ("labels30", 0.3), ("labels15", 0.15)],
+                      noise=[("noisy20", 0.2), ("noisy35", 0.35), ("noisy50", 0.5)], teachers=_SWITCH_TEACHERS)
+_SWITCH_FRESH = [Instance(f"fresh{101 + i}-{inst.name}", {**inst.overrides, "seed": 101 + i}) for i, inst in
+                 enumerate(_grid(labels=[("labels40", 0.4), ("labels20", 0.2), ("labels10", 0.1)],
+                                 noise=[("noisy25", 0.25), ("noisy45", 0.45)], teachers=_SWITCH_TEACHERS))]
+register_instance_set(InstanceSet(
+    name="digits-switch",
+    base="digits",
+    # declared before any run on the fresh situations (git history: this commit precedes every
+    # result on them); every fresh situation has its own config seed, so its digits split, teacher
+    # (fine-tuned on its own seeded subset from its own initial weights), labelled subset, flipped
+    # labels and dev probe differ from every train situation's (the 1797 images are shared: the
+    # dataset has no others)
+    instances=_SWITCH_TRAIN + _SWITCH_FRESH,
+    held_out=[i.name for i in _SWITCH_FRESH],
+    description="digits, scarce noisy labels x a medium or weak teacher (18 train situations); held out 12 "
+                "fresh situations with their own seeds, splits and teachers",
+))
+register_instance_set(InstanceSet(
+    name="digits-switch-dev",
+    base="digits",
+    instances=list(_SWITCH_TRAIN),
+    # a fixed pattern set before any measurement on it: one per label level and noise level, both
+    # teachers on each side
+    held_out=["labels50-noisy20-medium", "labels50-noisy50-weak", "labels30-noisy35-medium",
+              "labels30-noisy20-weak", "labels15-noisy50-medium", "labels15-noisy35-weak"],
+    description="digits-switch's 18 train situations alone, 6 set aside (choosing settings, measuring headroom)",
 ))
