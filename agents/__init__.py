@@ -15,12 +15,14 @@ Names: ``ac`` (:mod:`agents.ac`), ``ac_q`` (:mod:`agents.ac_q`), our actor-criti
 ``a2c``, ``dqn``, ``sac``, ``td3``, ``ddpg`` (stable-baselines3, :mod:`agents.sb3`);
 ``finetune``, ``vanilla_kd``, ``pkd``, ``all``, ``random_hard``, ``random_soft``,
 ``fixed:<bits>``, ``schedule:<file>`` (:mod:`agents.baselines`); ``dynamic_kd``, ``eskd``,
-``two_stage``, ``anneal`` (the literature's dynamic baselines, :mod:`agents.dynamic`).
+``two_stage``, ``anneal`` (the literature's dynamic baselines, :mod:`agents.dynamic`);
+``lookup``, ``bandit`` (learned one-decision selectors on the observable situation, not RL:
+:mod:`agents.lookup`, :mod:`agents.bandit`).
 """
 
 from __future__ import annotations
 
-from . import ac, ac_q, baselines, dynamic, sb3  # noqa: F401 - register their agents
+from . import ac, ac_q, bandit, baselines, dynamic, lookup, sb3  # noqa: F401 - register their agents
 from .base import Agent, CheckpointError, SelectionSpec, agent_hyperparameters, agent_names, agent_table, \
     load_agent, make_agent, register_agent, selection_spec
 from .rollout import make_vector_env, run_episode

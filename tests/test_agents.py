@@ -648,12 +648,12 @@ def test_registry_lists_every_agent():
     names = agent_names()
     expected = ["ac", "ac_q", "ppo", "a2c", "dqn", "sac", "td3", "ddpg", "finetune", "vanilla_kd", "pkd", "all",
                 "random_hard", "random_soft", "fixed:<bits>", "schedule:<file>", "dynamic_kd", "eskd", "two_stage",
-                "anneal"]
+                "anneal", "lookup", "bandit"]
     assert sorted(names) == sorted(expected)
     env = SyntheticSelectionEnv("mask")
     for name in names:
-        if name in ("sac", "td3", "ddpg", "random_soft", "schedule:<file>"):
-            continue
+        if name in ("sac", "td3", "ddpg", "random_soft", "schedule:<file>", "lookup", "bandit"):
+            continue  # lookup and bandit need the observable observation: tests/test_lookup_bandit.py
         agent = make_agent(name.replace("<bits>", "1010"), env)
         assert isinstance(agent, Agent)
         assert env.action_space.contains(agent.act(env.reset(seed=0)[0], deterministic=True))
