@@ -64,6 +64,9 @@ class SituationSelector(Agent):
     """What ``lookup`` and ``bandit`` share: the observation check, the situation of an
     observation, one mask per episode, the training loop and the checkpoint counters."""
 
+    #: the observations this agent can read (runners check a configuration against it early)
+    observations = VALID_OBSERVATIONS
+
     def __init__(self, env: Any, seed: int | None = 0):
         super().__init__(env)
         self.seed = _check_seed(seed)

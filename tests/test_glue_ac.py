@@ -210,6 +210,8 @@ def test_a_failing_student_stops_the_run_after_the_finished_ones_are_saved(tmp_p
     (["--workers", "0"], "workers must be an integer >= 1"),
     (["--address", "10.0.0.1:6379"], "address '10.0.0.1:6379' needs executor 'ray'"),
     (["--agent", "nope"], "unknown agent 'nope'"),
+    (["--agent", "lookup"], "agent 'lookup' reads observation one of ['observable', 'observable_only'], got 'summary'"),
+    (["--observation", "nope"], "unknown observation 'nope'"),
     (["--preset", "quick", "--episodes", "-1"], "episodes must be an integer >= 0"),
     (["--task", "no_such_task"], "unknown task"),
 ])

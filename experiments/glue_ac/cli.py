@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      f"also: {','.join(DYNAMIC_BASELINES)} (dynamic baselines), fixed:<bits>")
     p.add_argument("--action-mode", choices=["weights", "mask"])
     p.add_argument("--reward", help="registered reward name (default dev_loss_delta)")
+    p.add_argument("--observation", help="registered observation the selector reads (default summary; lookup and "
+                                         "bandit read observable)")
     p.add_argument("--plugin", action="append", default=None, help="python file registering rewards/knowledge")
     p.add_argument("--name", help="run folder name")
     p.add_argument("--out", help="output root (default runs)")
@@ -94,8 +96,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> ExperimentConfig:
     if args.labels is not None:
         distill["labels"] = [x.strip() for x in args.labels.split(",") if x.strip()]
     data["distill"] = distill
-    for flag in ("preset", "agent", "episodes", "seeds", "action_mode", "reward", "name", "out", "workers",
-                 "executor", "address"):
+    for flag in ("preset", "agent", "episodes", "seeds", "action_mode", "reward", "observation", "name", "out",
+                 "workers", "executor", "address"):
         if getattr(args, flag) is not None:
             data[flag] = getattr(args, flag)
     if args.methods is not None:

@@ -136,6 +136,12 @@ class ExperimentConfig:
             raise ValueError(f"unknown observation {c.observation!r}; valid: {observation_names()}")
         if SELECTOR in c.methods and c.agent not in agent_names():
             raise ValueError(f"unknown agent {c.agent!r}; valid: {agent_names()}")
+        from agents.base import AGENT_REGISTRY
+
+        needs = getattr(AGENT_REGISTRY.lookup(c.agent), "observations", None) if SELECTOR in c.methods else None
+        if needs and c.observation not in needs:
+            raise ValueError(f"agent {c.agent!r} reads observation one of {list(needs)}, got {c.observation!r}: pass "
+                             f"--observation {needs[0]} (or set observation: {needs[0]} in --config)")
         if c.name is None:
             c.name = f"glue_ac-{c.preset}-{Path(str(distill.task)).stem}"
         return c
