@@ -5,8 +5,14 @@ is judged, how much room an env leaves a learned selector:
 
 * **every fixed mask** (2^K) and the **single best fixed mask**, chosen by the mean dev-split
   metric on the *selection seeds* of the *train instances*;
-* the **per-instance oracle**: on each held-out instance, the fixed mask with the best dev metric
-  on that instance's selection seeds (a policy that knows the instance);
+* the **sources of gain** (:mod:`.sources`), each chosen per held-out situation on its selection
+  seeds by dev: ``oracle_constant`` (its best fixed mask), ``oracle_schedule`` (its best fixed mask
+  or two-stage schedule of its best masks) and their paired difference, *the value of switching*;
+  two non-RL baselines on the observable situation (:mod:`kd_env.situation`): ``lookup`` (the best
+  mask of the nearest train situation) and ``bandit`` (per mask a ridge regression of dev on the
+  situation, fit with full exploration on the train situations); and how often the oracles'
+  choices survive a bootstrap of the selection seeds (*choice stability*); CIs resample
+  situations, then seeds;
 * **two-stage schedules** (mask A for the first k phases, then B), A and B among the best fixed
   masks and k among a few switch points, the best chosen on the selection seeds by dev;
 * **greedy oracles** that branch from the env state every phase, try every mask and keep the
@@ -24,9 +30,10 @@ each, written atomically as its chunk ends) so an interrupted run resumes where 
 :func:`experiments.executors.execute`.  ``--quick`` finishes within a few minutes on digits.
 
 Modules: :mod:`.settings` (what to measure, policy names, unit keys), :mod:`.worker` (the process
-that plays episodes, open-loop ones batched), :mod:`.run` (the stages, resume), :mod:`.analysis`
-(the policy table, headroom, reward alignment), :mod:`.report` (``results.md``, the figure),
-:mod:`.cli`.
+that plays episodes, open-loop ones batched; each record carries its instance's observable
+situation), :mod:`.run` (the stages, resume), :mod:`.sources` (the oracles' and baselines'
+choices, choice stability), :mod:`.analysis` (the policy table, sources of gain, headroom, reward
+alignment), :mod:`.report` (``results.md``, the figure), :mod:`.cli`.
 """
 
 from .analysis import analyse, reward_alignment

@@ -7,15 +7,29 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..stats import mean_std, paired_difference
+from kd_env.situation import SITUATION_FEATURES
+
+from ..stats import mean_std, paired_difference, paired_situations
 from .settings import all_masks
+from .sources import STABILITY_REPS
+
+#: how each source of gain chose (``results.json`` and the report)
+SOURCES = {
+    "oracle_constant": ("oracle", "the best fixed mask per held-out situation, by dev on its selection seeds"),
+    "oracle_schedule": ("oracle", "the best fixed mask or two-stage schedule of its best masks per held-out "
+                                  "situation, by dev on its selection seeds"),
+    "lookup": ("baseline", "the best mask of the nearest train situation (observable situation, standardised)"),
+    "bandit": ("baseline", "per mask a ridge regression of dev on the observable situation, fit with full "
+                           "exploration (every mask on every train situation)"),
+}
 
 
 def analyse(run: Any, scored, best_fixed, oracle, best_schedule, sched_dev, dev_train, dynamic, rand,
-            rewards) -> dict[str, Any]:
+            rewards, selection) -> dict[str, Any]:
     """``results.json``: every policy's held-out test metric and its paired difference against the
-    best fixed mask, the best mask per held-out instance, the headroom and the reward alignment of
-    the :class:`~experiments.headroom.run.HeadroomRun` ``run``."""
+    best fixed mask, the best mask per held-out instance, the sources of gain (the oracles, the
+    value of switching, the observable baselines, the choices' stability), the headroom and the
+    reward alignment of the :class:`~experiments.headroom.run.HeadroomRun` ``run``."""
 
     def by_pair(policy_of: Any) -> dict[tuple, float]:
         out = {}
@@ -38,9 +52,18 @@ def analyse(run: Any, scored, best_fixed, oracle, best_schedule, sched_dev, dev_
     for m in all_masks(len(run.knowledge)):
         add(f"fixed:{m}", f"dev {dev_train[m]:.4f} (train instances, selection seeds)",
             by_pair(f"fixed:{m}"), "best fixed" if m == best_fixed else "fixed")
-    if run.test_instances != [None]:  # one instance: the oracle is the best fixed mask itself
-        add("per-instance oracle", "per instance: " + ", ".join(f"{i}={oracle[i]}" for i in run.test_instances),
-            by_pair(lambda inst: f"fixed:{oracle[inst]}"), "instance-aware")
+    choices, pairs_of = selection["choices"], {}
+    for name, chosen in choices.items():
+        pairs_of[name] = by_pair(lambda inst, c=chosen: c[str(inst)])
+        kind, how = SOURCES[name]
+        add(name, f"{how}: " + ", ".join(f"{i}={p}" for i, p in chosen.items()), pairs_of[name], kind)
+        rows[-1]["vs_best_fixed_situations"] = paired_situations(pairs_of[name], reference)
+    switching = paired_situations(pairs_of["oracle_schedule"], pairs_of["oracle_constant"])
+    switching["std"] = mean_std([v - pairs_of["oracle_constant"][k] for k, v in pairs_of["oracle_schedule"].items()
+                                 if k in pairs_of["oracle_constant"]])[1]
+    stab = selection["stability"]
+    stability = {"reps": STABILITY_REPS, "per_situation": stab,
+                 "mean": {o: float(np.mean([v[o] for v in stab.values()])) for o in ("oracle_constant", "oracle_schedule")}}
     if best_schedule:
         add(best_schedule, f"best of {len(sched_dev)} two-stage schedules by dev", by_pair(best_schedule),
             "dynamic")
@@ -48,7 +71,7 @@ def analyse(run: Any, scored, best_fixed, oracle, best_schedule, sched_dev, dev_
         add(b, "literature baseline (no choice)", by_pair(f"agent:{b}"), "dynamic")
     for by in ("reward", "probe"):
         add(f"greedy:{by}", f"branches every phase, keeps the best by {by}", by_pair(f"greedy:{by}"), "oracle")
-    candidates = [r for r in rows if r["kind"] in ("instance-aware", "dynamic", "oracle") and r["n"]]
+    candidates = [r for r in rows if r["kind"] in ("baseline", "dynamic", "oracle") and r["n"]]
     best_candidate = max(candidates, key=lambda r: r["diff_vs_best_fixed"]["mean"]) if candidates else None
     # which mask wins each held-out instance on test (to show that the best mask moves)
     per_instance = {}
@@ -65,6 +88,9 @@ def analyse(run: Any, scored, best_fixed, oracle, best_schedule, sched_dev, dev_
             "greedy_seeds": run.settings.test_seeds[: run.settings.greedy_seeds],
             "best_fixed": best_fixed, "per_instance_oracle": {str(k): v for k, v in oracle.items()},
             "best_schedule": best_schedule, "policies": rows, "per_instance": per_instance,
+            "choices": choices, "switching": switching, "stability": stability,
+            "lookup_neighbour": selection["lookup_neighbour"], "bandit_predictions": selection["bandit_predictions"],
+            "situation_features": list(SITUATION_FEATURES), "situations": selection["situations"],
             "headroom": None if best_candidate is None else {"policy": best_candidate["policy"],
                                                              **best_candidate["diff_vs_best_fixed"]},
             "reward_alignment": alignment, "wall_seconds": time.perf_counter() - run.started}

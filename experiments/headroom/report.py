@@ -10,6 +10,7 @@ import numpy as np
 
 from ..report import _figure, _save, markdown_table
 
+
 def _ci(d: dict[str, Any]) -> str:
     if not d or d.get("n", 0) == 0 or d.get("mean") is None or not math.isfinite(d["mean"]):
         return "n/a"
@@ -45,6 +46,7 @@ def render_markdown(res: dict[str, Any]) -> str:
         [[f"`{r['policy']}`", r["kind"], f"{r['test_mean']:.4f} ± {r['test_std']:.4f}" if r["n"] else "n/a",
           r["n"], _ci(r["diff_vs_best_fixed"]) if r["policy"] != f"fixed:{res['best_fixed']}" else "(reference)",
           r["chosen"]] for r in ordered]))
+    lines.extend(sources_section(res))
     lines.append("## The best mask per held-out instance")
     lines.append("")
     lines.append(markdown_table(["instance", "chosen on dev (selection seeds)", "best on test (test seeds)"],
@@ -62,6 +64,56 @@ def render_markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _situations_ci(d: dict[str, Any] | None) -> str:
+    if not d or not d.get("situations"):
+        return "n/a"
+    return _ci({"n": d["pairs"], **d})
+
+
+def sources_section(res: dict[str, Any]) -> list[str]:
+    """"Sources of gain": the oracles, the value of switching, the observable baselines and the
+    best fixed mask, then the per-situation choices (absent from a run made before the section)."""
+    if "switching" not in res:
+        return []
+    rows = {r["policy"]: r for r in res["policies"]}
+    sw = res["switching"]
+    lines = ["## Sources of gain", "",
+             "Each held-out situation's choice is made on its own selection seeds by dev (the oracles) or from "
+             "the train situations' selection episodes alone (the baselines); all are scored on the test seeds. "
+             "Differences are paired on (situation, test seed); the CIs resample situations, then seeds "
+             "(hierarchical bootstrap). The *value of switching* is `oracle_schedule` − `oracle_constant`. "
+             "`lookup` plays the best mask of the nearest train situation in the observable-feature space "
+             "(standardised by the train situations' std); `bandit` is a one-decision contextual bandit (per mask a "
+             "ridge regression of dev on the observable situation) fit with full exploration (every mask on every "
+             "train situation)." + ("" if "lookup" in rows else " `lookup` and `bandit` are absent: the units hold "
+                                    "no observable situation (a run made before it was recorded)."), ""]
+    table = []
+    for name in ("oracle_constant", "oracle_schedule", "value of switching", "lookup", "bandit", "best fixed"):
+        if name == "value of switching":
+            table.append([f"**{name}** (`oracle_schedule` − `oracle_constant`)", f"{sw['mean']:+.4f} ± {sw['std']:.4f}",
+                          _situations_ci(sw), f"{sw['wins']} of {sw['situations']} positive"])
+            continue
+        r = rows.get(f"fixed:{res['best_fixed']}" if name == "best fixed" else name)
+        if r is None:
+            continue
+        d = r.get("vs_best_fixed_situations")
+        label = f"best fixed `{res['best_fixed']}`" if name == "best fixed" else f"`{name}`"
+        table.append([label, f"{r['test_mean']:.4f} ± {r['test_std']:.4f}" if r["n"] else "n/a",
+                      "(reference)" if d is None else _situations_ci(d),
+                      "" if d is None else f"{d['wins']} of {d['situations']}"])
+    lines.append(markdown_table(["policy", "held-out test metric (mean ± std)",
+                                 "paired diff vs best fixed (95% CI, situations then seeds)", "situations won"], table))
+    stab, choices = res["stability"]["per_situation"], res["choices"]
+    lines.append(markdown_table(
+        ["situation", "oracle_constant (dev)", "oracle_schedule (dev)", "value of switching (test)",
+         f"stability constant / schedule ({res['stability']['reps']} resamples)", "lookup (nearest)", "bandit"],
+        [[s, f"`{choices['oracle_constant'][s]}`", f"`{choices['oracle_schedule'][s]}`",
+          _num(sw["per_situation"].get(s)), f"{stab[s]['oracle_constant']:.0%} / {stab[s]['oracle_schedule']:.0%}",
+          f"`{choices['lookup'][s]}` ({res['lookup_neighbour'][s]})" if "lookup" in choices else "n/a",
+          f"`{choices['bandit'][s]}`" if "bandit" in choices else "n/a"] for s in choices["oracle_constant"]]))
+    return lines
+
+
 def plot(res: dict[str, Any], path: Path) -> None:
 
     plt = _figure()
@@ -71,8 +123,8 @@ def plot(res: dict[str, Any], path: Path) -> None:
     show = others + fixed[:6]
     show.sort(key=lambda r: r["test_mean"])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, max(4, 0.35 * len(show) + 1)))
-    colours = {"best fixed": "tab:blue", "fixed": "tab:gray", "instance-aware": "tab:green", "dynamic": "tab:orange",
-               "oracle": "tab:purple"}
+    colours = {"best fixed": "tab:blue", "fixed": "tab:gray", "instance-aware": "tab:green", "baseline": "tab:green",
+               "dynamic": "tab:orange", "oracle": "tab:purple"}
     ax1.barh([r["policy"] for r in show], [r["test_mean"] for r in show],
              xerr=[r["test_std"] for r in show], color=[colours[r["kind"]] for r in show])
     lo = min(r["test_mean"] - r["test_std"] for r in show)

@@ -14,6 +14,7 @@ from agents import agent_names
 
 from ..executors import execute
 from ..store import ResultStore, file_key
+from . import sources
 from .analysis import analyse
 from .settings import DYNAMIC_BASELINES, HeadroomSettings, all_masks, builtin_rewards, schedule_name, unit_key
 from .worker import close_worker, run_chunk, setup_worker
@@ -70,6 +71,7 @@ class HeadroomRun:
         self.done = {unit_key(r): r for r in self.store.records()}
 
     def run_units(self, units: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
+        units = list({unit_key(u): u for u in units}.values())  # a unit named twice runs (and counts) once
         todo = [u for u in units if unit_key(u) not in self.done]
         if todo:
             print(f"[headroom] {label}: {len(todo)} episodes to run ({len(units) - len(todo)} done before)",
@@ -121,11 +123,6 @@ class HeadroomRun:
                                  and r["instance"] in self.train_instances]) for m in masks}
         ranked = sorted(masks, key=lambda m: -dev_train[m])
         best_fixed = ranked[0]
-        oracle = {}
-        for inst in self.test_instances:
-            dev_inst = {m: np.mean([r["dev"] for r in sel if r["policy"] == f"fixed:{m}" and r["instance"] == inst])
-                        for m in masks}
-            oracle[inst] = max(masks, key=lambda m: dev_inst[m])
         # 2. two-stage schedules among the best masks, chosen on the selection seeds (train instances)
         schedules = self.two_stage_schedules(ranked[: s.top_masks])
         sched_units = [{"policy": p, "instance": i, "seed": sd, "splits": ["dev"]} for p in schedules
@@ -133,11 +130,26 @@ class HeadroomRun:
         sched_sel = self.run_units(sched_units, "two-stage schedules, selection seeds")
         sched_dev = {p: np.mean([r["dev"] for r in sched_sel if r["policy"] == p]) for p in schedules}
         best_schedule = max(schedules, key=lambda p: sched_dev[p]) if schedules else None
+        # 2b. per held-out situation: schedules of its own best masks (selection seeds, dev); the
+        # oracles' and the observable baselines' choices
+        fixed = [f"fixed:{m}" for m in masks]
+        table = sources.dev_table(sel)
+        own = {str(i): self.two_stage_schedules([p[6:] for p in sources.ranked(table, str(i), fixed)[: s.top_masks]])
+               for i in self.test_instances}
+        own_units = [{"policy": p, "instance": i, "seed": sd, "splits": ["dev"]} for i in self.test_instances
+                     for p in own[str(i)] for sd in s.selection_seeds]
+        table.update(sources.dev_table(self.run_units(own_units, "two-stage schedules per held-out situation, "
+                                                                 "selection seeds")))
+        selection = sources.select(table, sources.situation_vectors(sel), [str(i) for i in self.train_instances],
+                                   [str(i) for i in self.test_instances], fixed, own)
+        oracle = {i: selection["choices"]["oracle_constant"][str(i)][6:] for i in self.test_instances}
         # 3. scoring on held-out instances and test seeds
         test_units = self.fixed_units(self.test_instances, s.test_seeds, "test")
+        chosen = {(i, c[str(i)]) for i in self.test_instances for c in selection["choices"].values()}
         if best_schedule:
-            test_units += [{"policy": best_schedule, "instance": i, "seed": sd, "splits": ["test"]}
-                           for i in self.test_instances for sd in s.test_seeds]
+            chosen |= {(i, best_schedule) for i in self.test_instances}
+        test_units += [{"policy": p, "instance": i, "seed": sd, "splits": ["test"]}
+                       for i, p in sorted(chosen, key=str) if not p.startswith("fixed:") for sd in s.test_seeds]
         available = set(agent_names())
         dynamic = [b for b in DYNAMIC_BASELINES if b in available]
         test_units += [{"policy": f"agent:{b}", "instance": i, "seed": sd, "splits": ["test"]}
@@ -152,7 +164,8 @@ class HeadroomRun:
         rand_units = [{"policy": f"random:{e}", "instance": self.train_instances[e % len(self.train_instances)],
                        "seed": 5000 + e, "reward": rw} for e in range(s.random_episodes) for rw in rewards]
         rand = self.run_units(rand_units, "reward alignment (random policies)")
-        return analyse(self, scored, best_fixed, oracle, best_schedule, sched_dev, dev_train, dynamic, rand, rewards)
+        return analyse(self, scored, best_fixed, oracle, best_schedule, sched_dev, dev_train, dynamic, rand, rewards,
+                       selection)
 
     def two_stage_schedules(self, top: Sequence[str]) -> list[str]:
         """Every "A for k phases, then B" over the masks ``top`` and the switch points; none on an

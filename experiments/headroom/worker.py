@@ -10,9 +10,22 @@ from typing import Any, Sequence
 import numpy as np
 
 from agents import make_agent, run_episode
+from kd_env.situation import observable_situation
 
 from ..cli import load_plugins
 from .settings import OPEN_LOOP, _bits, all_masks
+
+
+def _situation(distiller: Any) -> list[float] | None:
+    """The instance's observable situation (:func:`kd_env.situation.observable_situation`, cached
+    per distiller) as floats; None for a regression task or where it cannot be computed."""
+    try:
+        if distiller.task.is_regression:
+            return None
+        return [float(x) for x in observable_situation(distiller)]
+    except Exception:  # noqa: BLE001 - a unit must not fail for its situation: the baselines then skip it
+        return None
+
 
 def _actions_for(policy: str, phase: int) -> np.ndarray:
     """The action of a fixed mask (``fixed:1100``) or a two-stage schedule at ``phase`` (0-based)."""
@@ -59,6 +72,7 @@ class _Worker:
         out = {"return": float(returns), "length": int(length), "probe": float(env.last_probe["main"])}
         for split in ("dev", "test"):
             out[split] = float(d.evaluate(split)["main"]) if split in splits else None
+        out["situation"] = _situation(d)
         return out
 
     def run(self, unit: dict[str, Any]) -> dict[str, Any]:
