@@ -289,6 +289,19 @@ class TeacherCache:
         return cls(path, key, verify="size", device=device)
 
     @staticmethod
+    def _placed_by_another(path: Path, key: str) -> bool:
+        """Whether a complete cache for ``key`` is at ``path`` (another process built the same
+        outputs meanwhile: keep it, since readers may hold it open); a bad one there is removed."""
+        if not path.exists():
+            return False
+        try:
+            TeacherCache._verify(path, key, "size")
+            return True
+        except CacheError:
+            shutil.rmtree(path, ignore_errors=True)
+            return False
+
+    @staticmethod
     @torch.no_grad()
     def build(path: Path, key: str, teacher: nn.Module, sampler: BatchSampler, mapping: Sequence[int],
               fields: Sequence[str], device: torch.device, batch_size: int = 64, progress: bool = True,
@@ -376,9 +389,16 @@ class TeacherCache:
                         "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
             atomic_write_json(tmp / "manifest.json", manifest)
             _fsync_dir(tmp)
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
+            if TeacherCache._placed_by_another(path, key):
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            try:
+                os.replace(tmp, path)
+            except OSError:  # another process placed its copy between the check and the rename
+                if not TeacherCache._placed_by_another(path, key):
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
             _fsync_dir(path.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

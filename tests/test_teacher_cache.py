@@ -306,3 +306,29 @@ def test_teacher_cache_key_follows_the_tokenizer_not_its_install_path(tiny_bert_
     assert tokenizer_fingerprint(second) != tokenizer_fingerprint(first)
     assert tokenizer_fingerprint(load_tokenizer(str(copy))) == tokenizer_fingerprint(first)
     assert tokenizer_fingerprint(None) == "none"
+
+
+def test_a_second_builder_keeps_the_cache_another_process_placed(tmp_path):
+    """Two processes building the same cache at once (two runners on a new situation): the one
+    that finishes second keeps the first one's complete cache, which readers may hold open,
+    instead of deleting it under them; it replaces only a bad one."""
+    task = load_task("digits")
+    torch.manual_seed(0)
+    teacher = MLPClassifier(64, [32, 48, 32], 10).eval()
+    sampler = BatchSampler(task, task["train"])
+    mapping = layer_map(3, 2, "skip")
+    fields = ("logits", "hidden_cls")
+    key = TeacherCache.cache_key(fingerprint_module(teacher), task["train"].fingerprint(), "none", 0, mapping, fields)
+    first = TeacherCache.build_or_open(tmp_path, key, teacher, sampler, mapping, fields, CPU, progress=False)
+    placed = (tmp_path / key / "manifest.json").stat().st_mtime_ns
+    reader = first.outputs(sampler.batch(np.arange(4)))
+    # the second builder started before the first one's cache existed, and finishes now
+    TeacherCache.build(tmp_path / key, key, teacher, sampler, mapping, fields, CPU, progress=False)
+    assert (tmp_path / key / "manifest.json").stat().st_mtime_ns == placed  # kept, not replaced
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # its own copy cleaned up
+    again = first.outputs(sampler.batch(np.arange(4)))
+    torch.testing.assert_close(again.logits, reader.logits)
+    # a bad cache in the way is replaced
+    (tmp_path / key / "hidden_cls.npy").unlink()
+    TeacherCache.build(tmp_path / key, key, teacher, sampler, mapping, fields, CPU, progress=False)
+    TeacherCache(tmp_path / key, key, verify="full", device=CPU)
