@@ -69,6 +69,14 @@ class KnowledgeSelectionEnv(gym.Env):
 
     ``"cls"``: the paper's state, the student's then the teacher's mean final-layer [CLS] vector
     on the phase's last batch (``Box(-100, 100)``).  ``"dict"``: ``Dict(summary=..., cls=...)``.
+
+    ``"observable"``: the summary followed by what a user can compute about their own situation
+    (:data:`kd_env.situation.SITUATION_FEATURES`: labelled-example count and share, the teacher's
+    dev-probe accuracy, skill above chance and ECE, its disagreement with the gold labels, the
+    student/teacher parameter ratio; each in [0, 1]); ``"observable_only"``: the budget share
+    and those.  ``"oracle_situation"`` and ``"oracle_situation_only"`` (instance envs) append
+    the situation's *true* configuration (noise rate, how the teacher was made) instead:
+    **privileged**, for oracles only, never a learner's input in a headline, default or demo.
     Users add observations with :func:`kd_env.register_observation`.
 
     ## Rewards
