@@ -389,3 +389,21 @@ def test_text_presets_leave_out_the_masks_that_cannot_train_the_head():
         asked = ExperimentConfig(preset=preset, methods=["vanilla_kd", "only:feature"]).resolved().methods
         assert asked == ["vanilla_kd", "only:feature"]
     assert ExperimentConfig(preset="quick").resolved().methods == default_methods(knowledge)
+
+
+def test_glue_ac_runs_lookup_as_its_selector_on_the_observable_observation(tmp_path: Path):
+    """Issue 27: the lookup agent through the main job's documented route (--agent lookup
+    --observation observable), trained on 16 episodes (one round of the 16 masks)."""
+    import numpy as np
+
+    from experiments.glue_ac import ExperimentConfig, run_experiment
+
+    config = ExperimentConfig(preset="quick", methods=["selector", "vanilla_kd"], seeds=[0], episodes=16,
+                              agent="lookup", observation="observable", action_mode="mask", workers=1,
+                              out=str(tmp_path), name="lookup")
+    summary = run_experiment(config)
+    rows = {r["method"]: r for r in summary["rows"]}
+    assert set(rows) == {"selector", "vanilla_kd"}
+    # one mask for the whole episode, a real mask of the 16 (the best of its one plain situation)
+    actions = np.asarray(rows["selector"]["actions"])
+    assert actions.shape[1] == 4 and (actions == actions[0]).all() and set(np.unique(actions)) <= {0.0, 1.0}
