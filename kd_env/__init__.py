@@ -53,7 +53,8 @@ INSTANCE_ENV_IDS = {
     # KD's weighting, chosen from the situation's *true* configuration (no user has it); trained on digits-dense's 41
     # situations, scored on the 24 between its grid values (README, "A fifth test")
     "kd_env/DigitsKD-BetweenOracle-v0": {"config": "digits", "instances": "digits-between",
-                                         "reward": "dev_metric_delta", "knowledge": ["finetune", "response", "feature", "relation", "uncertainty_kd"],
+                                         "reward": "dev_metric_delta",
+                                         "knowledge": ["finetune", "response", "feature", "relation", "uncertainty_kd"],
                                          "observation": "oracle_situation_only", "steps_per_action": 150},
 }
 
