@@ -407,3 +407,40 @@ def test_glue_ac_runs_lookup_as_its_selector_on_the_observable_observation(tmp_p
     # one mask for the whole episode, a real mask of the 16 (the best of its one plain situation)
     actions = np.asarray(rows["selector"]["actions"])
     assert actions.shape[1] == 4 and (actions == actions[0]).all() and set(np.unique(actions)) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--label-fraction", "1.5"], "label_fraction must be in (0, 1], got 1.5"),
+    (["--label-fraction", "0"], "label_fraction must be in (0, 1], got 0.0"),
+    (["--label-noise", "1"], "label_noise must be in [0, 1), got 1.0"),
+    (["--teacher-train-fraction", "-0.1"], "teacher_train_fraction must be in (0, 1], got -0.1"),
+])
+def test_bad_situation_flags_are_clear_errors_and_write_nothing(argv, message, tmp_path: Path):
+    with pytest.raises(SystemExit) as exc:
+        config_from_args([*argv, "--preset", "quick", "--out", str(tmp_path)]).resolved()
+    assert message in str(exc.value.code), exc.value.code
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_users_situation_flags_take_effect_and_are_recorded(tmp_path: Path):
+    """Issue 28 item 3: a user with few, noisy labels runs the study for exactly that."""
+    import numpy as np
+
+    from experiments.glue_ac import run_experiment
+    from kd_env.build import build_distiller
+
+    config = config_from_args(["--preset", "quick", "--label-fraction", "0.1", "--label-noise", "0.3",
+                               "--methods", "finetune", "--seeds", "0", "--episodes", "0", "--workers", "1",
+                               "--out", str(tmp_path), "--name", "situation"])
+    run_experiment(config)
+    saved = (tmp_path / "situation" / "config.yaml").read_text()
+    assert "label_fraction: 0.1" in saved and "label_noise: 0.3" in saved
+    distiller = build_distiller(config.resolved().distill_config())
+    try:
+        n = len(distiller.train_data)
+        assert distiller.label_mask.sum() == round(0.1 * n)  # 10% of the distillation set labelled
+        flipped = distiller.student_labels != distiller.train_data.labels
+        assert flipped.sum() == round(0.3 * n)  # 30% of the labels flipped, each to another class
+        assert np.asarray(distiller.student_labels).min() >= 0
+    finally:
+        distiller.close()

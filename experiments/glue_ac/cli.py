@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="class names of a CSV/TSV task in class-id order, e.g. 'neg,pos' (default: "
                                     "integer labels are the ids; class names get ids in sorted order)")
     p.add_argument("--student-layers", type=int)
+    p.add_argument("--label-fraction", type=float, help="your situation: share of the distillation set with gold "
+                                                        "labels, in (0, 1] (default 1: all)")
+    p.add_argument("--label-noise", type=float, help="your situation: share of the gold labels flipped to another "
+                                                     "class, in [0, 1) (default 0)")
+    p.add_argument("--teacher-train-fraction", type=float, help="share of train the teacher is fine-tuned on, in "
+                                                                "(0, 1] (default 1; less: a weaker teacher)")
     p.add_argument("--seeds", type=parse_seeds, help=f"evaluation {SEEDS_HELP} (default: per preset)")
     p.add_argument("--agent", help=f"selector agent; one of {agent_names()}")
     p.add_argument("--episodes", type=int, help="selector training episodes")
@@ -88,7 +94,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> ExperimentConfig:
         raise SystemExit(f"error: {args.config}: {exc}") from None
     distill = dict(data.get("distill") or {})
     for flag, key in (("task", "task"), ("data_dir", "data_dir"), ("teacher", "teacher"),
-                      ("student_layers", "student_layers"), ("device", "device")):
+                      ("student_layers", "student_layers"), ("device", "device"), ("label_fraction", "label_fraction"),
+                      ("label_noise", "label_noise"), ("teacher_train_fraction", "teacher_train_fraction")):
         if getattr(args, flag) is not None:
             distill[key] = getattr(args, flag)
     if args.precision is not None:  # one setting for both: teacher and students
