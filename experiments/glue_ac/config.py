@@ -155,9 +155,13 @@ class ExperimentConfig:
         return d
 
 
+#: the dynamic baselines among the default methods: Dynamic KD, the paper's own dynamic baseline
+DEFAULT_DYNAMIC = ("dynamic_kd",)
+
+
 def default_methods(knowledge: Sequence[str]) -> list[str]:
     singles = [f"only:{k}" for k in knowledge if k != "finetune"]
-    return [SELECTOR, *BASELINES, *singles]
+    return [SELECTOR, *BASELINES, *DEFAULT_DYNAMIC, *singles]
 
 
 def valid_methods(knowledge: Sequence[str]) -> list[str]:
