@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .base import register_agent
-from .one_decision import NUM_FEATURES, SAME_SITUATION, ZERO_STD, SituationSelector, same_situation
+from .one_decision import NUM_FEATURES, SAME_SITUATION, SituationSelector, nearest, same_situation
 
 __all__ = ["LookupAgent"]
 
@@ -58,13 +58,7 @@ class LookupAgent(SituationSelector):
 
     def nearest(self, x: np.ndarray) -> int:
         """The recorded situation nearest ``x`` (standardised Euclidean distance)."""
-        mean, std = self.situations.mean(axis=0), self.situations.std(axis=0)
-        keep = std > ZERO_STD
-        if not keep.any():
-            return 0
-        z = (self.situations[:, keep] - mean[keep]) / std[keep]
-        zx = (x[keep] - mean[keep]) / std[keep]
-        return int(np.argmin(((z - zx) ** 2).sum(axis=1)))
+        return nearest(self.situations, x)
 
     def _choose(self, x: np.ndarray, pending: list[tuple[np.ndarray, int]]) -> int:
         g = self.group(x)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -40,7 +40,8 @@ from .baselines import _check_seed
 from .episode_log import selection_frequencies
 from .rollout import episode_options
 
-__all__ = ["SituationSelector", "VALID_OBSERVATIONS", "SAME_SITUATION", "NUM_FEATURES", "all_masks", "same_situation"]
+__all__ = ["SituationSelector", "VALID_OBSERVATIONS", "SAME_SITUATION", "NUM_FEATURES", "all_masks", "same_situation",
+           "standardiser", "nearest"]
 
 #: the observations whose last entries are the observable situation
 VALID_OBSERVATIONS = ("observable", "observable_only")
@@ -54,6 +55,26 @@ ZERO_STD = 1e-9
 def all_masks(k: int) -> np.ndarray:
     """Every 0/1 mask of ``k`` bits, row ``i`` = :func:`kd_env.wrappers.index_to_mask` of ``i``."""
     return np.stack([index_to_mask(i, k) for i in range(2**k)]).astype(np.float64)
+
+
+def standardiser(train: Sequence[Sequence[float]] | np.ndarray) -> Callable[[Any], np.ndarray]:
+    """Scale vectors by the ``train`` situations' mean and std, dropping the columns that do not
+    vary among them (the lookup agent and the headroom tool's ``lookup`` and ``bandit``)."""
+    x = np.asarray(train, dtype=np.float64)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    keep = std > ZERO_STD
+
+    def scale(v: Any) -> np.ndarray:
+        return (np.asarray(v, dtype=np.float64)[..., keep] - mean[keep]) / std[keep]
+
+    return scale
+
+
+def nearest(train: Sequence[Sequence[float]] | np.ndarray, x: Sequence[float] | np.ndarray) -> int:
+    """The index of the ``train`` situation nearest ``x``: Euclidean distance on
+    :func:`standardiser`-scaled vectors (the first on a tie; 0 when no column varies)."""
+    scale = standardiser(train)
+    return int(np.argmin(np.linalg.norm(scale(train) - scale(x), axis=-1)))
 
 
 def same_situation(a: np.ndarray, b: np.ndarray) -> bool:

@@ -17,6 +17,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from agents.one_decision import nearest, standardiser
+
 #: ``{(situation, policy): {seed: dev metric}}``, the situation as ``str(instance)``
 DevTable = dict[tuple[str, str], dict[int, float]]
 
@@ -74,28 +76,13 @@ def stability(table: DevTable, situation: str, candidates: Sequence[str], reps: 
     return float(np.mean(chosen == full))
 
 
-def standardiser(train: Sequence[Sequence[float]]) -> Callable[[Any], np.ndarray]:
-    """Scale vectors by the train situations' mean and std, dropping the columns that do not vary
-    among them."""
-    x = np.asarray(train, dtype=np.float64)
-    mean, std = x.mean(axis=0), x.std(axis=0)
-    keep = std > 1e-12
-
-    def scale(v: Any) -> np.ndarray:
-        return (np.asarray(v, dtype=np.float64)[..., keep] - mean[keep]) / std[keep]
-
-    return scale
-
-
 def lookup(train_vectors: Mapping[str, Sequence[float]], train_choice: Mapping[str, str],
            vector: Sequence[float]) -> tuple[str, str]:
-    """The nearest train situation to ``vector`` (Euclidean on standardised vectors; the first on
-    a tie) and its own choice."""
+    """The nearest train situation to ``vector`` (the lookup agent's rule,
+    :func:`agents.one_decision.nearest`) and its own choice."""
     names = list(train_vectors)
-    scale = standardiser([train_vectors[n] for n in names])
-    dist = np.linalg.norm(scale([train_vectors[n] for n in names]) - scale(vector), axis=-1)
-    nearest = names[int(np.argmin(dist))]
-    return nearest, train_choice[nearest]
+    near = names[nearest([train_vectors[n] for n in names], vector)]
+    return near, train_choice[near]
 
 
 def ridge(x: np.ndarray, y: np.ndarray, alpha: float = RIDGE_ALPHA) -> np.ndarray:
