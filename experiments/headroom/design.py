@@ -26,38 +26,33 @@ import numpy as np
 from ..cli import SEEDS_HELP, load_plugins, parse_seeds
 from ..executors import execute
 from ..stats import hierarchical_bootstrap
+from . import sources
 from .settings import all_masks, schedule_name
 from .worker import close_worker, run_chunk, setup_worker
-
-
-def _mean_dev(records: Sequence[dict[str, Any]], policy: str) -> float:
-    return float(np.mean([r["dev"] for r in records if r["policy"] == policy]))
 
 
 def measure_situation(units_runner, instance: str, k: int, choice: Sequence[int], check: Sequence[int], top: int,
                       switches: Sequence[int]) -> dict[str, Any]:
     """One situation: choose the best constant and the best constant-or-schedule on ``choice``
-    seeds, score both on ``check`` seeds (dev split)."""
+    seeds (:func:`~.sources.choose`, as the headroom run's oracles), score both on ``check``
+    seeds (dev split)."""
     def units(policies, seeds):
         return [{"policy": p, "instance": instance, "seed": s, "splits": ["dev"]} for p in policies for s in seeds]
 
     fixed = [f"fixed:{m}" for m in all_masks(k)]
-    recs = units_runner(units(fixed, choice))
-    dev = {p: _mean_dev(recs, p) for p in fixed}
-    best = sorted(fixed, key=lambda p: -dev[p])[:top]
+    table = sources.dev_table(units_runner(units(fixed, choice)))
+    best = sources.ranked(table, instance, fixed)[:top]
     schedules = [schedule_name(a[6:], b[6:], s) for a in best for b in best if a != b for s in switches]
-    srecs = units_runner(units(schedules, choice))
-    dev.update({p: _mean_dev(srecs, p) for p in schedules})
+    table.update(sources.dev_table(units_runner(units(schedules, choice))))
     constant = best[0]
-    switching = max([constant] + schedules, key=lambda p: dev[p])
-    crecs = units_runner(units(sorted({constant, switching}), check))
-    out = {"instance": instance, "constant": constant, "switching": switching, "choice_dev": {
-        "constant": dev[constant], "switching": dev[switching]}}
-    out["check_constant"] = _mean_dev(crecs, constant)
-    out["check_switching"] = _mean_dev(crecs, switching)
-    out["per_seed_value"] = [
-        next(r["dev"] for r in crecs if r["policy"] == switching and r["seed"] == s)
-        - next(r["dev"] for r in crecs if r["policy"] == constant and r["seed"] == s) for s in check]
+    switching = sources.choose(table, instance, [constant, *schedules])
+    checked = sources.dev_table(units_runner(units(sorted({constant, switching}), check)))
+    on_check = {p: [checked[(instance, p)][s] for s in check] for p in (constant, switching)}
+    out = {"instance": instance, "constant": constant, "switching": switching,
+           "choice_dev": {"constant": float(np.mean(list(table[(instance, constant)].values()))),
+                          "switching": float(np.mean(list(table[(instance, switching)].values())))},
+           "check_constant": float(np.mean(on_check[constant])), "check_switching": float(np.mean(on_check[switching])),
+           "per_seed_value": [b - a for a, b in zip(on_check[constant], on_check[switching])]}
     out["value"] = out["check_switching"] - out["check_constant"]
     return out
 
