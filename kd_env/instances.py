@@ -46,6 +46,10 @@ set                        instances
                            settings and measuring headroom without the fresh test
 ``text``                   text preset (rt-polarity, MiniLM-L6); 100% / 5% labels x clean or 40%
                            noisy labels (4)
+``text3-situations``       the demo's student (text3, 6 -> 3): rt-polarity clean, 5% labels, 10%
+                           labels x 30% noise, 10% labels x a weak teacher (fine-tuned on 5% of
+                           train); held out the second task, convention-party, clean and 10% x 30%
+                           noise (6)
 =========================  ================================================================
 
 Add your own with :func:`register_instance_set`.
@@ -381,4 +385,27 @@ register_instance_set(InstanceSet(
     held_out=["labels50-noisy20-medium", "labels50-noisy50-weak", "labels30-noisy35-medium",
               "labels30-noisy20-weak", "labels15-noisy50-medium", "labels15-noisy35-weak"],
     description="digits-switch's 18 train situations alone, 6 set aside (choosing settings, measuring headroom)",
+))
+
+
+#: a weak text teacher: MiniLM-L6 fine-tuned on 5% of rt-polarity's train (513 snippets, 16 steps)
+WEAK_TEXT_TEACHER = {"teacher_train_fraction": 0.05}
+register_instance_set(InstanceSet(
+    name="text3-situations",
+    base="text3",
+    # declared before any measurement on them (issue 28): the demo's student (6 -> 3 layers) in the
+    # situations where the literature says the choice of knowledge matters -- scarce gold labels,
+    # noisy gold labels, a weak teacher -- on rt-polarity, and a second real text task
+    # (convention-party) held out
+    instances=[
+        Instance("rt-clean", {}),
+        Instance("rt-labels5", {"label_fraction": 0.05}),
+        Instance("rt-labels10-noisy30", {"label_fraction": 0.1, "label_noise": 0.3}),
+        Instance("rt-labels10-weak", {"label_fraction": 0.1, **WEAK_TEXT_TEACHER}),
+        Instance("party-clean", {"task": "convention-party"}),
+        Instance("party-labels10-noisy30", {"task": "convention-party", "label_fraction": 0.1, "label_noise": 0.3}),
+    ],
+    held_out=["party-clean", "party-labels10-noisy30"],
+    description="text3 (6 -> 3): rt-polarity clean, scarce, scarce+noisy, weak teacher (4 train); "
+                "held out the second task, convention-party, clean and scarce+noisy",
 ))

@@ -32,23 +32,34 @@ from .worker import close_worker, run_chunk, setup_worker
 
 
 def measure_situation(units_runner, instance: str, k: int, choice: Sequence[int], check: Sequence[int], top: int,
-                      switches: Sequence[int]) -> dict[str, Any]:
+                      switches: Sequence[int], masks: Sequence[str] | None = None,
+                      references: Sequence[str] = ()) -> dict[str, Any]:
     """One situation: choose the best constant and the best constant-or-schedule on ``choice``
     seeds (:func:`~.sources.choose`, as the headroom run's oracles), score both on ``check``
-    seeds (dev split)."""
+    seeds (dev split), beside the ``references`` (e.g. ``fixed:1100``, ``agent:dynamic_kd``):
+    the oracles' gain over each, per check seed."""
     def units(policies, seeds):
         return [{"policy": p, "instance": instance, "seed": s, "splits": ["dev"]} for p in policies for s in seeds]
 
-    fixed = [f"fixed:{m}" for m in all_masks(k)]
+    bad = [m for m in (masks or []) if len(m) != k]
+    if bad:
+        raise ValueError(f"masks {bad} do not have one bit per knowledge type ({k})")
+    fixed = [f"fixed:{m}" for m in (masks or all_masks(k))]
     table = sources.dev_table(units_runner(units(fixed, choice)))
     best = sources.ranked(table, instance, fixed)[:top]
     schedules = [schedule_name(a[6:], b[6:], s) for a in best for b in best if a != b for s in switches]
     table.update(sources.dev_table(units_runner(units(schedules, choice))))
     constant = best[0]
     switching = sources.choose(table, instance, [constant, *schedules])
-    checked = sources.dev_table(units_runner(units(sorted({constant, switching}), check)))
-    on_check = {p: [checked[(instance, p)][s] for s in check] for p in (constant, switching)}
+    scored = sorted({constant, switching, *references})
+    checked = sources.dev_table(units_runner(units(scored, check)))
+    on_check = {p: [checked[(instance, p)][s] for s in check] for p in scored}
     out = {"instance": instance, "constant": constant, "switching": switching,
+           "choice_table": {p: float(np.mean(list(v.values()))) for (_, p), v in sorted(table.items())},
+           "check": {p: float(np.mean(v)) for p, v in on_check.items()},
+           "per_seed_gain": {ref: {"constant": [a - b for a, b in zip(on_check[constant], on_check[ref])],
+                                   "switching": [a - b for a, b in zip(on_check[switching], on_check[ref])]}
+                             for ref in references},
            "choice_dev": {"constant": float(np.mean(list(table[(instance, constant)].values()))),
                           "switching": float(np.mean(list(table[(instance, switching)].values())))},
            "check_constant": float(np.mean(on_check[constant])), "check_switching": float(np.mean(on_check[switching])),
@@ -65,6 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--check-seeds", type=parse_seeds, default=list(range(100, 110)), help="seeds the choices are scored on")
     p.add_argument("--top", type=int, default=4, help="schedules combine a situation's best this-many masks")
     p.add_argument("--switches", default="5,8,10", help="phases after which a schedule switches (default %(default)s)")
+    p.add_argument("--masks", help="comma list of the fixed masks (bit strings) to choose among "
+                                    "(default: all 2^k)")
+    p.add_argument("--situations", default="train",
+                   help="train (default), test (the held-out ones), all, or a comma list of names")
+    p.add_argument("--reference", action="append", default=[], metavar="POLICY",
+                   help="a policy scored on the check seeds beside the oracles, e.g. fixed:1100 (vanilla KD) "
+                        "or agent:dynamic_kd; repeatable")
     p.add_argument("--workers", type=int, default=1, help="processes (one situation each at a time)")
     p.add_argument("--batch", type=int, default=32, help="episodes side by side on the batched env")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py", help="import a Python file first")
@@ -83,9 +101,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         iset = get_instance_set(args.instances)
     except ValueError as exc:
         p.error(str(exc))
+    if args.situations in ("train", "test", "all"):
+        names = iset.split(args.situations)
+    else:
+        names = [n.strip() for n in args.situations.split(",") if n.strip()]
+        unknown = [n for n in names if n not in iset.names]
+        if unknown:
+            p.error(f"--situations: {unknown} are not situations of {args.instances!r}; valid: {iset.names}")
+    masks = None
+    if args.masks:
+        masks = [m.strip() for m in args.masks.split(",") if m.strip()]
+        bad = [m for m in masks if not m or set(m) - {"0", "1"}]
+        if bad:
+            p.error(f"--masks takes bit strings such as 1100, got {bad}")
+    bad_refs = [r for r in args.reference if not r.startswith(("fixed:", "schedule:", "agent:"))]
+    if bad_refs:
+        p.error(f"--reference takes fixed:<bits>, schedule:<a>><b>@<k> or agent:<name>, got {bad_refs}")
     start = time.perf_counter()
     jobs = [(args.env, args.instances, list(args.plugin), args.batch, name, list(args.choice_seeds),
-             list(args.check_seeds), args.top, switches) for name in iset.train_names]
+             list(args.check_seeds), args.top, switches, masks, list(args.reference)) for name in names]
     rows: list[dict[str, Any]] = []
 
     def done(job, result, error):
@@ -97,28 +131,39 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({result['value']:+.4f})", flush=True)
 
     execute(jobs, _job, done, executor="local", workers=args.workers, threads=1)
-    rows.sort(key=lambda r: iset.train_names.index(r["instance"]))
+    rows.sort(key=lambda r: names.index(r["instance"]))
     values = [np.asarray(r["per_seed_value"]) for r in rows]
     mean, low, high = hierarchical_bootstrap(values, reps=10000, seed=0)
     summary = {"instances": args.instances, "situations": len(rows), "value_of_switching": mean, "low": low,
                "high": high, "positive": int(sum(r["value"] > 0 for r in rows)), "rows": rows,
                "choice_seeds": args.choice_seeds, "check_seeds": args.check_seeds, "top": args.top,
-               "switches": switches, "seconds": time.perf_counter() - start}
+               "switches": switches, "masks": masks, "references": list(args.reference),
+               "seconds": time.perf_counter() - start}
     print(f"value of switching over {len(rows)} situations: {mean:+.4f} [{low:+.4f}, {high:+.4f}] "
           f"(bootstrap over situations, then check seeds); positive in {summary['positive']}")
+    summary["gain_over"] = {}
+    for ref in args.reference:
+        summary["gain_over"][ref] = {}
+        for oracle in ("constant", "switching"):
+            m, lo, hi = hierarchical_bootstrap([np.asarray(r["per_seed_gain"][ref][oracle]) for r in rows],
+                                               reps=10000, seed=0)
+            summary["gain_over"][ref][oracle] = {"mean": m, "low": lo, "high": hi}
+            print(f"oracle_{oracle} - {ref}: {m:+.4f} [{lo:+.4f}, {hi:+.4f}]; per situation: "
+                  + ", ".join(f"{r['instance']} {np.mean(r['per_seed_gain'][ref][oracle]):+.4f}" for r in rows))
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1), encoding="utf-8")
     return 0
 
 
 def _job(job: tuple) -> dict[str, Any]:
-    env, instances, plugins, batch, name, choice, check, top, switches = job
+    env, instances, plugins, batch, name, choice, check, top, switches, masks, references = job
     setup_worker(env, {"instances": instances}, plugins, batch)
     try:
         import experiments.headroom.worker as worker
 
         k = len(worker._WORKER.env.knowledge_names)
-        return measure_situation(lambda units: run_chunk(units), name, k, choice, check, top, switches)
+        return measure_situation(lambda units: run_chunk(units), name, k, choice, check, top, switches, masks,
+                                 references)
     finally:
         close_worker()
 
