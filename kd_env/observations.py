@@ -19,6 +19,9 @@ unclipped values of real runs lie inside the bounds.
   (:data:`kd_env.situation.SITUATION_FEATURES`: labelled-example count and share, the teacher's
   dev accuracy, skill above chance and calibration error, its disagreement with the gold labels,
   the student/teacher parameter ratio).  The observation for learned selection.
+* ``portable``: the training state in task-free units (losses / log(C), accuracies as skill above
+  chance; no loss in a model's own units), the last action and the observable situation: for a
+  policy carried across tasks (trained on digits, applied to text).
 * ``observable_only``: the budget fraction spent and the observable situation only (one
   decision per episode: a contextual bandit's context).
 
@@ -333,3 +336,69 @@ class ObservableOnly(Observation):
 
         d = env.distiller
         return np.concatenate([[d.step / d.total_steps], observable_situation(d)]).astype(np.float32)
+
+
+#: the cap of ``portable``'s losses in units of log(C)
+PORTABLE_CAP = 4.0
+#: the scale-free training state of ``portable``: (meaning, low, high), before the knowledge
+#: types' last actions and the observable situation
+PORTABLE_STATE = (
+    ("budget fraction used", 0.0, 1.0),
+    ("student CE on the phase / log(C)", 0.0, PORTABLE_CAP),
+    ("student skill on the phase: (accuracy - 1/C) / (1 - 1/C)", -1.0, 1.0),
+    ("KL(teacher||student) on the phase / log(C)", 0.0, PORTABLE_CAP),
+    ("teacher-student agreement above chance: (agreement - 1/C) / (1 - 1/C)", -1.0, 1.0),
+    ("student prediction entropy / log(C)", 0.0, 1.0),
+    ("dev-probe CE (latest) / log(C)", 0.0, PORTABLE_CAP),
+    ("dev-probe skill (latest): (metric - 1/C) / (1 - 1/C) for accuracy, else the metric", -1.0, 1.0),
+)
+
+
+def _skill(value: float, num_classes: int) -> float:
+    chance = 1.0 / num_classes
+    return (float(value) - chance) / (1.0 - chance)
+
+
+@register_observation("portable")
+class Portable(Observation):
+    """The training state in units that mean the same on every classification task, followed by
+    the last action and the observable situation (:func:`kd_env.situation.observable_situation`):
+    losses divided by ``log(C)`` (a uniform guess's cross-entropy), accuracies as skill above
+    chance, nothing in a model's own units (no feature or relation loss, no gradient norm).  For a
+    policy carried from one task to another -- trained on digits (10 classes, MLPs), applied to
+    text (2 classes, transformers) -- where ``observable``'s raw losses would lie in other ranges.
+    Works on any classification env."""
+
+    def space(self, env):
+        k = len(env.distiller.knowledge_names)
+        low = [r[1] for r in PORTABLE_STATE] + [0.0] * k
+        high = [r[2] for r in PORTABLE_STATE] + [1.0] * k
+        return _situation_box(np.asarray(low, np.float32), np.asarray(high, np.float32))
+
+    def unclipped(self, env) -> np.ndarray:
+        """The values before clipping, float64 (``+inf`` for a non-finite loss)."""
+        from .situation import observable_situation
+
+        d = env.distiller
+        p = env.last_phase
+        c = max(2, d.task.num_labels)
+        log_c = math.log(c)
+        probe = env.last_probe or {"loss": 0.0, "main": 0.0}
+        probe_skill = _skill(probe["main"], c) if d.task.metric == "accuracy" else float(probe["main"])
+        vals = [d.step / d.total_steps, _finite(p.student_ce) / log_c, _skill(p.student_accuracy, c),
+                _finite(p.teacher_kl) / log_c, _skill(p.agreement, c), float(p.entropy) / log_c,
+                _finite(probe["loss"]) / log_c, probe_skill]
+        vals += [float(x) for x in env.last_action]
+        return np.concatenate([np.asarray(vals, np.float64), observable_situation(d).astype(np.float64)])
+
+    def __call__(self, env):
+        key = len(env.distiller.knowledge_names)
+        cache = self.__dict__.setdefault("_space_cache", {})
+        if key not in cache:
+            cache[key] = self.space(env)
+        return _clip_into(self.unclipped(env), cache[key])
+
+
+def _finite(x: float) -> float:
+    x = float(x)
+    return x if math.isfinite(x) else math.inf

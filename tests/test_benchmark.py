@@ -697,3 +697,28 @@ def test_units_of_work_group_batched_seeds_and_leave_the_rest_alone():
     ac = sorted((sorted(c.seed for c in u) for u in units if u[0].algo == "ac"))
     assert ac == [[0, 2], [1]]  # one group, split over the two workers
     assert sorted(len(u) for u in units if u[0].algo == "ppo") == [1, 1, 1]  # SB3: one cell at a time
+
+
+def test_cells_save_their_trained_agent_and_it_replays_the_final_evaluation(serial_run):
+    import gymnasium as gym
+
+    from agents import load_agent
+    from experiments.benchmark.cell import AGENT_DIR
+
+    run_dir = serial_run.run_dir
+    for seed in (0, 1):
+        cell = run_dir / "ac" / f"kd_env__QuickKD-v0__seed{seed}"
+        assert json.loads((cell / "result.json").read_text())["agent_checkpoint"] == AGENT_DIR
+        arrays = cell_arrays(run_dir, "ac", seed)
+        env = gym.make(ENV, action_mode="mask")
+        agent = load_agent(cell / AGENT_DIR, env)
+        # the final evaluation's episode, replayed by the loaded agent: the same actions
+        obs, _ = env.reset(seed=int(arrays["eval_seeds"][0]))
+        actions, done = [], False
+        while not done:
+            a = np.asarray(agent.act(obs, deterministic=True))
+            actions.append(a)
+            obs, _, term, trunc, _ = env.step(a)
+            done = term or trunc
+        np.testing.assert_array_equal(np.asarray(actions, np.float64).reshape(-1),
+                                      np.asarray(arrays["final_actions"], np.float64).reshape(-1)[:len(actions) * 4])

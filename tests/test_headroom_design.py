@@ -41,3 +41,31 @@ def test_design_refuses_overlapping_seeds_and_unknown_sets():
         design.main(["--instances", SET.name, "--choice-seeds", "0,1", "--check-seeds", "1,2"])
     with pytest.raises(SystemExit):
         design.main(["--instances", "no-such-set"])
+
+
+def test_design_takes_masks_situations_and_references(tmp_path, capsys):
+    out = tmp_path / "design.json"
+    assert design.main(["--instances", SET.name, "--situations", "held,noisy", "--masks", "1100,0100,1111",
+                        "--choice-seeds", "0,1", "--check-seeds", "5,6", "--top", "2", "--switches", "2",
+                        "--reference", "fixed:1000", "--reference", "agent:dynamic_kd", "--batch", "8",
+                        "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert [r["instance"] for r in res["rows"]] == ["held", "noisy"]  # named ones, held-out included
+    for r in res["rows"]:
+        fixed = {p for p in r["choice_table"] if p.startswith("fixed:")}
+        assert fixed == {"fixed:1100", "fixed:0100", "fixed:1111"}  # only the masks asked for
+        assert r["constant"] in fixed
+        for ref in ("fixed:1000", "agent:dynamic_kd"):
+            gains = r["per_seed_gain"][ref]
+            assert len(gains["constant"]) == 2
+            assert sum(gains["switching"]) / 2 == pytest.approx(r["check"][r["switching"]] - r["check"][ref])
+    for ref in ("fixed:1000", "agent:dynamic_kd"):
+        g = res["gain_over"][ref]["switching"]
+        assert g["low"] <= g["mean"] <= g["high"]
+    assert "oracle_switching - agent:dynamic_kd" in capsys.readouterr().out
+
+
+def test_design_rejects_bad_masks_references_and_situations():
+    for bad in (["--masks", "11x0"], ["--reference", "vanilla_kd"], ["--situations", "nowhere"]):
+        with pytest.raises(SystemExit):
+            design.main(["--instances", SET.name, *bad])

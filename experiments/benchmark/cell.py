@@ -20,6 +20,9 @@ from kd_env.io import atomic_write_bytes, atomic_write_json
 from .evaluation import _evaluate, _training_instances_wrapper, evaluation_episodes, seed_everything
 from .grid import EVALUATIONS_FILE, RESULT_FILE, TRAIN_SEED_STRIDE, Cell
 
+#: the trained agent's checkpoint folder inside a cell's folder (``agents.load_agent(path, env)``)
+AGENT_DIR = "agent"
+
 
 def batched(cell: Cell) -> bool:
     """Whether ``cell`` runs on the batched vector env, several seeds in lockstep
@@ -154,6 +157,7 @@ def _run_cell(cell: Cell, threads: int, envs: tuple[Any, Any] | None = None) -> 
             if progress["episodes"] != s.episodes:
                 raise RuntimeError(f"{cell.label()}: trained {progress['episodes']} episodes, budget {s.episodes}")
         train_seconds = time.perf_counter() - train_start - progress["eval_seconds"]
+        agent_files, agent_error = _agent_files(agent)
         evaluate_now()
         metric_name = main_metric_name(base.distiller.task)
         updates = _agent_updates(agent)
@@ -199,8 +203,26 @@ def _run_cell(cell: Cell, threads: int, envs: tuple[Any, Any] | None = None) -> 
         "threads": threads,
         "seconds": {"train": train_seconds, "eval": progress["eval_seconds"],
                     "total": time.perf_counter() - start},
+        "agent_checkpoint": AGENT_DIR if agent_files else None,
     }
-    return {"arrays": arrays, "result": result}
+    if agent_error:
+        result["agent_checkpoint_error"] = agent_error
+    return {"arrays": arrays, "result": result, "agent": agent_files}
+
+
+def _agent_files(agent: Any) -> tuple[dict[str, bytes] | None, str | None]:
+    """The trained agent's checkpoint folder as ``{file name: bytes}`` (written beside the cell's
+    results by :func:`write_cell`, loadable with :func:`agents.load_agent`), or ``None`` and why
+    not (a failed save never loses the cell)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            agent.save(Path(tmp) / AGENT_DIR)
+            root = Path(tmp) / AGENT_DIR
+            return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}, None
+    except Exception as exc:  # noqa: BLE001 - recorded in result.json, the cell's numbers are kept
+        return None, f"{type(exc).__name__}: {exc}"
 
 
 def _agent_updates(agent: Any) -> int | None:
@@ -216,8 +238,11 @@ def _agent_updates(agent: Any) -> int | None:
 
 
 def write_cell(out_dir: Path, cell: Cell, payload: dict[str, Any]) -> None:
-    """``evaluations.npz`` then ``result.json`` (the finished marker), each atomically."""
+    """The trained agent's checkpoint (``agent/``), ``evaluations.npz``, then ``result.json`` (the
+    finished marker), each file atomically."""
     folder = out_dir / cell.relative_dir()
+    for name, data in (payload.get("agent") or {}).items():
+        atomic_write_bytes(folder / AGENT_DIR / name, data)
     buf = io.BytesIO()
     np.savez(buf, **payload["arrays"])
     atomic_write_bytes(folder / EVALUATIONS_FILE, buf.getvalue())
