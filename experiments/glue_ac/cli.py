@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,9 +16,11 @@ from kd_env.runtime import PRECISIONS
 
 from ..cli import SEEDS_HELP, load_plugins, parse_seeds
 from ..executors import EXECUTORS
-from .config import DYNAMIC_BASELINES, EXPERIMENT_PRESETS, ExperimentConfig, default_methods
+from .config import DEFAULT_INSTANCE_SET, DYNAMIC_BASELINES, EXPERIMENT_PRESETS, SITUATION_KEYS, ExperimentConfig, \
+    default_methods
 from .pipeline import run_experiment
 from .report import print_summary
+from .situations import print_situations, run_situations
 from .timing import print_timing
 
 
@@ -40,6 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "class, in [0, 1) (default 0)")
     p.add_argument("--teacher-train-fraction", type=float, help="share of train the teacher is fine-tuned on, in "
                                                                 "(0, 1] (default 1; less: a weaker teacher)")
+    p.add_argument("--situation", help=f"run one situation of --instance-set (default set {DEFAULT_INSTANCE_SET}): its "
+                                       f"settings over the preset's; a --label-fraction, --label-noise, "
+                                       f"--teacher-train-fraction, --task or --teacher that contradicts it is an error")
+    p.add_argument("--situations", help="comma list of situations of --instance-set: the whole study (selector and every "
+                                        "method x seed) once per situation in <name>/<situation>/, then "
+                                        "<name>/situations.md, situations.json and situations-heatmap.png; 'none': "
+                                        "one run (default: the preset's list -- text3: "
+                                        f"{','.join(EXPERIMENT_PRESETS['text3'].get('situations', []))} -- unless you "
+                                        "describe your own situation with the flags above)")
+    p.add_argument("--instance-set", help=f"the instance set of --situation(s) (default {DEFAULT_INSTANCE_SET}; also "
+                                          f"every set of kd_env.instances, e.g. digits-switch with --preset quick)")
+    p.add_argument("--transfer-checkpoint", help="an agent checkpoint folder (e.g. <run>/selector/agent): adds the "
+                                                 "method 'transfer', that agent acting with no training on this task; "
+                                                 "pass the --observation and --action-mode it was trained with")
     p.add_argument("--seeds", type=parse_seeds, help=f"evaluation {SEEDS_HELP} (default: per preset)")
     p.add_argument("--agent", help=f"selector agent; one of {agent_names()}")
     p.add_argument("--episodes", type=int, help="selector training episodes")
@@ -104,16 +121,23 @@ def config_from_args(argv: Sequence[str] | None = None) -> ExperimentConfig:
         distill["labels"] = [x.strip() for x in args.labels.split(",") if x.strip()]
     data["distill"] = distill
     for flag in ("preset", "agent", "episodes", "seeds", "action_mode", "reward", "observation", "name", "out",
-                 "workers", "executor", "address"):
+                 "workers", "executor", "address", "situation", "instance_set", "transfer_checkpoint"):
         if getattr(args, flag) is not None:
             data[flag] = getattr(args, flag)
+    if args.situations is not None:
+        names = [x.strip() for x in args.situations.split(",") if x.strip()]
+        data["situations"] = [] if names == ["none"] else names
     if args.methods is not None:
         data["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.plugin:
         data["plugins"] = list(data.get("plugins") or []) + args.plugin
+    try:  # first: a plug-in may register the instance set the situations are of
+        load_plugins(data.get("plugins") or [])
+    except FileNotFoundError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    _default_situations(data)
     try:
         config = ExperimentConfig(**data)
-        load_plugins(config.plugins)
         DistillConfig.from_dict({**get_preset(config.preset if config.preset in preset_names() else "text3").to_dict(),
                                  **config.distill})
         config.resolved()
@@ -122,11 +146,47 @@ def config_from_args(argv: Sequence[str] | None = None) -> ExperimentConfig:
     return config
 
 
+def _default_situations(data: dict[str, Any]) -> None:
+    """The situations a run gets when it names none: with an instance set or situation but no
+    preset, the set's own preset; with no situation at all, the preset's default list (text3:
+    :data:`~experiments.glue_ac.config.DEMO_SITUATIONS`), unless the user describes a situation of
+    their own (a distill setting of :data:`SITUATION_KEYS` or one a default situation sets)."""
+    from kd_env import get_instance_set
+
+    named = data.get("situation") is not None or data.get("situations")
+    if (named or data.get("instance_set")) and "preset" not in data:
+        try:
+            base = get_instance_set(data.get("instance_set") or DEFAULT_INSTANCE_SET).base
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        if base in EXPERIMENT_PRESETS:
+            data["preset"] = base
+    if named or "situations" in data or data.get("instance_set"):
+        return
+    defaults = EXPERIMENT_PRESETS.get(data.get("preset", ExperimentConfig.preset), {}).get("situations")
+    if not defaults:
+        return
+    sset = get_instance_set(DEFAULT_INSTANCE_SET)  # the presets' lists are of the default set
+    own = set(SITUATION_KEYS).union(*(sset.instance(n).overrides for n in defaults)) & set(data.get("distill") or {})
+    if own:
+        print(f"note: one run for your own situation ({', '.join(sorted(own))} given); the preset's default "
+              f"situations {defaults} run with --situations {','.join(defaults)}", file=sys.stderr)
+        return
+    data["situations"] = list(defaults)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config = config_from_args(argv)
+    if config.situations:
+        study = run_situations(config)
+        folder = Path(config.out) / config.resolved().name
+        print_situations(study)
+        print_timing(study["stage_seconds"])
+        print(f"\nwrote {folder}/ (situations.md, situations.json, situations-heatmap.png; one run folder per "
+              f"situation: {', '.join(study['situations'])})")
+        return 0
     summary = run_experiment(config)
     print_summary(summary)
     print_timing(summary["stage_seconds"])
     print(f"\nwrote {Path(config.out) / config.resolved().name}/ (results.md, results.csv, results.json, plots)")
     return 0
-

@@ -19,8 +19,22 @@ BASELINES = ("finetune", "vanilla_kd", "pkd", "all", "random_hard", "random_soft
 #: the literature's dynamic baselines (agents.dynamic): valid --methods, not run by default
 DYNAMIC_BASELINES = ("dynamic_kd", "eskd", "two_stage", "anneal")
 SELECTOR = "selector"
+#: a selector loaded from an agent checkpoint (``--transfer-checkpoint``) acting with no training
+#: on this task
+TRANSFER = "transfer"
+#: the learned methods: reported with a heatmap and paired differences against the baselines
+LEARNED = (SELECTOR, TRANSFER)
 #: methods that are not one fixed mask (never candidates for best_fixed)
-NOT_FIXED = (SELECTOR, "random_hard", "random_soft", *DYNAMIC_BASELINES)
+NOT_FIXED = (SELECTOR, TRANSFER, "random_hard", "random_soft", *DYNAMIC_BASELINES)
+#: the instance set ``--situation`` / ``--situations`` names situations of when no other is given
+DEFAULT_INSTANCE_SET = "text3-situations"
+#: the DistillConfig keys that describe a situation (the task, the teacher, the gold labels): with a
+#: situation, setting one of them to another value than the situation's is an error
+SITUATION_KEYS = ("task", "data_dir", "labels", "teacher", "label_fraction", "label_noise", "teacher_train_fraction",
+                  "teacher_epochs")
+#: the situations of text3-situations `make demo` runs, one study each: chosen by measured dev
+#: headroom, results/2026-12-05-text3-headroom.md
+DEMO_SITUATIONS = ["rt-clean", "rt-labels10-noisy30"]
 
 #: experiment-level defaults per preset (the distillation settings live in kd_env.config)
 EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
@@ -28,7 +42,10 @@ EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
     # seeds, README "What make demo does"), so the default methods leave those two masks out;
     # --methods brings them back
     "text": {"episodes": 6, "seeds": [0, 1, 2], "workers": 2, "leave_out": ["only:feature", "only:relation"]},
-    "text3": {"episodes": 6, "seeds": [0, 1, 2], "workers": 2, "leave_out": ["only:feature", "only:relation"]},
+    # situations: what the CLI runs when it is given no situation and no situation setting of its
+    # own (python -m experiments.glue_ac, make demo): one study per situation of text3-situations
+    "text3": {"episodes": 6, "seeds": [0, 1, 2], "workers": 2, "leave_out": ["only:feature", "only:relation"],
+              "situations": DEMO_SITUATIONS},
     "quick": {"episodes": 4, "seeds": [0, 1], "workers": 1},
     "digits": {"episodes": 20, "seeds": [0, 1, 2, 3, 4], "workers": 1},
     "paper": {"episodes": 30, "seeds": [0, 1, 2], "workers": 1},
@@ -78,6 +95,19 @@ class ExperimentConfig:
     ``workers`` spawned ones) or "ray" (one Ray task per student)"""
     address: str | None = None
     """an existing Ray cluster for executor "ray" (default: start a local Ray)"""
+    situation: str | None = None
+    """one situation of ``instance_set``: its DistillConfig overrides go over the preset's, and
+    ``distill`` over both (a ``distill`` key of :data:`SITUATION_KEYS`, or one the situation sets,
+    must then equal the situation's value)"""
+    instance_set: str | None = None
+    """the instance set of ``situation`` / ``situations`` (default: text3-situations)"""
+    situations: list[str] | None = None
+    """situations of ``instance_set`` to run one whole study each, in ``<name>/<situation>/``, then
+    the per-situation report (:func:`experiments.glue_ac.situations.run_situations`); ``None`` or
+    empty: one run"""
+    transfer_checkpoint: str | None = None
+    """an agent checkpoint folder: adds the method ``transfer``, that agent acting deterministically
+    with no training on this task (the run's observation and action mode must be the checkpoint's)"""
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -94,9 +124,12 @@ class ExperimentConfig:
         """Fill the per-preset defaults and validate; errors name the bad key and valid values."""
         if self.preset not in EXPERIMENT_PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; valid: {sorted(EXPERIMENT_PRESETS)}")
+        self.check_situations()
         if self.action_mode not in ("weights", "mask"):
             raise ValueError(f"action_mode must be 'weights' or 'mask', got {self.action_mode!r}")
         c = dataclasses.replace(self)
+        if (c.situation is not None or c.situations) and c.instance_set is None:
+            c.instance_set = DEFAULT_INSTANCE_SET  # one spelling in config.yaml, given or not
         defaults = EXPERIMENT_PRESETS[c.preset]
         c.episodes = defaults["episodes"] if c.episodes is None else c.episodes
         c.seeds = list(defaults["seeds"] if c.seeds is None else c.seeds)
@@ -119,9 +152,14 @@ class ExperimentConfig:
             c.methods = [m for m in default_methods(distill.knowledge) if m not in defaults.get("leave_out", ())]
             if c.action_mode == "mask":
                 c.methods = [m for m in c.methods if m != "random_soft"]  # soft weights need action_mode=weights
+        if c.transfer_checkpoint is not None and TRANSFER not in c.methods:
+            c.methods = [*c.methods, TRANSFER]
+        if TRANSFER in c.methods and c.transfer_checkpoint is None:
+            raise ValueError(f"method {TRANSFER!r} needs transfer_checkpoint (--transfer-checkpoint DIR: an agent "
+                             f"checkpoint folder)")
         if c.action_mode == "mask" and "random_soft" in c.methods:
             raise ValueError("method random_soft needs action_mode 'weights' (it outputs soft weights)")
-        valid = valid_methods(distill.knowledge)
+        valid = [*valid_methods(distill.knowledge), TRANSFER]
         bad = [m for m in c.methods if m not in valid and not m.startswith("fixed:")]
         if bad:
             raise ValueError(f"unknown method(s) {bad}; valid: {valid} or fixed:<bits>")
@@ -142,12 +180,64 @@ class ExperimentConfig:
         if needs and c.observation not in needs:
             raise ValueError(f"agent {c.agent!r} reads observation one of {list(needs)}, got {c.observation!r}: pass "
                              f"--observation {needs[0]} (or set observation: {needs[0]} in --config)")
+        if c.transfer_checkpoint is not None:
+            from .transfer import check_checkpoint
+
+            check_checkpoint(c.transfer_checkpoint, c, distill)
         if c.name is None:
-            c.name = f"glue_ac-{c.preset}-{Path(str(distill.task)).stem}"
+            c.name = (f"glue_ac-{c.preset}-situations" if c.situations else
+                      f"glue_ac-{c.preset}-{c.situation}" if c.situation else
+                      f"glue_ac-{c.preset}-{Path(str(distill.task)).stem}")
         return c
 
+    def situation_set(self) -> Any:
+        """The :class:`kd_env.InstanceSet` of ``situation`` / ``situations``."""
+        from kd_env import get_instance_set
+
+        return get_instance_set(self.instance_set or DEFAULT_INSTANCE_SET)
+
+    def situation_overrides(self) -> dict[str, Any]:
+        """The situation's DistillConfig overrides (``{}`` without a situation)."""
+        return {} if self.situation is None else dict(self.situation_set().instance(self.situation).overrides)
+
+    def check_situations(self) -> None:
+        """``ValueError`` for an unknown instance set or situation (listing the valid ones), a
+        set over a preset of another task, or a ``distill`` setting that contradicts the
+        situation."""
+        if self.situation is not None and self.situations:
+            raise ValueError(f"pass situation ({self.situation!r}) or situations ({self.situations}), not both")
+        names = [self.situation] if self.situation is not None else list(self.situations or [])
+        if self.instance_set is not None and not names:
+            raise ValueError(f"instance_set {self.instance_set!r} needs a situation (--situation NAME or "
+                             f"--situations A,B)")
+        if not names:
+            return
+        sset = self.situation_set()
+        unknown = [n for n in names if n not in sset.names]
+        if unknown:
+            raise ValueError(f"unknown situation(s) {unknown} of instance set {sset.name!r}; valid: {sset.names}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"situations named twice in {names}")
+        base_task, task = get_preset(sset.base).task, get_preset(self.preset).task
+        if base_task != task:
+            raise ValueError(f"instance set {sset.name!r} describes situations over preset {sset.base!r} (task "
+                             f"{base_task}); preset {self.preset!r} has task {task}: pass --preset {sset.base} (or "
+                             f"leave --preset out), or another --instance-set")
+        for name in names:
+            overrides = dict(sset.instance(name).overrides)
+            situation = get_preset(self.preset, **overrides)
+            asked = get_preset(self.preset, **{**overrides, **self.distill})  # values as DistillConfig reads them
+            clash = [k for k in self.distill
+                     if (k in SITUATION_KEYS or k in overrides) and getattr(asked, k) != getattr(situation, k)]
+            if clash:
+                theirs = ", ".join(f"{k} {getattr(situation, k)!r}" for k in clash)
+                mine = ", ".join(f"{k} {self.distill[k]!r}" for k in clash)
+                raise ValueError(f"{mine} contradicts situation {name!r} of {sset.name!r} ({theirs}); a situation "
+                                 f"sets these itself: leave them out, or pick another situation")
+
     def distill_config(self) -> DistillConfig:
-        return get_preset(self.preset, **self.distill)
+        """The preset, then the situation's overrides, then ``distill``."""
+        return get_preset(self.preset, **{**self.situation_overrides(), **self.distill})
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -14,22 +14,25 @@ from kd_env.io import progress_bar
 from ..cli import load_plugins
 from ..executors import execute
 from ..toolkit import distil_and_test
-from .config import SELECTOR, ExperimentConfig, method_agent_name
+from .config import SELECTOR, TRANSFER, ExperimentConfig, method_agent_name
 from .run import Run, make_env
+from .transfer import load_transfer
 
-#: this process's student worker: its env, the trained selector (or ``None``), its torch threads
+#: this process's student worker: its env, the trained selector and the transfer agent (or
+#: ``None``), its torch threads
 _WORKER: dict[str, Any] = {}
 
 
 def setup_worker(config: dict[str, Any], threads: int) -> None:
     """A spawned (or Ray) worker, once: the user's plug-ins, its own env (teacher and teacher
-    cache from the cache root) and the trained selector, if the run has one (its torch threads
-    are set by the executor)."""
+    cache from the cache root), the trained selector and the transfer checkpoint's agent, if the
+    run has them (its torch threads are set by the executor)."""
     c = ExperimentConfig(**config)
     load_plugins(c.plugins)
     env = make_env(c, c.distill_config().replace(threads=threads, progress=False))
     selector = load_agent(str(Run(c).selector_dir / "agent"), env) if SELECTOR in c.methods else None
-    _WORKER.update(env=env, selector=selector, threads=threads)
+    transfer = load_transfer(c, env) if TRANSFER in c.methods else None
+    _WORKER.update(env=env, selector=selector, transfer=transfer, threads=threads)
 
 
 def distil_unit(unit: tuple[str, int]) -> dict[str, Any]:
@@ -38,17 +41,18 @@ def distil_unit(unit: tuple[str, int]) -> dict[str, Any]:
     method, seed = unit
     env, threads = _WORKER["env"], _WORKER["threads"]
     knowledge = list(env.unwrapped.distiller.knowledge_names)
-    agent = (_WORKER["selector"] if method == SELECTOR
+    agent = (_WORKER[method] if method in (SELECTOR, TRANSFER)
              else make_agent(method_agent_name(method, knowledge), env, seed=seed))
     return {"method": method, **distil_and_test(env, agent, seed), "threads": threads}
 
 
 def distil_students(run: Run, env: KnowledgeSelectionEnv, selector: Any, units: list[tuple[str, int]],
-                    workers: int, threads: int) -> None:
+                    workers: int, threads: int, transfer: Any = None) -> None:
     """Distil ``units`` on the run's executor, ``workers`` at a time with ``threads`` torch threads
     shared among them.  ``env`` is closed on return: on the local executor with one worker the
-    units run in this process with ``env`` and ``selector``; otherwise every worker builds its own
-    env and loads the selector from its checkpoint.  Each unit's row is written atomically as it
+    units run in this process with ``env``, ``selector`` and ``transfer`` (the transfer
+    checkpoint's agent); otherwise every worker builds its own env and loads both from their
+    checkpoints.  Each unit's row is written atomically as it
     ends, so an interrupted run resumes from the finished ones; a unit that fails stops the run
     with its traceback (the ones finished before stay on disk)."""
     c = run.config
@@ -67,7 +71,7 @@ def distil_students(run: Run, env: KnowledgeSelectionEnv, selector: Any, units: 
         bar.update(1)
 
     if in_process:
-        _WORKER.update(env=env, selector=selector, threads=per_worker)
+        _WORKER.update(env=env, selector=selector, transfer=transfer, threads=per_worker)
     else:  # the selector is on disk: every worker builds its own env and loads it
         env.close()
     try:

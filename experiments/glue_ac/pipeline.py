@@ -15,16 +15,22 @@ from kd_env.teacher import evaluate_model
 
 from ..cli import load_plugins
 from ..report import json_safe
-from .config import SELECTOR, ExperimentConfig, method_agent_name
+from .config import LEARNED, SELECTOR, TRANSFER, ExperimentConfig, method_agent_name
 from .distil import distil_students
 from .report import write_report
 from .run import Run, make_env, train_selector
 from .timing import stage_times
+from .transfer import load_transfer
 
 
 def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
-    """Run (or resume) the whole pipeline; returns the summary written to results.json."""
+    """Run (or resume) the whole pipeline of one situation; returns the summary written to
+    results.json.  A config with ``situations`` is a study of several:
+    :func:`experiments.glue_ac.situations.run_situations` runs it."""
     load_plugins(config.plugins)
+    if config.situations:
+        raise ValueError(f"config has situations {config.situations}: run it with "
+                         f"experiments.glue_ac.run_situations (one run per situation)")
     c = config.resolved()
     run = Run(c)
     run.check()
@@ -32,7 +38,8 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     print(f"glue_ac {c.name}: {resolve_threads(distill.threads)} torch thread(s) ({usable_cpus()} CPU(s) usable; "
           f"distill.threads={distill.threads})", file=sys.stderr)
-    print(f"[1/4] teacher: {distill.teacher} on {distill.task} (fine-tuned and cached once)", file=sys.stderr)
+    where = f" (situation {c.situation} of {c.instance_set})" if c.situation is not None else ""
+    print(f"[1/4] teacher: {distill.teacher} on {distill.task}{where} (fine-tuned and cached once)", file=sys.stderr)
     stages: dict[str, float] = {}
     try:  # bad task files, models or knowledge fail here, before the run folder is written
         start = time.perf_counter()
@@ -47,11 +54,18 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     knowledge = list(d.knowledge_names)
     try:  # a baseline that needs knowledge this env lacks fails here too (e.g. eskd without response)
         for method in c.methods:
-            if method != SELECTOR:
+            if method not in LEARNED:
                 make_agent(method_agent_name(method, knowledge), env)
     except ValueError as exc:
         env.close()
         raise SystemExit(f"error: {exc}") from None
+    transfer: Any = None
+    if TRANSFER in c.methods:  # a checkpoint that does not fit (network shapes) fails here, before the run folder
+        try:
+            transfer = load_transfer(c, env)
+        except SystemExit:
+            env.close()
+            raise
     run.prepare(labels)
     teacher_probe = evaluate_model(d.teacher_model, d.dev_data, d.task, d.device, distill.eval_batch_size,
                                    indices=d.probe_indices)
@@ -72,7 +86,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     threads = resolve_threads(distill.threads)
     print(f"[3/4] distil: {len(c.methods)} methods x {len(c.seeds)} seeds ({len(todo) - len(missing)} done before)"
           + (f", {workers} workers" if workers > 1 else "") + (" on ray" if c.executor == "ray" else ""), file=sys.stderr)
-    distil_students(run, env, selector, missing, workers, threads)
+    distil_students(run, env, selector, missing, workers, threads, transfer=transfer)
     stages["students"] = time.perf_counter() - start
     rows = [run.load_unit(m, s) for m, s in todo]
     print("[4/4] report", file=sys.stderr)

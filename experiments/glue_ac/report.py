@@ -1,11 +1,14 @@
 """The report of a glue_ac run: the table per method, the best fixed mask (chosen on dev), the
-selector's paired differences, results.json/.csv/.md, plots and TensorBoard logs."""
+learned methods' (selector, transfer) paired differences, results.json/.csv/.md, plots and
+TensorBoard logs; and the pieces the per-situation report (:mod:`.situations`) shares with it:
+:func:`method_table`, :func:`choose_best_fixed`, :func:`mean_actions`, :func:`paired_seeds`."""
 
 from __future__ import annotations
 
 import math
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,8 +17,8 @@ from kd_env import DistillConfig
 from kd_env.io import atomic_write_json, atomic_write_text
 
 from ..report import json_safe, markdown_table, plot_curves, plot_heatmap, plot_returns, write_csv
-from ..stats import format_bounds, mean_std, paired_difference
-from .config import NOT_FIXED, RESULT_COLUMNS, SELECTOR
+from ..stats import format_bounds, interval_estimate, mean_std, paired_difference
+from .config import LEARNED, NOT_FIXED, RESULT_COLUMNS, SELECTOR, TRANSFER
 
 if TYPE_CHECKING:
     from .run import Run
@@ -29,34 +32,78 @@ def choose_best_fixed(table: list[dict[str, Any]]) -> str | None:
     return max(fixed, key=lambda t: t["dev_mean"])["method"] if fixed else None
 
 
+def by_method_seed(rows: list[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
+    """The rows as ``{method: {seed: row}}``."""
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r["method"], {})[r["seed"]] = r
+    return out
+
+
+def method_table(methods: list[str], by_method: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per method (in ``methods``' order): test and dev-probe mean and std over its seeds, how many
+    seeds, mean train seconds and the student's parameters."""
+    table = []
+    for method in methods:
+        seeds = by_method.get(method, {})
+        m, s = mean_std([r["metric"] for r in seeds.values()])
+        dm, ds = mean_std([r["dev_metric"] for r in seeds.values()])
+        table.append({"method": method, "mean": m, "std": s, "dev_mean": dm, "dev_std": ds, "n": len(seeds),
+                      "train_seconds": float(np.mean([r["train_seconds"] for r in seeds.values()])) if seeds
+                      else math.nan,
+                      "parameters": next(iter(seeds.values()))["student_parameters"] if seeds else None})
+    return table
+
+
+def metrics(by_method: dict[str, dict[int, dict[str, Any]]], method: str) -> dict[int, float]:
+    """``{seed: test metric}`` of ``method``."""
+    return {s: r["metric"] for s, r in by_method.get(method, {}).items()}
+
+
+def paired_seeds(a: dict[int, float], b: dict[int, float], reps: int = 2000) -> dict[str, Any]:
+    """``a - b`` paired over the seeds both have: the mean difference with a 95% paired bootstrap
+    interval (the seeds' differences resampled, :func:`experiments.stats.interval_estimate`; NaN
+    bounds for one seed), and the seeds ``a`` wins, ties and loses."""
+    seeds = sorted(set(a) & set(b))
+    diffs = np.asarray([a[s] - b[s] for s in seeds], dtype=np.float64)
+    if not len(diffs):
+        return {"n": 0, "seeds": [], "mean": math.nan, "low": math.nan, "high": math.nan, "wins": 0, "ties": 0,
+                "losses": 0}
+    mean, low, high = interval_estimate(diffs, "mean", 0.95, reps)
+    return {"n": len(seeds), "seeds": seeds, "mean": mean, "low": low, "high": high,
+            "wins": int((diffs > 0).sum()), "ties": int((diffs == 0).sum()), "losses": int((diffs < 0).sum())}
+
+
+def mean_actions(seeds: dict[int, dict[str, Any]]) -> np.ndarray:
+    """Knowledge (rows) x phase (columns): the mean over seeds of the weight (or mask bit) a
+    method gave each knowledge type in each phase (the shortest episode's phases)."""
+    acts = [np.asarray(r["actions"]) for r in seeds.values()]
+    length = min(len(a) for a in acts)
+    return np.mean([a[:length] for a in acts], axis=0).T
+
+
 def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], knowledge: list[str],
                  selector_returns: list[float], distill: DistillConfig,
                  label_mapping: dict[str, int] | None = None) -> dict[str, Any]:
     c = run.config
     metric_name = rows[0]["metric_name"] if rows else "metric"
-    by_method: dict[str, dict[int, dict[str, Any]]] = {}
-    for r in rows:
-        by_method.setdefault(r["method"], {})[r["seed"]] = r
-    table = []
-    for method in c.methods:
-        seeds = by_method.get(method, {})
-        m, s = mean_std([r["metric"] for r in seeds.values()])
-        dm, ds = mean_std([r["dev_metric"] for r in seeds.values()])
-        table.append({"method": method, "mean": m, "std": s, "dev_mean": dm, "dev_std": ds, "n": len(seeds),
-                      "train_seconds": float(np.mean([r["train_seconds"] for r in seeds.values()])),
-                      "parameters": next(iter(seeds.values()))["student_parameters"] if seeds else None})
+    by_method = by_method_seed(rows)
+    table = method_table(c.methods, by_method)
     best_fixed = choose_best_fixed(table)
-    comparisons = {}
-    if SELECTOR in by_method:
-        sel = {s: r["metric"] for s, r in by_method[SELECTOR].items()}
-        for other in ("vanilla_kd", best_fixed):
-            if other and other in by_method and other != SELECTOR:
-                comparisons[other] = paired_difference(sel, {s: r["metric"] for s, r in by_method[other].items()})
+    learned_vs: dict[str, dict[str, Any]] = {}
+    for learned in (m for m in LEARNED if m in by_method):
+        learned_vs[learned] = {other: paired_difference(metrics(by_method, learned), metrics(by_method, other))
+                               for other in dict.fromkeys(("vanilla_kd", best_fixed))
+                               if other and other in by_method}
+    comparisons = learned_vs.get(SELECTOR, {})
     # files
     write_csv(run.dir / "results.csv", rows, RESULT_COLUMNS)
     summary = {"name": c.name, "task": distill.task, "metric": metric_name, "teacher": teacher,
                "methods": table, "best_fixed": best_fixed, "best_fixed_chosen_on": "dev-probe mean",
-               "selector_vs": comparisons,
+               "selector_vs": comparisons, **({"transfer_vs": learned_vs[TRANSFER],
+                                                "transfer_checkpoint": c.transfer_checkpoint}
+                                               if TRANSFER in learned_vs else {}),
+               "situation": c.situation, "instance_set": c.instance_set,
                "selector_returns": selector_returns, "rows": rows, "knowledge": knowledge,
                "label_mapping": label_mapping, "date": time.strftime("%Y-%m-%d")}
     atomic_write_json(run.dir / "results.json", json_safe(summary))  # null, not NaN, where undefined
@@ -64,6 +111,12 @@ def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], 
           f"student, {distill.total_steps} optimizer steps per student in {distill.num_phases} phases, "
           f"seeds {c.seeds}; selector `{c.agent}` ({c.action_mode}) trained for {c.episodes} episodes "
           f"with reward `{c.reward}`. Metric: {metric_name} on the held-out split.\n"]
+    if c.situation is not None:
+        md.append(f"Situation `{c.situation}` of `{c.instance_set}`: "
+                  f"{dict(c.situation_overrides()) or 'the preset as it is'}.\n")
+    if TRANSFER in learned_vs:
+        md.append(f"`transfer`: the agent of `{c.transfer_checkpoint}`, acting deterministically with no training "
+                  f"on this task.\n")
     md.append(markdown_table(
         ["method", f"test {metric_name} (mean ± std)", "dev-probe (mean ± std)", "seeds", "train s/student",
          "student params"],
@@ -73,20 +126,22 @@ def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], 
     if best_fixed is not None:
         md.append(f"\nBest fixed subset: `{best_fixed}`, chosen on the dev-probe mean (the students' final dev-probe "
                   f"{metric_name}), never on the test split.\n")
-    if comparisons:
-        md.append("\nPaired difference, selector minus baseline (same seeds), 95% t-interval:\n")
-        md.append(markdown_table(["baseline", "mean diff", "95% CI", "selector wins"],
-                                 [[k + (" (best fixed subset)" if k == best_fixed else ""), f"{v['mean']:+.4f}",
-                                   format_bounds(v["low"], v["high"], "+.4f"), f"{v['wins']}/{v['n']}"]
-                                  for k, v in comparisons.items()]))
+    for learned, vs in learned_vs.items():
+        if vs:
+            md.append(f"\nPaired difference, {learned} minus baseline (same seeds), 95% t-interval:\n")
+            md.append(markdown_table(["baseline", "mean diff", "95% CI", f"{learned} wins"],
+                                     [[k + (" (best fixed subset)" if k == best_fixed else ""), f"{v['mean']:+.4f}",
+                                       format_bounds(v["low"], v["high"], "+.4f"), f"{v['wins']}/{v['n']}"]
+                                      for k, v in vs.items()]))
     atomic_write_text(run.dir / "results.md", "\n".join(md))
     # plots
     if SELECTOR in by_method:
-        acts = [np.asarray(r["actions"]) for r in by_method[SELECTOR].values()]
-        length = min(len(a) for a in acts)
-        heat = np.mean([a[:length] for a in acts], axis=0).T
-        plot_heatmap(heat, knowledge, run.dir / "selection_heatmap.png",
-                     f"{c.agent} selector: knowledge x phase ({distill.task}, {len(acts)} seeds)")
+        plot_heatmap(mean_actions(by_method[SELECTOR]), knowledge, run.dir / "selection_heatmap.png",
+                     f"{c.agent} selector: knowledge x phase ({distill.task}, {len(by_method[SELECTOR])} seeds)")
+    if TRANSFER in by_method:
+        plot_heatmap(mean_actions(by_method[TRANSFER]), knowledge, run.dir / "transfer_heatmap.png",
+                     f"transfer ({Path(str(c.transfer_checkpoint)).name}, no training): knowledge x phase "
+                     f"({distill.task}, {len(by_method[TRANSFER])} seeds)")
     curves = {m: [r["curve"] for r in seeds.values()] for m, seeds in by_method.items()}
     if curves:
         plot_curves(curves, run.dir / "dev_curves.png", f"dev-probe {metric_name}",
@@ -119,5 +174,7 @@ def print_summary(summary: dict[str, Any], out=sys.stdout) -> None:
     print(f"  {'teacher':<{width}} {summary['teacher']['metric']:.4f}", file=out)
     if summary.get("best_fixed"):
         print(f"  best fixed subset (chosen on the dev probe): {summary['best_fixed']}", file=out)
-    for k, v in summary["selector_vs"].items():
-        print(f"  selector - {k}: {v['mean']:+.4f}  95% CI {format_bounds(v['low'], v['high'], '+.4f')}", file=out)
+    for learned, key in ((SELECTOR, "selector_vs"), (TRANSFER, "transfer_vs")):
+        for k, v in (summary.get(key) or {}).items():
+            print(f"  {learned} - {k}: {v['mean']:+.4f}  95% CI {format_bounds(v['low'], v['high'], '+.4f')}",
+                  file=out)

@@ -15,12 +15,14 @@ from kd_env.io import atomic_write_json
 
 from ..store import ResultStore, changed_settings, save_settings
 from ..toolkit import TrainingProgress
-from .config import ExperimentConfig
+from .config import TRANSFER, ExperimentConfig
 
 #: config keys that may change between invocations of one run: methods or seeds added to a
 #: finished run, where it is written and how the students are spread (the overrides, ``distill``,
-#: count as what they resolve to, ``distill_resolved``)
-NOT_CHECKED = ("methods", "seeds", "out", "workers", "distill", "executor", "address")
+#: count as what they resolve to, ``distill_resolved``); a transfer checkpoint added or changed
+#: (its students carry the checkpoint's fingerprint: another checkpoint's are distilled again)
+NOT_CHECKED = ("methods", "seeds", "out", "workers", "distill", "executor", "address", "transfer_checkpoint",
+               "situations")
 
 
 class Run:
@@ -32,6 +34,16 @@ class Run:
         self.units = self.dir / "units"
         self.store = ResultStore(self.units)
         self.selector_dir = self.dir / "selector"
+        self._transfer_key: str | None = None
+
+    @property
+    def transfer_key(self) -> str | None:
+        """The fingerprint of the transfer checkpoint (``None`` without one), read once."""
+        if self._transfer_key is None and self.config.transfer_checkpoint is not None:
+            from .transfer import checkpoint_fingerprint
+
+            self._transfer_key = checkpoint_fingerprint(self.config.transfer_checkpoint)
+        return self._transfer_key
 
     def check(self) -> None:
         """``SystemExit`` when the folder holds a run with another config (nothing is written)."""
@@ -69,11 +81,15 @@ class Run:
         return self.store.path(self.unit_name(method, seed))
 
     def load_unit(self, method: str, seed: int) -> dict[str, Any] | None:
-        """The finished unit's row, or ``None`` when it must run."""
-        return self.store.read(self.unit_name(method, seed), method=method, seed=seed)
+        """The finished unit's row, or ``None`` when it must run (a transfer student of another
+        checkpoint must run again)."""
+        expected = {"checkpoint_fingerprint": self.transfer_key} if method == TRANSFER else {}
+        return self.store.read(self.unit_name(method, seed), method=method, seed=seed, **expected)
 
     def save_unit(self, row: dict[str, Any]) -> None:
-        """A finished unit's row, atomically."""
+        """A finished unit's row, atomically (a transfer student's with its checkpoint's fingerprint)."""
+        if row["method"] == TRANSFER:
+            row = {**row, "checkpoint": self.config.transfer_checkpoint, "checkpoint_fingerprint": self.transfer_key}
         self.store.write(self.unit_name(row["method"], row["seed"]), row)
 
 

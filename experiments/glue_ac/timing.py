@@ -55,3 +55,20 @@ def print_timing(times: dict[str, Any], out=None) -> None:
         elif key == "selector" and times.get(key) is None:
             note = "  (no selector)"
         print(f"  {label:<{width}} {_clock(times.get(key)):>6}{note}", file=out)
+
+
+def sum_stage_times(times: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs' :func:`stage_times` (one per situation of a study) as one: each stage's
+    seconds and the students summed, the most workers, the install's seconds once."""
+    total: dict[str, Any] = {"install": install_seconds()}
+    for t in times:
+        for key, value in t.items():
+            if key == "install":
+                continue
+            if key == "workers":
+                total[key] = max(total.get(key) or 0, value or 0)
+            elif value is not None:
+                total[key] = (total.get(key) or 0) + value
+            else:
+                total.setdefault(key, None)
+    return total

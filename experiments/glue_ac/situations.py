@@ -1,0 +1,195 @@
+"""A study per situation (``--situations A,B``): the whole glue_ac pipeline once per situation of
+an instance set, each in its own resumable run folder ``<out>/<name>/<situation>/``, then one
+per-situation report: ``<name>/situations.md``, ``situations.json`` and
+``situations-heatmap.png``.
+
+Per situation the report gives every method's mean ± std of the held-out metric, the method with
+the highest held-out mean (the winner: a description, not a choice), the best fixed mask (chosen
+on the dev probe within the situation, as every run's report does) and, for each learned method
+(the selector, trained on that situation's own episodes, and ``transfer``, a checkpoint acting
+with no training), its paired difference over the shared seeds against the best fixed mask,
+vanilla KD and Dynamic KD: the mean, a 95% paired bootstrap interval and the seeds won, tied and
+lost.  The figure has one knowledge x phase heatmap per situation (columns) and learned method
+(rows) of what it chose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kd_env.io import atomic_write_json, atomic_write_text
+
+from ..report import _figure, _save, json_safe, markdown_table
+from ..stats import format_bounds
+from .config import LEARNED, ExperimentConfig
+from .pipeline import run_experiment
+from .timing import sum_stage_times
+from .report import by_method_seed, choose_best_fixed, mean_actions, method_table, metrics, paired_seeds, print_summary
+
+__all__ = ["run_situations", "situation_report", "write_situations", "print_situations", "plot_heatmap_grid",
+           "REFERENCES", "STUDY_FILES"]
+
+#: what each learned method is compared with, per situation (``best_fixed``: chosen on dev there)
+REFERENCES = ("best_fixed", "vanilla_kd", "dynamic_kd")
+#: the study's own files in ``<out>/<name>/``
+STUDY_FILES = ("situations.md", "situations.json", "situations-heatmap.png")
+
+
+def run_situations(config: ExperimentConfig) -> dict[str, Any]:
+    """Run (or resume) one whole study per situation of ``config.situations``, in
+    ``<out>/<name>/<situation>/``, then write and return the per-situation report."""
+    c = config.resolved()
+    folder = Path(c.out) / str(c.name)
+    runs: dict[str, dict[str, Any]] = {}
+    for i, situation in enumerate(c.situations or []):
+        print(f"\n=== situation {i + 1}/{len(c.situations or [])}: {situation} ===", file=sys.stderr)
+        one = dataclasses.replace(config, situation=situation, situations=None, instance_set=c.instance_set,
+                                  name=f"{c.name}/{situation}")
+        summary = run_experiment(one)
+        print_summary(summary)
+        runs[situation] = summary
+    study = write_situations(c, folder, runs)
+    study["stage_seconds"] = sum_stage_times([s["stage_seconds"] for s in runs.values()])  # this invocation's
+    return study
+
+
+def situation_report(summary: dict[str, Any], methods: list[str]) -> dict[str, Any]:
+    """One situation's entry of the study from its run's summary (results.json): the method table,
+    the winner on the held-out mean, the best fixed mask (chosen on dev) and each learned method's
+    paired differences (:data:`REFERENCES`)."""
+    by_method = by_method_seed(summary["rows"])
+    table = method_table(methods, by_method)
+    best_fixed = choose_best_fixed(table)
+    ran = [t for t in table if t["n"]]
+    winner = max(ran, key=lambda t: t["mean"])["method"] if ran else None
+    comparisons: dict[str, dict[str, Any]] = {}
+    for learned in (m for m in LEARNED if m in by_method):
+        comparisons[learned] = {}
+        for ref in REFERENCES:
+            other = best_fixed if ref == "best_fixed" else ref
+            if other and other in by_method:
+                comparisons[learned][ref] = {"baseline": other,
+                                             **paired_seeds(metrics(by_method, learned), metrics(by_method, other))}
+    return {"task": summary["task"], "metric": summary["metric"], "teacher": summary["teacher"],
+            "methods": [{k: t[k] for k in ("method", "mean", "std", "dev_mean", "n")} for t in table],
+            "winner": winner, "best_fixed": best_fixed, "comparisons": comparisons,
+            "heatmaps": {m: mean_actions(by_method[m]).tolist() for m in LEARNED if m in by_method}}
+
+
+def write_situations(c: ExperimentConfig, folder: Path, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``situations.json``, ``situations.md`` and ``situations-heatmap.png`` in ``folder`` from
+    each situation's run summary; returns what situations.json holds."""
+    sset = c.situation_set()
+    per = {name: {"overrides": dict(sset.instance(name).overrides), "run": f"{c.name}/{name}",
+                  **situation_report(summary, list(c.methods or []))} for name, summary in runs.items()}
+    knowledge = next(iter(runs.values()))["knowledge"] if runs else []
+    study = {"name": c.name, "instance_set": sset.name, "situations": list(runs), "methods": c.methods,
+             "seeds": c.seeds, "agent": c.agent, "episodes": c.episodes, "observation": c.observation,
+             "action_mode": c.action_mode, "transfer_checkpoint": c.transfer_checkpoint, "knowledge": knowledge,
+             "winner_chosen_on": "held-out mean (a description, not a choice)",
+             "best_fixed_chosen_on": "dev-probe mean, within each situation",
+             "interval": "95% paired bootstrap over the shared seeds (percentile, 2000 resamples)",
+             "per_situation": per, "date": time.strftime("%Y-%m-%d")}
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "situations.json", json_safe(study))
+    atomic_write_text(folder / "situations.md", situations_markdown(study))
+    panels = {learned: {name: np.asarray(p["heatmaps"][learned]) for name, p in per.items()
+                        if learned in p["heatmaps"]} for learned in LEARNED}
+    panels = {k: v for k, v in panels.items() if v}
+    if panels:
+        labels = {"selector": f"{c.agent} selector", "transfer": "transfer (no training)"}
+        plot_heatmap_grid({labels[k]: v for k, v in panels.items()}, knowledge, folder / "situations-heatmap.png",
+                          f"{c.name}: what the learned selectors chose, knowledge x phase (mean over seeds "
+                          f"{c.seeds})")
+    return study
+
+
+def _diff(v: dict[str, Any]) -> list[str]:
+    return [f"{v['mean']:+.4f}", format_bounds(v["low"], v["high"], "+.4f"), f"{v['wins']}/{v['ties']}/{v['losses']}"]
+
+
+def situations_markdown(study: dict[str, Any]) -> str:
+    """situations.md: the methods x situations table, then the paired differences."""
+    per = study["per_situation"]
+    names = list(per)
+    metric = next(iter(per.values()))["metric"] if per else "metric"
+    md = [f"# {study['name']}: one study per situation\n",
+          f"Situations of `{study['instance_set']}`; seeds {study['seeds']}; selector `{study['agent']}` "
+          f"({study['action_mode']}, observation `{study['observation']}`) trained for {study['episodes']} episodes "
+          f"in each situation on its own episodes"
+          + (f"; `transfer`: the agent of `{study['transfer_checkpoint']}`, no training" if study["transfer_checkpoint"]
+             else "") + f". Test {metric} on the held-out split, mean ± std over seeds; **bold**: the highest mean "
+          f"(the winner). Each run's own report: `<situation>/results.md`.\n"]
+    cells: dict[str, list[str]] = {}
+    for name in names:
+        for t in per[name]["methods"]:
+            text = f"{t['mean']:.4f} ± {t['std']:.4f}" if t["n"] else "-"
+            cells.setdefault(t["method"], []).append(f"**{text}**" if t["method"] == per[name]["winner"] else text)
+    md.append(markdown_table(["method", *names], [[m, *v] for m, v in cells.items()]
+                             + [["teacher", *(f"{per[n]['teacher']['metric']:.4f}" for n in names)],
+                                ["winner", *(f"`{per[n]['winner']}`" for n in names)],
+                                ["best fixed (chosen on dev)", *(f"`{per[n]['best_fixed']}`" for n in names)]]))
+    md.append("\nPaired difference over the shared seeds, learned method minus baseline: mean, 95% paired bootstrap "
+              "CI, seeds won/tied/lost. The best fixed mask is chosen on the dev probe within the situation.\n")
+    rows = []
+    for name in names:
+        for learned, vs in per[name]["comparisons"].items():
+            for ref, v in vs.items():
+                label = f"best fixed (`{v['baseline']}`)" if ref == "best_fixed" else f"`{ref}`"
+                rows.append([name, learned, label, *_diff(v)])
+    md.append(markdown_table(["situation", "method", "minus", "mean diff", "95% CI", "W/T/L"], rows))
+    md.append("\nSituations (DistillConfig overrides over the preset):\n")
+    md.append(markdown_table(["situation", "overrides", "task", "run folder"],
+                             [[n, per[n]["overrides"] or "{}", per[n]["task"], f"`{per[n]['run']}`"] for n in names]))
+    return "\n".join(md)
+
+
+def print_situations(study: dict[str, Any], out=None) -> None:
+    """The per-situation table (situations.md) on ``out`` (stdout)."""
+    print("\n" + situations_markdown(study), file=sys.stdout if out is None else out)
+
+
+def plot_heatmap_grid(panels: dict[str, dict[str, np.ndarray]], knowledge: list[str], path: str | Path,
+                      title: str) -> None:
+    """One knowledge x phase heatmap per row label (a learned method) and column (a situation),
+    drawn as :func:`experiments.report.plot_heatmap` draws one; an empty panel where a method did
+    not run in a situation."""
+    plt = _figure()
+    rows = list(panels)
+    cols = list(dict.fromkeys(name for row in panels.values() for name in row))
+    k = len(knowledge)
+    p = max(m.shape[1] for row in panels.values() for m in row.values())
+    fig, axes = plt.subplots(len(rows), len(cols), squeeze=False,
+                             figsize=(len(cols) * max(4.0, 0.5 * p + 2.5), len(rows) * (0.55 * k + 2.0)))
+    fig.subplots_adjust(hspace=0.55, wspace=0.15)  # room for each row's phase label and the next row's titles
+    im = None
+    for i, row in enumerate(rows):
+        for j, col in enumerate(cols):
+            ax = axes[i][j]
+            if col not in panels[row]:
+                ax.axis("off")
+                continue
+            matrix = panels[row][col]
+            im = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
+            labelled = j == 0 or cols[j - 1] not in panels[row]  # knowledge names once per row
+            ax.set_yticks(range(k), labels=list(knowledge) if labelled else [])
+            ax.set_xticks(range(matrix.shape[1]), labels=[str(x + 1) for x in range(matrix.shape[1])])
+            ax.set_xlabel("training phase")
+            ax.set_title(f"{col}: {row}", fontsize=10)
+            for a in range(k):
+                for b in range(matrix.shape[1]):
+                    v = matrix[a, b]
+                    ax.text(b, a, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if v < 0.6 or not math.isfinite(v) else "black")
+    if im is not None:
+        fig.colorbar(im, ax=axes.ravel().tolist(), label="mean weight / selection frequency")
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+    plt.close(fig)
