@@ -294,3 +294,28 @@ def test_a_checkpoint_with_other_network_shapes_fails_when_loaded_before_the_run
     assert f"--transfer-checkpoint {ckpt}: checkpoint does not fit this 'ac' agent" in str(exc.value.code)
     assert "--observation summary" in str(exc.value.code)
     assert not (tmp_path / "runs" / "shapes").exists()
+
+
+def test_the_study_shows_the_dev_headroom_of_each_situation_and_says_where_there_is_none(tmp_path):
+    import json as _json
+
+    from experiments.glue_ac.situations import _headroom_markdown, dev_headroom
+
+    design = {"choice_seeds": [0, 1], "check_seeds": [100, 101], "rows": [
+        {"instance": "a", "constant": "fixed:0100", "switching": "fixed:0100", "value": 0.0,
+         "check": {"fixed:0100": 0.80, "fixed:1100": 0.75, "agent:dynamic_kd": 0.77}},
+        {"instance": "b", "constant": "fixed:1111", "switching": "schedule:1110>1111@2", "value": 0.004,
+         "check": {"fixed:1111": 0.700, "schedule:1110>1111@2": 0.704, "fixed:1100": 0.695,
+                   "agent:dynamic_kd": 0.71}}]}
+    path = tmp_path / "design.json"
+    path.write_text(_json.dumps(design))
+    h = dev_headroom(str(path), ["a", "b", "not-measured"])
+    assert list(h["situations"]) == ["a", "b"]
+    a, b = h["situations"]["a"], h["situations"]["b"]
+    assert a["oracle_minus_vanilla_kd"] == pytest.approx(0.05) and a["oracle_minus_dynamic_kd"] == pytest.approx(0.03)
+    assert a["has_headroom"] and not b["has_headroom"]  # b: +0.009 over vanilla KD, under the 0.02 threshold
+    assert b["oracle"] == pytest.approx(0.704) and b["oracle_minus_dynamic_kd"] == pytest.approx(-0.006)
+    text = "\n".join(_headroom_markdown(h))
+    assert "No headroom on dev in `b`" in text and "`a`" not in text.split("No headroom")[1]
+    assert dev_headroom(str(tmp_path / "absent.json"), ["a"])["missing"]
+    assert dev_headroom(None, ["a"]) is None and dev_headroom("", ["a"]) is None

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transfer-checkpoint", help="an agent checkpoint folder (e.g. <run>/selector/agent): adds the "
                                                  "method 'transfer', that agent acting with no training on this task; "
                                                  "pass the --observation and --action-mode it was trained with")
+    p.add_argument("--headroom", help="a `python -m experiments.headroom.design --out` JSON measured on dev for the "
+                                      "situations: the per-situation report shows each one's dev headroom (default "
+                                      "for text3's situations: the committed measurement; '' for none)")
     p.add_argument("--seeds", type=parse_seeds, help=f"evaluation {SEEDS_HELP} (default: per preset)")
     p.add_argument("--agent", help=f"selector agent; one of {agent_names()}")
     p.add_argument("--episodes", type=int, help="selector training episodes")
@@ -121,7 +124,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> ExperimentConfig:
         distill["labels"] = [x.strip() for x in args.labels.split(",") if x.strip()]
     data["distill"] = distill
     for flag in ("preset", "agent", "episodes", "seeds", "action_mode", "reward", "observation", "name", "out",
-                 "workers", "executor", "address", "situation", "instance_set", "transfer_checkpoint"):
+                 "workers", "executor", "address", "situation", "instance_set", "transfer_checkpoint", "headroom"):
         if getattr(args, flag) is not None:
             data[flag] = getattr(args, flag)
     if args.situations is not None:

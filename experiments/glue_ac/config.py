@@ -35,6 +35,12 @@ SITUATION_KEYS = ("task", "data_dir", "labels", "teacher", "label_fraction", "la
 #: the situations of text3-situations `make demo` runs, one study each: chosen by measured dev
 #: headroom, results/2026-12-05-text3-headroom.md
 DEMO_SITUATIONS = ["rt-clean", "rt-labels10-noisy30"]
+#: the dev headroom of text3-situations (``python -m experiments.headroom.design --out``; dev split,
+#: choice and check seeds only), shown beside a study's test table; relative to the repository
+TEXT3_HEADROOM = "results/2026-12-05-text3-headroom.json"
+#: a situation "has headroom" when the per-situation oracle (best constant or two-stage schedule,
+#: chosen on the choice seeds, scored on the check seeds) beats vanilla KD by at least this much on dev
+HEADROOM_THRESHOLD = 0.02
 
 #: experiment-level defaults per preset (the distillation settings live in kd_env.config)
 EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
@@ -45,7 +51,7 @@ EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
     # situations: what the CLI runs when it is given no situation and no situation setting of its
     # own (python -m experiments.glue_ac, make demo): one study per situation of text3-situations
     "text3": {"episodes": 6, "seeds": [0, 1, 2], "workers": 2, "leave_out": ["only:feature", "only:relation"],
-              "situations": DEMO_SITUATIONS},
+              "situations": DEMO_SITUATIONS, "headroom": TEXT3_HEADROOM},
     "quick": {"episodes": 4, "seeds": [0, 1], "workers": 1},
     "digits": {"episodes": 20, "seeds": [0, 1, 2, 3, 4], "workers": 1},
     "paper": {"episodes": 30, "seeds": [0, 1, 2], "workers": 1},
@@ -108,6 +114,10 @@ class ExperimentConfig:
     transfer_checkpoint: str | None = None
     """an agent checkpoint folder: adds the method ``transfer``, that agent acting deterministically
     with no training on this task (the run's observation and action mode must be the checkpoint's)"""
+    headroom: str | None = None
+    """a ``python -m experiments.headroom.design --out`` JSON measured on dev for the situations'
+    instance set: the per-situation report shows each situation's dev headroom beside its test
+    table (default for text3's situations: :data:`TEXT3_HEADROOM`; ``""``: none)"""
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -133,6 +143,8 @@ class ExperimentConfig:
         defaults = EXPERIMENT_PRESETS[c.preset]
         c.episodes = defaults["episodes"] if c.episodes is None else c.episodes
         c.seeds = list(defaults["seeds"] if c.seeds is None else c.seeds)
+        if c.headroom is None and c.situations and c.instance_set == DEFAULT_INSTANCE_SET:
+            c.headroom = defaults.get("headroom")
         c.workers = min(defaults["workers"], usable_cpus()) if c.workers is None else c.workers
         if not matches(c.workers, int) or c.workers < 1:
             raise ValueError(f"workers must be an integer >= 1, got {c.workers!r}")

@@ -28,7 +28,7 @@ from kd_env.io import atomic_write_json, atomic_write_text
 
 from ..report import _figure, _save, json_safe, markdown_table
 from ..stats import format_bounds
-from .config import LEARNED, ExperimentConfig
+from .config import HEADROOM_THRESHOLD, LEARNED, ExperimentConfig
 from .pipeline import run_experiment
 from .timing import sum_stage_times
 from .report import by_method_seed, choose_best_fixed, mean_actions, method_table, metrics, paired_seeds, print_summary
@@ -97,6 +97,7 @@ def write_situations(c: ExperimentConfig, folder: Path, runs: dict[str, dict[str
              "best_fixed_chosen_on": "dev-probe mean, within each situation",
              "interval": "95% paired bootstrap over the shared seeds (percentile, 2000 resamples)",
              "per_situation": per, "date": time.strftime("%Y-%m-%d")}
+    study["headroom"] = dev_headroom(c.headroom, list(runs))
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "situations.json", json_safe(study))
     atomic_write_text(folder / "situations.md", situations_markdown(study))
@@ -109,6 +110,69 @@ def write_situations(c: ExperimentConfig, folder: Path, runs: dict[str, dict[str
                           f"{c.name}: what the learned selectors chose, knowledge x phase (mean over seeds "
                           f"{c.seeds})")
     return study
+
+
+#: the repository root: a relative headroom file is looked up here when it is not under the cwd
+_REPO = Path(__file__).resolve().parents[2]
+#: the references of a design file, as the report names them
+_DESIGN_REFERENCES = {"fixed:1100": "vanilla_kd", "agent:dynamic_kd": "dynamic_kd"}
+
+
+def dev_headroom(path: str | None, situations: list[str]) -> dict[str, Any] | None:
+    """Each situation's headroom measured on dev by ``python -m experiments.headroom.design``
+    (its ``--out`` JSON): the per-situation oracle (the best constant, and the best constant or
+    two-stage schedule, chosen on the choice seeds and scored on the check seeds, dev split) minus
+    vanilla KD and Dynamic KD on the same check seeds, and the value of switching.  ``None``
+    without a file; ``{"missing": path}`` when it is absent."""
+    if not path:
+        return None
+    file = Path(path)
+    if not file.is_absolute() and not file.exists():
+        file = _REPO / path
+    if not file.exists():
+        return {"file": str(path), "missing": True}
+    import json
+
+    design = json.loads(file.read_text(encoding="utf-8"))
+    rows = {r["instance"]: r for r in design.get("rows", [])}
+    out: dict[str, Any] = {"file": str(path), "missing": False, "threshold": HEADROOM_THRESHOLD,
+                           "choice_seeds": design.get("choice_seeds"), "check_seeds": design.get("check_seeds"),
+                           "situations": {}}
+    for name in situations:
+        r = rows.get(name)
+        if r is None:
+            continue
+        entry = {"constant": r["constant"], "switching": r["switching"], "value_of_switching": r["value"],
+                 "oracle": r["check"][r["switching"]]}
+        for ref, label in _DESIGN_REFERENCES.items():
+            if ref in r.get("check", {}):
+                entry[f"oracle_minus_{label}"] = r["check"][r["switching"]] - r["check"][ref]
+        entry["has_headroom"] = entry.get("oracle_minus_vanilla_kd", 0.0) >= HEADROOM_THRESHOLD
+        out["situations"][name] = entry
+    return out
+
+
+def _headroom_markdown(h: dict[str, Any] | None) -> list[str]:
+    if h is None:
+        return []
+    if h["missing"]:
+        return [f"\nNo dev headroom shown: `{h['file']}` is missing.\n"]
+    rows = [[n, f"`{e['switching']}`", f"{e['oracle']:.4f}", f"{e.get('oracle_minus_vanilla_kd', math.nan):+.4f}",
+             f"{e.get('oracle_minus_dynamic_kd', math.nan):+.4f}", f"{e['value_of_switching']:+.4f}",
+             "yes" if e["has_headroom"] else "**no**"] for n, e in h["situations"].items()]
+    md = [f"\nHeadroom measured on **dev** before this run (`{h['file']}`: the per-situation oracle, the best "
+          f"constant or two-stage schedule chosen on choice seeds {h['choice_seeds']}, scored on check seeds "
+          f"{h['check_seeds']}; dev split only):\n",
+          markdown_table(["situation", "oracle policy", "oracle dev", "- vanilla KD", "- Dynamic KD",
+                          "value of switching", f"headroom >= {h['threshold']:.2f}"], rows)]
+    none = [n for n, e in h["situations"].items() if not e["has_headroom"]]
+    if none:
+        md.append(f"\nNo headroom on dev in {', '.join(f'`{n}`' for n in none)}: there, no choice of knowledge beats "
+                  f"vanilla KD by {h['threshold']:.2f}, so a selector's result is not evidence of a learned choice.")
+    if not any(e["value_of_switching"] > 0 for e in h["situations"].values()):
+        md.append("\nSwitching knowledge between phases did not pay on dev in any of these situations (the best "
+                  "schedule is a constant): a selector can gain here only by choosing the right constant mix.")
+    return md
 
 
 def _diff(v: dict[str, Any]) -> list[str]:
@@ -145,6 +209,7 @@ def situations_markdown(study: dict[str, Any]) -> str:
                 label = f"best fixed (`{v['baseline']}`)" if ref == "best_fixed" else f"`{ref}`"
                 rows.append([name, learned, label, *_diff(v)])
     md.append(markdown_table(["situation", "method", "minus", "mean diff", "95% CI", "W/T/L"], rows))
+    md.extend(_headroom_markdown(study.get("headroom")))
     md.append("\nSituations (DistillConfig overrides over the preset):\n")
     md.append(markdown_table(["situation", "overrides", "task", "run folder"],
                              [[n, per[n]["overrides"] or "{}", per[n]["task"], f"`{per[n]['run']}`"] for n in names]))
