@@ -86,20 +86,29 @@ def _save(fig, path: str | Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def plot_heatmap(matrix: np.ndarray, knowledge: Sequence[str], path: str | Path, title: str) -> None:
-    """Knowledge type (rows) x training phase (columns): mean weight the selector gave it."""
-    plt = _figure()
+def draw_heatmap(ax: Any, matrix: np.ndarray, knowledge: Sequence[str] | None, title: str) -> Any:
+    """Draw one knowledge (rows) x training phase (columns) heatmap on ``ax``, each cell labelled
+    with its value (``knowledge=None``: no row labels); returns the image (for a colour bar)."""
     k, p = matrix.shape
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * p + 2.5), 0.55 * k + 1.6))
     im = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
-    ax.set_yticks(range(k), labels=list(knowledge))
+    ax.set_yticks(range(k), labels=list(knowledge) if knowledge is not None else [])
     ax.set_xticks(range(p), labels=[str(i + 1) for i in range(p)])
     ax.set_xlabel("training phase")
     ax.set_title(title, fontsize=10)
     for i in range(k):
         for j in range(p):
-            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if matrix[i, j] < 0.6 else "black")
+            v = matrix[i, j]
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if v < 0.6 or not np.isfinite(v) else "black")
+    return im
+
+
+def plot_heatmap(matrix: np.ndarray, knowledge: Sequence[str], path: str | Path, title: str) -> None:
+    """Knowledge type (rows) x training phase (columns): mean weight the selector gave it."""
+    plt = _figure()
+    k, p = matrix.shape
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * p + 2.5), 0.55 * k + 1.6))
+    im = draw_heatmap(ax, matrix, knowledge, title)
     fig.colorbar(im, ax=ax, label="mean weight / selection frequency")
     _save(fig, path)
     plt.close(fig)

@@ -26,7 +26,7 @@ import numpy as np
 
 from kd_env.io import atomic_write_json, atomic_write_text
 
-from ..report import _figure, _save, json_safe, markdown_table
+from ..report import _figure, _save, draw_heatmap, json_safe, markdown_table
 from ..stats import format_bounds
 from .config import HEADROOM_THRESHOLD, LEARNED, ExperimentConfig
 from .pipeline import run_experiment
@@ -241,18 +241,8 @@ def plot_heatmap_grid(panels: dict[str, dict[str, np.ndarray]], knowledge: list[
             if col not in panels[row]:
                 ax.axis("off")
                 continue
-            matrix = panels[row][col]
-            im = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
             labelled = j == 0 or cols[j - 1] not in panels[row]  # knowledge names once per row
-            ax.set_yticks(range(k), labels=list(knowledge) if labelled else [])
-            ax.set_xticks(range(matrix.shape[1]), labels=[str(x + 1) for x in range(matrix.shape[1])])
-            ax.set_xlabel("training phase")
-            ax.set_title(f"{col}: {row}", fontsize=10)
-            for a in range(k):
-                for b in range(matrix.shape[1]):
-                    v = matrix[a, b]
-                    ax.text(b, a, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if v < 0.6 or not math.isfinite(v) else "black")
+            im = draw_heatmap(ax, panels[row][col], knowledge if labelled else None, f"{col}: {row}")
     if im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), label="mean weight / selection frequency")
     fig.suptitle(title, fontsize=10)
