@@ -67,10 +67,10 @@ def paired_seeds(a: dict[int, float], b: dict[int, float], reps: int = 2000) -> 
     seeds = sorted(set(a) & set(b))
     diffs = np.asarray([a[s] - b[s] for s in seeds], dtype=np.float64)
     if not len(diffs):
-        return {"n": 0, "seeds": [], "mean": math.nan, "low": math.nan, "high": math.nan, "wins": 0, "ties": 0,
-                "losses": 0}
+        return {"n": 0, "seeds": [], "mean": math.nan, "low": math.nan, "high": math.nan, "diffs": [], "wins": 0,
+                "ties": 0, "losses": 0}
     mean, low, high = interval_estimate(diffs, "mean", 0.95, reps)
-    return {"n": len(seeds), "seeds": seeds, "mean": mean, "low": low, "high": high,
+    return {"n": len(seeds), "seeds": seeds, "mean": mean, "low": low, "high": high, "diffs": diffs.tolist(),
             "wins": int((diffs > 0).sum()), "ties": int((diffs == 0).sum()), "losses": int((diffs < 0).sum())}
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from kd_env.io import atomic_write_json, atomic_write_text
 
 from ..report import _figure, _save, draw_heatmap, json_safe, markdown_table
-from ..stats import format_bounds
+from ..stats import format_bounds, hierarchical_bootstrap
 from .config import HEADROOM_THRESHOLD, LEARNED, ExperimentConfig
 from .pipeline import run_experiment
 from .timing import sum_stage_times
@@ -98,6 +98,7 @@ def write_situations(c: ExperimentConfig, folder: Path, runs: dict[str, dict[str
              "interval": "95% paired bootstrap over the shared seeds (percentile, 2000 resamples)",
              "per_situation": per, "date": time.strftime("%Y-%m-%d")}
     study["headroom"] = dev_headroom(c.headroom, list(runs))
+    study["pooled"] = pooled(per, study["headroom"])
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "situations.json", json_safe(study))
     atomic_write_text(folder / "situations.md", situations_markdown(study))
@@ -175,6 +176,49 @@ def _headroom_markdown(h: dict[str, Any] | None) -> list[str]:
     return md
 
 
+#: resamples of the pooled (situations, then seeds) interval
+POOLED_REPS = 10000
+
+
+def pooled(per: dict[str, dict[str, Any]], headroom: dict[str, Any] | None) -> dict[str, Any]:
+    """Each learned method's difference from each reference over situations: the mean of the
+    situations' mean paired differences with a hierarchical bootstrap interval (situations, then
+    seeds; :func:`experiments.stats.hierarchical_bootstrap`) and the situations it wins (mean
+    difference above 0), over all situations and, with a headroom file, over those with dev
+    headroom.  Needs 2 situations."""
+    groups = {"all situations": list(per)}
+    if headroom and not headroom.get("missing"):
+        groups["situations with dev headroom"] = [n for n in per if headroom["situations"].get(n, {}).get("has_headroom")]
+    out: dict[str, Any] = {}
+    for group, names in groups.items():
+        if len(names) < 2:
+            continue
+        for learned in LEARNED:
+            for ref in REFERENCES:
+                diffs = [np.asarray(per[n]["comparisons"][learned][ref]["diffs"]) for n in names
+                         if ref in per[n]["comparisons"].get(learned, {})]
+                if len(diffs) != len(names) or not all(len(d) for d in diffs):
+                    continue
+                mean, low, high = hierarchical_bootstrap(diffs, reps=POOLED_REPS, seed=0)
+                out.setdefault(group, {"situations": names, "rows": []})["rows"].append(
+                    {"method": learned, "minus": ref, "mean": mean, "low": low, "high": high,
+                     "situations_won": int(sum(d.mean() > 0 for d in diffs)), "situations": len(diffs)})
+    return out
+
+
+def _pooled_markdown(p: dict[str, Any]) -> list[str]:
+    md = []
+    for group, g in p.items():
+        md.append(f"\nOver {group} ({', '.join(f'`{n}`' for n in g['situations'])}): the mean of the situations' "
+                  f"mean paired differences, 95% hierarchical bootstrap ({POOLED_REPS} resamples of situations, then "
+                  f"seeds), and the situations won:\n")
+        md.append(markdown_table(["method", "minus", "mean diff", "95% CI", "situations won"],
+                                 [[r["method"], f"`{r['minus']}`", f"{r['mean']:+.4f}",
+                                   format_bounds(r["low"], r["high"], "+.4f"), f"{r['situations_won']}/{r['situations']}"]
+                                  for r in g["rows"]]))
+    return md
+
+
 def _diff(v: dict[str, Any]) -> list[str]:
     return [f"{v['mean']:+.4f}", format_bounds(v["low"], v["high"], "+.4f"), f"{v['wins']}/{v['ties']}/{v['losses']}"]
 
@@ -209,6 +253,7 @@ def situations_markdown(study: dict[str, Any]) -> str:
                 label = f"best fixed (`{v['baseline']}`)" if ref == "best_fixed" else f"`{ref}`"
                 rows.append([name, learned, label, *_diff(v)])
     md.append(markdown_table(["situation", "method", "minus", "mean diff", "95% CI", "W/T/L"], rows))
+    md.extend(_pooled_markdown(study.get("pooled") or {}))
     md.extend(_headroom_markdown(study.get("headroom")))
     md.append("\nSituations (DistillConfig overrides over the preset):\n")
     md.append(markdown_table(["situation", "overrides", "task", "run folder"],
