@@ -141,6 +141,16 @@ def _log1p(x: float) -> float:
     return math.log1p(x) if x > -1.0 else -math.inf
 
 
+def _space_once(obs: "Observation", env: "KnowledgeSelectionEnv") -> spaces.Box:
+    """``obs.space(env)``, built once per list of knowledge types (the only thing the fixed-size
+    observations' spaces depend on), not at every step."""
+    key = tuple(env.distiller.knowledge_names)
+    cache = obs.__dict__.setdefault("_space_cache", {})
+    if key not in cache:
+        cache[key] = obs.space(env)
+    return cache[key]
+
+
 def _clip_into(values: np.ndarray, space: spaces.Box) -> np.ndarray:
     """``values`` clipped into ``space`` as float32: ``+inf`` -> the upper bound, ``-inf`` -> the
     lower one, NaN -> 0 clipped into the bounds."""
@@ -195,12 +205,7 @@ class Summary(Observation):
         return np.asarray(vals, dtype=np.float64)
 
     def __call__(self, env):
-        # the space depends only on the knowledge types: built once per list, not at every step
-        key = tuple(env.distiller.knowledge_names)
-        cache = self.__dict__.setdefault("_space_cache", {})
-        if key not in cache:
-            cache[key] = self.space(env)
-        return _clip_into(self.unclipped(env), cache[key])
+        return _clip_into(self.unclipped(env), _space_once(self, env))
 
 
 @register_observation("cls")
@@ -392,11 +397,7 @@ class Portable(Observation):
         return np.concatenate([np.asarray(vals, np.float64), observable_situation(d).astype(np.float64)])
 
     def __call__(self, env):
-        key = len(env.distiller.knowledge_names)
-        cache = self.__dict__.setdefault("_space_cache", {})
-        if key not in cache:
-            cache[key] = self.space(env)
-        return _clip_into(self.unclipped(env), cache[key])
+        return _clip_into(self.unclipped(env), _space_once(self, env))
 
 
 def _finite(x: float) -> float:
