@@ -7,8 +7,8 @@
     python -m experiments.glue_ac --label-fraction 0.1 --label-noise 0.3   # your own situation, one run
     python -m experiments.glue_ac --preset quick        # digits, about a minute
     python -m experiments.glue_ac --preset quick --instance-set digits-switch --situations labels15-noisy35-weak
-    python -m experiments.glue_ac --situation rt-clean --transfer-checkpoint runs/<digits run>/selector/agent \
-        --observation portable                          # a selector carried over, no training here
+    # a selector trained on digits situations (a benchmark cell's agent/ folder) carried to text:
+    python -m experiments.glue_ac --situation rt-labels10-weak --observation portable --transfer-checkpoint DIR
     python -m experiments.glue_ac --preset paper --task rte --data-dir /data/glue
 
 Pipeline (resumable: rerun the same command after an interruption):
