@@ -327,3 +327,14 @@ def test_the_study_shows_the_dev_headroom_of_each_situation_and_says_where_there
     assert "No headroom on dev in `b`" in text and "`a`" not in text.split("No headroom")[1]
     assert dev_headroom(str(tmp_path / "absent.json"), ["a"])["missing"]
     assert dev_headroom(None, ["a"]) is None and dev_headroom("", ["a"]) is None
+
+
+def test_the_study_says_when_a_learned_methods_weights_are_flat():
+    from experiments.glue_ac.situations import _flatness_markdown, weight_spread
+
+    flat = [[0.5, 0.51], [0.49, 0.5], [0.5, 0.5]]  # knowledge x phase
+    learned = [[0.9, 0.95], [0.3, 0.2], [0.0, 0.1]]
+    assert weight_spread(flat) == pytest.approx(0.01) and weight_spread(learned) == pytest.approx(0.9)
+    text = "\n".join(_flatness_markdown({"s": {"heatmaps": {"selector": flat, "transfer": learned}}}))
+    assert "`s`, `selector`: **flat**" in text and "about 0.50" in text
+    assert "`s`, `transfer`: not flat" in text and "0.90" in text

@@ -176,6 +176,33 @@ def _headroom_markdown(h: dict[str, Any] | None) -> list[str]:
     return md
 
 
+#: a learned method's heatmap is "flat" when in no phase two knowledge types' mean weights differ
+#: by this much: it then plays one even mix, and its result is that constant's, not a learned choice
+FLAT_SPREAD = 0.2
+
+
+def weight_spread(heatmap: Any) -> float:
+    """The largest difference between two knowledge types' mean weights in any one phase."""
+    h = np.asarray(heatmap, dtype=np.float64)
+    return float(np.max(h.max(axis=0) - h.min(axis=0))) if h.size else math.nan
+
+
+def _flatness_markdown(per: dict[str, dict[str, Any]]) -> list[str]:
+    lines = []
+    for name, p in per.items():
+        for learned, h in p["heatmaps"].items():
+            spread = weight_spread(h)
+            mean = float(np.mean(h))
+            if spread < FLAT_SPREAD:
+                lines.append(f"- `{name}`, `{learned}`: **flat** (largest gap between two knowledge types in a phase "
+                             f"{spread:.2f} < {FLAT_SPREAD}): it plays every type at about {mean:.2f}, a constant "
+                             f"mix, not a learned choice")
+            else:
+                lines.append(f"- `{name}`, `{learned}`: not flat (largest gap between two knowledge types in a phase "
+                             f"{spread:.2f})")
+    return ["\nWhat the learned methods chose (`situations-heatmap.png`):\n", *lines] if lines else []
+
+
 #: resamples of the pooled (situations, then seeds) interval
 POOLED_REPS = 10000
 
@@ -253,6 +280,7 @@ def situations_markdown(study: dict[str, Any]) -> str:
                 label = f"best fixed (`{v['baseline']}`)" if ref == "best_fixed" else f"`{ref}`"
                 rows.append([name, learned, label, *_diff(v)])
     md.append(markdown_table(["situation", "method", "minus", "mean diff", "95% CI", "W/T/L"], rows))
+    md.extend(_flatness_markdown(per))
     md.extend(_pooled_markdown(study.get("pooled") or {}))
     md.extend(_headroom_markdown(study.get("headroom")))
     md.append("\nSituations (DistillConfig overrides over the preset):\n")
