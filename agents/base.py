@@ -205,14 +205,7 @@ class Agent:
         if header["agent"] != self.name:
             raise CheckpointError(f"checkpoint {str(path)!r} holds agent {header['agent']!r}, not {self.name!r}; "
                                   f"use agents.load_agent(path, env)")
-        saved_names = header.get("env", {}).get("knowledge_names")
-        if saved_names is not None and list(saved_names) != self.knowledge_names:
-            raise CheckpointError(f"checkpoint {str(path)!r} was saved for knowledge {saved_names}, this env has "
-                                  f"{self.knowledge_names}")
-        saved_mode = header.get("env", {}).get("action_mode")
-        if saved_mode is not None and saved_mode != self.action_mode:
-            raise CheckpointError(f"checkpoint {str(path)!r} was saved for action_mode {saved_mode!r}, this env "
-                                  f"has {self.action_mode!r}")
+        check_fits(path, header, self.knowledge_names, self.action_mode)
         if header.get("has_weights"):
             self._load_state_dict(load_weights(Path(path) / WEIGHTS_FILE))
         self._load_extra_header(header.get("extra") or {})
@@ -346,6 +339,29 @@ def make_agent(name: str, env: Any, **hyperparameters: Any) -> Agent:
     return factory(env, **hyperparameters)
 
 
+def check_known(path: str | os.PathLike, header: dict[str, Any]) -> None:
+    """:class:`CheckpointError` when the checkpoint's agent is not registered."""
+    name = str(header["agent"])
+    if name.partition(":")[0] not in AGENT_REGISTRY:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds unknown agent {name!r}; valid: {agent_names()}")
+
+
+def check_fits(path: str | os.PathLike, header: dict[str, Any], knowledge_names: Sequence[str],
+               action_mode: str) -> None:
+    """:class:`CheckpointError` when the checkpoint (its parsed header) was saved for other
+    knowledge types or another action mode than an env with ``knowledge_names`` and
+    ``action_mode`` (read from the header alone: nothing is built)."""
+    env = header.get("env") or {}
+    saved_names = env.get("knowledge_names")
+    if saved_names is not None and list(saved_names) != list(knowledge_names):
+        raise CheckpointError(f"checkpoint {str(path)!r} was saved for knowledge {saved_names}, this env has "
+                              f"{list(knowledge_names)}")
+    saved_mode = env.get("action_mode")
+    if saved_mode is not None and saved_mode != action_mode:
+        raise CheckpointError(f"checkpoint {str(path)!r} was saved for action_mode {saved_mode!r}, this env "
+                              f"has {action_mode!r}")
+
+
 def load_agent(path: str | os.PathLike, env: Any) -> Agent:
     """Restore any agent saved with ``agent.save(path)`` for ``env``.
 
@@ -358,9 +374,7 @@ def load_agent(path: str | os.PathLike, env: Any) -> Agent:
     """
     header = read_header(path)
     name = header["agent"]
-    key = name.partition(":")[0]
-    if key not in AGENT_REGISTRY:
-        raise CheckpointError(f"checkpoint {str(path)!r} holds unknown agent {name!r}; valid: {agent_names()}")
+    check_known(path, header)
     hp = header.get("hyperparameters") or {}
     if not isinstance(hp, dict):
         raise CheckpointError(f"checkpoint {str(path)!r}: hyperparameters must be a mapping")

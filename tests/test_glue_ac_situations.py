@@ -282,7 +282,7 @@ def test_a_checkpoint_for_another_observation_or_action_mode_fails_early_with_a_
     assert "the checkpoint was trained with --observation summary and --action-mode weights: pass the same" in message
     with pytest.raises(SystemExit) as exc:
         config_from_args([*base, "--action-mode", "mask"])
-    assert "was saved for action_mode 'weights', this run has 'mask'" in str(exc.value.code)
+    assert "was saved for action_mode 'weights', this env has 'mask'" in str(exc.value.code)
     assert "--action-mode weights" in str(exc.value.code)
     assert not any(tmp_path.iterdir())
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from agents import agent_names, load_agent
+from agents import load_agent
+from agents.base import check_fits, check_known
 from agents.checkpoints import CheckpointError, read_header
 from kd_env import DistillConfig
 
@@ -75,16 +76,9 @@ def check_checkpoint(path: str, c: ExperimentConfig, distill: DistillConfig) -> 
     except CheckpointError as exc:
         raise ValueError(f"--transfer-checkpoint {path}: {exc}") from None
     try:
-        name = str(header["agent"])
-        if name.partition(":")[0] not in agent_names():
-            raise CheckpointError(f"checkpoint {path!r} holds unknown agent {name!r}; valid: {agent_names()}")
+        check_known(path, header)
+        check_fits(path, header, knowledge, c.action_mode)
         env = header.get("env") or {}
-        if env.get("knowledge_names") is not None and list(env["knowledge_names"]) != knowledge:
-            raise CheckpointError(f"checkpoint {path!r} was saved for knowledge {env['knowledge_names']}, this run "
-                                  f"has {knowledge}")
-        if env.get("action_mode") is not None and env["action_mode"] != c.action_mode:
-            raise CheckpointError(f"checkpoint {path!r} was saved for action_mode {env['action_mode']!r}, this run "
-                                  f"has {c.action_mode!r}")
         expected = observation_space_repr(c.observation, knowledge)
         saved = env.get("observation_space")
         if expected is not None and saved is not None and saved != expected:
