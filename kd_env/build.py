@@ -40,7 +40,7 @@ from .teacher import (
     train_classifier,
 )
 
-__all__ = ["build_distiller", "prepare_teacher", "student_precision", "teacher_precision"]
+__all__ = ["build_distiller", "eval_precision", "prepare_teacher", "student_precision", "teacher_precision"]
 
 
 def _teacher_fields(knowledge: Sequence[Knowledge], pooling: str = "cls") -> list[str]:
@@ -67,6 +67,14 @@ def student_precision(config: DistillConfig, task: TaskData, device: torch.devic
     (``config.student_precision``, ``auto`` resolved as for the teacher: bf16 for transformer
     students where the device has fast bf16, fp32 for MLPs)."""
     return _model_precision(config.student_precision, task, device)
+
+
+def eval_precision(config: DistillConfig, task: TaskData, device: torch.device) -> str:
+    """``fp32`` or ``bf16``: the precision of the student's evaluations (``config.eval_precision``;
+    ``auto`` is the student's training precision, :func:`student_precision`)."""
+    if config.eval_precision == "auto":
+        return student_precision(config, task, device)
+    return _model_precision(config.eval_precision, task, device)
 
 
 def _model_precision(value: str, task: TaskData, device: torch.device) -> str:
@@ -231,6 +239,7 @@ def _assemble(config: DistillConfig, task: TaskData | None, device: torch.device
         student_model: nn.Module = SequenceClassifier(truncate_layers(base, keep), config.pooling)
         if config.freeze_embeddings:
             student_model.model.get_input_embeddings().weight.requires_grad_(False)
+        student_model.use_packing(config.token_packing and not attentions)
         fresh = False
     else:
         student_model = MLPClassifier(task["train"].features.shape[1], [config.student_hidden] * config.student_layers,
@@ -254,7 +263,8 @@ def _assemble(config: DistillConfig, task: TaskData | None, device: torch.device
         source = LiveTeacher(teacher, mapping, fields, device, precision)
     distiller = Distiller(config, task, train, dev, test, student, source, knowledge, fresh, device,
                           teacher_metrics=teacher_summary, layer_map=mapping, teacher_model=teacher,
-                          precision=student_precision(config, task, device))
+                          precision=student_precision(config, task, device),
+                          eval_precision=eval_precision(config, task, device))
     # wall seconds of this build's two slow stages: the teacher (fine-tuned and evaluated, or loaded
     # when cached) and the teacher-output cache (built, or opened and verified); the demo prints them
     distiller.build_seconds = {"teacher": teacher_seconds, "teacher_cache": time.perf_counter() - start}

@@ -130,7 +130,17 @@ class DistillConfig:
     """numeric precision of the student's training steps: ``fp32``, ``bf16`` (autocast of the
     forward pass; weights, optimizer and knowledge losses stay fp32) or ``auto`` (bf16 for a
     transformer student where ``precision="auto"`` would pick bf16 for the teacher, else fp32).
-    Evaluation (dev probe, test) is always fp32.  Part of the env's identity, not the teacher's"""
+    Evaluation precision is ``eval_precision``.  Part of the env's identity, not the teacher's"""
+    eval_precision: str = "fp32"
+    """numeric precision of the student's evaluations (the dev probe each phase, dev, test):
+    ``fp32``, ``bf16`` (autocast) or ``auto`` (the student's resolved training precision).  On a
+    CPU with AVX512-BF16 a bf16 evaluation of the text students takes a third of the fp32 time;
+    their test accuracy moves by at most a few borderline examples (results/2026-12-08-text-step-speed.md).
+    The teacher's own metrics are always fp32"""
+    token_packing: bool = True
+    """text students: run the encoder on the real tokens only, padding removed
+    (:mod:`kd_env.packed`; the same arithmetic, up to float rounding), where the model's layout
+    allows it (BERT-style encoders without attention maps); False: the model's own padded forward"""
     # run
     seed: int = 0
     """seed of splits, subsampling, the dev probe and teacher fine-tuning"""
@@ -220,7 +230,7 @@ class DistillConfig:
         choices = {"layer_strategy": ("skip", "first", "last"), "student_init": ("skip", "first", "last"),
                    "student_init_from": ("pretrained", "teacher"), "verify_cache": ("full", "size"),
                    "pooling": ("cls", "mean"), "precision": PRECISIONS,
-                   "student_precision": PRECISIONS}
+                   "student_precision": PRECISIONS, "eval_precision": PRECISIONS}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"config.{name} must be one of {list(valid)}, got {getattr(self, name)!r}")
@@ -291,11 +301,12 @@ PRESETS: dict[str, DistillConfig] = {
     # pass under bf16 autocast where the CPU has bf16 instructions: 0.67x the step time, the same
     # accuracy over 5 paired seeds (README "bf16 students, and why batches are not grouped by length")
     "text": DistillConfig(freeze_embeddings=True, batch_size=16, lr=5e-4, total_steps=80, steps_per_action=16,
-                          pooling="mean", student_init_from="teacher", student_precision="auto", **_TEXT_TEACHER),
+                          pooling="mean", student_init_from="teacher", student_precision="auto",
+                          eval_precision="auto", **_TEXT_TEACHER),
     # the paper's shape, half the teacher's depth (BERT-base 12 -> BERT6): 6 -> 3; the demo's default
     "text3": DistillConfig(freeze_embeddings=True, batch_size=16, lr=5e-4, total_steps=80, steps_per_action=16,
                            pooling="mean", student_init_from="teacher", student_layers=3,
-                           student_precision="auto", **_TEXT_TEACHER),
+                           student_precision="auto", eval_precision="auto", **_TEXT_TEACHER),
     "paper": DistillConfig(task="sst2", teacher="bert-base-uncased", student_layers=6, max_len=128,
                            batch_size=32, lr=5e-5, total_steps=6000, steps_per_action=200,
                            train_examples=None, dev_probe_size=1000, teacher_epochs=3.0, teacher_lr=2e-5,

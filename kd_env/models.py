@@ -235,6 +235,9 @@ class SequenceClassifier(nn.Module):
             raise ValueError(f"unknown pooling {pooling!r}; valid: {list(POOLINGS)}")
         self.model = model
         self.pooling = pooling
+        self.packing = False
+        """run the encoder on the real tokens only (:mod:`kd_env.packed`) where the model allows it
+        (:attr:`can_pack`); set by :meth:`use_packing`"""
         if pooling == "mean":
             cfg = model.config
             p = getattr(cfg, "classifier_dropout", None)
@@ -268,9 +271,40 @@ class SequenceClassifier(nn.Module):
     def hidden_sizes(self) -> list[int]:
         return [self.hidden_size] * (self.num_layers + 1)
 
+    @property
+    def can_pack(self) -> bool:
+        """Whether the token-packed forward (:mod:`kd_env.packed`) can run this model: a BERT-style
+        encoder read with ``mean`` pooling, or a ``BertForSequenceClassification`` read with ``cls``."""
+        from .packed import supports_packing
+
+        if not supports_packing(self.model.base_model):
+            return False
+        return self.pooling == "mean" or type(self.model).__name__ == "BertForSequenceClassification"
+
+    def use_packing(self, on: bool = True) -> bool:
+        """Run forward passes without attention maps on the real tokens only, where
+        :attr:`can_pack`; returns whether packing is on."""
+        self.packing = bool(on) and self.can_pack
+        return self.packing
+
+    def _packed_forward(self, batch: dict[str, torch.Tensor], mask: torch.Tensor) -> ModelOutputs:
+        from .packed import packed_hidden_states
+
+        hidden = packed_hidden_states(self.model.base_model, batch["input_ids"], mask, batch.get("token_type_ids"))
+        if self.pooling == "mean":
+            pooled = pool_tokens(hidden[-1], mask, "mean")
+            logits = self.head(self.dropout(pooled))
+        else:  # BertForSequenceClassification: its pooler on [CLS], dropout, classifier
+            pooled = hidden[-1][:, 0]
+            logits = self.model.classifier(self.model.dropout(self.model.base_model.pooler(hidden[-1])))
+        return ModelOutputs(logits=logits, hidden=hidden, attentions=None, cls=pooled, mask=mask,
+                            pooling=self.pooling)
+
     def forward(self, batch: dict[str, torch.Tensor], attentions: bool = False) -> ModelOutputs:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
         mask = batch.get("attention_mask")
+        if self.packing and not attentions and mask is not None:
+            return self._packed_forward(batch, mask)
         if self.pooling == "mean":
             out = self.model.base_model(**inputs, output_hidden_states=True, output_attentions=attentions,
                                         return_dict=True)

@@ -1,0 +1,142 @@
+"""Token packing: a BERT-family encoder's forward pass on the real tokens only.
+
+A batch of sentences is padded to its longest one; on rt-polarity a random batch of 16 holds
+about 1.8x its real tokens.  Every dense layer of a transformer (the query/key/value and output
+projections, the feed-forward block, the layer norms) acts on each token alone, so it can run on
+the ``(N, H)`` matrix of the batch's ``N`` real tokens instead of the ``(B, T, H)`` padded block.
+Only attention mixes tokens: the packed queries, keys and values are scattered back to padded
+blocks for one fused ``scaled_dot_product_attention`` call with the padding mask, and its output
+is gathered back to the real tokens.  The arithmetic on real tokens is the same as the padded
+forward's (equal up to float rounding; a test checks logits and gradients against Hugging
+Face's forward), and dropout draws the same distribution on a different number of elements.
+
+:func:`supports_packing` says whether a model has the layout this path knows (Hugging Face's
+BERT modules: BertModel, and models built of the same blocks such as RoBERTa's, with absolute
+positions, no decoder, no cross-attention); anything else runs the model's own forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["supports_packing", "packed_hidden_states"]
+
+_LAYER_PARTS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                "attention.output.LayerNorm", "attention.output.dropout", "intermediate.dense",
+                "intermediate.intermediate_act_fn", "output.dense", "output.LayerNorm", "output.dropout")
+
+
+def _encoder_layers(base: nn.Module) -> nn.ModuleList | None:
+    encoder = getattr(base, "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    return layers if isinstance(layers, nn.ModuleList) else None
+
+
+def supports_packing(base: nn.Module) -> bool:
+    """Whether :func:`packed_hidden_states` can run ``base`` (a Hugging Face base model such as
+    ``BertModel``): BERT-style embeddings and encoder blocks, an encoder-only model with absolute
+    position embeddings."""
+    config = getattr(base, "config", None)
+    layers = _encoder_layers(base)
+    emb = getattr(base, "embeddings", None)
+    if config is None or layers is None or emb is None or len(layers) == 0:
+        return False
+    if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
+        return False
+    if getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return False
+    if type(emb).__name__ != "BertEmbeddings":  # RoBERTa's offsets positions by its padding index
+        return False
+    for layer in layers:
+        for part in _LAYER_PARTS:
+            try:
+                layer.get_submodule(part)
+            except AttributeError:
+                return False
+        if getattr(layer, "chunk_size_feed_forward", 0):
+            return False
+    return True
+
+
+def _scatter(rows: torch.Tensor, index: torch.Tensor, total: int) -> torch.Tensor:
+    """``(N, D)`` rows placed at ``index`` of a zero ``(total, D)`` matrix (differentiable)."""
+    return rows.new_zeros(total, rows.shape[-1]).index_copy(0, index, rows)
+
+
+def _attention_groups(lengths: torch.Tensor, size: int) -> list[tuple[int, int, int]]:
+    """Cut examples sorted by length (longest first) into runs of ``size``: ``(first example,
+    end example, longest length)`` of each run."""
+    groups = []
+    for first in range(0, len(lengths), size):
+        end = min(len(lengths), first + size)
+        groups.append((first, end, int(lengths[first])))
+    return groups
+
+
+def packed_hidden_states(base: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         token_type_ids: torch.Tensor | None = None, groups: int = 4) -> list[torch.Tensor]:
+    """The hidden states of ``base`` (embeddings, then each layer's output) as Hugging Face's
+    ``output_hidden_states`` gives them, each ``(B, T, H)``, computed on the real tokens only.
+
+    The real tokens are held as one ``(N, H)`` matrix, examples in order of length.  Attention runs
+    on ``groups`` blocks of examples of similar length, each padded to its own longest example
+    (a random batch of 16 padded as one block holds about twice the query-key pairs).
+    Padding positions of the returned states are 0 (Hugging Face's hold values computed from
+    padding, which masked losses and mean pooling ignore).
+
+    Args:
+        base: a model :func:`supports_packing` accepts, in train or eval mode.
+        input_ids, attention_mask: ``(B, T)``; the mask is 1 on real tokens, a prefix of each row.
+        token_type_ids: ``(B, T)`` or ``None`` (all zero).
+        groups: how many length blocks attention runs on (at most one per example).
+    """
+    b, t = input_ids.shape
+    device = input_ids.device
+    lengths = attention_mask.sum(1)
+    order = torch.argsort(lengths, descending=True, stable=True)  # examples, longest first
+    lengths_sorted = lengths[order]
+    # row r of the packed matrix: example order[e], position p < its length
+    positions_in_row = torch.arange(t, device=device).expand(b, t)
+    real = positions_in_row < lengths_sorted[:, None]
+    example_of_row = order[:, None].expand(b, t)[real]
+    position_of_row = positions_in_row[real]
+    flat = example_of_row * t + position_of_row  # where each row sits in the (B*T) padded layout
+    emb = base.embeddings
+    types = (torch.zeros_like(position_of_row) if token_type_ids is None else token_type_ids.reshape(-1)[flat])
+    x = emb.word_embeddings(input_ids.reshape(-1)[flat])
+    x = x + emb.token_type_embeddings(types) + emb.position_embeddings(position_of_row)
+    x = emb.dropout(emb.LayerNorm(x))
+    hidden = [x]
+    blocks = []  # each length block: its rows of the packed matrix and their places in its padded layout
+    row = 0
+    size = -(-b // max(1, min(int(groups), b)))
+    for first, end, width in _attention_groups(lengths_sorted, size):
+        n_ex = end - first
+        rows = int(lengths_sorted[first:end].sum())
+        local = (torch.arange(n_ex, device=device).repeat_interleave(lengths_sorted[first:end]) * width
+                 + position_of_row[row: row + rows])
+        mask = (torch.arange(width, device=device)[None, :] < lengths_sorted[first:end, None])[:, None, None, :]
+        blocks.append((row, row + rows, n_ex, width, local, mask))
+        row += rows
+    for layer in _encoder_layers(base):
+        attn = layer.attention.self
+        heads, size_h = attn.num_attention_heads, attn.attention_head_size
+        q, k, v = attn.query(x), attn.key(x), attn.value(x)
+        p = attn.dropout.p if attn.training else 0.0
+        context = []
+        for start, stop, n_ex, width, local, mask in blocks:
+            qkv = [_scatter(z[start:stop], local, n_ex * width).view(n_ex, width, heads, size_h).transpose(1, 2)
+                   for z in (q, k, v)]
+            out = F.scaled_dot_product_attention(*qkv, attn_mask=mask, dropout_p=p,
+                                                 scale=getattr(attn, "scaling", None))
+            context.append(out.transpose(1, 2).reshape(n_ex * width, heads * size_h)[local])
+        context = context[0] if len(context) == 1 else torch.cat(context)
+        out = layer.attention.output
+        x = out.LayerNorm(out.dropout(out.dense(context)) + x)
+        ffn = layer.output
+        x = ffn.LayerNorm(ffn.dropout(ffn.dense(layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))))
+                          + x)
+        hidden.append(x)
+    return [_scatter(h, flat, b * t).view(b, t, -1) for h in hidden]
