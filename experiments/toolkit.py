@@ -54,15 +54,21 @@ class TrainingProgress:
     """An episode callback for ``agent.learn(..., callback=...)``: keeps each training episode's
     return (the env's, without exploration bonuses) and shows a progress bar on stderr."""
 
-    def __init__(self, episodes: int, desc: str = "train selector"):
+    def __init__(self, episodes: int, desc: str = "train selector", on_episode: Any = None):
         self.returns: list[float] = []
         self._bar = progress_bar(None, episodes, desc) if episodes else None
+        self._on_episode = on_episode
+        """called with each episode's wall seconds; may return a note for the bar"""
+        self._last = time.perf_counter()
 
     def __call__(self, agent: Any, record: dict[str, Any]) -> bool:
         self.returns.append(float(record["return"]))
+        now = time.perf_counter()
+        note = self._on_episode(now - self._last) if self._on_episode is not None else None
+        self._last = now
         if self._bar is not None:
             self._bar.update(1)
-            self._bar.set_postfix(ret=f"{self.returns[-1]:+.3f}")
+            self._bar.set_postfix(ret=f"{self.returns[-1]:+.3f}", **({"run": note} if note else {}))
         return True
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ from ..cli import load_plugins
 from ..executors import execute
 from ..toolkit import distil_and_test
 from .config import SELECTOR, TRANSFER, ExperimentConfig, method_agent_name
+from .eta import RUN_CLOCK
 from .run import Run, make_env
 from .transfer import load_transfer
 
@@ -67,7 +68,9 @@ def distil_students(run: Run, env: KnowledgeSelectionEnv, selector: Any, units: 
             raise RuntimeError(f"student {method} seed {seed} failed (the students finished before are saved in "
                                f"{run.units}):\n{error}")
         run.save_unit(row)
-        bar.set_postfix(method=method, seed=seed)
+        RUN_CLOCK.student_done(float(row.get("wall_seconds", 0.0)))
+        note = RUN_CLOCK.note()
+        bar.set_postfix(method=method, seed=seed, **({"run": note} if note else {}))
         bar.update(1)
 
     if in_process:

@@ -17,16 +17,18 @@ from ..cli import load_plugins
 from ..report import json_safe
 from .config import LEARNED, SELECTOR, TRANSFER, ExperimentConfig, method_agent_name
 from .distil import distil_students
+from .eta import RUN_CLOCK
 from .report import write_report
 from .run import Run, make_env, train_selector
 from .timing import stage_times
 from .transfer import load_transfer
 
 
-def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
+def run_experiment(config: ExperimentConfig, part_of_study: bool = False) -> dict[str, Any]:
     """Run (or resume) the whole pipeline of one situation; returns the summary written to
     results.json.  A config with ``situations`` is a study of several:
-    :func:`experiments.glue_ac.situations.run_situations` runs it."""
+    :func:`experiments.glue_ac.situations.run_situations` runs it (``part_of_study``: the whole
+    run's clock, :data:`~experiments.glue_ac.eta.RUN_CLOCK`, was started there)."""
     load_plugins(config.plugins)
     if config.situations:
         raise ValueError(f"config has situations {config.situations}: run it with "
@@ -36,6 +38,9 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     run.check()
     distill = c.distill_config()
     t0 = time.perf_counter()
+    if not part_of_study:
+        RUN_CLOCK.restart(1)
+    RUN_CLOCK.begin_situation(c.episodes if SELECTOR in c.methods else 0, len(c.methods) * len(c.seeds), c.workers)
     print(f"glue_ac {c.name}: {resolve_threads(distill.threads)} torch thread(s) ({usable_cpus()} CPU(s) usable; "
           f"distill.threads={distill.threads})", file=sys.stderr)
     where = f" (situation {c.situation} of {c.instance_set})" if c.situation is not None else ""
@@ -50,6 +55,8 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     built = getattr(d, "build_seconds", {})
     stages["teacher"] = built.get("teacher", math.nan)
     stages["teacher_cache"] = time.perf_counter() - start - stages["teacher"]  # with data, tokenizer, student
+    fine_tuned = stages["teacher"] > 0.5 * float(d.teacher_metrics.get("fine_tune", {}).get("seconds", math.inf))
+    RUN_CLOCK.teacher_done(stages["teacher"], fine_tuned)
     labels = None if d.task.label_names is None else {name: i for i, name in enumerate(d.task.label_names)}
     knowledge = list(d.knowledge_names)
     try:  # a baseline that needs knowledge this env lacks fails here too (e.g. eskd without response)
@@ -80,16 +87,19 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
         start = time.perf_counter()
         selector, selector_returns = train_selector(run, env)
         stages["selector"] = time.perf_counter() - start
+        RUN_CLOCK.selector_done()
     start = time.perf_counter()
     missing = [(m, s) for m, s in todo if run.load_unit(m, s) is None]
     workers = min(c.workers, len(missing))
     threads = resolve_threads(distill.threads)
+    RUN_CLOCK.students_planned(len(missing), max(1, workers))
     print(f"[3/4] distil: {len(c.methods)} methods x {len(c.seeds)} seeds ({len(todo) - len(missing)} done before)"
-          + (f", {workers} workers" if workers > 1 else "") + (" on ray" if c.executor == "ray" else ""), file=sys.stderr)
+          + (f", {workers} workers" if workers > 1 else "") + (" on ray" if c.executor == "ray" else "")
+          + f" ({RUN_CLOCK.line()})", file=sys.stderr)
     distil_students(run, env, selector, missing, workers, threads, transfer=transfer)
     stages["students"] = time.perf_counter() - start
     rows = [run.load_unit(m, s) for m, s in todo]
-    print("[4/4] report", file=sys.stderr)
+    print(f"[4/4] report ({RUN_CLOCK.line()})", file=sys.stderr)
     start = time.perf_counter()
     summary = write_report(run, rows, teacher, knowledge, selector_returns, distill, labels)
     stages["report"] = time.perf_counter() - start

@@ -15,6 +15,7 @@ from kd_env.io import atomic_write_json
 
 from ..store import ResultStore, changed_settings, save_settings
 from ..toolkit import TrainingProgress
+from .eta import RUN_CLOCK
 from .config import TRANSFER, ExperimentConfig
 
 #: config keys that may change between invocations of one run: methods or seeds added to a
@@ -110,7 +111,11 @@ def train_selector(run: Run, env: KnowledgeSelectionEnv) -> tuple[Any, list[floa
     if c.agent in ("ac", "ac_q"):
         params.setdefault("log_dir", str(run.dir / "tb" / "selector"))
     agent = make_agent(c.agent, env, **params)
-    progress = TrainingProgress(c.episodes)
+    def on_episode(seconds: float) -> str | None:
+        RUN_CLOCK.episode_done(seconds)
+        return RUN_CLOCK.note()
+
+    progress = TrainingProgress(c.episodes, on_episode=on_episode)
     env.reset(seed=c.selector_seed)
     if c.episodes > 0:
         agent.learn(env, total_episodes=c.episodes, callback=progress)

@@ -29,6 +29,7 @@ from kd_env.io import atomic_write_json, atomic_write_text
 from ..report import _figure, _save, draw_heatmap, json_safe, markdown_table
 from ..stats import format_bounds, hierarchical_bootstrap
 from .config import HEADROOM_THRESHOLD, LEARNED, ExperimentConfig
+from .eta import RUN_CLOCK
 from .pipeline import run_experiment
 from .timing import sum_stage_times
 from .report import by_method_seed, choose_best_fixed, mean_actions, method_table, metrics, paired_seeds, print_summary
@@ -48,11 +49,13 @@ def run_situations(config: ExperimentConfig) -> dict[str, Any]:
     c = config.resolved()
     folder = Path(c.out) / str(c.name)
     runs: dict[str, dict[str, Any]] = {}
+    RUN_CLOCK.restart(len(c.situations or []))
     for i, situation in enumerate(c.situations or []):
-        print(f"\n=== situation {i + 1}/{len(c.situations or [])}: {situation} ===", file=sys.stderr)
+        print(f"\n=== situation {i + 1}/{len(c.situations or [])}: {situation} ({RUN_CLOCK.line()}) ===",
+              file=sys.stderr)
         one = dataclasses.replace(config, situation=situation, situations=None, instance_set=c.instance_set,
                                   name=f"{c.name}/{situation}")
-        summary = run_experiment(one)
+        summary = run_experiment(one, part_of_study=True)
         print_summary(summary)
         runs[situation] = summary
     study = write_situations(c, folder, runs)

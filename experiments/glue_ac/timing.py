@@ -34,7 +34,8 @@ def stage_times(stages: dict[str, float], total: float, units: int, workers: int
     return out
 
 
-def _clock(seconds: float | None) -> str:
+def clock(seconds: float | None) -> str:
+    """``m:ss`` (``-`` for ``None`` or a non-finite value)."""
     if seconds is None or not math.isfinite(seconds):
         return "-"
     minutes, sec = divmod(int(round(seconds)), 60)
@@ -54,7 +55,7 @@ def print_timing(times: dict[str, Any], out=None) -> None:
             note = f"  ({times['student_units']} students, {times['workers']} at a time)"
         elif key == "selector" and times.get(key) is None:
             note = "  (no selector)"
-        print(f"  {label:<{width}} {_clock(times.get(key)):>6}{note}", file=out)
+        print(f"  {label:<{width}} {clock(times.get(key)):>6}{note}", file=out)
 
 
 def sum_stage_times(times: list[dict[str, Any]]) -> dict[str, Any]:
