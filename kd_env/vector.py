@@ -60,15 +60,17 @@ def _log_softmax(x: torch.Tensor) -> torch.Tensor:
     return x - torch.logsumexp(x, -1, keepdim=True)
 
 
-def _finetune_per_example(s_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-example cross-entropy to ``labels``, ``(N, B)``."""
-    return -_log_softmax(s_logits).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+def _finetune_per_example(s_logits: "torch.Tensor | StudentStates", labels: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy to ``labels``, ``(N, B)`` (``s_logits``: logits, or the
+    students' states, whose log-probabilities are computed once per batch)."""
+    log_p = s_logits.log_softmax(1.0) if isinstance(s_logits, StudentStates) else _log_softmax(s_logits)
+    return -log_p.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
 
 
-def _response_per_example(s_logits: torch.Tensor, teacher: "TeacherStates", temperature: float) -> torch.Tensor:
-    log_p_s = _log_softmax(s_logits / temperature)
+def _response_per_example(student: "StudentStates", teacher: "TeacherStates", temperature: float) -> torch.Tensor:
+    log_p_s = student.log_softmax(temperature)
     log_p_t = teacher.log_softmax(temperature)
-    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1) * temperature * temperature
+    return (teacher.softmax(temperature) * (log_p_t - log_p_s)).sum(-1) * temperature * temperature
 
 
 def _labelled_mean(values: torch.Tensor, weights: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
@@ -85,19 +87,68 @@ def _uncertainty(s_logits: torch.Tensor) -> torch.Tensor:
     return uncertainty_weighting(ModelOutputs(logits=s_logits), None, {})["response"]
 
 
+class _ProjectedMoments(torch.autograd.Function):
+    """Per-example ``||P h||^2`` and ``(P h) . t`` of N students, with a hand-written backward.
+
+    Inputs: hidden states ``h`` ``(N, B, d)``, projections ``P`` ``(N, H, d)`` and the teacher's
+    states ``t`` ``(N, B, H)`` (data: no gradient).  Both values are computed in the student's
+    width ``d`` (the teacher's ``H`` is 4x wider on digits):
+
+    * ``||P h||^2 = h^T G h`` with the Gram matrix ``G = P^T P`` ``(N, d, d)``;
+    * ``(P h) . t = h . U`` with ``U = t P`` ``(N, B, d)``.
+
+    Backward, for upstream gradients ``a = dL/d||P h||^2`` and ``c = dL/d((P h) . t)`` ``(N, B)``:
+
+    * ``dL/dh = 2 a (h G) + c U`` (elementwise: ``h G`` and ``U`` are kept from the forward);
+    * ``dL/dG = h^T diag(a) h`` and ``dL/dP = t^T diag(c) h + P (dL/dG + dL/dG^T)
+      = t^T diag(c) h + 2 P dL/dG`` (``dL/dG`` is symmetric).
+
+    Autograd on the same expressions runs five batched matmuls backwards (both factors of
+    ``P^T P``, both of ``h G``, ``t P``); this runs three (``h^T diag(a) h``, ``t^T diag(c) h``
+    and ``2 P dL/dG`` added by ``baddbmm``), a sixth fewer multiply-adds for the whole step, and
+    one graph node instead of eight.  The values are those of the autograd form up to rounding.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, p: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hg = torch.bmm(h, torch.bmm(p.transpose(1, 2), p))  # h G
+        u = torch.bmm(t, p)  # t P
+        ctx.save_for_backward(h, p, t, hg, u)
+        return (hg * h).sum(-1), (u * h).sum(-1)
+
+    @staticmethod
+    def backward(ctx: Any, g_sq: torch.Tensor, g_dot: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        h, p, t, hg, u = ctx.saved_tensors
+        a, c = g_sq.unsqueeze(-1), g_dot.unsqueeze(-1)
+        dh = torch.addcmul(c * u, a, hg, value=2.0) if ctx.needs_input_grad[0] else None
+        dp = None
+        if ctx.needs_input_grad[1]:
+            d_gram = torch.bmm(h.transpose(1, 2), a * h)
+            dp = torch.baddbmm(torch.bmm(t.transpose(1, 2), c * h), p, d_gram, alpha=2.0)
+        return dh, dp, None
+
+
 class StudentStates:
     """N students' outputs on a batch: logits ``(N, B, C)`` and their hidden states ``raw[j]``
     ``(N, B, d_j)`` with the learned projections ``projections[j]`` ``(N, H_j, d_j)`` (``None``:
     identity) kept apart.  The built-in losses only need dot products of projected states,
     ``(P h) . (P h) = h^T (P^T P) h`` and ``(P h) . t = h . (P^T t)``, which cost ``d_j`` wide
     operations instead of ``H_j`` wide ones (the teacher's width is 4x the student's on digits);
-    :attr:`hidden` materialises the projected states for other knowledge types."""
+    :attr:`hidden` materialises the projected states for other knowledge types.
 
-    def __init__(self, logits: torch.Tensor, raw: list[torch.Tensor], projections: list[torch.Tensor | None]):
+    ``targets`` (the teacher's states ``(N, B, H_j)``, optional) are the states :meth:`dot` is
+    asked about: with them, a layer's :meth:`sq_norm` and :meth:`dot` are computed together by
+    :class:`_ProjectedMoments`.  Each value is computed once per batch: with its graph when
+    gradients are enabled, and a term computed without gradient reads the same value detached.
+    """
+
+    def __init__(self, logits: torch.Tensor, raw: list[torch.Tensor], projections: list[torch.Tensor | None],
+                 targets: list[torch.Tensor] | None = None):
         self.logits = logits
         self.raw = raw
         self.projections = projections
-        self._memo: dict[tuple, torch.Tensor] = {}
+        self.targets = targets
+        self._memo: dict[tuple, tuple[Any, bool]] = {}  # key -> (value, computed with its graph)
         self._hidden: list[torch.Tensor] | None = None
 
     @property
@@ -111,46 +162,153 @@ class StudentStates:
     def depth(self) -> int:
         return len(self.raw)
 
+    def _memoised(self, key: tuple, compute: Any) -> torch.Tensor:
+        """``compute()`` once per key: a value computed without a graph is recomputed when a
+        gradient is asked for; one computed with its graph serves a no-gradient caller detached."""
+        grad = torch.is_grad_enabled()
+        hit = self._memo.get(key)
+        if hit is None or (grad and not hit[1]):
+            hit = (compute(), grad)
+            self._memo[key] = hit
+        value = hit[0]
+        if grad:
+            return value
+        return tuple(v.detach() for v in value) if isinstance(value, tuple) else value.detach()
+
+    def log_softmax(self, temperature: float = 1.0) -> torch.Tensor:
+        """``log_softmax(logits / temperature)`` ``(N, B, C)``, shared by the terms and the
+        statistics of a step."""
+        def compute():
+            return _log_softmax(self.logits if temperature == 1.0 else self.logits / temperature)
+        return self._memoised(("log_softmax", float(temperature)), compute)
+
+    def argmax(self) -> torch.Tensor:
+        """The students' predicted class per example, ``(N, B)``."""
+        return self._memoised(("argmax",), lambda: self.logits.detach().argmax(-1))
+
+    def _moments(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(||P_j h_j||^2, (P_j h_j) . targets[j])`` per example, from one :class:`_ProjectedMoments`."""
+        return self._memoised(("moments", j),
+                              lambda: _ProjectedMoments.apply(self.raw[j], self.projections[j], self.targets[j]))
+
+    def know(self, j: int, t: torch.Tensor, sq_norm: torch.Tensor, dot: torch.Tensor) -> None:
+        """Take ``||h_j||^2`` and ``h_j . t`` as known (layer ``j`` is data without a projection,
+        e.g. the input: the values need no graph and are not recomputed)."""
+        self._memo[("sq", j)] = (sq_norm, True)
+        self._memo[("dot", j, id(t))] = (dot, True)
+
+    def _paired(self, j: int) -> bool:
+        return self.projections[j] is not None and self.targets is not None
+
     def sq_norm(self, j: int) -> torch.Tensor:
         """``||P_j h_j||^2`` per example, ``(N, B)``."""
-        key = ("sq", j, torch.is_grad_enabled())  # a value memoised without a graph gives no gradient
-        if key not in self._memo:
+        if self._paired(j):
+            return self._moments(j)[0]
+
+        def compute():
             h, p = self.raw[j], self.projections[j]
             hg = h if p is None else torch.bmm(h, torch.bmm(p.transpose(1, 2), p))
-            self._memo[key] = (hg * h).sum(-1)
-        return self._memo[key]
+            return (hg * h).sum(-1)
+        return self._memoised(("sq", j), compute)
 
     def dot(self, j: int, t: torch.Tensor) -> torch.Tensor:
         """``(P_j h_j) . t`` per example, ``(N, B)``, for the teacher's state ``t`` of layer ``j``."""
-        key = ("dot", j, torch.is_grad_enabled())
-        if key not in self._memo:
+        if self._paired(j) and t is self.targets[j]:
+            return self._moments(j)[1]
+
+        def compute():
             h, p = self.raw[j], self.projections[j]
-            self._memo[key] = (h * (t if p is None else torch.bmm(t, p))).sum(-1)
-        return self._memo[key]
+            return (h * (t if p is None else torch.bmm(t, p))).sum(-1)
+        return self._memoised(("dot", j, id(t)), compute)
 
 
 class TeacherStates(ModelOutputs):
     """The teacher's outputs on N students' batches (``(N, B, ...)``), with each hidden state's
-    squared norm per example (``sq_norms[j]``, ``(N, B)``)."""
+    squared norm per example (``sq_norms[j]``, ``(N, B)``) and, read from the data table rather
+    than recomputed every step, its log-probabilities and probabilities at the temperatures in
+    use and its predicted class (``(N, B)``)."""
 
     def __init__(self, logits: torch.Tensor, hidden: list[torch.Tensor], sq_norms: list[torch.Tensor],
-                 log_probs: dict[float, torch.Tensor] | None = None):
+                 log_probs: dict[float, torch.Tensor] | None = None, probs: dict[float, torch.Tensor] | None = None,
+                 argmax: torch.Tensor | None = None):
         super().__init__(logits=logits, hidden=hidden)
         self.sq_norms = sq_norms
         self.log_probs = log_probs or {}
+        self.probs = probs or {}
+        self._argmax = argmax
+        #: ``(||x||^2, x . hidden[0])`` per example for the student's input ``x`` (set by the batch)
+        self.input_moments: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def log_softmax(self, temperature: float) -> torch.Tensor:
         """``log_softmax(logits / temperature)`` (stored for the temperatures in use)."""
         hit = self.log_probs.get(float(temperature))
         return hit if hit is not None else _log_softmax(self.logits / temperature)
 
+    def softmax(self, temperature: float) -> torch.Tensor:
+        """``softmax(logits / temperature)``, as ``log_softmax(...).exp()`` (stored for the
+        temperatures in use)."""
+        hit = self.probs.get(float(temperature))
+        return hit if hit is not None else self.log_softmax(temperature).exp()
+
+    def argmax(self) -> torch.Tensor:
+        """The teacher's predicted class per example, ``(N, B)``."""
+        return self._argmax if self._argmax is not None else self.logits.argmax(-1)
+
+
+class _PooledFeature(torch.autograd.Function):
+    """``((normalize(P h) - normalize(t))^2).sum(-1)`` per example from ``s = ||P h||^2``,
+    ``d = (P h) . t`` and ``q = ||t||^2`` (no gradient), ``F.normalize``'s eps included:
+    ``f = s / ns^2 + q / nt^2 - 2 d / (ns nt)`` with ``ns = max(sqrt(s), 1e-12)``, ``nt`` alike.
+
+    Backward by hand (one graph node instead of a dozen): with ``m = [sqrt(s) >= 1e-12]``
+    (where the clamp passes a gradient) and ``dns/ds = m / (2 ns)``,
+    ``df/ds = 1 / ns^2 + m (d / (ns^3 nt) - s / ns^4)`` (zero up to rounding where ``m``: the
+    normalised vector does not change with the norm) and ``df/dd = -2 / (ns nt)``, as autograd
+    differentiates the same expression.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, sq_s: torch.Tensor, dot: torch.Tensor, sq_t: torch.Tensor) -> torch.Tensor:
+        root_s = sq_s.sqrt()
+        ns, nt = root_s.clamp_min(1e-12), sq_t.sqrt().clamp_min(1e-12)
+        ctx.save_for_backward(sq_s, dot, ns, nt, root_s >= 1e-12)
+        return sq_s / (ns * ns) + sq_t / (nt * nt) - 2 * dot / (ns * nt)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        sq_s, dot, ns, nt, passes = ctx.saved_tensors
+        inv_ns2 = 1.0 / (ns * ns)
+        d_sq = inv_ns2 + passes * (inv_ns2 * (dot / (ns * nt) - sq_s * inv_ns2))
+        return g * d_sq, g * (-2.0 / (ns * nt)), None
+
+
+class _RelationProduct(torch.autograd.Function):
+    """``max(0, sa sb - 2 da db + ta tb)`` per example: ``||a_s b_s^T - a_t b_t^T||^2`` for one
+    token from the students' squared norms ``sa``, ``sb``, their dot products with the
+    teacher's states ``da``, ``db`` and the teacher's squared norms ``ta``, ``tb`` (no gradient).
+    Backward by hand (one graph node instead of nine): where the value is not clamped,
+    ``d/dsa = sb``, ``d/dsb = sa``, ``d/dda = -2 db``, ``d/ddb = -2 da``."""
+
+    @staticmethod
+    def forward(ctx: Any, sa: torch.Tensor, sb: torch.Tensor, da: torch.Tensor, db: torch.Tensor,
+                ta: torch.Tensor, tb: torch.Tensor) -> torch.Tensor:
+        value = sa * sb - 2 * da * db + ta * tb
+        ctx.save_for_backward(sa, sb, da, db, value >= 0)
+        return value.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        sa, sb, da, db, passes = ctx.saved_tensors
+        gv = g * passes
+        need = ctx.needs_input_grad
+        return (gv * sb if need[0] else None, gv * sa if need[1] else None,
+                -2 * gv * db if need[2] else None, -2 * gv * da if need[3] else None, None, None)
+
 
 def _feature_pooled(student: StudentStates, teacher: TeacherStates, j: int) -> torch.Tensor:
     """``((normalize(P h) - normalize(t))^2).sum(-1)`` per example from dot products (``F.normalize``'s
-    eps included)."""
-    sq_s, sq_t = student.sq_norm(j), teacher.sq_norms[j]
-    ns, nt = sq_s.sqrt().clamp_min(1e-12), sq_t.sqrt().clamp_min(1e-12)
-    return sq_s / (ns * ns) + sq_t / (nt * nt) - 2 * student.dot(j, teacher.hidden[j]) / (ns * nt)
+    eps included), see :class:`_PooledFeature`."""
+    return _PooledFeature.apply(student.sq_norm(j), student.dot(j, teacher.hidden[j]), teacher.sq_norms[j])
 
 
 def batched_knowledge_loss(knowledge: Knowledge, student: StudentStates, teacher: TeacherStates,
@@ -173,14 +331,14 @@ def batched_knowledge_loss(knowledge: Knowledge, student: StudentStates, teacher
         raise ValueError("the batched env supports classification tasks only (regression has one output)")
     kind = type(knowledge)
     if kind is Finetune:
-        return _labelled_mean(_finetune_per_example(s, batch["labels"]), example_weights.get("finetune"), mask)
+        return _labelled_mean(_finetune_per_example(student, batch["labels"]), example_weights.get("finetune"), mask)
     if kind is Response:
-        values = _response_per_example(s, teacher, knowledge.temperature)
+        values = _response_per_example(student, teacher, knowledge.temperature)
         return _labelled_mean(values, example_weights.get("response"), None)
     if kind is UncertaintyKD:
         u = _uncertainty(s)
-        ft = _labelled_mean(_finetune_per_example(s, batch["labels"]), 1.0 - u, mask)
-        resp = _labelled_mean(_response_per_example(s, teacher, knowledge.response.temperature), u, None)
+        ft = _labelled_mean(_finetune_per_example(student, batch["labels"]), 1.0 - u, mask)
+        resp = _labelled_mean(_response_per_example(student, teacher, knowledge.response.temperature), u, None)
         return ft + resp
     if kind is Feature:
         losses = []
@@ -196,9 +354,9 @@ def batched_knowledge_loss(knowledge: Knowledge, student: StudentStates, teacher
         for j in range(1, student.depth):
             # fsp_mse with one token: ||a_s b_s^T - a_t b_t^T||^2 by Gram (dot) products
             a_t, b_t = teacher.hidden[j - 1], teacher.hidden[j]
-            sq = (student.sq_norm(j - 1) * student.sq_norm(j) - 2 * student.dot(j - 1, a_t) * student.dot(j, b_t)
-                  + teacher.sq_norms[j - 1] * teacher.sq_norms[j])
-            losses.append(sq.clamp_min(0).mean(1) / (a_t.shape[-1] * b_t.shape[-1]))
+            sq = _RelationProduct.apply(student.sq_norm(j - 1), student.sq_norm(j), student.dot(j - 1, a_t),
+                                        student.dot(j, b_t), teacher.sq_norms[j - 1], teacher.sq_norms[j])
+            losses.append(sq.mean(1) / (a_t.shape[-1] * b_t.shape[-1]))
         return torch.stack(losses).mean(0)
     if example_weights.get(knowledge.name) is not None:
         raise ValueError(f"the batched env has no per-example weighting for knowledge {knowledge.name!r}")
@@ -312,10 +470,12 @@ class StudentBatch:
         self._views = [[[t[i, a:b] for a, b in self._segments] for i in range(self.n)]
                        for t in (self.flat, self.grad_flat, self.exp_avg, self.exp_avg_sq)]
         self._views.append([[self._step_counts[i, q] for q in range(len(named))] for i in range(self.n)])
+        self._zero_grads: list[torch.Tensor] | None = None  # the gradient of a parameter no chosen term reaches
+        self._adam_views: dict[bytes, list] = {}  # AdamW's view lists by the (slot, parameter) pairs they cover
         self._reach: np.ndarray | None = None
         self._student_params: dict[int, tuple] = {}  # id(distiller) -> (distiller, its parameters in our order)
-        # each slot's distillation set as the student sees it, one row block per slot, so that a
-        # step gathers every student's batch with one index per field
+        # each slot's distillation set as the student sees it, in row blocks shared by the slots
+        # with the same data and teacher, so that a step gathers every student's batch with one index
         n_train = len(first.train_data)
         dev = self.device
         self._teacher_memo: dict[int, tuple] = {}
@@ -327,21 +487,37 @@ class StudentBatch:
                                       if isinstance(k, UncertaintyKD)})
         widths = [("features", first.train_data.features.shape[1]), ("teacher_logits", t_out[0].shape[1])]
         widths += [(f"teacher_logp@{t}", t_out[0].shape[1]) for t in self.temperatures]
+        widths += [(f"teacher_p@{t}", t_out[0].shape[1]) for t in self.temperatures]
+        widths += [("teacher_argmax", 1)]
         widths += [(f"hidden{j}", h.shape[1]) for j, h in enumerate(t_out[1])]
-        widths += [(f"sq_norm{j}", 1) for j in range(len(t_out[1]))] + [("label_mask", 1)]
+        widths += [(f"sq_norm{j}", 1) for j in range(len(t_out[1]))]
+        widths += [("input_sq_norm", 1), ("input_dot0", 1)]  # the student's layer 0 is its input: data too
+        #: whether the input's moments with the teacher's first state are read from the table
+        self._input_moments = (len(t_out[1]) > 0 and len(self.projection_names) > 0
+                               and self.projection_names[0] is None
+                               and tuple(t_out[1][0].shape) == tuple(first.train_data.features.shape))
         ends = np.cumsum([w for _, w in widths])
         self._columns = {name: (int(e - w), int(e)) for (name, w), e in zip(widths, ends)}
         self._num_hidden = len(t_out[1])
-        #: every slot's distillation set as its student sees it: (N, n, F) floats (fields side by
-        #: side, so a step gathers all of them with one index) and the student's labels (N, n)
-        self.table = torch.zeros((self.n, n_train, int(ends[-1])), device=dev)
+        #: the distillation sets as the students see them, one block ``(n, F)`` per distinct
+        #: (data, teacher) pair (fields side by side, so a step gathers all of them with one index);
+        #: the copies of one config share a block, so a step reads a table that stays in cache
+        #: (gathering 32 copies' rows from 32 private blocks missed the cache on every row)
+        self.table = torch.zeros((0, n_train, int(ends[-1])), device=dev)
+        self._blocks: list[tuple[Any, Any] | None] = []  # block -> the (train_data, teacher) it holds
+        self._block_of = np.zeros(self.n, dtype=np.int64)  # slot -> its block
+        #: per slot: the student's labels (N, n) and label mask (N, n) (1 = labelled)
         self.labels = torch.zeros((self.n, n_train), dtype=torch.long, device=dev)
+        self.label_masks = torch.ones((self.n, n_train), device=dev)
         self.has_mask = np.zeros(self.n, dtype=bool)
         n_probe = len(first.probe_indices)
         self.probe_features = torch.zeros((self.n, n_probe, first.train_data.features.shape[1]), device=dev)
         self.probe_labels = torch.zeros((self.n, n_probe), dtype=torch.long)
         self._source: list[Distiller | None] = [None] * self.n  # whose data each slot holds
-        self._row_offsets = (np.arange(self.n) * n_train)[:, None]
+        self._slot_offsets = (np.arange(self.n) * n_train)[:, None]
+        self._row_offsets = self._slot_offsets.copy()  # each slot's first row in the flattened table
+        self._gather_buffer: torch.Tensor | None = None  # the rows a training step gathers (reused)
+        self._buffer_fields: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None  # its field views
         for i, d in enumerate(self.distillers):
             self.load(i, d)
 
@@ -391,33 +567,72 @@ class StudentBatch:
         return hit[1]
 
     def _load_data(self, i: int, d: Distiller) -> None:
-        """Slot ``i``'s rows of the data tables from distiller ``d``."""
-        if len(d.train_data) != self.table.shape[1] or len(d.probe_indices) != self.probe_features.shape[1]:
+        """Slot ``i``'s rows of the data tables from distiller ``d``: its labels, mask and probe,
+        and a block of :attr:`table` holding ``d``'s data and teacher outputs (shared with the
+        slots whose distillers have the same data and teacher, written when no slot has it)."""
+        if len(d.train_data) != self.labels.shape[1] or len(d.probe_indices) != self.probe_features.shape[1]:
             raise ValueError("the batched env needs every copy and instance to have the same distillation set and "
                              "dev probe sizes (train_examples, dev_probe_size)")
-        full = d.train_data.batch(np.arange(len(d.train_data)))
         labels = d.student_labels if d.student_labels is not None else d.train_data.labels
-        logits, hidden = self._teacher_outputs(d)
         probe = d.dev_data.batch(d.probe_indices)
-        mask = torch.ones(len(labels)) if d.label_mask is None else torch.as_tensor(d.label_mask, dtype=torch.float32)
-        fields = {"features": full["features"], "teacher_logits": logits, "label_mask": mask.unsqueeze(1)}
-        for t in self.temperatures:
-            fields[f"teacher_logp@{t}"] = torch.log_softmax(logits / t, -1)
-        for j, h in enumerate(hidden):
-            fields[f"hidden{j}"] = h
-            fields[f"sq_norm{j}"] = (h * h).sum(-1, keepdim=True)
+        self._source[i] = None  # slot i's block is free to reuse unless another slot holds it too
+        block = self._block_for(i, d)
         with torch.no_grad():
-            for name, (a, b) in self._columns.items():
-                self.table[i, :, a:b].copy_(fields[name])
             self.labels[i].copy_(torch.as_tensor(np.asarray(labels)).long())
+            if d.label_mask is None:
+                self.label_masks[i].fill_(1.0)
+            else:
+                self.label_masks[i].copy_(torch.as_tensor(d.label_mask, dtype=torch.float32))
             self.has_mask[i] = d.label_mask is not None
             self.probe_features[i].copy_(probe["features"])
             self.probe_labels[i].copy_(probe["labels"].long())
+        self._block_of[i] = block
+        self._row_offsets[i] = block * self.labels.shape[1]
         self._source[i] = d
 
+    def _block_for(self, i: int, d: Distiller) -> int:
+        """The block of :attr:`table` with ``d``'s data and teacher outputs: one that already has
+        them, else a block no other slot uses (a new one when every block is in use), filled.
+        Blocks are matched by the identity of the data and teacher objects they were read from
+        (held in :attr:`_blocks`, so they stay alive and their identities are not reused)."""
+        for b, held in enumerate(self._blocks):
+            if held is not None and held[0] is d.train_data and held[1] is d.teacher:
+                return b
+        used = {int(self._block_of[s]) for s in range(self.n) if s != i and self._source[s] is not None}
+        free = [b for b in range(len(self._blocks)) if b not in used]
+        if free:
+            b = int(self._block_of[i]) if int(self._block_of[i]) in free else free[0]
+        else:
+            b = len(self._blocks)
+            self.table = torch.cat([self.table, self.table.new_zeros((1, *self.table.shape[1:]))])
+            self._blocks.append(None)
+        self._blocks[b] = None  # until it is filled
+        full = d.train_data.batch(np.arange(len(d.train_data)))
+        logits, hidden = self._teacher_outputs(d)
+        fields = {"features": full["features"], "teacher_logits": logits}
+        for t in self.temperatures:
+            fields[f"teacher_logp@{t}"] = torch.log_softmax(logits / t, -1)
+            fields[f"teacher_p@{t}"] = fields[f"teacher_logp@{t}"].exp()
+        fields["teacher_argmax"] = logits.argmax(-1, keepdim=True).float()
+        for j, h in enumerate(hidden):
+            fields[f"hidden{j}"] = h
+            fields[f"sq_norm{j}"] = (h * h).sum(-1, keepdim=True)
+        x = full["features"].float()
+        fields["input_sq_norm"] = (x * x).sum(-1, keepdim=True)
+        fields["input_dot0"] = ((x * hidden[0]).sum(-1, keepdim=True) if self._input_moments
+                                else torch.full_like(x[:, :1], math.nan))  # unused then
+        with torch.no_grad():
+            for name, (a, c) in self._columns.items():
+                self.table[b, :, a:c].copy_(fields[name])
+        self._blocks[b] = (d.train_data, d.teacher)
+        return b
+
     # ---- forward ------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> StudentStates:
-        """The students' outputs on ``x`` (N, B, in): logits (N, B, C) and hidden states."""
+    def forward(self, x: torch.Tensor, targets: list[torch.Tensor] | None = None,
+                inputs: tuple[torch.Tensor, torch.Tensor] | None = None) -> StudentStates:
+        """The students' outputs on ``x`` (N, B, in): logits (N, B, C) and hidden states
+        (``targets``: the teacher's hidden states on the same batch, see :class:`StudentStates`;
+        ``inputs``: ``||x||^2`` and ``x . targets[0]`` per example, read from the data table)."""
         p = self.params
         h = x
         hidden = [h]
@@ -425,7 +640,11 @@ class StudentBatch:
             h = torch.relu(_linear(h, p[w], p[b]))
             hidden.append(h)
         logits = _linear(h, p["model.head.weight"], p["model.head.bias"])
-        return StudentStates(logits, hidden, [None if name is None else p[name] for name in self.projection_names])
+        states = StudentStates(logits, hidden, [None if name is None else p[name] for name in self.projection_names],
+                               targets)
+        if inputs is not None and targets is not None:
+            states.know(0, targets[0], *inputs)
+        return states
 
     # ---- one phase ----------------------------------------------------------------------------
     def train_phase(self, weights: np.ndarray, steps: Sequence[int], all_losses: bool = True) -> list[PhaseStats]:
@@ -455,10 +674,11 @@ class StudentBatch:
                 break
             batch, t_out = self._gather(live)
             with torch.set_grad_enabled(bool(grad_terms)):
-                s_out = self.forward(batch["features"])
+                s_out = self.forward(batch["features"], t_out.hidden, t_out.input_moments)
                 terms = self._terms(s_out, t_out, batch, computed, grad_terms)
-            values = torch.stack([terms[j].detach() if j in terms else torch.full((n,), math.nan, device=dev)
-                                  for j in range(k)], 1).cpu().double().numpy()  # (N, K)
+            stacked = torch.stack([terms[j] if j in terms else torch.full((n,), math.nan, device=dev)
+                                   for j in range(k)], 1)  # (N, K)
+            values = stacked.detach().cpu().double().numpy()
             done += live
             finite = np.isfinite(values)
             crash_now = live & (selected & ~finite).any(1)
@@ -466,10 +686,12 @@ class StudentBatch:
             ok = live & ~crash_now
             sums[ok] += np.where(finite[ok], values[ok], 0.0)
             counts[ok] += finite[ok]
-            self._prediction_stats(stats, s_out.logits.detach(), t_out, batch, ok)
+            self._prediction_stats(stats, s_out, t_out, batch, ok)
             update = ok & has_active
             if update.any():
-                total = sum(w[:, j] * terms[j] for j in grad_terms)  # (N,): sum_k w_k L_k per student
+                # (N,): sum_k w_k L_k per student over the terms someone chose, in one product
+                chosen = slice(None) if len(grad_terms) == k else grad_terms
+                total = (stacked[:, chosen] * w[:, chosen]).sum(1)
                 upd = torch.as_tensor(update, device=dev)
                 for p in self.params.values():
                     p.grad = None
@@ -514,7 +736,9 @@ class StudentBatch:
             ones = torch.ones_like(u)
             example_weights = {"response": torch.where(rows, u, ones), "finetune": torch.where(rows, 1.0 - u, ones)}
         terms = {}
-        for j in computed:
+        # the terms with gradient first: the products they share with the others are then
+        # computed once, with their graph, and read detached by the terms without gradient
+        for j in sorted(computed, key=lambda j: j not in grad_terms):
             kn = self.knowledge[j]
             weights = example_weights if kn.name in ("finetune", "response") else None
             with torch.set_grad_enabled(j in grad_terms and torch.is_grad_enabled()):
@@ -526,38 +750,60 @@ class StudentBatch:
         slots get their first examples (computed on, never learnt from)."""
         bs = self.distillers[0].config.batch_size
         first = np.arange(bs)
+        if self._gather_buffer is None or self._gather_buffer.shape != (self.n, bs, self.table.shape[2]):
+            self._gather_buffer = self.table.new_empty((self.n, bs, self.table.shape[2]))
         return self._batch_at(np.stack([d._next_indices() if live[i] else first
-                                        for i, d in enumerate(self.distillers)]))
+                                        for i, d in enumerate(self.distillers)]), out=self._gather_buffer)
 
-    def _batch_at(self, idx: np.ndarray) -> tuple[dict[str, torch.Tensor], TeacherStates]:
-        """The batch of examples ``idx[i]`` of each slot i (``(N, B)`` indices)."""
+    def _batch_at(self, idx: np.ndarray, out: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], TeacherStates]:
+        """The batch of examples ``idx[i]`` of each slot i (``(N, B)`` indices), its table rows
+        written into ``out`` (``(N, B, F)``) when given: a training step reuses one buffer (a
+        fresh 3 MB tensor every step costs the kernel's page faults, more than the copy), whose
+        field views are made once."""
         bs = idx.shape[1]
         flat = torch.as_tensor((idx + self._row_offsets).reshape(-1), device=self.device)
-
-        table = self.table.view(-1, self.table.shape[2]).index_select(0, flat).view(self.n, bs, -1)
-
-        def field(name: str) -> torch.Tensor:
-            a, b = self._columns[name]
-            return table[:, :, a:b]
-
-        labels = self.labels.view(-1).index_select(0, flat).view(self.n, bs)
-        batch = {"features": field("features"), "labels": labels}
+        rows = self.table.view(-1, self.table.shape[2])
+        if out is None:
+            fields = self._fields(rows.index_select(0, flat).view(self.n, bs, -1))
+        else:
+            torch.index_select(rows, 0, flat, out=out.view(-1, rows.shape[1]))
+            if self._buffer_fields is None or self._buffer_fields[0] is not out:
+                self._buffer_fields = (out, self._fields(out))
+            fields = self._buffer_fields[1]
+        per_slot = torch.as_tensor((idx + self._slot_offsets).reshape(-1), device=self.device)
+        labels = self.labels.view(-1).index_select(0, per_slot).view(self.n, bs)
+        batch = {"features": fields["features"], "labels": labels}
         if self.has_mask.any():
-            batch["label_mask"] = field("label_mask").squeeze(-1)
+            batch["label_mask"] = self.label_masks.view(-1).index_select(0, per_slot).view(self.n, bs)
         h = range(self._num_hidden)
-        teacher = TeacherStates(field("teacher_logits"), [field(f"hidden{j}") for j in h],
-                                [field(f"sq_norm{j}").squeeze(-1) for j in h],
-                                {t: field(f"teacher_logp@{t}") for t in self.temperatures})
+        teacher = TeacherStates(fields["teacher_logits"], [fields[f"hidden{j}"] for j in h],
+                                [fields[f"sq_norm{j}"] for j in h],
+                                {t: fields[f"teacher_logp@{t}"] for t in self.temperatures},
+                                {t: fields[f"teacher_p@{t}"] for t in self.temperatures},
+                                fields["teacher_argmax"].long())
+        teacher.input_moments = (fields["input_sq_norm"], fields["input_dot0"]) if self._input_moments else None
         return batch, teacher
 
+    def _fields(self, table: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views of gathered table rows ``(N, B, F)`` by field: ``(N, B, width)``, or ``(N, B)``
+        for the one-column fields."""
+        out = {}
+        for name, (a, b) in self._columns.items():
+            out[name] = table[:, :, a] if b - a == 1 else table[:, :, a:b]
+        return out
+
     @staticmethod
-    def _prediction_stats(stats: dict[str, np.ndarray], logits: torch.Tensor, teacher: TeacherStates,
+    @torch.no_grad()
+    def _prediction_stats(stats: dict[str, np.ndarray], student: StudentStates, teacher: TeacherStates,
                           batch: dict[str, torch.Tensor], ok: np.ndarray) -> None:
-        """:func:`~kd_env.phase_stats.accumulate_prediction_stats` for every slot in ``ok``."""
-        logp = _log_softmax(logits.float())
+        """:func:`~kd_env.phase_stats.accumulate_prediction_stats` for every slot in ``ok`` (the
+        students' log-probabilities and predictions shared with the step's knowledge terms, the
+        teacher's read from the data table)."""
+        logp = student.log_softmax(1.0)
         labels = batch["labels"]
         ce = -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-        hit = (logits.argmax(-1) == labels).float()
+        predicted = student.argmax()
+        hit = (predicted == labels).float()
         mask = batch.get("label_mask")
         if mask is None:
             ce_mean, acc = ce.mean(1), hit.mean(1)
@@ -566,8 +812,8 @@ class StudentBatch:
             ce_mean = torch.where(count > 0, (ce * mask).sum(1) / count.clamp_min(1), torch.zeros_like(count))
             acc = torch.where(count > 0, (hit * mask).sum(1) / count.clamp_min(1), torch.zeros_like(count))
         logq = teacher.log_softmax(1.0)
-        kl = (logq.exp() * (logq - logp)).sum(-1).mean(1)
-        agree = (logits.argmax(-1) == teacher.logits.argmax(-1)).float().mean(1)
+        kl = (teacher.softmax(1.0) * (logq - logp)).sum(-1).mean(1)
+        agree = (predicted == teacher.argmax()).float().mean(1)
         ent = -(logp.exp() * logp).sum(-1).mean(1)
         values = torch.stack([ce_mean, acc, kl, agree, ent], 1).cpu().double().numpy()
         for j, name in enumerate(("ce", "acc", "kl", "agree", "ent")):
@@ -578,11 +824,10 @@ class StudentBatch:
         student to ``config.max_grad_norm`` as ``clip_grad_norm_`` clips them (slots not updated
         are left alone); returns each student's gradient norm before clipping."""
         grads = self.grad_flat
-        for p, (a, b) in zip(self.params.values(), self._segments):
-            if p.grad is None:
-                grads[:, a:b].zero_()
-            else:
-                grads[:, a:b].copy_(p.grad.reshape(self.n, -1))
+        if self._zero_grads is None:
+            self._zero_grads = [torch.zeros((self.n, b - a), device=self.device) for a, b in self._segments]
+        torch.cat([z if p.grad is None else p.grad.reshape(self.n, -1)
+                   for p, z in zip(self.params.values(), self._zero_grads)], 1, out=grads)  # one copy, not eight
         total = torch.linalg.vector_norm(grads, 2, dim=1)
         max_norm = torch.as_tensor([d.config.max_grad_norm for d in self.distillers], device=total.device)
         coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
@@ -599,8 +844,9 @@ class StudentBatch:
         return self._reach
 
     def _find_reach(self) -> np.ndarray:
-        batch, t_out = self._gather(np.zeros(self.n, dtype=bool))
-        s_out = self.forward(batch["features"])
+        bs = self.distillers[0].config.batch_size  # every slot's first examples, in a tensor of their own
+        batch, t_out = self._batch_at(np.tile(np.arange(bs), (self.n, 1)))
+        s_out = self.forward(batch["features"], t_out.hidden, t_out.input_moments)
         reach = np.zeros((len(self.knowledge), len(self.params)), dtype=bool)
         for j, kn in enumerate(self.knowledge):
             loss = batched_knowledge_loss(kn, s_out, t_out, batch).sum()
@@ -618,15 +864,21 @@ class StudentBatch:
         stepped = update[:, None] & (selected.astype(np.int64) @ self.reach().astype(np.int64) > 0)  # (N, params)
         self.adam_steps += stepped
         self._step_counts.add_(torch.as_tensor(stepped, dtype=torch.float32, device=self.device))
-        lr = [_scheduled_lr(d) for d in self.distillers]
-        wd = [d.config.weight_decay for d in self.distillers]
-        groups: dict[tuple[float, float], list[tuple[int, int]]] = {}
-        for i, q in zip(*np.nonzero(stepped)):
-            groups.setdefault((lr[i], wd[i] if self._decay[q] else 0.0), []).append((i, q))
-        for (group_lr, group_wd), pairs in groups.items():
-            views = [[v[i][q] for i, q in pairs] for v in self._views]
-            torch._fused_adamw_(*views[:4], [], views[4], lr=group_lr, beta1=_BETA1, beta2=_BETA2,
-                                weight_decay=group_wd, eps=_EPS, amsgrad=False, maximize=False)
+        # one kernel call per (learning rate, weight decay) group of (slot, parameter) pairs
+        lr = np.array([_scheduled_lr(d) for d in self.distillers])[:, None]
+        wd = np.array([d.config.weight_decay for d in self.distillers])[:, None] * np.asarray(self._decay)[None, :]
+        groups = [(group_lr, group_wd) for group_lr in np.unique(lr[stepped.any(1)])
+                  for group_wd in np.unique(wd[stepped & (lr == group_lr)])]
+        for group_lr, group_wd in groups:
+            members = stepped & (lr == group_lr) & (wd == group_wd)
+            views = self._adam_views.get(members.tobytes())  # the same pairs step again and again
+            if views is None:
+                if len(self._adam_views) >= 64:
+                    self._adam_views.clear()
+                pairs = np.argwhere(members)
+                views = self._adam_views[members.tobytes()] = [[v[i][q] for i, q in pairs] for v in self._views]
+            torch._fused_adamw_(*views[:4], [], views[4], lr=float(group_lr), beta1=_BETA1, beta2=_BETA2,
+                                weight_decay=float(group_wd), eps=_EPS, amsgrad=False, maximize=False)
 
     # ---- checks and evaluation ------------------------------------------------------------------
     def snapshot(self) -> torch.Tensor:
@@ -675,12 +927,12 @@ class StudentBatch:
             rows = d.order[d.position: d.position + bs] if i in indices else np.arange(bs)
             idx[i] = rows if len(rows) == bs else d.order[:bs]
         batch, t_out = self._batch_at(idx)
-        s_out = self.forward(batch["features"])
+        s_out = self.forward(batch["features"], t_out.hidden, t_out.input_moments)
         terms = self._terms(s_out, t_out, batch, range(len(self.knowledge)), [])
         values = torch.stack([terms[j] for j in range(len(self.knowledge))], 1)
         values = values.double().cpu().numpy()
         stats = {s: np.zeros(self.n) for s in ("ce", "acc", "kl", "agree", "ent")}
-        self._prediction_stats(stats, s_out.logits, t_out, batch, np.ones(self.n, dtype=bool))
+        self._prediction_stats(stats, s_out, t_out, batch, np.ones(self.n, dtype=bool))
         seconds = (time.perf_counter() - start) / max(1, len(indices))
         return {i: PhaseStats(losses=values[i], total_loss=0.0, student_ce=stats["ce"][i],
                               student_accuracy=stats["acc"][i], teacher_kl=stats["kl"][i],

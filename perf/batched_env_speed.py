@@ -17,6 +17,10 @@ Usage::
 
     python perf/batched_env_speed.py                       # N = 1, 8, 32, 128
     python perf/batched_env_speed.py --sizes 32 --rounds 1 --seconds 2
+    python perf/batched_env_speed.py --profile 32          # where a batched phase's time goes
+
+``--profile N`` skips the speed table: it times the parts of ``StudentBatch.train_phase`` at N
+copies (random masks, 10 optimizer steps a phase) and prints torch.profiler's operator table.
 """
 
 from __future__ import annotations
@@ -76,6 +80,68 @@ def steps_per_second(env, num_copies: int, seconds: float, vector: bool, seed: i
     return steps / (time.perf_counter() - start)
 
 
+def profile_phase(env_id: str, n: int, phases: int = 10, device: str = "cpu") -> None:
+    """Where one batched phase's time goes at ``n`` copies: wall time per optimizer step of the
+    parts of :meth:`~kd_env.vector.StudentBatch.train_phase`, then torch.profiler's operators."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from kd_env import vector
+
+    env = BatchedKDVectorEnv(n, **gym.spec(env_id).kwargs, device=device)
+    env.reset(seed=0)
+    batch = env.batch
+    rng = np.random.default_rng(0)
+    k = len(batch.knowledge)
+    steps = batch.distillers[0].config.steps_per_action
+    spent: dict[str, float] = {}
+
+    def timed(owner, name, label):
+        original = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.perf_counter() - start
+        return original, wrapper
+
+    parts = [(vector.StudentBatch, "_gather", "gather the batch"), (vector.StudentBatch, "forward", "student forward"),
+             (vector.StudentBatch, "_terms", "knowledge terms (forward)"), (torch.Tensor, "backward", "backward"),
+             (vector.StudentBatch, "_clip", "gradient norms and clipping"), (vector.StudentBatch, "_adamw", "AdamW"),
+             (vector.StudentBatch, "train_phase", "whole phase")]
+    saved = []
+
+    def phase() -> None:
+        batch.train_phase(rng.integers(0, 2, (n, k)).astype(np.float64), [steps] * n)
+
+    try:
+        for _ in range(3):
+            phase()
+        for owner, name, label in parts:
+            original, wrapper = timed(owner, name, label)
+            saved.append((owner, name, original))
+            setattr(owner, name, wrapper)
+        for _ in range(phases):
+            phase()
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+    print(f"\n## One batched phase at N = {n} ({phases} phases of {steps} optimizer steps, random masks)\n")
+    print("| part | ms per optimizer step |")
+    print("|---|---|")
+    whole = spent.pop("whole phase")
+    for label, seconds in spent.items():
+        print(f"| {label} | {seconds / (phases * steps) * 1e3:.2f} |")
+    print(f"| rest (statistics, bookkeeping) | {(whole - sum(spent.values())) / (phases * steps) * 1e3:.2f} |")
+    print(f"| whole phase | {whole / (phases * steps) * 1e3:.2f} |\n")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(phases):
+            phase()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    env.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--env", default="kd_env/DigitsKD-v0")
@@ -84,9 +150,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=8.0, help="wall time per row and round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--device", default="cpu", help="device of the batched env (cpu, cuda)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="profile StudentBatch.train_phase at N copies instead of timing env steps")
     a = p.parse_args(argv)
     sizes = [int(x) for x in a.sizes.split(",") if x]
     torch.set_num_threads(1)
+    if a.profile:
+        print(f"CPU: {cpu_description()}; torch {torch.__version__}, 1 thread")
+        profile_phase(a.env, a.profile, device=a.device)
+        return
     rows: dict[str, list[float]] = {}  # name -> steps/s per core, one per round
     cores: dict[str, int] = {}
     envs = {"single env": (gym.make(a.env, threads=1), 1, False)}

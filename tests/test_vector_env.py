@@ -245,6 +245,57 @@ def test_text_students_are_refused_with_a_clear_error(tiny_bert_dir, text_csv):
                            total_steps=4, steps_per_action=2)
 
 
+def test_hand_written_backwards_equal_autograd_of_the_same_expressions():
+    # the batched env's loss pieces with a backward by hand (kd_env.vector), in float64 against
+    # autograd on the plain expressions they replace
+    from kd_env.vector import _PooledFeature, _ProjectedMoments, _RelationProduct
+
+    torch.manual_seed(0)
+    n, b, d, width = 3, 5, 4, 7
+    h = torch.randn(n, b, d, dtype=torch.float64, requires_grad=True)
+    p = torch.randn(n, width, d, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(n, b, width, dtype=torch.float64)
+    a, c = torch.randn(n, b, dtype=torch.float64), torch.randn(n, b, dtype=torch.float64)
+    sq, dot = _ProjectedMoments.apply(h, p, t)
+    grads = torch.autograd.grad((a * sq + c * dot).sum(), (h, p))
+    projected = torch.bmm(h, p.transpose(1, 2))
+    sq_ref, dot_ref = (projected * projected).sum(-1), (projected * t).sum(-1)
+    grads_ref = torch.autograd.grad((a * sq_ref + c * dot_ref).sum(), (h, p))
+    torch.testing.assert_close((sq, dot), (sq_ref, dot_ref))
+    torch.testing.assert_close(grads, grads_ref)
+
+    sq_s = (torch.rand(n, b, dtype=torch.float64) + 0.1).requires_grad_(True)
+    dot_s = torch.randn(n, b, dtype=torch.float64, requires_grad=True)
+    sq_t = torch.rand(n, b, dtype=torch.float64) + 0.1
+    value = _PooledFeature.apply(sq_s, dot_s, sq_t)
+    grads = torch.autograd.grad((a * value).sum(), (sq_s, dot_s))
+    ns, nt = sq_s.sqrt().clamp_min(1e-12), sq_t.sqrt().clamp_min(1e-12)
+    value_ref = sq_s / (ns * ns) + sq_t / (nt * nt) - 2 * dot_s / (ns * nt)
+    torch.testing.assert_close(value, value_ref)
+    torch.testing.assert_close(grads, torch.autograd.grad((a * value_ref).sum(), (sq_s, dot_s)))
+
+    inputs = [torch.randn(n, b, dtype=torch.float64, requires_grad=k < 4) for k in range(6)]
+    value = _RelationProduct.apply(*inputs)
+    assert (value == 0).any() and (value > 0).any()  # both sides of the clamp
+    sa, sb, da, db, ta, tb = inputs
+    value_ref = (sa * sb - 2 * da * db + ta * tb).clamp_min(0)
+    torch.testing.assert_close(value, value_ref)
+    torch.testing.assert_close(torch.autograd.grad((a * value).sum(), inputs[:4]),
+                               torch.autograd.grad((a * value_ref).sum(), inputs[:4]))
+
+
+def test_copies_of_one_config_share_one_block_of_the_data_table():
+    venv = BatchedKDVectorEnv(4, config="quick")
+    try:
+        venv.reset(seed=0)
+        assert venv.batch.table.shape[0] == 1  # one (data, teacher) pair: one block for the four copies
+        venv.step(np.ones((4, 4), dtype=np.int8))
+        venv.reset(seed=5)
+        assert venv.batch.table.shape[0] == 1
+    finally:
+        venv.close()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here (perf/batched_env_gpu.py measures it on one)")
 def test_batched_env_on_cuda_equals_cpu():
     kwargs = dict(config="quick")
