@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,6 +35,7 @@ from .runtime import private_torch_rng, resolve_device, resolve_precision, resol
 from .teacher import (
     LiveTeacher,
     TeacherCache,
+    _file_sha256,
     atomic_write_json,
     cache_root,
     evaluate_model,
@@ -40,7 +43,24 @@ from .teacher import (
     train_classifier,
 )
 
-__all__ = ["build_distiller", "eval_precision", "prepare_teacher", "student_precision", "teacher_precision"]
+__all__ = ["build_distiller", "eval_precision", "prepare_teacher", "student_precision", "teacher_precision",
+           "teacher_manifest", "weights_id", "recorded_weights_id", "DEV_TOLERANCE", "CHECK_EXAMPLES",
+           "TEACHER_SUMMARY"]
+
+#: the summary of a saved teacher, in its folder: metrics, ``ident``, and the manifest ``files``
+#: (size and SHA-256 of every other file of the folder) with the teacher's identity ``weights_id``
+TEACHER_SUMMARY = "teacher.json"
+#: how far (absolute) a cached teacher's dev metric, measured again at load, may be from the one
+#: recorded in its summary: both are measured in fp32 on the same split with the same code, so they
+#: agree to rounding (a cross-device reload, CPU vs GPU kernels, moves them by far less); a summary
+#: that describes other weights is off by much more
+DEV_TOLERANCE = 0.005
+#: at most this many dev examples (a fixed seeded subset, recorded at save time as ``check``) are
+#: evaluated again when a cached teacher is loaded: the whole dev split of a text task (about
+#: 1,300 sentences) takes MiniLM-L6 ~12 s on one CPU thread, 512 of them ~5 s (a GPU: well under a
+#: second); the digits dev split (359) is checked whole
+CHECK_EXAMPLES = 512
+CHECK_SEED = 38
 
 
 def _teacher_fields(knowledge: Sequence[Knowledge], pooling: str = "cls") -> list[str]:
@@ -87,8 +107,16 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
                     attentions: bool) -> tuple[nn.Module, dict[str, Any]]:
     """Load the fine-tuned teacher from the cache root, or fine-tune and save it there once.
 
+    A saved teacher's ``teacher.json`` holds a manifest (``files``: size and SHA-256 of every file
+    of the folder, :func:`teacher_manifest`) and the teacher's identity ``weights_id``
+    (:func:`weights_id`); the folder is written to ``<folder>.tmp`` and renamed into place when
+    complete.  A cached teacher is checked before use (checksums, weights-only load, dev metric
+    measured again: see :func:`_load_cached_teacher`); one that fails a check is refused with a
+    ``RuntimeWarning`` naming the file, fine-tuned again and its folder replaced.
+
     Returns the teacher (eval mode) and its summary (dev/test metrics, fine-tuning time and
-    precision; the metrics are measured in fp32).
+    precision, the metrics measured in fp32; ``weights_id`` and ``files``; ``folder``, the
+    teacher's folder).
     """
     root = cache_root(config.cache_dir) / "teachers"
     precision = teacher_precision(config, task, device)
@@ -110,32 +138,18 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
         teacher_split = teacher_split.subset(pick)
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     folder = root / f"{Path(str(config.teacher)).name}-{task.name}-{key}"
-    summary_path = folder / "teacher.json"
+    summary_path = folder / TEACHER_SUMMARY
     train = BatchSampler(task, teacher_split, tokenizer, config.max_len)
+    if summary_path.exists():
+        cached = _load_cached_teacher(folder, config, task, tokenizer, device, attentions)
+        if cached is not None:
+            return cached
     if task.kind == "text":
-        if summary_path.exists():
-            model = SequenceClassifier.load(folder / "model", task.num_labels, config.pooling, attentions=attentions)
-            return model.to(device).eval(), _with_precision(json.loads(summary_path.read_text()))
         hf = load_hf_classifier(config.teacher, task.num_labels, attentions=attentions,
                                 trust_remote_code=config.trust_remote_code)
         with private_torch_rng(config.seed):  # the pooled head's first weights (mean pooling)
             model = SequenceClassifier(hf, config.pooling)
     else:
-        if summary_path.exists():
-            model = MLPClassifier(task["train"].features.shape[1], config.teacher_hidden, task.num_labels)
-            try:
-                # weights only: a pickle planted in the cache that would build objects is refused
-                model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
-                summary = _with_precision(json.loads(summary_path.read_text()))
-            except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, ValueError ...
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                import warnings
-
-                warnings.warn(f"teacher checkpoint {folder / 'model.pt'} refused (not a weights-only state_dict "
-                              f"of this teacher: {first}); fine-tuning the teacher again", RuntimeWarning,
-                              stacklevel=2)
-            else:
-                return model.to(device).eval(), summary
         with private_torch_rng(config.seed):
             model = MLPClassifier(task["train"].features.shape[1], config.teacher_hidden, task.num_labels)
     with private_torch_rng(config.seed, device):  # dropout during fine-tuning: a seeded private stream
@@ -164,10 +178,152 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
             hf_logging.enable_progress_bar()
     else:
         torch.save(model.state_dict(), tmp / "model.pt")
-    atomic_write_json(tmp / "teacher.json", summary)
+    summary["check"] = _check_record(model, dev, task, device, summary["dev"])
+    summary["files"] = teacher_manifest(tmp)
+    summary["weights_id"] = weights_id(model)
+    atomic_write_json(tmp / TEACHER_SUMMARY, summary)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
-    return model.eval(), summary
+    return model.eval(), {**summary, "folder": str(folder)}
+
+
+def teacher_manifest(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """The manifest of a saved teacher: ``{relative path: {"bytes", "sha256"}}`` for every file
+    under ``folder`` (the weights, the HF config and tokenizer files, ``pooled_head.pt``) except
+    the summary ``teacher.json`` itself, which holds the manifest."""
+    folder = Path(folder)
+    files = sorted(f for f in folder.rglob("*") if f.is_file() and f.relative_to(folder).as_posix() != TEACHER_SUMMARY)
+    return {f.relative_to(folder).as_posix(): {"bytes": f.stat().st_size, "sha256": _file_sha256(f)} for f in files}
+
+
+def weights_id(model: nn.Module) -> str:
+    """The teacher's identity: :func:`~kd_env.teacher.fingerprint_module` of its weights (a hash
+    of every parameter and buffer: names, shapes, values).  It names the weights themselves, not
+    their files: a teacher fine-tuned again into the same weights keeps it (the saved tokenizer
+    files, which carry the tokenizer's last truncation settings, do not enter it)."""
+    return fingerprint_module(model)
+
+
+def recorded_weights_id(folder: str | os.PathLike) -> str | None:
+    """The identity (:func:`weights_id`) recorded in the teacher folder ``folder``'s summary, or
+    ``None`` when the folder, its summary or the record is missing or unreadable.  Cheap (one
+    small JSON file, nothing verified): for checking whether results made with a teacher are
+    still current; the teacher itself is verified whenever it is loaded."""
+    try:
+        summary = json.loads((Path(folder) / TEACHER_SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+    value = summary.get("weights_id") if isinstance(summary, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _check_indices(size: int, examples: int) -> np.ndarray | None:
+    """The dev examples a cached teacher is checked on: ``None`` (all) when ``examples`` covers
+    the split, else a fixed seeded subset of that many."""
+    if examples >= size:
+        return None
+    return np.sort(np.random.default_rng(CHECK_SEED).permutation(size)[:examples])
+
+
+def _check_record(model: nn.Module, dev: BatchSampler, task: TaskData, device: torch.device,
+                  dev_metrics: dict[str, float]) -> dict[str, Any]:
+    """``{"examples", "main"}``: the teacher's dev metric on its check subset
+    (:func:`_check_indices` of :data:`CHECK_EXAMPLES`), what a load measures again."""
+    examples = min(CHECK_EXAMPLES, len(dev))
+    pick = _check_indices(len(dev), examples)
+    main = dev_metrics["main"] if pick is None else evaluate_model(model, dev, task, device, indices=pick)["main"]
+    return {"examples": examples, "main": float(main)}
+
+
+def _refuse(message: str) -> None:
+    warnings.warn(f"{message}; fine-tuning the teacher again", RuntimeWarning, stacklevel=3)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _load_cached_teacher(folder: Path, config: DistillConfig, task: TaskData, tokenizer: Any, device: torch.device,
+                         attentions: bool) -> tuple[nn.Module, dict[str, Any]] | None:
+    """The teacher saved in ``folder``, checked, or ``None`` (after a one-line ``RuntimeWarning``
+    naming the folder and the file) when it must be fine-tuned again; the folder is then replaced
+    by the new teacher.
+
+    Checks, in order:
+
+    1. every file of the manifest in ``teacher.json`` (``files``: size and SHA-256 of each file,
+       written by :func:`prepare_teacher`) is present and has its checksum;
+    2. the weights load (weights only: a pickle planted in the cache that would build objects is
+       refused);
+    3. the teacher's dev metric, measured again (:func:`~kd_env.teacher.evaluate_model` in fp32
+       as when it was recorded, bf16 teachers included), is within :data:`DEV_TOLERANCE` of the
+       recorded one: a summary that does not describe these weights is refused.  To keep a load
+       cheap the metric is measured on at most :data:`CHECK_EXAMPLES` dev examples, a fixed
+       seeded subset whose metric was recorded at save time (``check``: ``examples``, ``main``);
+       a dev split no larger (digits) is checked whole, against ``dev.main``.
+
+    A folder written before teachers had a manifest (no ``files`` in ``teacher.json``) is not
+    refused for it: it is checked against its whole-dev ``dev.main``, then its manifest, identity
+    and ``check`` record are computed and added to ``teacher.json`` (atomically), and it is checked
+    like any other from then on.
+    """
+    summary_path = folder / TEACHER_SUMMARY
+    try:
+        summary = _with_precision(json.loads(summary_path.read_text()))
+        recorded = float(summary["dev"]["main"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        _refuse(f"teacher summary {summary_path} refused (unreadable or incomplete: {_first_line(exc)})")
+        return None
+    files = summary.get("files")
+    if files is not None:
+        if not isinstance(files, dict):
+            _refuse(f"teacher summary {summary_path} refused (its manifest 'files' is not a mapping)")
+            return None
+        for name, info in sorted(files.items()):
+            path = folder / name
+            if not path.is_file():
+                _refuse(f"teacher file {path} is missing (listed in the manifest of {summary_path})")
+                return None
+            if _file_sha256(path) != info.get("sha256"):
+                _refuse(f"teacher file {path} refused: its SHA-256 differs from the one recorded in {summary_path} "
+                        f"(corrupted or replaced)")
+                return None
+    try:
+        if task.kind == "text":
+            model: nn.Module = SequenceClassifier.load(folder / "model", task.num_labels, config.pooling,
+                                                       attentions=attentions)
+        else:
+            model = MLPClassifier(task["train"].features.shape[1], config.teacher_hidden, task.num_labels)
+            # weights only: a pickle planted in the cache that would build objects is refused
+            model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError, OSError, ValueError ...
+        where = folder / "model" if task.kind == "text" else folder / "model.pt"
+        _refuse(f"teacher checkpoint {where} refused (not a loadable weights-only checkpoint of this teacher: "
+                f"{_first_line(exc)})")
+        return None
+    model = model.to(device).eval()
+    dev = BatchSampler(task, task["dev"], tokenizer, config.max_len)
+    check = summary.get("check")
+    try:
+        examples, recorded = (int(check["examples"]), float(check["main"])) if check is not None else (len(dev), recorded)
+    except (TypeError, KeyError, ValueError):
+        _refuse(f"teacher summary {summary_path} refused (its 'check' record is malformed)")
+        return None
+    measured = float(evaluate_model(model, dev, task, device, indices=_check_indices(len(dev), examples))["main"])
+    if not abs(measured - recorded) <= DEV_TOLERANCE:
+        where = "dev metric" if examples >= len(dev) else f"dev metric on its {examples} check examples"
+        _refuse(f"teacher {folder} refused: its {where} measures {measured:.4f}, {summary_path} records "
+                f"{recorded:.4f} (tolerance {DEV_TOLERANCE})")
+        return None
+    if files is None or check is None or not isinstance(summary.get("weights_id"), str):
+        # a folder saved before teachers had a manifest (checked on the whole dev split above):
+        # add the manifest, the identity and the check subset's record now
+        summary["check"] = check if check is not None else _check_record(model, dev, task, device, summary["dev"])
+        summary["files"] = files if files is not None else teacher_manifest(folder)
+        summary["weights_id"] = weights_id(model)
+        atomic_write_json(summary_path, summary)
+    return model, {**summary, "folder": str(folder)}
 
 
 def _with_precision(summary: dict[str, Any]) -> dict[str, Any]:

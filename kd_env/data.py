@@ -17,10 +17,16 @@ Built-in tasks:
   ``datasets.load_dataset("glue", task)``, or from a local folder in the standard layout
   (``<data_dir>/<TASK>/train.tsv``, ``dev.tsv``) with ``data_dir=``.
 * Any local ``.csv`` / ``.tsv`` file (or a folder with ``train``/``dev``/``test`` files) with
-  columns ``text[,text_b],label``.  Labels are either all class ids (integers ``0..C-1``) or
-  all class names (``pos``, ``neg`` ...), which become ids in sorted order, or in the order of
-  ``labels=`` (``DistillConfig.labels``, ``--labels``); the names are kept in
-  :attr:`TaskData.label_names`.
+  columns ``text[,text_b],label``, in UTF-8 (a byte-order mark is dropped).  Labels are either
+  all integers or all class names (``pos``, ``neg`` ...).  Integers ``0..C-1`` are the class
+  ids; any other set of non-negative integers (``1..C``) and class names become ids in sorted
+  (numeric) order, shown once in a :class:`~kd_env.tables.LabelMappingWarning`; or in the order of
+  ``labels=`` (``DistillConfig.labels``, ``--labels``).  The names are kept in
+  :attr:`TaskData.label_names` (``["1", "2", ...]`` for remapped integers).
+
+Every route (a CSV/TSV file, a local folder, GLUE from a folder or the hub) is checked once, as it
+is loaded, by :mod:`kd_env.datacheck`: at least 8 training examples and 2 each for dev and test,
+at least two classes in train; errors name the file (and the line, for a row's fault).
 
 Beside it: :mod:`kd_env.tables` reads CSV/TSV rows and labels, :mod:`kd_env.metrics` scores a
 task (the GLUE metrics), :mod:`kd_env.batching` tokenizes a split and pads its batches.
@@ -41,7 +47,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .tables import class_names, label_ids, read_rows
+from .datacheck import MIN_EVAL_EXAMPLES, carve_size, check_carve, check_task
+from .tables import LabelMappingWarning, class_names, describe_mapping, label_ids, read_rows, read_text
 
 __all__ = [
     "Split",
@@ -51,6 +58,7 @@ __all__ = [
     "load_task",
     "check_task_name",
     "DataUnavailableError",
+    "LabelMappingWarning",
 ]
 
 
@@ -308,14 +316,15 @@ def _load_glue_local(task: str, data_dir: str | os.PathLike) -> dict[str, Split]
 
 def _read_cola(path: Path) -> Split:
     texts, labels = [], []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) < 4:
-                raise ValueError(f"{path}:{line_no}: expected 4 tab-separated columns (source, label, "
-                                 f"mark, sentence), found {len(parts)}")
-            labels.append(int(parts[1]))
-            texts.append(parts[3])
+    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
+        parts = line.split("\t")
+        if len(parts) < 4:
+            raise ValueError(f"{path}:{line_no}: expected 4 tab-separated columns (source, label, "
+                             f"mark, sentence), found {len(parts)}")
+        if parts[1] not in ("0", "1"):
+            raise ValueError(f"{path}:{line_no}: label {parts[1]!r} in column 2; CoLA labels are 0 or 1")
+        labels.append(int(parts[1]))
+        texts.append(parts[3])
     return Split(labels=np.asarray(labels, dtype=np.int64), texts=texts)
 
 
@@ -324,6 +333,8 @@ class DataUnavailableError(RuntimeError):
 
 
 def _load_glue_hub(task: str) -> dict[str, Split]:
+    """GLUE ``task``'s train and validation (``validation_matched`` for MNLI) splits from the hub,
+    as ``{"train": ..., "dev": ...}``."""
     import datasets
 
     try:
@@ -344,9 +355,12 @@ def _load_glue_hub(task: str) -> dict[str, Split]:
 
 
 def _carve_dev(train: Split, fraction: float = 0.1, seed: int = 0) -> tuple[Split, Split]:
+    """``(train less the carved examples, carved)``: ``fraction`` of train (rounded; at least
+    :data:`~kd_env.datacheck.MIN_EVAL_EXAMPLES`), drawn with ``seed``.  :func:`check_carve`
+    refuses, beforehand, a carve that would leave train too small."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(train))
-    n_dev = max(1, int(round(fraction * len(train))))
+    n_dev = max(MIN_EVAL_EXAMPLES, int(round(fraction * len(train))))
     return train.subset(np.sort(order[n_dev:])), train.subset(np.sort(order[:n_dev]))
 
 
@@ -357,23 +371,44 @@ def load_glue(task: str, data_dir: str | os.PathLike | None = None, seed: int = 
     if task not in GLUE_TASKS:
         raise ValueError(f"unknown GLUE task {task!r}; valid: {sorted(GLUE_TASKS)}")
     raw = _load_glue_local(task, data_dir) if data_dir else _load_glue_hub(task)
+    if data_dir:
+        folder = Path(data_dir) / GLUE_TASKS[task]["dir"]
+        folder = folder if folder.is_dir() else Path(data_dir)
+        train_from = str(folder / "train.tsv")
+        dev_from = str(folder / ("dev_matched.tsv" if task == "mnli" else "dev.tsv"))
+    else:
+        train_from = f"hub:glue/{task} train split"
+        dev_from = f"hub:glue/{task} {'validation_matched' if task == 'mnli' else 'validation'} split"
+    check_carve(train_from, len(raw["train"]), ["dev"], lambda n: [carve_size(n)], files_hint=False)
     train, probe = _carve_dev(raw["train"], seed=seed)
     meta = GLUE_TASKS[task]
-    return TaskData(name=task, num_labels=meta["num_labels"], kind="text", is_regression=task == "stsb",
-                    metric=meta["metric"], eval_split="test",
-                    splits={"train": train, "dev": probe, "test": raw["dev"]},
-                    info={"source": str(data_dir) if data_dir else "hub:glue", "test_is": "GLUE dev"},
-                    label_names=_GLUE_TSV[task][3])  # the hub's order too, where the files name classes
+    out = TaskData(name=task, num_labels=meta["num_labels"], kind="text", is_regression=task == "stsb",
+                   metric=meta["metric"], eval_split="test",
+                   splits={"train": train, "dev": probe, "test": raw["dev"]},
+                   info={"source": str(data_dir) if data_dir else "hub:glue", "test_is": "GLUE dev"},
+                   label_names=_GLUE_TSV[task][3])  # the hub's order too, where the files name classes
+    check_task(out, {"train": train_from, "dev": f"dev carved from {train_from}", "test": dev_from})
+    return out
 
 
-def _read_local_tables(files: dict[str, Path], labels: Sequence[str] | None) -> tuple[dict[str, Split], list[str] | None]:
+def _read_local_tables(files: dict[str, Path], labels: Sequence[str] | None
+                       ) -> tuple[dict[str, Split], list[str] | None, str | None]:
     """Read local CSV/TSV files (split name -> file) with one label mapping for all of them:
-    ``labels`` when given, else the sorted class names (or integer ids when every label is one)."""
+    ``labels`` when given, else integer ids ``0..C-1`` as they are, else the sorted class names
+    or integers (:func:`~kd_env.tables.class_names`).  Returns the splits, the class names (or
+    ``None``) and the words of the :class:`LabelMappingWarning` to show once the task passes its
+    checks (``None`` when nothing was remapped)."""
     rows = {split: read_rows(path) for split, path in files.items()}
-    names = list(labels) if labels is not None else class_names([(files[s], r[2]) for s, r in rows.items()])
+    note = None
+    if labels is not None:
+        names = list(labels)
+    else:
+        names = class_names([(files[s], r[2]) for s, r in rows.items()])
+        if names is not None:
+            note = describe_mapping(list(files.values()), names, integers=all(n.isdigit() for n in names))
     splits = {split: Split(labels=label_ids(files[split], ys, label_names=names), texts=ta, texts_b=tb)
               for split, (ta, tb, ys) in rows.items()}
-    return splits, names
+    return splits, names, note
 
 
 def load_local(path: str | os.PathLike, seed: int = 0, labels: Sequence[str] | None = None) -> TaskData:
@@ -381,18 +416,28 @@ def load_local(path: str | os.PathLike, seed: int = 0, labels: Sequence[str] | N
     ``train``/``dev``/``test`` files (``.csv`` or ``.tsv``) with columns ``text[,text_b],label``.
 
     A folder needs ``train``; a missing ``test`` or ``dev`` is carved out of train (10% each,
-    seeded by ``seed``; ``info["carved"]`` lists them, ``info["test_is"]`` says where test came
-    from, and a ``UserWarning`` says so).  The test split is never the dev file: dev holds the
-    env's reward probe, so scoring on it would score what the policy was selected with.
+    at least 2, seeded by ``seed``; ``info["carved"]`` lists them, ``info["test_is"]`` says where
+    test came from, and a ``UserWarning`` says so).  The test split is never the dev file: dev
+    holds the env's reward probe, so scoring on it would score what the policy was selected with.
+
+    The data are checked as they are read (:mod:`kd_env.tables`: UTF-8, one field per column,
+    labels) and once built (:mod:`kd_env.datacheck`: at least 8 training examples and 2 each for
+    dev and test, two classes in train); a carve that would leave train too small is refused.
 
     Args:
         path: the file or folder.
         seed: seed of the split.
-        labels: class names in class-id order.  Default: integer labels are the class ids; class
-            names (all labels must then be names) get ids in sorted order.
+        labels: class names in class-id order.  Default: integer labels ``0..C-1`` are the class
+            ids; other integers and class names (all labels must then be names) get ids in
+            sorted (numeric) order, shown once in a :class:`LabelMappingWarning`.
+
+    Raises:
+        FileNotFoundError: no such file, or a folder without a train file.
+        ValueError: bad data; the message names the file (and the line) and what is valid.
     """
     p = Path(path)
     info: dict[str, Any] = {"source": str(p)}
+    carve_note = None
     if p.is_dir():
         files = {}
         for split in ("train", "dev", "test"):
@@ -401,8 +446,18 @@ def load_local(path: str | os.PathLike, seed: int = 0, labels: Sequence[str] | N
                 files[split] = found[0]
         if "train" not in files:
             raise FileNotFoundError(f"{p}: no train.csv or train.tsv (columns text[,text_b],label)")
-        splits, names = _read_local_tables(files, labels)
+        splits, names, note = _read_local_tables(files, labels)
         carved = [split for split in ("test", "dev") if split not in splits]
+
+        def plan(n: int) -> list[int]:  # test first, then dev out of the rest (as below)
+            sizes = []
+            for _ in carved:
+                sizes.append(carve_size(n - sum(sizes)))
+            return sizes
+
+        check_carve(str(files["train"]), len(splits["train"]), carved, plan)
+        sources = {split: str(path) for split, path in files.items()}
+        sources.update({split: f"{split} carved from {files['train']}" for split in carved})
         if "test" not in splits:
             splits["train"], splits["test"] = _carve_dev(splits["train"], seed=seed)
         if "dev" not in splits:
@@ -412,25 +467,34 @@ def load_local(path: str | os.PathLike, seed: int = 0, labels: Sequence[str] | N
             if "test" in carved:
                 info["test_is"] = f"10% of {p.name}'s train file, carved with seed {seed}"
             sizes = " and ".join(f"{split} ({len(splits[split])} examples)" for split in carved)
-            warnings.warn(f"{p}: no {' or '.join(carved)} file; carved {sizes} out of train (seed {seed}), "
-                          f"which leaves {len(splits['train'])} training examples", UserWarning, stacklevel=2)
+            carve_note = (f"{p}: no {' or '.join(carved)} file; carved {sizes} out of train (seed {seed}), "
+                          f"which leaves {len(splits['train'])} training examples")
     elif p.suffix.lower() in (".csv", ".tsv"):
         if not p.exists():
             raise FileNotFoundError(f"{p} does not exist")
-        tables, names = _read_local_tables({"all": p}, labels)
+        tables, names, note = _read_local_tables({"all": p}, labels)
         full = tables["all"]
-        rng = np.random.default_rng(seed)
-        order = rng.permutation(len(full))
         n = len(full)
-        n_dev = n_test = max(1, n // 10)
+        check_carve(str(p), n, ["dev", "test"], lambda m: [max(MIN_EVAL_EXAMPLES, m // 10)] * 2, files_hint=False)
+        sources = {split: f"{p} ({split}: 10% of its rows, at least {MIN_EVAL_EXAMPLES})" for split in ("dev", "test")}
+        sources["train"] = f"{p} (train: the rest of its rows)"
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(n)
+        n_dev = n_test = max(MIN_EVAL_EXAMPLES, n // 10)
         splits = {"train": full.subset(np.sort(order[n_dev + n_test :])),
                   "dev": full.subset(np.sort(order[:n_dev])),
                   "test": full.subset(np.sort(order[n_dev : n_dev + n_test]))}
     else:
         raise ValueError(f"{p}: a local task is a .csv/.tsv file or a folder with train/dev/test files")
     num_labels = len(names) if names is not None else int(max(int(s.labels.max()) for s in splits.values()) + 1)
-    return TaskData(name=p.stem, num_labels=max(2, num_labels), splits=splits, kind="text",
+    task = TaskData(name=p.stem, num_labels=max(2, num_labels), splits=splits, kind="text",
                     metric="accuracy", info=info, label_names=names)
+    check_task(task, sources)
+    if carve_note is not None:
+        warnings.warn(carve_note, UserWarning, stacklevel=2)
+    if note is not None:
+        warnings.warn(note, LabelMappingWarning, stacklevel=2)
+    return task
 
 
 def check_task_name(name: str) -> None:

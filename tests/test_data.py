@@ -113,7 +113,7 @@ def _sentences(prefix: str, n: int) -> list[str]:
 
 def _check_carved(task, train_rows: int, dev_rows: int) -> None:
     assert len(task["train"]) + len(task["dev"]) == train_rows
-    assert len(task["dev"]) == max(1, round(0.1 * train_rows))
+    assert len(task["dev"]) == max(data.MIN_EVAL_EXAMPLES, round(0.1 * train_rows))  # 10%, at least 2
     assert len(task["test"]) == dev_rows
     assert task.info["test_is"] == "GLUE dev" and task.eval_split == "test"
 
@@ -191,21 +191,21 @@ def test_glue_stsb_local_regression(tmp_path):
 
 
 def test_glue_cola_local_headerless(tmp_path):
-    rows = [f"src{i % 3}\t{i % 2}\t{'' if i % 2 else '*'}\tgrammar sentence {i} ." for i in range(11)]
-    _write(tmp_path / "CoLA" / "train.tsv", rows[:8])
-    _write(tmp_path / "CoLA" / "dev.tsv", rows[8:])
+    rows = [f"src{i % 3}\t{i % 2}\t{'' if i % 2 else '*'}\tgrammar sentence {i} ." for i in range(13)]
+    _write(tmp_path / "CoLA" / "train.tsv", rows[:10])  # 10 - 2 carved: the 8 training examples needed
+    _write(tmp_path / "CoLA" / "dev.tsv", rows[10:])
     task = load_task("cola", data_dir=tmp_path)
     assert task.metric == "matthews"
-    _check_carved(task, 8, 3)  # no header row is lost
-    assert task["test"].texts == ["grammar sentence 8 .", "grammar sentence 9 .", "grammar sentence 10 ."]
+    _check_carved(task, 10, 3)  # no header row is lost
+    assert task["test"].texts == ["grammar sentence 10 .", "grammar sentence 11 .", "grammar sentence 12 ."]
     np.testing.assert_array_equal(task["test"].labels, [0, 1, 0])
 
 
 def test_glue_folder_may_be_the_task_folder_itself(tmp_path):
     _write(tmp_path / "train.tsv", ["sentence\tlabel"] + [f"s{i}\t{i % 2}" for i in range(10)])
-    _write(tmp_path / "dev.tsv", ["sentence\tlabel", "d0\t1"])
+    _write(tmp_path / "dev.tsv", ["sentence\tlabel", "d0\t1", "d1\t0"])  # test needs 2 examples
     task = load_task("sst2", data_dir=tmp_path)
-    assert task["test"].texts == ["d0"]
+    assert task["test"].texts == ["d0", "d1"]
 
 
 def test_glue_missing_file_names_layout(tmp_path):

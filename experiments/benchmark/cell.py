@@ -15,10 +15,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from experiments.store import read_finished
+from kd_env.build import recorded_weights_id
 from kd_env.io import atomic_write_bytes, atomic_write_json
 
 from .evaluation import _evaluate, _training_instances_wrapper, evaluation_episodes, seed_everything
-from .grid import EVALUATIONS_FILE, RESULT_FILE, TRAIN_SEED_STRIDE, Cell
+from .grid import EVALUATIONS_FILE, RESULT_FILE, TRAIN_SEED_STRIDE, Cell, teachers_key
 
 #: the trained agent's checkpoint folder inside a cell's folder (``agents.load_agent(path, env)``)
 AGENT_DIR = "agent"
@@ -159,6 +160,7 @@ def _run_cell(cell: Cell, threads: int, envs: tuple[Any, Any] | None = None) -> 
         train_seconds = time.perf_counter() - train_start - progress["eval_seconds"]
         agent_files, agent_error = _agent_files(agent)
         evaluate_now()
+        teachers = teachers_used(train_env, eval_env)
         metric_name = main_metric_name(base.distiller.task)
         updates = _agent_updates(agent)
     finally:
@@ -181,9 +183,11 @@ def _run_cell(cell: Cell, threads: int, envs: tuple[Any, Any] | None = None) -> 
         "eval_instances": np.asarray([str(i) for _, i in eval_pairs]),
     }
     selection = np.nanmean(final["actions"].reshape(-1, k), axis=0)
+    teacher = teachers_key(teachers)
     result = {
-        **cell.describe(),
-        "fingerprint": cell.fingerprint(),
+        **cell.describe(teacher),
+        "fingerprint": cell.fingerprint(teacher),
+        "teachers": teachers,
         "algo": cell.algo, "env_id": cell.env_id,
         "metric_name": metric_name,
         "eval_split": cell.eval_split,
@@ -208,6 +212,19 @@ def _run_cell(cell: Cell, threads: int, envs: tuple[Any, Any] | None = None) -> 
     if agent_error:
         result["agent_checkpoint_error"] = agent_error
     return {"arrays": arrays, "result": result, "agent": agent_files}
+
+
+def teachers_used(*envs: Any) -> dict[str, str]:
+    """``{teacher folder: weights_id}`` of every teacher the envs' distillers were built with
+    (each instance's, for an instance env), from their ``teacher_metrics``."""
+    out: dict[str, str] = {}
+    for env in envs:
+        base = env.unwrapped
+        for d in [getattr(base, "distiller", None), *getattr(base, "_distillers", {}).values()]:
+            metrics = getattr(d, "teacher_metrics", None) or {}
+            if metrics.get("folder") and metrics.get("weights_id"):
+                out[str(metrics["folder"])] = str(metrics["weights_id"])
+    return dict(sorted(out.items()))
 
 
 def _agent_files(agent: Any) -> tuple[dict[str, bytes] | None, str | None]:
@@ -249,12 +266,31 @@ def write_cell(out_dir: Path, cell: Cell, payload: dict[str, Any]) -> None:
     atomic_write_json(folder / RESULT_FILE, payload["result"])
 
 
-def read_cell(out_dir: Path, cell: Cell) -> dict[str, Any] | None:
-    """The finished cell's payload, or ``None`` when it is missing, unreadable or was made with
-    other settings."""
+def read_cell(out_dir: Path, cell: Cell, why: list[str] | None = None) -> dict[str, Any] | None:
+    """The finished cell's payload, or ``None`` when it is missing, unreadable, was made with
+    other settings or with another teacher.
+
+    A cell records the teachers it was run with (``teachers``: ``{folder: weights_id}``) and its
+    fingerprint covers them (:meth:`Cell.fingerprint`); it is read back only while every one of
+    those folders still records the same ``weights_id`` (a teacher fine-tuned again into other
+    weights, or gone, reruns the cell; ``why`` gets the reason).  A cell finished before teachers
+    were recorded has no ``teachers`` and keeps its settings-only fingerprint: it is read back as
+    before (its teacher cannot be told; ``fresh=True`` reruns it).
+    """
     folder = out_dir / cell.relative_dir()
-    result = read_finished(folder / RESULT_FILE, fingerprint=cell.fingerprint())
+    result = read_finished(folder / RESULT_FILE)
     if result is None:
+        return None
+    teachers = result.get("teachers")
+    if isinstance(teachers, dict) and teachers:
+        for path, recorded in sorted(teachers.items()):
+            current = recorded_weights_id(path)
+            if current != recorded:
+                if why is not None:
+                    why.append(f"its teacher changed since it was run ({path}: weights {recorded} -> "
+                               f"{current or 'gone'}), recomputing")
+                return None
+    if result.get("fingerprint") != cell.fingerprint(teachers_key(teachers) if isinstance(teachers, dict) else None):
         return None
     try:
         with np.load(folder / EVALUATIONS_FILE) as data:

@@ -79,16 +79,26 @@ class Cell:
         """``<algo>/<env>__seed<k>`` (``:`` and ``/`` made file-name safe)."""
         return Path(_slug(self.algo)) / f"{env_slug(self.env_id)}__seed{self.seed}"
 
-    def describe(self) -> dict[str, Any]:
-        """The JSON-able definition of the cell (what its numbers depend on)."""
+    def describe(self, teacher: str | None = None) -> dict[str, Any]:
+        """The JSON-able definition of the cell (what its numbers depend on).
+
+        Args:
+            teacher: the identity of the teachers the cell was run with (:func:`teachers_key`);
+                ``None`` leaves it out (the grid's description, and cells finished before teacher
+                identities were recorded, whose fingerprints stay what they were).
+        """
         out = {"format": CELL_FORMAT, "settings": self.settings.to_dict(), "seed": self.seed,
                "eval_every": self.eval_every, "eval_episodes": self.eval_episodes}
         if self.eval_split != "test":  # absent for test, so that runs made before it keep their fingerprints
             out["eval_split"] = self.eval_split
+        if teacher is not None:
+            out["teacher"] = teacher
         return out
 
-    def fingerprint(self) -> str:
-        text = json.dumps(self.describe(), sort_keys=True, default=str)
+    def fingerprint(self, teacher: str | None = None) -> str:
+        """A short hash of :meth:`describe` (with ``teacher``: a cell run with other teacher
+        weights has another fingerprint, so its results are never mixed with this one's)."""
+        text = json.dumps(self.describe(teacher), sort_keys=True, default=str)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
     def train_seeds(self, count: int) -> list[int]:
@@ -100,6 +110,14 @@ class Cell:
 
     def label(self) -> str:
         return f"{self.algo} {self.env_id} seed {self.seed}"
+
+
+def teachers_key(teachers: dict[str, str]) -> str | None:
+    """The identity of the teachers a cell used (``{teacher folder: weights_id}``, see
+    :func:`kd_env.build.weights_id`): a short hash, or ``None`` when none is known."""
+    if not teachers:
+        return None
+    return hashlib.sha256(json.dumps(teachers, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
 def _slug(text: str) -> str:

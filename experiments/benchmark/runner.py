@@ -2,8 +2,9 @@
 units of work on the shared executor (:mod:`experiments.executors`: local processes or Ray),
 write each cell as it ends, and summarise.
 
-Resumable: a finished cell whose settings are unchanged is read back, not rerun; one whose
-settings changed is rerun.  ``fresh=True`` reruns everything.
+Resumable: a finished cell whose settings and teachers are unchanged is read back, not rerun;
+one whose settings changed, or whose teacher was fine-tuned again into other weights
+(:func:`~.cell.read_cell`), is rerun.  ``fresh=True`` reruns everything.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from experiments.executors import check_executor, execute
-from kd_env.io import atomic_write_json
+from experiments.runlock import RunLock, RunLockedError
+from kd_env.io import FolderError, atomic_write_json, check_cache_root, check_writable_folder
 
 from .cell import batched, read_cell, run_cell, run_cells, write_cell
 from .grid import RESULT_FILE, BenchmarkConfig, Cell, _slug, build_grid
@@ -87,15 +89,34 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
     cells = build_grid(config.algos, config.envs, config.seeds, config.eval_every, config.eval_episodes,
                        config.overrides, config.episodes, config.config_dir, config.eval_split)
     run_dir = config.run_dir
+    try:  # before any work: the run folder and the teacher cache are writable, no other run uses the folder
+        fix = "pass another --out (or --name), or make it a writable folder"
+        if run_dir.exists() or run_dir.is_symlink():
+            check_writable_folder(run_dir, "benchmark run folder", fix)
+        else:
+            check_writable_folder(run_dir.parent, "output folder (--out)", fix)
+        check_cache_root()
+        lock = RunLock(run_dir, "benchmark run").acquire()
+    except (FolderError, RunLockedError) as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        return _run_locked(config, cells, run_dir, start, log)
+    finally:
+        lock.release()
+
+
+def _run_locked(config: BenchmarkConfig, cells: list[Cell], run_dir: Path, start: float, log: Any) -> BenchmarkResult:
+    """:func:`run_benchmark`'s work, with the run folder checked and locked."""
     payloads: dict[Cell, dict[str, Any]] = {}
     todo: list[Cell] = []
     for cell in cells:
-        done = None if config.fresh else read_cell(run_dir, cell)
+        why: list[str] = []
+        done = None if config.fresh else read_cell(run_dir, cell, why)
         if done is not None:
             payloads[cell] = done
         else:
             if (run_dir / cell.relative_dir() / RESULT_FILE).exists() and not config.fresh:
-                log(f"rerunning {cell.label()}: its settings changed since it was run")
+                log(f"rerunning {cell.label()}: {why[0] if why else 'its settings changed since it was run'}")
             todo.append(cell)
     skipped = [c for c in cells if c in payloads]
     log(f"benchmark {run_dir}: {len(cells)} cells ({len(config.algos)} algorithms x {len(config.envs)} envs x "

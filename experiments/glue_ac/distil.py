@@ -44,7 +44,9 @@ def distil_unit(unit: tuple[str, int]) -> dict[str, Any]:
     knowledge = list(env.unwrapped.distiller.knowledge_names)
     agent = (_WORKER[method] if method in (SELECTOR, TRANSFER)
              else make_agent(method_agent_name(method, knowledge), env, seed=seed))
-    return {"method": method, **distil_and_test(env, agent, seed), "threads": threads}
+    teacher = env.unwrapped.distiller.teacher_metrics.get("weights_id")  # the teacher this student learnt from
+    return {"method": method, **distil_and_test(env, agent, seed), "threads": threads,
+            **({"teacher": teacher} if teacher else {})}
 
 
 def distil_students(run: Run, env: KnowledgeSelectionEnv, selector: Any, units: list[tuple[str, int]],

@@ -8,13 +8,15 @@ import time
 from typing import Any
 
 from agents import make_agent
+from kd_env import DistillConfig
 from kd_env.data import DataUnavailableError
-from kd_env.io import atomic_write_json
+from kd_env.io import FolderError, atomic_write_json, check_cache_root
 from kd_env.runtime import resolve_threads, usable_cpus
 from kd_env.teacher import evaluate_model
 
 from ..cli import load_plugins
 from ..report import json_safe
+from ..runlock import RunLock, RunLockedError
 from .config import LEARNED, SELECTOR, TRANSFER, ExperimentConfig, method_agent_name
 from .distil import distil_students
 from .eta import RUN_CLOCK
@@ -37,6 +39,20 @@ def run_experiment(config: ExperimentConfig, part_of_study: bool = False) -> dic
     run = Run(c)
     run.check()
     distill = c.distill_config()
+    try:  # before any work: the run folder and the teacher cache are writable, no other run uses the folder
+        run.check_folder()
+        check_cache_root(distill.cache_dir)
+        lock = RunLock(run.dir, "glue_ac run").acquire()
+    except (FolderError, RunLockedError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    try:
+        return _run_locked(c, run, distill, part_of_study)
+    finally:
+        lock.release()
+
+
+def _run_locked(c: ExperimentConfig, run: Run, distill: DistillConfig, part_of_study: bool) -> dict[str, Any]:
+    """:func:`run_experiment`'s stages, with the run folder checked and locked."""
     t0 = time.perf_counter()
     if not part_of_study:
         RUN_CLOCK.restart(1)
@@ -52,6 +68,7 @@ def run_experiment(config: ExperimentConfig, part_of_study: bool = False) -> dic
     except (ValueError, FileNotFoundError, ModuleNotFoundError, DataUnavailableError) as exc:
         raise SystemExit(f"error: {exc}") from None
     d = env.distiller
+    run.teacher_key = d.teacher_metrics.get("weights_id")  # units made with another teacher run again
     built = getattr(d, "build_seconds", {})
     stages["teacher"] = built.get("teacher", math.nan)
     stages["teacher_cache"] = time.perf_counter() - start - stages["teacher"]  # with data, tokenizer, student

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from agents import agent_names
+from kd_env.io import check_cache_root, check_writable_folder
 
 from ..executors import execute
 from ..store import ResultStore, file_key
@@ -36,6 +37,12 @@ class HeadroomRun:
         if settings.env not in gym.registry:
             ids = sorted(i for i in gym.registry if i.startswith("kd_env/"))
             raise ValueError(f"unknown env id {settings.env!r}; valid: {ids}")
+        name = settings.env.split("/")[-1]
+        self.out = Path(settings.out or f"runs/headroom-{name}")
+        # before any env (and teacher) is built: the output folder and the teacher cache are writable
+        check_writable_folder(self.out, "headroom output folder (--out)",
+                              "pass another --out, or make it a writable folder")
+        check_cache_root(settings.env_kwargs.get("cache_dir"))
         probe = gym.make(settings.env, **{"record_time": False, **settings.env_kwargs}).unwrapped
         try:
             self.knowledge = list(probe.knowledge_names)
@@ -46,8 +53,6 @@ class HeadroomRun:
             self.test_instances: list[str | None] = iset.test_names if iset else [None]
         finally:
             probe.close()
-        name = settings.env.split("/")[-1]
-        self.out = Path(settings.out or f"runs/headroom-{name}")
         self.store = ResultStore(self.out / "units")
         self.done: dict[str, dict[str, Any]] = {}
         self.started = time.perf_counter()
