@@ -378,33 +378,51 @@ def fsp_mse(a_s: torch.Tensor, b_s: torch.Tensor, a_t: torch.Tensor, b_t: torch.
     return per_example.mean() / (a_s.shape[-1] * b_s.shape[-1])
 
 
+#: how many runs of similar length :func:`fsp_mse_chain` forms Gram matrices on (a batch of at least 4)
+RELATION_BLOCKS = 4
+
+
 def fsp_mse_chain(student: list[torch.Tensor], teacher: list[torch.Tensor],
                   mask: torch.Tensor | None) -> torch.Tensor:
     """The mean of :func:`fsp_mse` over the consecutive layer pairs ``(0, 1), (1, 2), ...`` of
     ``student`` and ``teacher`` (lists of ``(B, T, H_j)`` states), with each layer's token Gram
     matrices formed once: an inner layer is in two pairs, so this takes ``3L`` batched products
-    for ``L`` layers where pair by pair takes ``6(L-1)``.  Each pair's value is the same numbers as
-    :func:`fsp_mse`'s (the same products, reused)."""
+    for ``L`` layers where pair by pair takes ``6(L-1)``.  With a mask, the Gram matrices are
+    formed on runs of examples of similar length, each cut to its longest example
+    (:func:`~kd_env.packed.length_blocks`): padding adds only zeros to a Gram matrix, and a
+    random batch padded to its longest example holds about 3x the real token pairs.  The values
+    are :func:`fsp_mse`'s (the same products, reused; per-example means summed in another order)."""
+    from .packed import length_blocks
+
+    b, t = student[0].shape[:2]
+    dtype, device = student[0].dtype, student[0].device
     if mask is not None:
-        m = mask.to(student[0].dtype).unsqueeze(-1)
+        m = mask.to(dtype).unsqueeze(-1)
         student, teacher = [h * m for h in student], [h * m for h in teacher]
-        n = m.sum((1, 2)).clamp_min(1)
+        lengths = mask.sum(1)
+        blocks = length_blocks(lengths, RELATION_BLOCKS) if b >= 4 else [(torch.arange(b, device=device), t)]
+        n = torch.cat([lengths[i] for i, _ in blocks]).to(dtype).clamp_min(1)
     else:
-        n = torch.full((student[0].shape[0],), float(student[0].shape[1]), dtype=student[0].dtype,
-                       device=student[0].device)
+        blocks = [(torch.arange(b, device=device), t)]
+        n = torch.full((b,), float(t), dtype=dtype, device=device)
 
     def gram(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return torch.bmm(x, y.transpose(1, 2))
 
-    ss = [gram(s, s) for s in student]
-    st = [gram(s, t) for s, t in zip(student, teacher)]
-    with torch.no_grad():
-        tt = [gram(t, t) for t in teacher]
+    pairs: list[list[torch.Tensor]] = [[] for _ in range(len(student) - 1)]
+    for index, width in blocks:
+        s = [h[index, :width] for h in student]
+        u = [h[index, :width] for h in teacher]
+        ss = [gram(x, x) for x in s]
+        st = [gram(x, y) for x, y in zip(s, u)]
+        with torch.no_grad():
+            tt = [gram(y, y) for y in u]
+        for j in range(1, len(student)):
+            pairs[j - 1].append((ss[j - 1] * ss[j]).sum((1, 2)) - 2 * (st[j - 1] * st[j]).sum((1, 2))
+                                + (tt[j - 1] * tt[j]).sum((1, 2)))
     losses = []
-    for j in range(1, len(student)):
-        sq = ((ss[j - 1] * ss[j]).sum((1, 2)) - 2 * (st[j - 1] * st[j]).sum((1, 2))
-              + (tt[j - 1] * tt[j]).sum((1, 2)))
-        per_example = sq.clamp_min(0) / (n * n)
+    for j, parts in enumerate(pairs, start=1):
+        per_example = torch.cat(parts).clamp_min(0) / (n * n)
         losses.append(per_example.mean() / (student[j - 1].shape[-1] * student[j].shape[-1]))
     return torch.stack(losses).mean()
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["supports_packing", "packed_hidden_states"]
+__all__ = ["length_blocks", "supports_packing", "packed_hidden_states"]
 
 _LAYER_PARTS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
                 "attention.output.LayerNorm", "attention.output.dropout", "intermediate.dense",
@@ -65,14 +65,18 @@ def _scatter(rows: torch.Tensor, index: torch.Tensor, total: int) -> torch.Tenso
     return rows.new_zeros(total, rows.shape[-1]).index_copy(0, index, rows)
 
 
-def _attention_groups(lengths: torch.Tensor, size: int) -> list[tuple[int, int, int]]:
-    """Cut examples sorted by length (longest first) into runs of ``size``: ``(first example,
-    end example, longest length)`` of each run."""
-    groups = []
-    for first in range(0, len(lengths), size):
-        end = min(len(lengths), first + size)
-        groups.append((first, end, int(lengths[first])))
-    return groups
+def length_blocks(lengths: torch.Tensor, blocks: int = 4) -> list[tuple[torch.Tensor, int]]:
+    """Examples cut into at most ``blocks`` runs of similar length: ``(indices, longest length)``
+    of each run, longest examples first.  Work that pads every example to the batch's longest
+    (attention, token Gram matrices) costs about half as much on such runs of a random batch.
+
+    Args:
+        lengths: ``(B,)`` real tokens of each example.
+        blocks: how many runs (at most one per example).
+    """
+    order = torch.argsort(lengths, descending=True, stable=True)
+    size = -(-len(order) // max(1, min(int(blocks), len(order))))
+    return [(order[first: first + size], int(lengths[order[first]])) for first in range(0, len(order), size)]
 
 
 def packed_hidden_states(base: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -95,7 +99,7 @@ def packed_hidden_states(base: nn.Module, input_ids: torch.Tensor, attention_mas
     b, t = input_ids.shape
     device = input_ids.device
     lengths = attention_mask.sum(1)
-    order = torch.argsort(lengths, descending=True, stable=True)  # examples, longest first
+    order = torch.cat([members for members, _ in length_blocks(lengths, groups)])  # longest first
     lengths_sorted = lengths[order]
     # row r of the packed matrix: example order[e], position p < its length
     positions_in_row = torch.arange(t, device=device).expand(b, t)
@@ -111,13 +115,13 @@ def packed_hidden_states(base: nn.Module, input_ids: torch.Tensor, attention_mas
     hidden = [x]
     blocks = []  # each length block: its rows of the packed matrix and their places in its padded layout
     row = 0
-    size = -(-b // max(1, min(int(groups), b)))
-    for first, end, width in _attention_groups(lengths_sorted, size):
-        n_ex = end - first
-        rows = int(lengths_sorted[first:end].sum())
-        local = (torch.arange(n_ex, device=device).repeat_interleave(lengths_sorted[first:end]) * width
+    for members, width in length_blocks(lengths, groups):
+        n_ex = len(members)
+        block_lengths = lengths[members]
+        rows = int(block_lengths.sum())
+        local = (torch.arange(n_ex, device=device).repeat_interleave(block_lengths) * width
                  + position_of_row[row: row + rows])
-        mask = (torch.arange(width, device=device)[None, :] < lengths_sorted[first:end, None])[:, None, None, :]
+        mask = (torch.arange(width, device=device)[None, :] < block_lengths[:, None])[:, None, None, :]
         blocks.append((row, row + rows, n_ex, width, local, mask))
         row += rows
     for layer in _encoder_layers(base):
