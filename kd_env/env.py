@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -231,8 +232,11 @@ class KnowledgeSelectionEnv(gym.Env):
         """The first part of :meth:`reset`: options checked and applied, the instance chosen, the
         distiller reset with the episode's seed."""
         super().reset(seed=seed)
-        options = dict(options or {})
         valid = ["config", "example_weighting", "instance", "replay", "reward", "reward_params"]
+        if options is not None and not isinstance(options, Mapping):
+            raise ValueError(f"reset options must be a dict or None, got {type(options).__name__} {options!r}; "
+                             f"valid keys: {valid}")
+        options = dict(options or {})
         unknown = sorted(set(options) - set(valid))
         if unknown:
             raise ValueError(f"unknown reset option(s) {unknown}; valid: {valid}")

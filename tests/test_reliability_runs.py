@@ -293,3 +293,66 @@ def test_killed_selector_resumes_takes_the_stale_lock_and_logs_each_episode_once
     assert_close(read_json(run / "selector" / "done.json"), read_json(reference / "selector" / "done.json"))
     assert_close(read_json(run / "results.json")["rows"], read_json(reference / "results.json")["rows"])
     assert not list((run / "selector").glob("partial*"))  # the resume checkpoints are gone once it finished
+
+
+# ---- issue 38's minor items ---------------------------------------------------------------------
+
+
+def test_a_baseline_that_names_no_agent_is_refused_and_one_not_run_gets_a_note():
+    from experiments.benchmark.runner import check_baseline
+    from experiments.benchmark.settings import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--baseline 'nosuch': unknown algorithm\(s\) \['nosuch'\]; valid: .*vanilla_kd"):
+        check_baseline("nosuch", ["ac"])
+    notes: list[str] = []
+    check_baseline("vanilla_kd", ["ac"], notes.append)
+    assert len(notes) == 1 and "not among --algos ['ac']" in notes[0]
+    check_baseline("vanilla_kd", ["ac", "vanilla_kd"], notes.append)
+    assert len(notes) == 1
+
+
+def test_an_override_can_name_an_algorithm_with_dots_in_its_name():
+    from experiments.benchmark.settings import parse_override
+
+    algos = ["schedule:my/sched.json", "ac"]
+    assert parse_override("schedule:my/sched.json.episodes=3", algos) == ("schedule:my/sched.json", ["episodes"], 3)
+    assert parse_override("ac.env_kwargs.reward=dev_metric_delta", algos) == (
+        "ac", ["env_kwargs", "reward"], "dev_metric_delta")
+    assert parse_override("ppo.learning_rate=1.0e-3") == ("ppo", ["hyperparams", "learning_rate"], 1.0e-3)
+
+
+def test_reset_options_that_are_not_a_mapping_say_so():
+    import gymnasium as gym
+
+    import kd_env  # noqa: F401  (registers the ids)
+
+    env = gym.make("kd_env/QuickKD-v0").unwrapped
+    try:
+        with pytest.raises(ValueError, match=r"reset options must be a dict or None, got str 'x'; valid keys: "
+                                             r"\['config', .*'reward'"):
+            env.reset(options="x")
+    finally:
+        env.close()
+
+
+def test_glue_ac_config_that_is_a_folder_says_so(tmp_path: Path):
+    from experiments.glue_ac.cli import config_from_args
+
+    with pytest.raises(SystemExit, match=r"--config .* is a folder; pass a YAML file"):
+        config_from_args(["--config", str(tmp_path)])
+
+
+def test_a_damaged_cell_result_is_named_as_damaged_when_rerun(tmp_path: Path, capsys):
+    from experiments.benchmark import run_benchmark
+    from experiments.benchmark.grid import BenchmarkConfig
+
+    config = BenchmarkConfig(name="damaged", algos=["random_hard"], envs=["kd_env/QuickKD-v0"], seeds=[0],
+                             episodes=1, eval_every=1, eval_episodes=1, workers=1, out=str(tmp_path),
+                             bootstrap_reps=50, verbose=False, plots=False, baseline="random_hard")
+    run_benchmark(config)
+    result = next((tmp_path / "benchmark-damaged").glob("*/*/result.json"))
+    result.write_text('{"cell": ')  # a write cut short
+    capsys.readouterr()
+    run_benchmark(BenchmarkConfig(**{**config.__dict__, "verbose": True}))
+    out = capsys.readouterr().out
+    assert "rerunning" in out and "result.json is damaged or unfinished (not a JSON object), recomputing" in out, out

@@ -159,7 +159,7 @@ def build_grid(algos: Sequence[str], envs: Sequence[str], seeds: Sequence[int], 
     _check_algo_names(algos)
     parsed: dict[str, list[tuple[list[str], Any]]] = {a: [] for a in algos}
     for text in overrides:
-        algo, path, value = parse_override(text)
+        algo, path, value = parse_override(text, algos)
         if algo not in parsed:
             raise ConfigError(f"override {text!r} names algorithm {algo!r}, which is not in the grid {algos}")
         parsed[algo].append((path, value))

@@ -17,10 +17,11 @@ from typing import Any, Sequence
 
 from experiments.executors import check_executor, execute
 from experiments.runlock import RunLock, RunLockedError
+from experiments.store import read_finished
 from kd_env.io import FolderError, atomic_write_json, check_cache_root, check_writable_folder
 
 from .cell import batched, read_cell, run_cell, run_cells, write_cell
-from .grid import RESULT_FILE, BenchmarkConfig, Cell, _slug, build_grid
+from .grid import RESULT_FILE, BenchmarkConfig, Cell, _check_algo_names, _slug, build_grid
 from .settings import ConfigError, check_grid
 from .summary import summarize
 
@@ -76,6 +77,18 @@ class BenchmarkResult:
     wall_seconds: float
 
 
+def check_baseline(baseline: str, algos: Sequence[str], log: Any = print) -> None:
+    """``--baseline`` must name an agent (``ConfigError`` listing the valid names otherwise); one
+    that is not among ``algos`` gets a note: the summary's paired column then stays empty."""
+    try:
+        _check_algo_names([baseline])
+    except ConfigError as exc:
+        raise ConfigError(f"--baseline {baseline!r}: {exc}") from None
+    if baseline not in algos:
+        log(f"note: --baseline {baseline} is not among --algos {list(algos)}, so the summary's paired-difference "
+            f"column stays empty; add it to --algos to compare with it")
+
+
 def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
     """Build and check the grid, run the unfinished cells, summarise."""
     start = time.perf_counter()
@@ -88,6 +101,7 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
         raise ConfigError(f"name must be non-empty and use only letters, digits, '-', '_' and '.', got {config.name!r}")
     cells = build_grid(config.algos, config.envs, config.seeds, config.eval_every, config.eval_episodes,
                        config.overrides, config.episodes, config.config_dir, config.eval_split)
+    check_baseline(config.baseline, config.algos, log)
     run_dir = config.run_dir
     try:  # before any work: the run folder and the teacher cache are writable, no other run uses the folder
         fix = "pass another --out (or --name), or make it a writable folder"
@@ -115,7 +129,10 @@ def _run_locked(config: BenchmarkConfig, cells: list[Cell], run_dir: Path, start
         if done is not None:
             payloads[cell] = done
         else:
-            if (run_dir / cell.relative_dir() / RESULT_FILE).exists() and not config.fresh:
+            result_path = run_dir / cell.relative_dir() / RESULT_FILE
+            if result_path.exists() and not config.fresh:
+                if not why and read_finished(result_path) is None:
+                    why.append(f"its {RESULT_FILE} is damaged or unfinished (not a JSON object), recomputing")
                 log(f"rerunning {cell.label()}: {why[0] if why else 'its settings changed since it was run'}")
             todo.append(cell)
     skipped = [c for c in cells if c in payloads]

@@ -121,12 +121,20 @@ def parse_value(text: str) -> Any:
     return value
 
 
-def parse_override(text: str) -> tuple[str, list[str], Any]:
+def parse_override(text: str, algos: Sequence[str] = ()) -> tuple[str, list[str], Any]:
     """``ALGO.KEY=VALUE`` -> ``(algo, key path, value)``; ``KEY`` is ``episodes``,
     ``action_mode``, ``env_kwargs.NAME``, ``hyperparams.NAME`` or just a hyperparameter
-    ``NAME``."""
+    ``NAME``.  ``ALGO`` is the longest of ``algos`` the target starts with (so an algorithm
+    whose name holds dots, ``schedule:my/sched.json``, can be configured), else the target's
+    part before its first dot."""
     target, sep, raw = text.partition("=")
-    algo, dot, key = target.strip().partition(".")
+    target = target.strip()
+    named = [a for a in algos if target.startswith(f"{a}.")]
+    if named:
+        algo = max(named, key=len)
+        dot, key = ".", target[len(algo) + 1:]
+    else:
+        algo, dot, key = target.partition(".")
     if not sep or not dot or not algo or not key:
         raise ConfigError(f"override {text!r} must look like ALGO.KEY=VALUE, e.g. ppo.learning_rate=1.0e-3, "
                           f"ac.episodes=30, ac.env_kwargs.reward=dev_metric_delta")

@@ -94,6 +94,9 @@ def config_from_args(argv: Sequence[str] | None = None) -> ExperimentConfig:
     data: dict[str, Any] = {}
     if args.config:
         path = Path(args.config)
+        if path.is_dir():
+            raise SystemExit(f"error: --config {args.config} is a folder; pass a YAML file of ExperimentConfig keys "
+                             f"(e.g. a run's config.yaml)")
         if not path.is_file():
             raise SystemExit(f"error: --config {args.config}: no such file")
         try:
