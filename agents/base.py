@@ -263,6 +263,26 @@ def _info(key: str) -> dict[str, Any]:
     return AGENT_REGISTRY.info.get(key, {})
 
 
+def agent_keywords(name: str) -> list[str] | None:
+    """The keyword arguments the factory of agent ``name`` accepts besides ``env`` (and
+    ``argument`` for ``name:<argument>`` agents), read from its signature, or ``None`` when it
+    takes ``**kwargs`` (it cannot be told) or is not registered: for agents that declared no
+    hyperparameters, what a config may set."""
+    import inspect
+
+    factory = AGENT_REGISTRY.get(name.partition(":")[0])
+    if factory is None:
+        return None
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return sorted(n for n, p in params.items() if n not in ("self", "env", "argument")
+                  and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
+
+
 def agent_hyperparameters(name: str) -> dict[str, Any] | None:
     """Name -> type of every hyperparameter the agent ``name`` (``fixed:1010`` -> ``fixed``)
     declared at registration, or ``None`` when it declared none."""

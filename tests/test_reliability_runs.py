@@ -356,3 +356,12 @@ def test_a_damaged_cell_result_is_named_as_damaged_when_rerun(tmp_path: Path, ca
     run_benchmark(BenchmarkConfig(**{**config.__dict__, "verbose": True}))
     out = capsys.readouterr().out
     assert "rerunning" in out and "result.json is damaged or unfinished (not a JSON object), recomputing" in out, out
+
+
+def test_a_bad_override_key_of_an_agent_that_declares_nothing_is_refused_at_once_with_the_valid_keys(tmp_path):
+    from experiments.benchmark.grid import build_grid
+    from experiments.benchmark.settings import ConfigError
+
+    with pytest.raises(ConfigError, match=r"random_hard on kd_env/QuickKD-v0: unknown hyperparameter\(s\) "
+                                          r"\['nosuch'\]; random_hard accepts \['p', 'seed'\]"):
+        build_grid(["random_hard"], ["kd_env/QuickKD-v0"], [0], 1, 1, ["random_hard.nosuch=1"])

@@ -188,9 +188,15 @@ def check_hyperparameter_types(settings: AlgoSettings) -> None:
     """Unknown hyperparameters and values of the wrong type, against what the agent declared
     where it is registered (agents that declare nothing are left to the dry run)."""
     from agents import agent_hyperparameters
+    from agents.base import agent_keywords
 
     annotations = agent_hyperparameters(settings.algo)
-    if annotations is None:
+    if annotations is None:  # undeclared: the factory's own keywords, where its signature tells them
+        accepted = agent_keywords(settings.algo)
+        unknown = sorted(set(settings.hyperparams) - set(accepted or ()))
+        if accepted is not None and unknown:
+            raise ConfigError(f"{settings.algo} on {settings.env_id}: unknown hyperparameter(s) {unknown}; "
+                              f"{settings.algo} accepts {accepted}")
         return
     where = f"{settings.algo} on {settings.env_id}"
     check_known(settings.hyperparams, annotations, where, "hyperparameter", ConfigError)
