@@ -5,14 +5,16 @@ about 1.8x its real tokens.  Every dense layer of a transformer (the query/key/v
 projections, the feed-forward block, the layer norms) acts on each token alone, so it can run on
 the ``(N, H)`` matrix of the batch's ``N`` real tokens instead of the ``(B, T, H)`` padded block.
 Only attention mixes tokens: the packed queries, keys and values are scattered back to padded
-blocks for one fused ``scaled_dot_product_attention`` call with the padding mask, and its output
-is gathered back to the real tokens.  The arithmetic on real tokens is the same as the padded
+blocks of examples of similar length (:func:`length_blocks`), one
+``scaled_dot_product_attention`` call with the padding mask per block, and the output is
+gathered back to the real tokens.  The arithmetic on real tokens is the same as the padded
 forward's (equal up to float rounding; a test checks logits and gradients against Hugging
 Face's forward), and dropout draws the same distribution on a different number of elements.
 
 :func:`supports_packing` says whether a model has the layout this path knows (Hugging Face's
-BERT modules: BertModel, and models built of the same blocks such as RoBERTa's, with absolute
-positions, no decoder, no cross-attention); anything else runs the model's own forward.
+BERT modules, ``BertEmbeddings`` included, with absolute positions, no decoder, no
+cross-attention: BertModel and the MiniLM checkpoints built on it; RoBERTa, whose embeddings
+offset positions by the padding index, is not one); anything else runs the model's own forward.
 """
 
 from __future__ import annotations

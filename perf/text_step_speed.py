@@ -73,8 +73,7 @@ def make_env(variant: str, preset: str, situation: str | None, threads: int) -> 
     env = KnowledgeSelectionEnv(cfg, action_mode="mask")
     d = env.distiller
     if variant == "before":
-        d.knowledge = [PairwiseRelation(**getattr(k, "params", {})) if type(k) is Relation else k
-                       for k in d.knowledge]
+        d.knowledge = [PairwiseRelation() if type(k) is Relation else k for k in d.knowledge]
         d._optimizer_kernel = lambda: {"foreach": True}
         d.reset(cfg.seed)
     return env
