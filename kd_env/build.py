@@ -57,8 +57,8 @@ TEACHER_SUMMARY = "teacher.json"
 DEV_TOLERANCE = 0.005
 #: at most this many dev examples (a fixed seeded subset, recorded at save time as ``check``) are
 #: evaluated again when a cached teacher is loaded: the whole dev split of a text task (about
-#: 1,300 sentences) takes MiniLM-L6 ~12 s on one CPU thread, 512 of them ~5 s (a GPU: well under a
-#: second); the digits dev split (359) is checked whole
+#: 1,300 sentences) took MiniLM-L6 9.5-12.7 s on one CPU thread, 512 of them 4.5 s (docs/reliability.md);
+#: the digits dev split (359) is checked whole
 CHECK_EXAMPLES = 512
 CHECK_SEED = 38
 
