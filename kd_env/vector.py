@@ -8,7 +8,9 @@ per phase or episode (resets, instances, observations, rewards, infos, the data 
 student), and trains the N students of a phase together: their parameters are stacked into
 ``(N, ...)`` tensors, every linear layer is one batched matmul (``torch.baddbmm``), every
 knowledge loss is computed for all N students at once, and AdamW, gradient clipping and the
-learning-rate schedule run on the stacked tensors with each student's own step count.
+learning-rate schedule run on the stacked tensors with each student's own step count.  For the
+built-in knowledge types the whole step (forward, every term, backward) is written out without
+autograd (:class:`_HandStep`); a user's knowledge type trains through autograd and ``vmap``.
 
 Each copy keeps its own seed, situation (instance), mask, example weighting, data order and
 crash handling, so N copies give what N single envs give with the same seeds, up to float
@@ -33,7 +35,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, create_empty_array
 from torch import nn
 
-from .engine import Distiller, lr_factor
+from .engine import Distiller
 from .env import KnowledgeSelectionEnv
 from .knowledge import Feature, Finetune, Knowledge, Relation, Response, UncertaintyKD, uncertainty_weighting
 from .metrics import compute_metrics
@@ -238,6 +240,8 @@ class TeacherStates(ModelOutputs):
         self._argmax = argmax
         #: ``(||x||^2, x . hidden[0])`` per example for the student's input ``x`` (set by the batch)
         self.input_moments: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: the data table's rows these states were read from, ``(N, B, F)`` (set by the batch)
+        self.rows: torch.Tensor | None = None
 
     def log_softmax(self, temperature: float) -> torch.Tensor:
         """``log_softmax(logits / temperature)`` (stored for the temperatures in use)."""
@@ -449,6 +453,9 @@ class StudentBatch:
         # every student's parameters are one row of `flat` (N, P); `params[name]` are (N, *shape)
         # views of it (leaves for autograd), so AdamW and clipping are a dozen ops on (N, P)
         named = [(n, p) for n, p in first.student.named_parameters() if p.requires_grad]
+        # in a row, the parameters with weight decay first, then the others (each in the module's
+        # order): the parameters AdamW steps alike sit side by side, one kernel tensor per run
+        named = [x for x in named if _decays(*x)] + [x for x in named if not _decays(*x)]
         sizes = [p.numel() for _, p in named]
         starts = np.concatenate([[0], np.cumsum(sizes)])
         self.flat = torch.zeros((self.n, int(starts[-1])), device=self.device)
@@ -458,7 +465,7 @@ class StudentBatch:
             self.params[name] = view.requires_grad_(True)
         self._segments = list(zip(starts[:-1].tolist(), starts[1:].tolist()))  # each parameter's columns
         # weight decay as the Distiller's parameter groups have it: matrices yes, biases and norms no
-        self._decay = [p.ndim >= 2 and "norm" not in n.lower() for n, p in named]
+        self._decay = [_decays(n, p) for n, p in named]
         self.exp_avg = torch.zeros_like(self.flat)
         self.exp_avg_sq = torch.zeros_like(self.flat)
         #: AdamW's step count per slot and parameter (PyTorch counts per parameter: one that got no
@@ -471,7 +478,10 @@ class StudentBatch:
                        for t in (self.flat, self.grad_flat, self.exp_avg, self.exp_avg_sq)]
         self._views.append([[self._step_counts[i, q] for q in range(len(named))] for i in range(self.n)])
         self._zero_grads: list[torch.Tensor] | None = None  # the gradient of a parameter no chosen term reaches
-        self._adam_views: dict[bytes, list] = {}  # AdamW's view lists by the (slot, parameter) pairs they cover
+        self._adam_views: dict[bytes, list] = {}  # AdamW's view lists by the (slot, parameter) runs they cover
+        #: per slot: its distiller's learning rate, warm-up steps, total steps and weight decay
+        self._schedule = np.zeros((self.n, 4))
+        self._max_norm = torch.zeros(self.n, device=self.device)  # per slot: its gradient clipping norm
         self._reach: np.ndarray | None = None
         self._student_params: dict[int, tuple] = {}  # id(distiller) -> (distiller, its parameters in our order)
         # each slot's distillation set as the student sees it, in row blocks shared by the slots
@@ -485,13 +495,22 @@ class StudentBatch:
         self.temperatures = sorted({1.0} | {float(k.temperature) for k in self.knowledge if isinstance(k, Response)}
                                    | {float(k.response.temperature) for k in self.knowledge
                                       if isinstance(k, UncertaintyKD)})
-        widths = [("features", first.train_data.features.shape[1]), ("teacher_logits", t_out[0].shape[1])]
+        widths = [("features", first.train_data.features.shape[1])]
         widths += [(f"teacher_logp@{t}", t_out[0].shape[1]) for t in self.temperatures]
         widths += [(f"teacher_p@{t}", t_out[0].shape[1]) for t in self.temperatures]
         widths += [("teacher_argmax", 1)]
-        widths += [(f"hidden{j}", h.shape[1]) for j, h in enumerate(t_out[1])]
+        widths += [(f"hidden{j}", h.shape[1]) for j, h in enumerate(t_out[1]) if j > 0]
         widths += [(f"sq_norm{j}", 1) for j in range(len(t_out[1]))]
         widths += [("input_sq_norm", 1), ("input_dot0", 1)]  # the student's layer 0 is its input: data too
+        # the teacher's side of feature and relation per example, for the written-out step
+        # (:class:`_HandStep`): 1 / max(||t_j||, 1e-12), ||t_j||^2 / max(||t_j||, 1e-12)^2 and
+        # ||t_{j-1}||^2 ||t_j||^2, each group in adjacent columns
+        widths += [(f"inv_norm{j}", 1) for j in range(len(t_out[1]))]
+        widths += [(f"unit_sq_norm{j}", 1) for j in range(len(t_out[1]))]
+        widths += [(f"sq_norm_pair{j}", 1) for j in range(1, len(t_out[1]))]
+        #: the columns a written-out step reads (those above, the rest only autograd's terms)
+        self._hand_width = int(sum(w for _, w in widths))
+        widths += [("teacher_logits", t_out[0].shape[1])] + [("hidden0", h.shape[1]) for h in t_out[1][:1]]
         #: whether the input's moments with the teacher's first state are read from the table
         self._input_moments = (len(t_out[1]) > 0 and len(self.projection_names) > 0
                                and self.projection_names[0] is None
@@ -520,39 +539,48 @@ class StudentBatch:
         self._buffer_fields: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None  # its field views
         for i, d in enumerate(self.distillers):
             self.load(i, d)
+        #: the step written out without autograd, for the built-in knowledge (``None``: autograd)
+        self._hand = _HandStep.plan(self)
 
     # ---- copies in and out ------------------------------------------------------------------
     def load(self, i: int, distiller: Distiller) -> None:
         """Copy ``distiller``'s (freshly reset) student into slot ``i`` and zero its AdamW state
         (a reset distiller has a new optimizer)."""
-        if _architecture(distiller) != _architecture(self.distillers[0]):
+        # (a distiller reset in place keeps its student's architecture)
+        if distiller is not self.distillers[i] and _architecture(distiller) != _architecture(self.distillers[0]):
             check_batchable(distiller)
             raise ValueError("a copy changed its student's architecture or knowledge types; the batched env "
                              "needs every instance to share them")
         self.distillers[i] = distiller
-        named = dict(distiller.student.named_parameters())
         with torch.no_grad():
-            for n, p in self.params.items():
-                p[i].copy_(named[n].detach())
+            torch._foreach_copy_(self._views[0][i], [p.detach().reshape(-1) for p in self._student_views(i)])
             self.exp_avg[i].zero_()
             self.exp_avg_sq[i].zero_()
         self.adam_steps[i] = 0
         self._step_counts[i] = 0
+        cfg = distiller.config  # its learning-rate schedule (lr_factor's constants)
+        self._schedule[i] = (cfg.lr, int(cfg.warmup_fraction * cfg.total_steps), cfg.total_steps, cfg.weight_decay)
+        self._max_norm[i] = cfg.max_grad_norm
         if self._source[i] is not distiller:
             self._load_data(i, distiller)
 
     def store(self, indices: Sequence[int] | None = None) -> None:
         """Write the trained parameters of slots ``indices`` (all) back into their distillers."""
-        with torch.no_grad():
-            for i in range(self.n) if indices is None else indices:
-                d = self.distillers[i]
-                hit = self._student_params.get(id(d))
-                if hit is None or hit[0] is not d:
-                    named = dict(d.student.named_parameters())
-                    hit = (d, [named[n] for n in self.params])
-                    self._student_params[id(d)] = hit
-                for p, row in zip(hit[1], self._views[0][i]):
-                    p.view(-1).copy_(row)
+        slots = range(self.n) if indices is None else indices
+        with torch.no_grad():  # one kernel call for every parameter of every slot
+            torch._foreach_copy_([p for i in slots for p in self._student_views(i)],
+                                 [row for i in slots for row in self._views[0][i]])
+
+    def _student_views(self, i: int) -> list[torch.Tensor]:
+        """Slot ``i``'s distiller's student parameters, flattened views in our order (kept while
+        the slot holds that distiller)."""
+        d = self.distillers[i]
+        hit = self._student_params.get(id(d))
+        if hit is None or hit[0] is not d:
+            named = dict(d.student.named_parameters())
+            hit = (d, [named[n].view(-1) for n in self.params])
+            self._student_params[id(d)] = hit
+        return hit[1]
 
     def _teacher_outputs(self, d: Distiller) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The teacher's logits and mapped hidden states (one vector per layer) on the whole
@@ -617,6 +645,11 @@ class StudentBatch:
         for j, h in enumerate(hidden):
             fields[f"hidden{j}"] = h
             fields[f"sq_norm{j}"] = (h * h).sum(-1, keepdim=True)
+            norm = fields[f"sq_norm{j}"].sqrt().clamp_min(1e-12)
+            fields[f"inv_norm{j}"] = 1.0 / norm
+            fields[f"unit_sq_norm{j}"] = fields[f"sq_norm{j}"] / (norm * norm)
+            if j > 0:
+                fields[f"sq_norm_pair{j}"] = fields[f"sq_norm{j - 1}"] * fields[f"sq_norm{j}"]
         x = full["features"].float()
         fields["input_sq_norm"] = (x * x).sum(-1, keepdim=True)
         fields["input_dot0"] = ((x * hidden[0]).sum(-1, keepdim=True) if self._input_moments
@@ -661,10 +694,14 @@ class StudentBatch:
         has_active = selected.any(1)
         computed = list(range(k)) if all_losses else [j for j in range(k) if selected[:, j].any()]
         grad_terms = [j for j in range(k) if selected[:, j].any()]
+        hand = self._hand if all_losses else None
+        rows = hand.uncertainty_rows() if hand is not None else None
         sums = np.zeros((n, k))
         counts = np.zeros((n, k))
-        stat_names = ("ce", "acc", "kl", "agree", "ent")
-        stats = {s: np.zeros(n) for s in (*stat_names, "total", "grad")}
+        stats = {s: np.zeros(n) for s in ("total", "grad")}
+        prediction_sums = np.zeros((n, len(_PREDICTION_STATS)))  # per slot, summed over the steps
+        chosen = slice(None) if len(grad_terms) == k else grad_terms
+        w_numpy = w.double().cpu().numpy()  # the weights as the step's float32 product reads them
         done = np.zeros(n, dtype=np.int64)
         trained = np.zeros(n, dtype=np.int64)
         crashed = np.zeros(n, dtype=bool)
@@ -673,12 +710,18 @@ class StudentBatch:
             if not live.any():
                 break
             batch, t_out = self._gather(live)
-            with torch.set_grad_enabled(bool(grad_terms)):
-                s_out = self.forward(batch["features"], t_out.hidden, t_out.input_moments)
-                terms = self._terms(s_out, t_out, batch, computed, grad_terms)
-            stacked = torch.stack([terms[j] if j in terms else torch.full((n,), math.nan, device=dev)
-                                   for j in range(k)], 1)  # (N, K)
-            values = stacked.detach().cpu().double().numpy()
+            if hand is not None:
+                state = hand.forward(batch, t_out, rows)
+                stacked, predictions = state.values, state.stats
+            else:
+                with torch.set_grad_enabled(bool(grad_terms)):
+                    s_out = self.forward(batch["features"], t_out.hidden, t_out.input_moments)
+                    terms = self._terms(s_out, t_out, batch, computed, grad_terms)
+                stacked = torch.stack([terms[j] if j in terms else torch.full((n,), math.nan, device=dev)
+                                       for j in range(k)], 1)  # (N, K)
+                predictions = self._prediction_values(s_out, t_out, batch)
+            read = torch.cat([stacked.detach(), predictions], 1).cpu().double().numpy()  # one copy to numpy
+            values = read[:, :k]
             done += live
             finite = np.isfinite(values)
             crash_now = live & (selected & ~finite).any(1)
@@ -686,23 +729,28 @@ class StudentBatch:
             ok = live & ~crash_now
             sums[ok] += np.where(finite[ok], values[ok], 0.0)
             counts[ok] += finite[ok]
-            self._prediction_stats(stats, s_out, t_out, batch, ok)
+            prediction_sums[ok] += read[ok, k:]
             update = ok & has_active
             if update.any():
-                # (N,): sum_k w_k L_k per student over the terms someone chose, in one product
-                chosen = slice(None) if len(grad_terms) == k else grad_terms
-                total = (stacked[:, chosen] * w[:, chosen]).sum(1)
+                # (N,): sum_k w_k L_k per student over the terms someone chose
                 upd = torch.as_tensor(update, device=dev)
-                for p in self.params.values():
-                    p.grad = None
-                torch.where(upd, total, torch.zeros_like(total)).sum().backward()
+                if hand is not None:
+                    total = (values[:, chosen] * w_numpy[:, chosen]).sum(1)
+                    hand.backward(state, w * upd.unsqueeze(1))
+                else:
+                    total_t = (stacked[:, chosen] * w[:, chosen]).sum(1)
+                    for p in self.params.values():
+                        p.grad = None
+                    torch.where(upd, total_t, torch.zeros_like(total_t)).sum().backward()
+                    self._collect_grads()
+                    total = total_t.detach().cpu().double().numpy()
                 grad_norm = self._clip(upd)  # (N,) before clipping
                 bad = update & ~np.isfinite(grad_norm)
                 crashed |= bad
                 update &= ~bad
                 if update.any():
                     self._adamw(update, selected)
-                    stats["total"][update] += total.detach().cpu().double().numpy()[update]
+                    stats["total"][update] += total[update]
                     stats["grad"][update] += grad_norm[update]
                     trained += update
             for i in np.flatnonzero(live & ~crashed):
@@ -710,6 +758,7 @@ class StudentBatch:
         for i in np.flatnonzero(crashed):
             self.distillers[i].step += 1  # the crashing step is spent
         seconds = (time.perf_counter() - start) / max(1, n)
+        stats.update({name: prediction_sums[:, j] for j, name in enumerate(_PREDICTION_STATS)})
         out = []
         for i in range(n):
             m = max(1, int(done[i]) - int(crashed[i]))
@@ -750,8 +799,9 @@ class StudentBatch:
         slots get their first examples (computed on, never learnt from)."""
         bs = self.distillers[0].config.batch_size
         first = np.arange(bs)
-        if self._gather_buffer is None or self._gather_buffer.shape != (self.n, bs, self.table.shape[2]):
-            self._gather_buffer = self.table.new_empty((self.n, bs, self.table.shape[2]))
+        width = self._hand_width if self._hand is not None else self.table.shape[2]  # the columns the step reads
+        if self._gather_buffer is None or self._gather_buffer.shape != (self.n, bs, width):
+            self._gather_buffer = self.table.new_empty((self.n, bs, width))
         return self._batch_at(np.stack([d._next_indices() if live[i] else first
                                         for i, d in enumerate(self.distillers)]), out=self._gather_buffer)
 
@@ -759,12 +809,16 @@ class StudentBatch:
         """The batch of examples ``idx[i]`` of each slot i (``(N, B)`` indices), its table rows
         written into ``out`` (``(N, B, F)``) when given: a training step reuses one buffer (a
         fresh 3 MB tensor every step costs the kernel's page faults, more than the copy), whose
-        field views are made once."""
+        field views are made once.  An ``out`` narrower than the table gets the first columns
+        (the fields beyond them are ``None``: the written-out step does not read them)."""
         bs = idx.shape[1]
         flat = torch.as_tensor((idx + self._row_offsets).reshape(-1), device=self.device)
         rows = self.table.view(-1, self.table.shape[2])
+        if out is not None:
+            rows = rows[:, :out.shape[2]]
         if out is None:
-            fields = self._fields(rows.index_select(0, flat).view(self.n, bs, -1))
+            out = rows.index_select(0, flat).view(self.n, bs, -1)
+            fields = self._fields(out)
         else:
             torch.index_select(rows, 0, flat, out=out.view(-1, rows.shape[1]))
             if self._buffer_fields is None or self._buffer_fields[0] is not out:
@@ -782,6 +836,7 @@ class StudentBatch:
                                 {t: fields[f"teacher_p@{t}"] for t in self.temperatures},
                                 fields["teacher_argmax"].long())
         teacher.input_moments = (fields["input_sq_norm"], fields["input_dot0"]) if self._input_moments else None
+        teacher.rows = out
         return batch, teacher
 
     def _fields(self, table: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -789,16 +844,26 @@ class StudentBatch:
         for the one-column fields."""
         out = {}
         for name, (a, b) in self._columns.items():
+            if b > table.shape[2]:
+                out[name] = None
+                continue
             out[name] = table[:, :, a] if b - a == 1 else table[:, :, a:b]
         return out
 
     @staticmethod
-    @torch.no_grad()
     def _prediction_stats(stats: dict[str, np.ndarray], student: StudentStates, teacher: TeacherStates,
                           batch: dict[str, torch.Tensor], ok: np.ndarray) -> None:
-        """:func:`~kd_env.phase_stats.accumulate_prediction_stats` for every slot in ``ok`` (the
-        students' log-probabilities and predictions shared with the step's knowledge terms, the
-        teacher's read from the data table)."""
+        """:func:`~kd_env.phase_stats.accumulate_prediction_stats` for every slot in ``ok``."""
+        values = StudentBatch._prediction_values(student, teacher, batch).cpu().double().numpy()
+        for j, name in enumerate(_PREDICTION_STATS):
+            stats[name][ok] += values[ok, j]
+
+    @staticmethod
+    @torch.no_grad()
+    def _prediction_values(student: StudentStates, teacher: TeacherStates, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each slot's prediction statistics on its batch, ``(N, 5)`` in the order of
+        ``_PREDICTION_STATS`` (the students' log-probabilities and predictions shared with the
+        step's knowledge terms, the teacher's read from the data table)."""
         logp = student.log_softmax(1.0)
         labels = batch["labels"]
         ce = -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
@@ -815,23 +880,24 @@ class StudentBatch:
         kl = (teacher.softmax(1.0) * (logq - logp)).sum(-1).mean(1)
         agree = (predicted == teacher.argmax()).float().mean(1)
         ent = -(logp.exp() * logp).sum(-1).mean(1)
-        values = torch.stack([ce_mean, acc, kl, agree, ent], 1).cpu().double().numpy()
-        for j, name in enumerate(("ce", "acc", "kl", "agree", "ent")):
-            stats[name][ok] += values[ok, j]
+        return torch.stack([ce_mean, acc, kl, agree, ent], 1)
 
-    def _clip(self, update: torch.Tensor) -> np.ndarray:
-        """The students' gradients gathered in :attr:`grad_flat` ``(N, P)`` and clipped per
-        student to ``config.max_grad_norm`` as ``clip_grad_norm_`` clips them (slots not updated
-        are left alone); returns each student's gradient norm before clipping."""
-        grads = self.grad_flat
+    def _collect_grads(self) -> None:
+        """The parameters' gradients (autograd's) gathered in :attr:`grad_flat` ``(N, P)`` (zero
+        for a parameter without one)."""
         if self._zero_grads is None:
             self._zero_grads = [torch.zeros((self.n, b - a), device=self.device) for a, b in self._segments]
         torch.cat([z if p.grad is None else p.grad.reshape(self.n, -1)
-                   for p, z in zip(self.params.values(), self._zero_grads)], 1, out=grads)  # one copy, not eight
+                   for p, z in zip(self.params.values(), self._zero_grads)], 1, out=self.grad_flat)  # one copy
+
+    def _clip(self, update: torch.Tensor) -> np.ndarray:
+        """The students' gradients in :attr:`grad_flat` ``(N, P)`` clipped per student to
+        ``config.max_grad_norm`` as ``clip_grad_norm_`` clips them (slots not updated are left
+        alone); returns each student's gradient norm before clipping."""
+        grads = self.grad_flat
         total = torch.linalg.vector_norm(grads, 2, dim=1)
-        max_norm = torch.as_tensor([d.config.max_grad_norm for d in self.distillers], device=total.device)
-        coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-        grads.mul_(torch.where(update, coef, torch.ones_like(coef)).unsqueeze(1))
+        coef = torch.div(self._max_norm, total + 1e-6).clamp_(max=1.0)
+        grads.mul_(torch.where(update, coef, 1.0).unsqueeze(1))
         return total.detach().cpu().double().numpy()
 
     def reach(self) -> np.ndarray:
@@ -864,21 +930,52 @@ class StudentBatch:
         stepped = update[:, None] & (selected.astype(np.int64) @ self.reach().astype(np.int64) > 0)  # (N, params)
         self.adam_steps += stepped
         self._step_counts.add_(torch.as_tensor(stepped, dtype=torch.float32, device=self.device))
+        if not stepped.any():
+            return
+        lr = self._learning_rates()[:, None]
+        wd = self._schedule[:, 3:4] * np.asarray(self._decay)[None, :]
+        # neighbouring parameters of a slot with the same step count are one tensor for the kernel
+        same = np.zeros_like(stepped)
+        same[:, 1:] = stepped[:, 1:] & stepped[:, :-1] & (self.adam_steps[:, 1:] == self.adam_steps[:, :-1])
         # one kernel call per (learning rate, weight decay) group of (slot, parameter) pairs
-        lr = np.array([_scheduled_lr(d) for d in self.distillers])[:, None]
-        wd = np.array([d.config.weight_decay for d in self.distillers])[:, None] * np.asarray(self._decay)[None, :]
-        groups = [(group_lr, group_wd) for group_lr in np.unique(lr[stepped.any(1)])
-                  for group_wd in np.unique(wd[stepped & (lr == group_lr)])]
-        for group_lr, group_wd in groups:
-            members = stepped & (lr == group_lr) & (wd == group_wd)
-            views = self._adam_views.get(members.tobytes())  # the same pairs step again and again
-            if views is None:
-                if len(self._adam_views) >= 64:
-                    self._adam_views.clear()
-                pairs = np.argwhere(members)
-                views = self._adam_views[members.tobytes()] = [[v[i][q] for i, q in pairs] for v in self._views]
-            torch._fused_adamw_(*views[:4], [], views[4], lr=float(group_lr), beta1=_BETA1, beta2=_BETA2,
-                                weight_decay=float(group_wd), eps=_EPS, amsgrad=False, maximize=False)
+        rates = lr[stepped.any(1), 0]
+        for group_lr in (rates[:1] if (rates == rates[0]).all() else np.unique(rates)):
+            in_lr = stepped & (lr == group_lr)
+            for group_wd in np.unique(wd[in_lr]):
+                members = in_lr & (wd == group_wd)
+                key = members.tobytes() + same.tobytes()  # the same runs step again and again
+                views = self._adam_views.get(key)
+                if views is None:
+                    if len(self._adam_views) >= 64:
+                        self._adam_views.clear()
+                    views = self._adam_views[key] = self._run_views(members, same)
+                torch._fused_adamw_(*views[:4], [], views[4], lr=float(group_lr), beta1=_BETA1, beta2=_BETA2,
+                                    weight_decay=float(group_wd), eps=_EPS, amsgrad=False, maximize=False)
+
+    def _run_views(self, members: np.ndarray, same: np.ndarray) -> list[list[torch.Tensor]]:
+        """The kernel's tensors for the (slot, parameter) pairs ``members``: parameters, gradients,
+        both moments and step counts, one per run of neighbouring parameters of a slot that
+        ``same`` joins (one step count for the run)."""
+        runs: list[list[int]] = []  # [slot, first parameter, last parameter]
+        for i, q in np.argwhere(members).tolist():
+            if runs and runs[-1][0] == i and runs[-1][2] == q - 1 and same[i, q]:
+                runs[-1][2] = q
+            else:
+                runs.append([i, q, q])
+        out = [[t[i, self._segments[q][0]:self._segments[last][1]] for i, q, last in runs]
+               for t in (self.flat, self.grad_flat, self.exp_avg, self.exp_avg_sq)]
+        out.append([self._views[4][i][q] for i, q, _ in runs])
+        return out
+
+    def _learning_rates(self) -> np.ndarray:
+        """Each slot's learning rate for its next optimizer step, ``(N,)``: its distiller's
+        warm-up / linear schedule (:func:`~kd_env.engine.lr_factor`, the same float arithmetic)
+        at its step."""
+        step = np.fromiter((d.step for d in self.distillers), dtype=np.float64, count=self.n)
+        base, warm, total = self._schedule[:, 0], self._schedule[:, 1], self._schedule[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            factor = np.where(step < warm, (step + 1) / warm, np.maximum(0.0, (total - step) / np.maximum(1, total - warm)))
+        return base * factor
 
     # ---- checks and evaluation ------------------------------------------------------------------
     def snapshot(self) -> torch.Tensor:
@@ -902,8 +999,11 @@ class StudentBatch:
         :meth:`Distiller.evaluate` ``("probe")`` gives them."""
         logits = self.forward(self.probe_features).logits.float().cpu()
         labels = self.probe_labels
-        losses = _finetune_per_example(logits, labels).mean(1).double().numpy()
-        correct = (logits.argmax(-1) == labels).sum(1).numpy()
+        # cross-entropy as logsumexp - the label's logit, with one max (also the prediction)
+        top, predicted = logits.max(-1, keepdim=True)
+        log_total = (logits - top).exp_().sum(-1).log_().add_(top.squeeze(-1))
+        losses = (log_total - logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)).mean(1).double().numpy()
+        correct = (predicted.squeeze(-1) == labels).sum(1).numpy()
         out = []
         for i, d in enumerate(self.distillers):
             if _accuracy_only(d.task):  # what compute_metrics gives, without its per-copy numpy pass
@@ -941,6 +1041,346 @@ class StudentBatch:
                 for i in indices}
 
 
+# --------------------------------------------------------------------------------------------
+# One optimizer step written out: forward, knowledge terms and backward without autograd
+# --------------------------------------------------------------------------------------------
+
+
+class _StepState:
+    """What :meth:`_HandStep.forward` keeps of one step for the statistics and the backward."""
+
+    __slots__ = ("values", "stats", "probs", "labels", "teacher_probs", "x", "targets", "logit_parts",
+                 "moment_parts")
+
+    def __init__(self, **kwargs: Any):
+        for name, value in kwargs.items():
+            setattr(self, name, value)
+
+
+class _HandStep:
+    """The arithmetic of one optimizer step of N MLP students with the built-in knowledge of a
+    feature task (``finetune``, ``response``, ``uncertainty_kd``, ``feature``, ``relation``),
+    written out without autograd.  :meth:`forward` computes every term's value for every
+    student (the observation reports each term's mean over the phase, chosen or not), the
+    prediction statistics, and each term's derivatives per example; :meth:`backward` runs the
+    chain rule through the students by hand for the students' weights of the terms.
+
+    Every term is a function of the logits ``z`` and of two numbers per example and layer
+    ``j``, ``s_j = ||P_j h_j||^2`` and ``d_j = (P_j h_j) . t_j`` (see :class:`_ProjectedMoments`),
+    so the backward needs only ``dL/dz`` ``(N, B, C)`` and ``a_j = dL/ds_j``, ``c_j = dL/dd_j``
+    ``(N, B)``:
+
+    * ``dL/dz = A (softmax(z) - onehot(y)) + sum_T R_T (softmax(z / T) - q_T)``, with ``A`` the
+      weights of the cross-entropy per example, ``R_T`` ``T`` times those of the KL terms at
+      temperature ``T`` and ``q_T`` the teacher's probabilities;
+    * ``dL/dh_j += 2 a_j (h_j G_j) + c_j U_j`` and ``dL/dP_j = t_j^T diag(c_j) h_j
+      + 2 P_j (h_j^T diag(a_j) h_j)`` (:class:`_ProjectedMoments`'s backward);
+    * then the MLP's layers backwards (ReLU masks from the activations).
+
+    The formulas are those of :func:`batched_knowledge_loss` and of the autograd Functions above,
+    with the same clamps and gradient masks; values and gradients equal theirs up to float
+    rounding (``tests/test_vector_env.py`` checks both).  Against autograd on those expressions
+    this saves the graph (about a hundred nodes a step), and about half of the small operations:
+    the per-layer arithmetic runs on the layers stacked ``(L, N, B)``, the softmaxes share one
+    ``max`` (which is also the prediction), the teacher's side of ``feature`` and ``relation``
+    is read from the data table, and activations and moment products are written into buffers
+    reused every step.  :meth:`plan` gives ``None`` for anything else (another knowledge type,
+    layers of different widths, a layer without a projection): that trains through autograd.
+    """
+
+    KINDS = (Finetune, Response, UncertaintyKD, Feature, Relation)
+
+    def __init__(self, batch: "StudentBatch"):
+        self.batch = batch
+        self.knowledge = list(batch.knowledge)
+        self.layers = len(batch.layer_names)
+        self.width = int(batch.params[batch.layer_names[0][0]].shape[1])
+        self.temperatures = [t for t in batch.temperatures if t != 1.0]
+        self.uncertain = any(type(k) is UncertaintyKD for k in self.knowledge)
+        cols = batch._columns
+        depth = self.layers + 1
+        self._sq_norms = (cols["sq_norm0"][0], cols[f"sq_norm{depth - 1}"][1])  # (first, end) columns
+        self._inv_norms = (cols["inv_norm0"][0], cols[f"inv_norm{depth - 1}"][1])
+        self._unit_sq_norms = (cols["unit_sq_norm0"][0], cols[f"unit_sq_norm{depth - 1}"][1])
+        self._pairs = (cols["sq_norm_pair1"][0], cols[f"sq_norm_pair{depth - 1}"][1]) if depth > 1 else None
+        #: the teacher's width of each hidden state
+        self.teacher_widths = [float(cols[f"hidden{j}"][1] - cols[f"hidden{j}"][0]) for j in range(depth)]
+        self._buffers: dict[tuple, tuple[torch.Tensor, ...]] = {}
+        self._log_classes: float | None = None
+        self._relation_plan: tuple | None = None
+
+    @classmethod
+    def plan(cls, batch: "StudentBatch") -> "_HandStep | None":
+        """The written-out step for ``batch``, or ``None`` where autograd must run it."""
+        if any(type(k) not in cls.KINDS for k in batch.knowledge):
+            return None
+        widths = {int(batch.params[w].shape[1]) for w, _ in batch.layer_names}
+        if len(widths) != 1 or batch._num_hidden != len(batch.layer_names) + 1:
+            return None
+        if batch.projection_names[0] is not None or any(name is None for name in batch.projection_names[1:]):
+            return None
+        if any(type(k) is Relation for k in batch.knowledge) and not batch._input_moments:
+            return None
+        return cls(batch)
+
+    def uncertainty_rows(self) -> torch.Tensor | None:
+        """Which students weight their examples by Dynamic KD's ``uncertainty`` (``(N, 1)``), or
+        ``None`` when none does; another weighting is refused as the autograd path refuses it."""
+        weighting = [d.example_weighting for d in self.batch.distillers]
+        for name in set(weighting) - {None}:
+            if name != "uncertainty":
+                raise ValueError(f"the batched env supports the 'uncertainty' example weighting only, got {name!r}")
+        if "uncertainty" not in weighting:
+            return None
+        return torch.as_tensor([x == "uncertainty" for x in weighting], device=self.batch.device).unsqueeze(1)
+
+    def _buffers_for(self, n: int, bs: int, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """A step's activations ``(L, N, B, d)``, moment products ``(2, L, N, B, d)`` (``h G``
+        and ``t P``) and a scratch of that size, reused (a step's are read before the next step
+        writes them; a fresh megabyte every step costs the kernel's page faults)."""
+        key = (n, bs)
+        if key not in self._buffers:
+            shape = (self.layers, n, bs, self.width)
+            self._buffers = {key: (like.new_empty(shape), like.new_empty((2, *shape)), like.new_empty((2, *shape)))}
+        return self._buffers[key]
+
+    def _columns(self, rows: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
+        """Adjacent one-wide fields of the gathered rows as ``(fields, N, B)``."""
+        return rows[:, :, span[0]:span[1]].permute(2, 0, 1)
+
+    @torch.no_grad()
+    def forward(self, data: dict[str, torch.Tensor], teacher: TeacherStates, rows: torch.Tensor | None) -> _StepState:
+        """Every knowledge term of every student on its batch (``values`` ``(N, K)``), the
+        prediction statistics (``stats`` ``(N, 5)``: cross-entropy, accuracy, KL to the teacher,
+        agreement, entropy, as :meth:`StudentBatch._prediction_stats` computes them) and what
+        :meth:`backward` reads."""
+        b = self.batch
+        p = b.params
+        x = data["features"]
+        n, bs = x.shape[:2]
+        hidden, prods, scratch = self._buffers_for(n, bs, x)
+        h = x
+        for layer, (wn, bn) in enumerate(b.layer_names):
+            torch.baddbmm(p[bn].unsqueeze(1), h, p[wn].transpose(1, 2), out=hidden[layer])
+            h = hidden[layer].relu_()
+        # the logits class-major, (N, C, B): the softmaxes reduce over a short dimension that is
+        # not the innermost, which vectorises over the examples (several times faster than (N, B, C))
+        z = torch.baddbmm(p["model.head.bias"].unsqueeze(2), p["model.head.weight"], h.transpose(1, 2))
+        for layer in range(self.layers):
+            proj = p[b.projection_names[layer + 1]]
+            torch.bmm(hidden[layer], torch.bmm(proj.transpose(1, 2), proj), out=prods[0, layer])
+            torch.bmm(teacher.hidden[layer + 1], proj, out=prods[1, layer])
+        sd = torch.mul(prods, hidden, out=scratch).sum(-1)  # (2, L, N, B): s_j = ||P_j h_j||^2, d_j = (P_j h_j) . t_j
+        # log-softmax at every temperature from one max (which is also the prediction)
+        top, predicted = z.max(1, keepdim=True)
+        shifted = z - top
+        exp = shifted.exp()
+        total = exp.sum(1, keepdim=True)
+        log_p = shifted - total.log()
+        probs, log_probs = {1.0: exp.div_(total)}, {1.0: log_p}
+        for t in self.temperatures:
+            scaled = shifted * (1.0 / t)
+            exp = scaled.exp()
+            total = exp.sum(1, keepdim=True)
+            log_probs[t], probs[t] = scaled.sub_(total.log()), exp.div_(total)
+        predicted = predicted.squeeze(1)
+        labels = data["labels"]
+        ce = log_p.gather(1, labels.unsqueeze(1)).squeeze(1).neg_()
+        mask = data.get("label_mask")
+        entropy = (probs[1.0] * log_p).sum(1).neg_()
+        u = None
+        if rows is not None or self.uncertain:
+            if self._log_classes is None:  # as uncertainty_weighting divides
+                self._log_classes = float(torch.log(torch.tensor(float(z.shape[1]))))
+            u = (entropy / self._log_classes).clamp_(0.0, 1.0)
+        kl: dict[float, torch.Tensor] = {}
+        teacher_probs = {t: teacher.softmax(t).transpose(1, 2) for t in probs}  # (N, C, B) views
+
+        def kl_at(t: float) -> torch.Tensor:  # KL(q_T || p_T) per example
+            if t not in kl:
+                kl[t] = (teacher_probs[t] * (teacher.log_softmax(t).transpose(1, 2) - log_probs[t])).sum(1)
+            return kl[t]
+
+        # the prediction statistics
+        hit = (predicted == labels).float()
+        agree = (predicted == teacher.argmax()).float()
+        if mask is None:
+            stats = torch.stack([ce, hit, kl_at(1.0), agree, entropy], -1).mean(1)
+            ce_weight = None  # 1 / B for every example
+        else:
+            count = mask.sum(1, keepdim=True)
+            ce_weight = mask / count.clamp_min(1)
+            labelled = torch.stack([ce, hit], -1).mul_(ce_weight.unsqueeze(-1)).sum(1)
+            stats = torch.cat([labelled, torch.stack([kl_at(1.0), agree, entropy], -1).mean(1)], 1)
+
+        values: list[torch.Tensor] = []
+        logit_parts: list[tuple[int, Any, dict[float, Any]]] = []  # (term, cross-entropy weights, KL weights by T)
+        moment_parts: list[tuple[int, torch.Tensor, torch.Tensor, Any]] = []  # (term, dL/ds, dL/dd, layers)
+        rows_data = teacher.rows
+        for k, kn in enumerate(self.knowledge):
+            kind = type(kn)
+            if kind is Finetune:
+                if rows is None:
+                    weights = ce_weight if ce_weight is not None else 1.0 / bs
+                else:
+                    extra = torch.where(rows, 1.0 - u, torch.ones_like(u))
+                    weights = extra * (ce_weight if ce_weight is not None else 1.0 / bs)
+                values.append(ce.mean(1) if isinstance(weights, float) else (ce * weights).sum(1))
+                logit_parts.append((k, weights, {}))
+            elif kind is Response:
+                t = kn.temperature
+                per = kl_at(t)
+                if rows is None:
+                    values.append(per.mean(1) * (t * t))
+                    logit_parts.append((k, None, {t: t / bs}))
+                else:
+                    weights = torch.where(rows, u, torch.ones_like(u)) * (1.0 / bs)
+                    values.append((per * weights).sum(1) * (t * t))
+                    logit_parts.append((k, None, {t: weights * t}))
+            elif kind is UncertaintyKD:
+                t = kn.response.temperature
+                ft = (1.0 - u) * (ce_weight if ce_weight is not None else 1.0 / bs)
+                resp = u * (1.0 / bs)
+                values.append((ce * ft).sum(1) + (kl_at(t) * resp).sum(1) * (t * t))
+                logit_parts.append((k, ft, {t: resp * t}))
+            elif kind is Feature:
+                value, ds, dd, which = self._feature(kn, sd, rows_data, teacher, bs)
+                values.append(value)
+                moment_parts.append((k, ds, dd, which))
+            else:
+                value, ds, dd = self._relation(sd, rows_data, teacher, bs)
+                values.append(value)
+                moment_parts.append((k, ds, dd, slice(None)))
+        return _StepState(values=torch.stack(values, 1), stats=stats, probs=probs, labels=labels,
+                          teacher_probs=teacher_probs, x=x,
+                          targets=[teacher.hidden[j + 1] for j in range(self.layers)],
+                          logit_parts=logit_parts, moment_parts=moment_parts)
+
+    def _feature(self, kn: Feature, sd: torch.Tensor, rows: torch.Tensor, teacher: TeacherStates,
+                 bs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+        """``feature``'s value ``(N,)`` and its derivatives by ``s_j`` and ``d_j`` per example,
+        ``(J, N, B)``, on the layers it reads (``which``: their positions in ``0..L-1``)."""
+        layers = kn._indices(self.layers)
+        which: Any = slice(None) if layers == list(range(1, self.layers + 1)) else [j - 1 for j in layers]
+        s, d = sd[0, which], sd[1, which]
+        scale = 1.0 / (len(layers) * bs)
+        if kn.tokens == "all":  # mean over (B, H) of (P h - t)^2
+            q = self._columns(rows, self._sq_norms)[1:][which]
+            widths = torch.tensor([self.teacher_widths[j] for j in layers], device=s.device)
+            value = (torch.add(s, q).sub_(d, alpha=2.0).mean(2) / widths.unsqueeze(1)).mean(0)
+            ds = (scale / widths).view(-1, 1, 1).expand_as(s)
+            return value, ds, ds * -2.0, which
+        # _PooledFeature: f = s / ns^2 + q / nt^2 - 2 d / (ns nt), ns = max(sqrt(s), 1e-12)
+        inv_nt = self._columns(rows, self._inv_norms)[1:][which]
+        unit_t = self._columns(rows, self._unit_sq_norms)[1:][which]
+        root = s.sqrt()
+        inv_ns = root.clamp_min(1e-12).reciprocal_()
+        inv_ns2 = inv_ns * inv_ns
+        inv_nn = inv_ns.mul_(inv_nt)  # 1 / (ns nt)
+        unit_s = s * inv_ns2
+        dn = d * inv_nn
+        value = torch.add(unit_s, unit_t).sub_(dn, alpha=2.0).mean(2).mean(0)
+        # df/ds = 1 / ns^2 + [sqrt(s) >= 1e-12] (d / (ns nt) - s / ns^2) / ns^2
+        ds = dn.sub_(unit_s).mul_(inv_ns2).mul_(root >= 1e-12).add_(inv_ns2).mul_(scale)
+        return value, ds, inv_nn.mul_(-2.0 * scale), which
+
+    def _relation(self, sd: torch.Tensor, rows: torch.Tensor, teacher: TeacherStates,
+                  bs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``relation``'s value ``(N,)`` and its derivatives by ``s_j``, ``d_j`` (``(L, N, B)``):
+        :class:`_RelationProduct` on the pairs ``(j - 1, j)``, the input's moments and the
+        teacher's products of squared norms read from the data table."""
+        s0, d0 = teacher.input_moments
+        s = torch.cat([s0.unsqueeze(0), sd[0]])  # (D, N, B)
+        d = torch.cat([d0.unsqueeze(0), sd[1]])
+        value = (s[:-1] * s[1:]).sub_(d[:-1] * d[1:], alpha=2.0).add_(self._columns(rows, self._pairs))  # (L, N, B)
+        if self._relation_plan is None:
+            widths = self.teacher_widths
+            pairs = torch.tensor([a * c for a, c in zip(widths[:-1], widths[1:])], device=s.device)
+            self._relation_plan = (pairs.view(-1, 1), (1.0 / (pairs * (self.layers * bs))).view(-1, 1, 1))
+        pairs, grad_scale = self._relation_plan
+        g = (value >= 0).float().mul_(grad_scale)
+        rel = (value.clamp_min_(0).mean(2) / pairs).mean(0)
+        ds, dd = g * s[:-1], (g * d[:-1]).mul_(-2.0)  # layer j as the second of pair (j - 1, j)
+        if self.layers > 1:  # layer j as the first of pair (j, j + 1)
+            ds[:-1].addcmul_(g[1:], s[2:])
+            dd[:-1].addcmul_(g[1:], d[2:], value=-2.0)
+        return rel, ds, dd
+
+    @torch.no_grad()
+    def backward(self, st: _StepState, coef: torch.Tensor) -> None:
+        """The gradient of ``sum_i sum_k coef[i, k] L_ik`` by every student's parameters, written
+        into :attr:`StudentBatch.grad_flat` (``coef`` ``(N, K)``: each student's weights of the
+        terms, zero for a student that does not learn in this step)."""
+        b = self.batch
+        p = b.params
+        x = st.x
+        n, bs = x.shape[:2]
+        hidden, prods, _ = self._buffers_for(n, bs, x)
+        top = self.layers - 1
+        ce_coef, kl_coef = None, {}
+        for k, weights, by_t in st.logit_parts:
+            c = coef[:, k:k + 1]
+            if weights is not None:
+                ce_coef = weights * c if ce_coef is None else ce_coef + weights * c
+            for t, r in by_t.items():
+                kl_coef[t] = r * c if t not in kl_coef else kl_coef[t] + r * c
+        a = dd = None
+        for k, ds_k, dd_k, which in st.moment_parts:
+            c = coef[:, k:k + 1]
+            if a is None and which == slice(None):
+                a, dd = ds_k * c, dd_k * c
+                continue
+            if a is None:
+                a, dd = hidden.new_zeros(hidden.shape[:3]), hidden.new_zeros(hidden.shape[:3])
+            if which == slice(None):
+                a.addcmul_(ds_k, c)
+                dd.addcmul_(dd_k, c)
+            else:
+                a[which] += ds_k * c
+                dd[which] += dd_k * c
+        extra = None
+        if a is not None:  # dL/dh_j from the moments: 2 a_j (h_j G_j) + c_j U_j
+            extra = torch.mul(prods[1], dd.unsqueeze(-1)).addcmul_(prods[0], a.unsqueeze(-1), value=2.0)
+        grads: dict[str, torch.Tensor] = {}
+        head_w, head_b = p["model.head.weight"], p["model.head.bias"]
+        gz = None
+        if ce_coef is not None:  # dL/dz class-major, (N, C, B), as the logits
+            ce_coef = ce_coef.expand(n, bs).unsqueeze(1)
+            gz = st.probs[1.0] * ce_coef
+            gz.scatter_add_(1, st.labels.unsqueeze(1), ce_coef.neg())
+        for t, r in kl_coef.items():
+            diff = st.probs[t] - st.teacher_probs[t]
+            r = r.unsqueeze(1)
+            gz = diff.mul_(r) if gz is None else gz.addcmul_(diff, r)
+        if gz is not None:
+            grads["model.head.weight"] = torch.bmm(gz, hidden[top])
+            grads["model.head.bias"] = gz.sum(2)
+            dz = gz.transpose(1, 2)
+            dh = torch.bmm(dz, head_w) if extra is None else extra[top].baddbmm_(dz, head_w)
+        else:
+            grads["model.head.weight"], grads["model.head.bias"] = torch.zeros_like(head_w), torch.zeros_like(head_b)
+            dh = extra[top] if extra is not None else torch.zeros_like(hidden[top])
+        for layer in range(top, -1, -1):
+            wn, bn = b.layer_names[layer]
+            pre = torch.ops.aten.threshold_backward(dh, hidden[layer], 0.0)
+            grads[wn] = torch.bmm(pre.transpose(1, 2), x if layer == 0 else hidden[layer - 1])
+            grads[bn] = pre.sum(1)
+            if layer > 0:
+                dh = torch.bmm(pre, p[wn]) if extra is None else extra[layer - 1].baddbmm_(pre, p[wn])
+        if a is not None:
+            ah = torch.mul(hidden, a.unsqueeze(-1), out=prods[0])  # the products are read: reuse their buffer
+            ch = torch.mul(hidden, dd.unsqueeze(-1), out=prods[1])
+        for layer in range(self.layers):
+            name = b.projection_names[layer + 1]
+            if a is None:
+                grads[name] = torch.zeros_like(p[name])
+                continue
+            h = hidden[layer]
+            d_gram = torch.bmm(h.transpose(1, 2), ah[layer])
+            grads[name] = torch.bmm(st.targets[layer].transpose(1, 2), ch[layer]).baddbmm_(p[name], d_gram, alpha=2.0)
+        torch.cat([grads[name].reshape(n, -1) for name in p], 1, out=b.grad_flat)
+
+
 def _accuracy_only(task: Any) -> bool:
     """Whether :func:`~kd_env.metrics.compute_metrics` gives ``task`` accuracy alone."""
     key = task.name
@@ -952,10 +1392,14 @@ def _accuracy_only(task: Any) -> bool:
 
 _ACCURACY_ONLY: dict[str, bool] = {}
 
+#: the prediction statistics of a step, in the order of their columns
+_PREDICTION_STATS = ("ce", "acc", "kl", "agree", "ent")
 
-def _scheduled_lr(d: Distiller) -> float:
-    """The learning rate of distiller ``d``'s next optimizer step: its schedule at ``d.step``."""
-    return d.config.lr * lr_factor(d.config, d.step)
+
+def _decays(name: str, p: torch.Tensor) -> bool:
+    """Whether AdamW decays parameter ``name`` (the Distiller's groups: matrices yes, biases and
+    norms no)."""
+    return p.ndim >= 2 and "norm" not in name.lower()
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ copies (random masks, 10 optimizer steps a phase) and prints torch.profiler's op
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import platform
 import statistics
@@ -96,19 +97,23 @@ def profile_phase(env_id: str, n: int, phases: int = 10, device: str = "cpu") ->
     spent: dict[str, float] = {}
 
     def timed(owner, name, label):
-        original = getattr(owner, name)
+        original = inspect.getattr_static(owner, name)  # a staticmethod stays one
+        call = getattr(owner, name)
 
         def wrapper(*args, **kwargs):
             start = time.perf_counter()
             try:
-                return original(*args, **kwargs)
+                return call(*args, **kwargs)
             finally:
                 spent[label] = spent.get(label, 0.0) + time.perf_counter() - start
-        return original, wrapper
+        return original, staticmethod(wrapper) if isinstance(original, staticmethod) else wrapper
 
     parts = [(vector.StudentBatch, "_gather", "gather the batch"), (vector.StudentBatch, "forward", "student forward"),
              (vector.StudentBatch, "_terms", "knowledge terms (forward)"), (torch.Tensor, "backward", "backward"),
+             (vector._HandStep, "forward", "forward and every term, by hand"),
+             (vector._HandStep, "backward", "backward, by hand"),
              (vector.StudentBatch, "_clip", "gradient norms and clipping"), (vector.StudentBatch, "_adamw", "AdamW"),
+             (vector.StudentBatch, "_prediction_stats", "prediction statistics"),
              (vector.StudentBatch, "train_phase", "whole phase")]
     saved = []
 

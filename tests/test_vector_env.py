@@ -216,6 +216,7 @@ def test_a_users_knowledge_is_batched_with_vmap():
         knowledge = ["finetune", name]
         record, singles, venv = _run_pair(2, _random_masks(2, 2, seed=4), config="quick", knowledge=knowledge)
         try:
+            assert venv.batch._hand is None  # a user's knowledge trains through autograd
             _assert_same_run(record, singles, venv)
         finally:
             venv.close()
@@ -282,6 +283,54 @@ def test_hand_written_backwards_equal_autograd_of_the_same_expressions():
     torch.testing.assert_close(value, value_ref)
     torch.testing.assert_close(torch.autograd.grad((a * value).sum(), inputs[:4]),
                                torch.autograd.grad((a * value_ref).sum(), inputs[:4]))
+
+
+@pytest.mark.parametrize("kwargs, weighting", [
+    (dict(config="quick"), False),
+    (dict(config="quick", label_fraction=0.5, knowledge=["finetune", "response", "feature", "relation", "uncertainty_kd"],
+          knowledge_params={"feature": {"tokens": "all", "layers": "intermediate"}, "response": {"temperature": 1.0}}),
+     True),
+])
+def test_written_out_step_equals_autograd_on_the_same_batch(kwargs, weighting):
+    # the batched env's step without autograd (kd_env.vector._HandStep): every term's value, the
+    # prediction statistics and the gradient of any weighting of the terms equal those of the
+    # autograd forms (batched_knowledge_loss) on the same batch, to float rounding
+    venv = BatchedKDVectorEnv(4, **kwargs)
+    try:
+        venv.reset(seed=0, options=[None, {"example_weighting": "uncertainty"}] * 2 if weighting else None)
+        batch = venv.batch
+        hand = batch._hand
+        assert hand is not None  # the built-in knowledge of an MLP student: written out
+        if "knowledge_params" in kwargs:
+            assert batch.knowledge[2].tokens == "all" and batch.knowledge[2].layers == "intermediate"
+        k = len(batch.knowledge)
+        for _ in range(2):  # the second step after an update: other parameters, other statistics
+            idx = np.stack([d._next_indices() for d in batch.distillers])
+            narrow = torch.empty((batch.n, idx.shape[1], batch._hand_width))  # the columns the step gathers
+            data, teacher = batch._batch_at(idx, out=narrow)
+            if kwargs.get("label_fraction"):
+                assert "label_mask" in data and (data["label_mask"] == 0).any()
+            coef = torch.rand(batch.n, k, generator=torch.Generator().manual_seed(k)) * (torch.rand(batch.n, k) > 0.3)
+            state = hand.forward(data, teacher, hand.uncertainty_rows())
+            hand.backward(state, coef)
+            grads = batch.grad_flat.clone()
+            data, teacher_full = batch._batch_at(idx)  # the same rows, all of the table's fields
+            with torch.enable_grad():
+                s_out = batch.forward(data["features"], teacher_full.hidden, teacher_full.input_moments)
+                terms = batch._terms(s_out, teacher_full, data, range(k), range(k))
+                values = torch.stack([terms[j] for j in range(k)], 1)
+                for p in batch.params.values():
+                    p.grad = None
+                (values * coef).sum().backward()
+            batch._collect_grads()
+            torch.testing.assert_close(state.values, values.detach(), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(state.stats, batch._prediction_values(s_out, teacher_full, data),
+                                       rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(grads, batch.grad_flat, rtol=1e-4, atol=1e-6)
+            assert grads.abs().max() > 0
+            batch._adamw(np.ones(batch.n, dtype=bool), coef.numpy() > 0)
+    finally:
+        venv.close()
 
 
 def test_copies_of_one_config_share_one_block_of_the_data_table():
