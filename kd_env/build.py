@@ -40,8 +40,10 @@ from .teacher import (
     cache_root,
     evaluate_model,
     fingerprint_module,
+    teacher_budget,
     train_classifier,
 )
+from .teacher_check import SANITY_VERSION, teacher_sanity
 
 __all__ = ["build_distiller", "eval_precision", "prepare_teacher", "student_precision", "teacher_precision",
            "teacher_manifest", "weights_id", "recorded_weights_id", "DEV_TOLERANCE", "CHECK_EXAMPLES",
@@ -61,6 +63,9 @@ DEV_TOLERANCE = 0.005
 #: the digits dev split (359) is checked whole
 CHECK_EXAMPLES = 512
 CHECK_SEED = 38
+#: the version of the small-set recipe (the floor ``teacher_min_steps`` with early stopping on dev,
+#: :func:`~kd_env.teacher.teacher_budget`), in the identity of every teacher fine-tuned under it
+TEACHER_RECIPE = 1
 
 
 def _teacher_fields(knowledge: Sequence[Knowledge], pooling: str = "cls") -> list[str]:
@@ -133,9 +138,13 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
         ident["precision"] = precision
     if config.teacher_train_fraction < 1:  # a weaker teacher: fine-tuned on a seeded subset of train
         ident["train_fraction"] = config.teacher_train_fraction
-        n = max(1, int(round(config.teacher_train_fraction * len(teacher_split))))
-        pick = np.sort(np.random.default_rng([config.seed, 1618]).permutation(len(teacher_split))[:n])
-        teacher_split = teacher_split.subset(pick)
+        teacher_split = teacher_split.subset(_teacher_subset(len(teacher_split), config))
+    budget = teacher_budget(len(teacher_split), config.teacher_batch_size, config.teacher_epochs,
+                            config.teacher_min_steps, config.teacher_max_steps, config.teacher_patience)
+    if budget["floor"]:  # the floor raised the budget (a small set): the recipe is part of the identity;
+        # a teacher whose budget is the epochs' alone keeps the folder it had before the floor existed
+        ident.update({"min_steps": config.teacher_min_steps, "patience": budget["patience"],
+                      "recipe": TEACHER_RECIPE})
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     folder = root / f"{Path(str(config.teacher)).name}-{task.name}-{key}"
     summary_path = folder / TEACHER_SUMMARY
@@ -152,12 +161,19 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
     else:
         with private_torch_rng(config.seed):
             model = MLPClassifier(task["train"].features.shape[1], config.teacher_hidden, task.num_labels)
+    dev = BatchSampler(task, task["dev"], tokenizer, config.max_len)
+    stop_pick = _check_indices(len(dev), CHECK_EXAMPLES)
+
+    def dev_metric(m: nn.Module) -> float:  # early stopping's look at dev: its check subset, in the teacher's precision
+        return float(evaluate_model(m, dev, task, device, indices=stop_pick, precision=precision)["main"])
+
     with private_torch_rng(config.seed, device):  # dropout during fine-tuning: a seeded private stream
         fit = train_classifier(model, train, epochs=config.teacher_epochs, lr=config.teacher_lr,
                                batch_size=config.teacher_batch_size, seed=config.seed, device=device,
                                max_steps=config.teacher_max_steps, progress=config.progress, precision=precision,
-                               length_grouping=config.teacher_length_grouping if task.kind == "text" else 0)
-    dev = BatchSampler(task, task["dev"], tokenizer, config.max_len)
+                               length_grouping=config.teacher_length_grouping if task.kind == "text" else 0,
+                               min_steps=config.teacher_min_steps, patience=config.teacher_patience,
+                               evaluate=dev_metric)
     test = BatchSampler(task, task[task.eval_split], tokenizer, config.max_len)
     summary = {"fine_tune": fit, "dev": evaluate_model(model, dev, task, device, progress=config.progress,
                                                        desc="evaluate teacher (dev)"),
@@ -179,12 +195,19 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
     else:
         torch.save(model.state_dict(), tmp / "model.pt")
     summary["check"] = _check_record(model, dev, task, device, summary["dev"])
+    summary["sanity"] = teacher_sanity(config, task, tokenizer, teacher_split, summary["dev"], device, precision)
     summary["files"] = teacher_manifest(tmp)
     summary["weights_id"] = weights_id(model)
     atomic_write_json(tmp / TEACHER_SUMMARY, summary)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return model.eval(), {**summary, "folder": str(folder)}
+
+
+def _teacher_subset(size: int, config: DistillConfig) -> np.ndarray:
+    """The train examples a teacher with ``teacher_train_fraction`` < 1 is fine-tuned on (seeded)."""
+    n = max(1, int(round(config.teacher_train_fraction * size)))
+    return np.sort(np.random.default_rng([config.seed, 1618]).permutation(size)[:n])
 
 
 def teacher_manifest(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -316,12 +339,21 @@ def _load_cached_teacher(folder: Path, config: DistillConfig, task: TaskData, to
         _refuse(f"teacher {folder} refused: its {where} measures {measured:.4f}, {summary_path} records "
                 f"{recorded:.4f} (tolerance {DEV_TOLERANCE})")
         return None
-    if files is None or check is None or not isinstance(summary.get("weights_id"), str):
-        # a folder saved before teachers had a manifest (checked on the whole dev split above):
-        # add the manifest, the identity and the check subset's record now
+    sanity = summary.get("sanity")
+    if files is None or check is None or not isinstance(summary.get("weights_id"), str) \
+            or not isinstance(sanity, dict) or sanity.get("version") != SANITY_VERSION:
+        # a folder saved before teachers had a manifest (checked on the whole dev split above), or
+        # before the sanity check: add the manifest, the identity, the check subset's record and
+        # the sanity check now (teacher.json is not in the manifest)
         summary["check"] = check if check is not None else _check_record(model, dev, task, device, summary["dev"])
         summary["files"] = files if files is not None else teacher_manifest(folder)
         summary["weights_id"] = weights_id(model)
+        if not isinstance(sanity, dict) or sanity.get("version") != SANITY_VERSION:
+            split = task["train"]
+            if config.teacher_train_fraction < 1:
+                split = split.subset(_teacher_subset(len(split), config))
+            summary["sanity"] = teacher_sanity(config, task, tokenizer, split, summary["dev"], device,
+                                               summary["precision"])
         atomic_write_json(summary_path, summary)
     return model, {**summary, "folder": str(folder)}
 

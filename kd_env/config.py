@@ -114,6 +114,18 @@ class DistillConfig:
     teacher_lr: float = 5e-5
     teacher_batch_size: int = 32
     teacher_max_steps: int | None = None
+    """cap of the teacher's optimizer steps (over ``teacher_epochs`` and ``teacher_min_steps``)"""
+    teacher_min_steps: int = 0
+    """floor of the teacher's optimizer steps: the budget is ``max(teacher_epochs`` of steps, this),
+    capped by ``teacher_max_steps``; it matters only on a small training set (the text presets: 150;
+    one epoch of rt-polarity is 321 steps, a 460-example CSV's 15).  0: off, the epochs
+    alone.  Part of the teacher's identity where it raises the budget
+    (:func:`kd_env.teacher.teacher_budget`)"""
+    teacher_patience: int = 0
+    """early stopping of a teacher whose budget the floor ``teacher_min_steps`` raised: it is
+    evaluated on (at most 512 examples of) dev about 10 times over the budget, keeps the best
+    checkpoint and stops after this many evaluations in a row without a better dev metric.
+    0: no early stopping (the whole budget, the last weights)"""
     teacher_length_grouping: int = 0
     """text: fine-tune the teacher on batches of examples of similar length (as ``length_grouping``
     does for the student: megabatches of this many batches, each sorted by length; 0 or 1: plain
@@ -217,6 +229,15 @@ class DistillConfig:
             raise ValueError(f"config.teacher_train_fraction must be in (0, 1], got {self.teacher_train_fraction}")
         if not self.teacher_epochs > 0:
             raise ValueError(f"config.teacher_epochs must be > 0, got {self.teacher_epochs}")
+        for name in ("teacher_min_steps", "teacher_patience"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"config.{name} must be an integer >= 0 (0: off), got {v!r}")
+        if self.teacher_max_steps is not None and (not isinstance(self.teacher_max_steps, int)
+                                                   or isinstance(self.teacher_max_steps, bool)
+                                                   or self.teacher_max_steps <= 0):
+            raise ValueError(f"config.teacher_max_steps must be a positive integer or None, got "
+                             f"{self.teacher_max_steps!r}")
         if not isinstance(self.length_grouping, int) or isinstance(self.length_grouping, bool) \
                 or self.length_grouping < 0:
             raise ValueError(f"config.length_grouping must be an integer >= 0 (batches per length-sorted "
@@ -280,8 +301,12 @@ class DistillConfig:
 #: real tokens.  Measured fp32, seed 0 (results/2026-12-05-demo-timing.md): 1.09 -> 0.68 CPU s per
 #: step (1.6x, 1 thread); one epoch of random batches (the old recipe) dev 0.8226, test 0.8102;
 #: grouped dev 0.8295, test 0.8094.  Shorter grouped runs kept dev (0.5 epoch at lr 1e-4: 0.8226;
-#: 0.75 epoch: 0.8241) but lost ~1.1 points of test each (0.7990, 0.7966), so the epoch stays
-_TEXT_TEACHER: dict[str, Any] = {"teacher_length_grouping": 16}
+#: 0.75 epoch: 0.8241) but lost ~1.1 points of test each (0.7990, 0.7966), so the epoch stays.
+#: On a small set one epoch is a few steps and the teacher learns nothing (issue 39: 460 examples,
+#: 15 steps, the majority class), so the budget has a floor of 150 steps, early-stopped on dev
+#: (patience 3): below one epoch of rt-polarity (321 steps) and convention-party (192), whose
+#: teachers stay as they were (results/2026-12-08-teacher-small-data.md)
+_TEXT_TEACHER: dict[str, Any] = {"teacher_length_grouping": 16, "teacher_min_steps": 150, "teacher_patience": 3}
 
 PRESETS: dict[str, DistillConfig] = {
     "quick": DistillConfig(task="digits", teacher="mlp", student_layers=2, batch_size=64, lr=3e-3,

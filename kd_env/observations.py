@@ -24,6 +24,10 @@ unclipped values of real runs lie inside the bounds.
   policy carried across tasks (trained on digits, applied to text).
 * ``observable_only``: the budget fraction spent and the observable situation only (one
   decision per episode: a contextual bandit's context).
+* ``observable_v2``, ``portable_v2``: ``observable`` and ``portable`` with the v2 situation
+  (:data:`kd_env.situation.SITUATION_FEATURES_V2`: the same seven, then the teacher's dev skill
+  over the majority class).  Opt-in and one entry longer: the layouts above never change, so
+  policy checkpoints trained on them keep loading.
 
 Privileged, for oracles only (instance envs; no default, demo or headline uses them):
 
@@ -299,10 +303,10 @@ class OracleSituationOnly(Observation):
         return np.concatenate([[d.step / d.total_steps], _instance_features(env)]).astype(np.float32)
 
 
-def _situation_box(low: np.ndarray, high: np.ndarray) -> spaces.Box:
-    from .situation import SITUATION_FEATURES
+def _situation_box(low: np.ndarray, high: np.ndarray, v2: bool = False) -> spaces.Box:
+    from .situation import SITUATION_FEATURES, SITUATION_FEATURES_V2
 
-    n = len(SITUATION_FEATURES)
+    n = len(SITUATION_FEATURES_V2 if v2 else SITUATION_FEATURES)
     return spaces.Box(np.concatenate([low, np.zeros(n, np.float32)]).astype(np.float32),
                       np.concatenate([high, np.ones(n, np.float32)]).astype(np.float32), dtype=np.float32)
 
@@ -314,18 +318,33 @@ class Observable(Observation):
     user can compute from their own data and teacher.  Works on any classification env, with or
     without instances."""
 
+    #: the v2 situation (:data:`~kd_env.situation.SITUATION_FEATURES_V2`) instead of the first
+    v2 = False
+
     def __init__(self):
         super().__init__()
         self.summary = Summary()
 
     def space(self, env):
         inner = self.summary.space(env)
-        return _situation_box(inner.low, inner.high)
+        return _situation_box(inner.low, inner.high, self.v2)
 
     def __call__(self, env):
-        from .situation import observable_situation
+        return np.concatenate([self.summary(env), _situation(env.distiller, self.v2)]).astype(np.float32)
 
-        return np.concatenate([self.summary(env), observable_situation(env.distiller)]).astype(np.float32)
+
+def _situation(distiller, v2: bool) -> np.ndarray:
+    from .situation import observable_situation, observable_situation_v2
+
+    return observable_situation_v2(distiller) if v2 else observable_situation(distiller)
+
+
+@register_observation("observable_v2")
+class ObservableV2(Observable):
+    """``observable`` with the v2 situation (:func:`kd_env.situation.observable_situation_v2`: the
+    same features, then the teacher's dev skill over the majority class); one entry longer."""
+
+    v2 = True
 
 
 @register_observation("observable_only")
@@ -374,16 +393,17 @@ class Portable(Observation):
     text (2 classes, transformers) -- where ``observable``'s raw losses would lie in other ranges.
     Works on any classification env."""
 
+    #: the v2 situation (:data:`~kd_env.situation.SITUATION_FEATURES_V2`) instead of the first
+    v2 = False
+
     def space(self, env):
         k = len(env.distiller.knowledge_names)
         low = [r[1] for r in PORTABLE_STATE] + [0.0] * k
         high = [r[2] for r in PORTABLE_STATE] + [1.0] * k
-        return _situation_box(np.asarray(low, np.float32), np.asarray(high, np.float32))
+        return _situation_box(np.asarray(low, np.float32), np.asarray(high, np.float32), self.v2)
 
     def unclipped(self, env) -> np.ndarray:
         """The values before clipping, float64 (``+inf`` for a non-finite loss)."""
-        from .situation import observable_situation
-
         d = env.distiller
         p = env.last_phase
         c = max(2, d.task.num_labels)
@@ -394,10 +414,18 @@ class Portable(Observation):
                 _finite(p.teacher_kl) / log_c, _skill(p.agreement, c), float(p.entropy) / log_c,
                 _finite(probe["loss"]) / log_c, probe_skill]
         vals += [float(x) for x in env.last_action]
-        return np.concatenate([np.asarray(vals, np.float64), observable_situation(d).astype(np.float64)])
+        return np.concatenate([np.asarray(vals, np.float64), _situation(d, self.v2).astype(np.float64)])
 
     def __call__(self, env):
         return _clip_into(self.unclipped(env), _space_once(self, env))
+
+
+@register_observation("portable_v2")
+class PortableV2(Portable):
+    """``portable`` with the v2 situation (:func:`kd_env.situation.observable_situation_v2`: the
+    same features, then the teacher's dev skill over the majority class); one entry longer."""
+
+    v2 = True
 
 
 def _finite(x: float) -> float:

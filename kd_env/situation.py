@@ -20,7 +20,18 @@ feature                            how it is computed
                                    (as the user has it: noisy where the labels are) is not the
                                    teacher's prediction: an estimate of label noise from data
 ``student_teacher_param_ratio``    student parameters / teacher parameters
+``teacher_dev_over_majority``      (v2 only) the teacher's dev-probe accuracy above the majority
+                                   class's: ``(acc - maj) / (1 - maj)``, clipped, where ``maj`` is
+                                   the probe's most frequent class's share: 0 for a teacher that
+                                   learned nothing a constant guess does not know
 =================================  ===============================================================
+
+The first seven are :data:`SITUATION_FEATURES`, the layout of the ``observable``,
+``observable_only`` and ``portable`` observations (and of every policy checkpoint trained on them:
+it never changes).  :data:`SITUATION_FEATURES_V2` appends ``teacher_dev_over_majority`` (issue 39:
+on a small set a teacher can sit at the majority class, which ``teacher_dev_skill``, skill above
+*uniform* chance, does not show when the classes are unbalanced); the opt-in observations
+``observable_v2`` and ``portable_v2`` carry it (:func:`observable_situation_v2`).
 
 None of them reads the situation's true configuration (the noise rate, the teacher's training
 share or epochs): ``tests/test_situation.py`` checks that each moves with the data, not with a
@@ -38,11 +49,16 @@ import torch
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Distiller
 
-__all__ = ["SITUATION_FEATURES", "observable_situation", "expected_calibration_error"]
+__all__ = ["SITUATION_FEATURES", "SITUATION_FEATURES_V2", "observable_situation", "observable_situation_v2",
+           "expected_calibration_error"]
 
-#: the names of :func:`observable_situation`'s entries, in order
+#: the names of :func:`observable_situation`'s entries, in order (a fixed layout: checkpoints of
+#: policies trained on ``observable``, ``observable_only`` and ``portable`` are checked against it)
 SITUATION_FEATURES = ("labelled_count", "labelled_share", "teacher_dev_accuracy", "teacher_dev_skill",
                       "teacher_dev_ece", "teacher_gold_disagreement", "student_teacher_param_ratio")
+#: the names of :func:`observable_situation_v2`'s entries: :data:`SITUATION_FEATURES`, then the
+#: teacher's dev skill over the majority class
+SITUATION_FEATURES_V2 = (*SITUATION_FEATURES, "teacher_dev_over_majority")
 
 ECE_BINS = 15
 
@@ -99,9 +115,15 @@ def _count(module) -> int:
 def observable_situation(distiller: "Distiller") -> np.ndarray:
     """The user-observable situation of ``distiller`` (:data:`SITUATION_FEATURES`, float32, each in
     [0, 1]); computed once and kept in ``distiller.situation_cache`` (shared by its copies)."""
+    return observable_situation_v2(distiller)[: len(SITUATION_FEATURES)]
+
+
+def observable_situation_v2(distiller: "Distiller") -> np.ndarray:
+    """:func:`observable_situation` followed by ``teacher_dev_over_majority``
+    (:data:`SITUATION_FEATURES_V2`, float32, each in [0, 1]); computed once, as it is."""
     cache = distiller.__dict__.setdefault("situation_cache", {})
-    if "observable" in cache:
-        return cache["observable"]
+    if "observable_v2" in cache:
+        return cache["observable_v2"]
     task = distiller.task
     if task.is_regression:
         raise ValueError("the observable situation needs a classification task (teacher accuracy and "
@@ -119,12 +141,14 @@ def observable_situation(distiller: "Distiller") -> np.ndarray:
     probs = torch.softmax(t_dev, -1).numpy()
     accuracy = float((probs.argmax(1) == dev_labels).mean())
     skill = (accuracy - 1.0 / num_classes) / (1.0 - 1.0 / num_classes)
+    majority = float(np.bincount(dev_labels.astype(np.int64), minlength=num_classes).max() / max(1, len(dev_labels)))
+    over_majority = (accuracy - majority) / (1.0 - majority) if majority < 1 else 0.0
     ece = expected_calibration_error(probs, dev_labels)
     student = _count(distiller.student.model if hasattr(distiller.student, "model") else distiller.student)
     teacher = _count(distiller.teacher_model)
     ratio = student / teacher if teacher else 1.0
     values = [math.log10(1 + len(labelled)) / 5.0, len(labelled) / max(1, n), accuracy, skill, ece, disagreement,
-              ratio]
+              ratio, over_majority]
     out = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0).astype(np.float32)
-    cache["observable"] = out
+    cache["observable_v2"] = out
     return out

@@ -22,7 +22,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "train_classifier",
+    "teacher_budget",
     "evaluate_model",
     "TeacherCache",
     "LiveTeacher",
@@ -99,21 +100,60 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+#: with early stopping, the teacher is evaluated on dev about this many times over its budget (at
+#: most once per epoch)
+STOP_EVALUATIONS = 10
+
+
+def teacher_budget(train_size: int, batch_size: int, epochs: float, min_steps: int = 0, max_steps: int | None = None,
+                   patience: int = 0) -> dict[str, Any]:
+    """The optimizer steps of a fine-tune, and when it is evaluated for early stopping.
+
+    ``epochs`` over ``train_size`` examples in batches of ``batch_size`` give ``epoch_steps``
+    (at least 1); the budget ``steps`` is ``max(epoch_steps, min_steps)``, capped by ``max_steps``.
+    When the floor ``min_steps`` raises the budget above the epochs' (``floor``: a small training
+    set) and ``patience`` > 0, the fine-tune stops early on dev: it is evaluated every
+    ``eval_every`` steps (about :data:`STOP_EVALUATIONS` times over the budget, at least one
+    epoch apart, and at the last step), keeps the best checkpoint, and stops after ``patience``
+    evaluations in a row without a better dev metric.  Without the floor in effect the recipe is
+    the epochs' alone (``eval_every`` 0): a large set's fine-tune is the one it always was."""
+    steps_per_epoch = max(1, math.ceil(int(train_size) / int(batch_size)))
+    epoch_steps = max(1, int(round(epochs * steps_per_epoch)))
+    steps = max(epoch_steps, int(min_steps))
+    if max_steps is not None:
+        steps = min(steps, int(max_steps))
+    floor = steps > epoch_steps
+    stopping = floor and patience > 0
+    eval_every = max(steps_per_epoch, math.ceil(steps / STOP_EVALUATIONS)) if stopping else 0
+    return {"train_examples": int(train_size), "steps_per_epoch": steps_per_epoch, "epoch_steps": epoch_steps,
+            "min_steps": int(min_steps), "max_steps": None if max_steps is None else int(max_steps),
+            "steps": steps, "epochs": steps / steps_per_epoch, "floor": floor,
+            "patience": int(patience) if stopping else 0, "eval_every": eval_every}
+
+
 def train_classifier(model: nn.Module, sampler: BatchSampler, *, epochs: float, lr: float, batch_size: int,
                      seed: int, device: torch.device, max_steps: int | None = None, weight_decay: float = 0.01,
                      warmup_fraction: float = 0.1, progress: bool = True, desc: str = "fine-tune teacher",
-                     precision: str = "fp32", length_grouping: int = 0) -> dict:
+                     precision: str = "fp32", length_grouping: int = 0, min_steps: int = 0, patience: int = 0,
+                     evaluate: Callable[[nn.Module], float] | None = None) -> dict:
     """Plain supervised fine-tuning (AdamW, linear warm-up and decay), the forward pass and loss in
     ``precision`` (``fp32`` or ``bf16`` autocast; weights and optimizer stay fp32); with
     ``length_grouping`` > 1 each epoch's batches hold examples of similar length
-    (:func:`~kd_env.batching.length_grouped_order`).  Returns a summary: steps, seconds, final
-    loss, precision."""
+    (:func:`~kd_env.batching.length_grouped_order`).
+
+    The budget is :func:`teacher_budget` (``epochs``, the floor ``min_steps``, the cap
+    ``max_steps``); where it stops early (the floor in effect, ``patience`` > 0) ``evaluate``
+    (the model -> its dev metric, higher is better) is called every ``eval_every`` steps, the best
+    weights are kept and restored at the end.  Returns a summary: ``steps`` (run), ``seconds``,
+    final loss, precision, ``budget`` (:func:`teacher_budget`), and with early stopping
+    ``best_step``, ``best_dev``, ``stopped_early`` and ``history`` ([step, dev metric] pairs)."""
     model.to(device).train()
     rng = np.random.default_rng(seed)
-    steps_per_epoch = math.ceil(len(sampler) / batch_size)
-    total = max(1, int(round(epochs * steps_per_epoch)))
-    if max_steps is not None:
-        total = min(total, max_steps)
+    budget = teacher_budget(len(sampler), batch_size, epochs, min_steps, max_steps, patience)
+    total, every = budget["steps"], budget["eval_every"]
+    if every and evaluate is None:
+        raise ValueError("train_classifier: early stopping (a floor of min_steps above the epochs' steps, "
+                         "patience > 0) needs evaluate=")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     warm = int(warmup_fraction * total)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -123,6 +163,11 @@ def train_classifier(model: nn.Module, sampler: BatchSampler, *, epochs: float, 
     lengths = tokens_per_example(sampler) if length_grouping > 1 else None
     pos = 0
     losses = []
+    history: list[list[float]] = []
+    best: tuple[float, int, dict[str, torch.Tensor] | None] = (-math.inf, 0, None)
+    waited = 0
+    done = 0
+    eval_seconds = 0.0
     bar = progress_bar(range(total), total, desc, progress, leave=False)
     for _ in bar:
         if pos + batch_size > len(order):
@@ -140,16 +185,36 @@ def train_classifier(model: nn.Module, sampler: BatchSampler, *, epochs: float, 
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
+        done += 1
+        if every and (done % every == 0 or done == total):
+            tick = time.perf_counter()
+            metric = float(evaluate(model))
+            model.train()
+            eval_seconds += time.perf_counter() - tick
+            history.append([done, metric])
+            if metric > best[0]:
+                best, waited = (metric, done, {k: v.detach().clone() for k, v in model.state_dict().items()}), 0
+            else:
+                waited += 1
+                if waited >= patience:
+                    break
+    if best[2] is not None and best[1] != done:
+        model.load_state_dict(best[2])
     model.eval()
-    return {"steps": total, "seconds": time.perf_counter() - start, "final_loss": float(np.mean(losses[-20:])),
-            "precision": precision}
+    summary = {"steps": done, "seconds": time.perf_counter() - start, "final_loss": float(np.mean(losses[-20:])),
+               "precision": precision, "budget": budget}
+    if every:
+        summary.update({"best_step": best[1], "best_dev": best[0], "stopped_early": done < total,
+                        "eval_seconds": eval_seconds, "history": history})
+    return summary
 
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, sampler: BatchSampler, task: TaskData, device: torch.device,
                    batch_size: int = 128, indices: np.ndarray | None = None, progress: bool = False,
-                   desc: str = "evaluate") -> dict[str, float]:
-    """Loss and task metrics of ``model`` on ``sampler`` (optionally a subset ``indices``)."""
+                   desc: str = "evaluate", precision: str = "fp32") -> dict[str, float]:
+    """Loss and task metrics of ``model`` on ``sampler`` (optionally a subset ``indices``), the
+    forward pass in ``precision`` (``fp32``, or ``bf16`` autocast: early stopping's cheap look)."""
     was_training = model.training
     model.eval()
     order = np.arange(len(sampler)) if indices is None else np.asarray(indices)
@@ -160,7 +225,8 @@ def evaluate_model(model: nn.Module, sampler: BatchSampler, task: TaskData, devi
     starts = range(0, len(order), batch_size)
     for start in progress_bar(starts, len(starts), desc, progress, leave=False):
         batch = _to(sampler.batch(order[start : start + batch_size]), device)
-        logits.append(model(batch).logits.float().cpu())
+        with autocast(precision, device):
+            logits.append(model(batch).logits.float().cpu())
         labels.append(batch["labels"].cpu())
     model.train(was_training)
     lg, lb = torch.cat(logits), torch.cat(labels)

@@ -5,6 +5,7 @@
     python -m experiments.glue_ac --situation rt-labels5             # one situation of text3-situations
     python -m experiments.glue_ac --situations rt-clean,rt-labels5   # a study per situation + their report
     python -m experiments.glue_ac --label-fraction 0.1 --label-noise 0.3   # your own situation, one run
+    python -m experiments.glue_ac --task my_data/ --situations none --teacher-min-steps 300   # your CSV, more teacher budget
     python -m experiments.glue_ac --preset quick        # digits, about a minute
     python -m experiments.glue_ac --preset quick --instance-set digits-switch --situations labels15-noisy35-weak
     # a selector trained on digits situations (a benchmark cell's agent/ folder) carried to text:
@@ -13,7 +14,11 @@
 
 Pipeline (resumable: rerun the same command after an interruption):
 
-1. teacher: fine-tune on the task and cache its outputs (kept under ``$KD_ENV_CACHE``);
+1. teacher: fine-tune on the task and cache its outputs (kept under ``$KD_ENV_CACHE``); text
+   presets: one epoch, at least 150 steps, early-stopped on dev where that floor raises the budget
+   (``--teacher-epochs``, ``--teacher-min-steps``, ``--teacher-max-steps``, ``--teacher-patience``);
+   a teacher no better on dev than the majority class and a linear probe on the frozen encoder
+   gets one ``WARNING:`` line, on the console and at the top of ``results.md``;
 2. selector: train the knowledge selector (``--agent``, default our actor-critic) over
    ``--episodes`` distillation episodes rewarded on the dev probe;
 3. distil a fresh student per seed with the trained selector acting deterministically;

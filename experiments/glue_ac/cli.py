@@ -43,6 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "class, in [0, 1) (default 0)")
     p.add_argument("--teacher-train-fraction", type=float, help="share of train the teacher is fine-tuned on, in "
                                                                 "(0, 1] (default 1; less: a weaker teacher)")
+    p.add_argument("--teacher-epochs", type=float, help="epochs of teacher fine-tuning, the whole budget: turns the "
+                                                        "floor --teacher-min-steps off unless it is given too "
+                                                        "(default: the preset's; text: 1 epoch, at least 150 steps)")
+    p.add_argument("--teacher-min-steps", type=int, help="floor of the teacher's optimizer steps (text presets: 150; 0: "
+                                                         "off); where it raises the budget above the epochs' the "
+                                                         "fine-tune stops early on dev (--teacher-patience)")
+    p.add_argument("--teacher-max-steps", type=int, help="cap of the teacher's optimizer steps (over the epochs and the "
+                                                         "floor)")
+    p.add_argument("--teacher-patience", type=int, help="dev evaluations without a better teacher before its "
+                                                        "fine-tune stops (text presets: 3; 0: the whole budget)")
     p.add_argument("--situation", help=f"run one situation of --instance-set (default set {DEFAULT_INSTANCE_SET}): its "
                                        f"settings over the preset's; a --label-fraction, --label-noise, "
                                        f"--teacher-train-fraction, --task or --teacher that contradicts it is an error")
@@ -118,9 +128,13 @@ def config_from_args(argv: Sequence[str] | None = None) -> ExperimentConfig:
     distill = dict(data.get("distill") or {})
     for flag, key in (("task", "task"), ("data_dir", "data_dir"), ("teacher", "teacher"),
                       ("student_layers", "student_layers"), ("device", "device"), ("label_fraction", "label_fraction"),
-                      ("label_noise", "label_noise"), ("teacher_train_fraction", "teacher_train_fraction")):
+                      ("label_noise", "label_noise"), ("teacher_train_fraction", "teacher_train_fraction"),
+                      ("teacher_epochs", "teacher_epochs"), ("teacher_min_steps", "teacher_min_steps"),
+                      ("teacher_max_steps", "teacher_max_steps"), ("teacher_patience", "teacher_patience")):
         if getattr(args, flag) is not None:
             distill[key] = getattr(args, flag)
+    if args.teacher_epochs is not None and args.teacher_min_steps is None:
+        distill["teacher_min_steps"] = 0  # the epochs asked for are the budget: no floor over them
     if args.precision is not None:  # one setting for both: teacher and students
         distill["precision"] = distill["student_precision"] = args.precision
     if args.labels is not None:

@@ -31,7 +31,7 @@ DEFAULT_INSTANCE_SET = "text3-situations"
 #: the DistillConfig keys that describe a situation (the task, the teacher, the gold labels): with a
 #: situation, setting one of them to another value than the situation's is an error
 SITUATION_KEYS = ("task", "data_dir", "labels", "teacher", "label_fraction", "label_noise", "teacher_train_fraction",
-                  "teacher_epochs")
+                  "teacher_epochs", "teacher_min_steps", "teacher_patience")
 #: the situations of text3-situations `make demo` runs, one study each: the clean one, and the one
 #: whose dev headroom over both vanilla KD and Dynamic KD (the smaller of the per-situation oracle's
 #: two gains) is largest: rt-labels10-weak, +4.4 points (the next: +0.8); measured on dev only,

@@ -13,6 +13,7 @@ from kd_env.data import DataUnavailableError
 from kd_env.io import FolderError, atomic_write_json, check_cache_root
 from kd_env.runtime import resolve_threads, usable_cpus
 from kd_env.teacher import evaluate_model
+from kd_env.teacher_check import fine_tune_record, sanity_warning
 
 from ..cli import load_plugins
 from ..report import json_safe
@@ -69,6 +70,9 @@ def _run_locked(c: ExperimentConfig, run: Run, distill: DistillConfig, part_of_s
         raise SystemExit(f"error: {exc}") from None
     d = env.distiller
     run.teacher_key = d.teacher_metrics.get("weights_id")  # units made with another teacher run again
+    warning = sanity_warning(d.teacher_metrics)
+    if warning is not None:  # the one loud line: the teacher learned nothing its references did not
+        print(warning, file=sys.stderr)
     built = getattr(d, "build_seconds", {})
     stages["teacher"] = built.get("teacher", math.nan)
     stages["teacher_cache"] = time.perf_counter() - start - stages["teacher"]  # with data, tokenizer, student
@@ -90,12 +94,14 @@ def _run_locked(c: ExperimentConfig, run: Run, distill: DistillConfig, part_of_s
         except SystemExit:
             env.close()
             raise
-    run.prepare(labels)
+    recipe = fine_tune_record(d.teacher_metrics)
+    run.prepare(labels, recipe)
     teacher_probe = evaluate_model(d.teacher_model, d.dev_data, d.task, d.device, distill.eval_batch_size,
                                    indices=d.probe_indices)
     teacher = {"metric": d.teacher_metrics["test"]["main"], "dev_metric": teacher_probe["main"],
                "parameters": d.teacher_metrics.get("parameters"),
-               "fine_tune_seconds": d.teacher_metrics["fine_tune"]["seconds"]}
+               "fine_tune_seconds": d.teacher_metrics["fine_tune"]["seconds"], "fine_tune": recipe,
+               "sanity": d.teacher_metrics.get("sanity"), "warning": warning}
     selector: Any = None
     selector_returns: list[float] = []
     todo = [(m, s) for m in c.methods for s in c.seeds]

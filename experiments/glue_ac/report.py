@@ -15,6 +15,7 @@ import numpy as np
 
 from kd_env import DistillConfig
 from kd_env.io import atomic_write_json, atomic_write_text
+from kd_env.teacher_check import SUSPECT_KNOWLEDGE, describe_fine_tune
 
 from ..report import json_safe, markdown_table, plot_curves, plot_heatmap, plot_returns, write_csv
 from ..stats import format_bounds, interval_estimate, mean_std, paired_difference
@@ -98,7 +99,8 @@ def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], 
     comparisons = learned_vs.get(SELECTOR, {})
     # files
     write_csv(run.dir / "results.csv", rows, RESULT_COLUMNS)
-    summary = {"name": c.name, "task": distill.task, "metric": metric_name, "teacher": teacher,
+    suspect = suspect_methods(table, by_method, knowledge) if teacher.get("warning") else []
+    summary = {"name": c.name, "task": distill.task, "metric": metric_name, "teacher": teacher, "suspect": suspect,
                "methods": table, "best_fixed": best_fixed, "best_fixed_chosen_on": "dev-probe mean",
                "selector_vs": comparisons, **({"transfer_vs": learned_vs[TRANSFER],
                                                 "transfer_checkpoint": c.transfer_checkpoint}
@@ -111,6 +113,14 @@ def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], 
           f"student, {distill.total_steps} optimizer steps per student in {distill.num_phases} phases, "
           f"seeds {c.seeds}; selector `{c.agent}` ({c.action_mode}) trained for {c.episodes} episodes "
           f"with reward `{c.reward}`. Metric: {metric_name} on the held-out split.\n"]
+    if teacher.get("warning"):  # the report's first lines: the teacher learned nothing its references did not
+        md.insert(1, f"**{teacher['warning']}**\n")
+        if suspect:
+            md.insert(2, f"Suspect (they copy the teacher's outputs, knowledge "
+                         f"{', '.join(f'`{k}`' for k in SUSPECT_KNOWLEDGE)} weighted above 0): "
+                         f"{', '.join(f'`{m}`' for m in suspect)}; marked † below.\n")
+    if teacher.get("fine_tune"):
+        md.append(describe_fine_tune(teacher["fine_tune"]) + "\n")
     if c.situation is not None:
         md.append(f"Situation `{c.situation}` of `{c.instance_set}`: "
                   f"{dict(c.situation_overrides()) or 'the preset as it is'}.\n")
@@ -120,8 +130,9 @@ def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], 
     md.append(markdown_table(
         ["method", f"test {metric_name} (mean ± std)", "dev-probe (mean ± std)", "seeds", "train s/student",
          "student params"],
-        [[t["method"], f"{t['mean']:.4f} ± {t['std']:.4f}", f"{t['dev_mean']:.4f} ± {t['dev_std']:.4f}", t["n"],
-          f"{t['train_seconds']:.1f}", t["parameters"]] for t in table]
+        [[t["method"] + (" †" if t["method"] in suspect else ""), f"{t['mean']:.4f} ± {t['std']:.4f}",
+          f"{t['dev_mean']:.4f} ± {t['dev_std']:.4f}", t["n"], f"{t['train_seconds']:.1f}", t["parameters"]]
+         for t in table]
         + [["teacher", f"{teacher['metric']:.4f}", f"{teacher['dev_metric']:.4f}", "-", "-", teacher["parameters"]]]))
     if best_fixed is not None:
         md.append(f"\nBest fixed subset: `{best_fixed}`, chosen on the dev-probe mean (the students' final dev-probe "
@@ -150,6 +161,21 @@ def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], 
         plot_returns(selector_returns, run.dir / "selector_returns.png", f"{c.agent} selector training")
     _tensorboard(run, rows)
     return summary
+
+
+def suspect_methods(table: list[dict[str, Any]], by_method: dict[str, dict[int, dict[str, Any]]],
+                    knowledge: list[str]) -> list[str]:
+    """The methods (in ``table``'s order) that copy the teacher's outputs: a mean weight above 0 on a
+    knowledge type of :data:`~kd_env.teacher_check.SUSPECT_KNOWLEDGE` (response) over their seeds and
+    phases -- suspect when the teacher is no better than the majority class or the linear probe."""
+    cols = [knowledge.index(k) for k in SUSPECT_KNOWLEDGE if k in knowledge]
+    out = []
+    for t in table:
+        weights = [r.get("mean_weights") for r in by_method.get(t["method"], {}).values()]
+        weights = [w for w in weights if w is not None and len(w) == len(knowledge)]
+        if weights and any(float(np.mean([w[j] for w in weights])) > 0 for j in cols):
+            out.append(t["method"])
+    return out
 
 
 def _tensorboard(run: Run, rows: list[dict[str, Any]]) -> None:

@@ -32,6 +32,11 @@ NOT_CHECKED = ("methods", "seeds", "out", "workers", "distill", "executor", "add
                "situations")
 
 
+#: DistillConfig fields of the teacher's recipe added after runs were made (issue 39): a resumed old
+#: run does not differ for them (its units are checked against the teacher's weights_id)
+TEACHER_RECIPE_FIELDS = ("teacher_min_steps", "teacher_patience")
+
+
 class Run:
     """One experiment run folder: resumable units, atomic files."""
 
@@ -65,10 +70,12 @@ class Run:
             if isinstance(previous, dict):
                 # a DistillConfig field added since the run was made, at its default, is no difference;
                 # not so `precision`, whose default ("auto") resolves by machine: an old run's units were
-                # fp32, a resumed one's could be bf16
+                # fp32, a resumed one's could be bf16.  Nor is a teacher-recipe field added since
+                # (TEACHER_RECIPE_FIELDS), at any value: every unit records its teacher's weights_id, and a
+                # unit of another teacher is distilled again (load_unit)
                 defaults = DistillConfig().to_dict()
-                added = {f: v for f, v in current[k].items()
-                         if f not in previous and v == defaults.get(f) and f != "precision"}
+                added = {f: v for f, v in current[k].items() if f not in previous and f != "precision"
+                         and (v == defaults.get(f) or f in TEACHER_RECIPE_FIELDS)}
                 if {**previous, **added} == current[k]:
                     diff = []
         if diff:
@@ -88,12 +95,14 @@ class Run:
         else:
             check_writable_folder(self.dir.parent, "output folder (--out)", fix)
 
-    def prepare(self, label_mapping: dict[str, int] | None = None) -> None:
+    def prepare(self, label_mapping: dict[str, int] | None = None, teacher: dict[str, Any] | None = None) -> None:
         """Check, then create the folder and write config.yaml (with the task's class-name ->
-        class-id mapping, ``None`` for integer labels)."""
+        class-id mapping, ``None`` for integer labels, and ``teacher``: the teacher's fine-tuning
+        budget, where it stopped and its sanity check, :func:`kd_env.teacher_check.fine_tune_record`)."""
         self.check()
         self.units.mkdir(parents=True, exist_ok=True)
-        save_settings(self.dir / "config.yaml", {**self.config.to_dict(), "label_mapping": label_mapping})
+        save_settings(self.dir / "config.yaml", {**self.config.to_dict(), "label_mapping": label_mapping,
+                                                 **({"teacher": teacher} if teacher is not None else {})})
 
     @staticmethod
     def unit_name(method: str, seed: int) -> str:

@@ -265,6 +265,10 @@ def situations_markdown(study: dict[str, Any]) -> str:
           + (f"; `transfer`: the agent of `{study['transfer_checkpoint']}`, no training" if study["transfer_checkpoint"]
              else "") + f". Test {metric} on the held-out split, mean ± std over seeds; **bold**: the highest mean "
           f"(the winner). Each run's own report: `<situation>/results.md`.\n"]
+    for name in names:  # a teacher no better than the majority class or the linear probe, said first
+        warning = (per[name].get("teacher") or {}).get("warning")
+        if warning:
+            md.append(f"**Situation `{name}`: {warning}**\n")
     cells: dict[str, list[str]] = {}
     for name in names:
         for t in per[name]["methods"]:
