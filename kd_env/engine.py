@@ -387,15 +387,38 @@ class Distiller:
                            steps=0, trained_steps=0, seconds=time.perf_counter() - start,
                            crashed=not all(math.isfinite(v) for v in values.values()))
 
+    def _trainable(self) -> list[tuple[str, torch.Tensor]]:
+        """The student's parameters an update can change (frozen ones, such as a text student's
+        word embeddings, cannot)."""
+        return [(name, p) for name, p in self.student.named_parameters() if p.requires_grad]
+
     def snapshot_student(self) -> dict[str, torch.Tensor]:
-        """A copy of the student's parameters (cheap; to restore after a crash)."""
-        return {k: v.detach().clone() for k, v in self.student.state_dict().items()}
+        """A copy of what a phase can change in the student, to restore after a crash: its
+        trainable parameters and its buffers (running statistics); frozen parameters are left
+        out (a text student's word embeddings are most of its size)."""
+        state = dict(self._trainable())
+        state.update(self.student.named_buffers())
+        return {name: t.detach().clone() for name, t in state.items()}
 
     def restore_student(self, snapshot: dict[str, torch.Tensor]) -> None:
-        self.student.load_state_dict(snapshot)
+        """Put back the tensors of :meth:`snapshot_student`."""
+        tensors = dict(self.student.named_parameters())
+        tensors.update(self.student.named_buffers())
+        unknown = sorted(set(snapshot) - set(tensors))
+        if unknown:
+            raise KeyError(f"the snapshot names tensors the student does not have: {unknown[:5]}")
+        with torch.no_grad():
+            for name, value in snapshot.items():
+                tensors[name].copy_(value)
 
     def student_is_finite(self) -> bool:
-        return all(bool(torch.isfinite(p).all()) for p in self.student.parameters())
+        """Whether every trainable parameter is finite.  One sum per tensor (NaN and infinity
+        carry into it) and an element-wise check only for a tensor whose sum is not finite (a sum
+        of finite values can overflow)."""
+        for _, p in self._trainable():
+            if not torch.isfinite(p.detach().sum()) and not bool(torch.isfinite(p).all()):
+                return False
+        return True
 
     def _advance_schedule(self) -> None:
         """Move the learning-rate schedule one step on without an update (keeps it aligned with

@@ -4,10 +4,12 @@ The demo's student (``text3``: the bundled MiniLM-L6 cut to 3 layers, mean pooli
 80 steps in 5 phases of 16, bf16 autocast where the CPU has it) is distilled with all four
 knowledge types on one env per variant, and the variants take turns (``--reps`` rounds):
 
-* ``before``: the padded forward of Hugging Face's model, AdamW's ``foreach`` kernel, the
-  relation loss pair by pair, every evaluation in fp32 (the path before issue 41);
-* ``now``: the preset as it is (token packing, fused AdamW, each layer's relation Gram matrices
-  once, evaluation in the student's precision).
+* ``before``: the padded forward of Hugging Face's model (PyTorch's dropout), AdamW's
+  ``foreach`` kernel, the relation loss pair by pair, every evaluation in fp32, the crash guard
+  copying and checking the whole student after each phase (the path before issue 41);
+* ``now``: the preset as it is (token packing with :func:`kd_env.packed.dropout`'s cheaper mask,
+  fused AdamW, each layer's relation Gram matrices once, evaluation in the student's precision,
+  the crash guard on trainable parameters only).
 
 Rows: milliseconds per optimizer step (the engine's own step timer), seconds of one dev-probe
 evaluation and of one test evaluation, and seconds of one whole student (reset, 80 steps with the
@@ -75,6 +77,10 @@ def make_env(variant: str, preset: str, situation: str | None, threads: int) -> 
     if variant == "before":
         d.knowledge = [PairwiseRelation() if type(k) is Relation else k for k in d.knowledge]
         d._optimizer_kernel = lambda: {"foreach": True}
+        # the crash guard as it was: the whole state dict copied, every parameter checked element-wise
+        d.snapshot_student = lambda: {k: v.detach().clone() for k, v in d.student.state_dict().items()}
+        d.restore_student = lambda snapshot: d.student.load_state_dict(snapshot)
+        d.student_is_finite = lambda: all(bool(torch.isfinite(p).all()) for p in d.student.parameters())
         d.reset(cfg.seed)
     return env
 
