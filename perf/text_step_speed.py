@@ -18,7 +18,7 @@ ratio is taken within a round; the table gives the median and range over rounds.
 
 ``--accuracy-seeds N`` then distils paired students (same seed, same mask, same situation) with
 both variants and prints their test accuracies: the difference ``now - before`` per mask and
-pooled over masks (paired bootstrap, masks then seeds), and, for the same ``now`` students, the
+pooled over masks (``experiments.stats.compare``: masks, then seeds), and, for the same ``now`` students, the
 difference their evaluation precision makes (bf16 minus fp32 test accuracy).
 
 Usage::
@@ -135,7 +135,7 @@ def speed(args, envs: dict[str, KnowledgeSelectionEnv]) -> dict[str, list[dict[s
 
 
 def accuracy(args) -> dict[str, object]:
-    from experiments.stats import paired_situations
+    from experiments.stats import Score, compare
 
     masks = [np.array([int(c) for c in m], dtype=np.int8) for m in args.masks.split(",")]
     situations = args.situations.split(",") if args.situations else [""]
@@ -156,13 +156,13 @@ def accuracy(args) -> dict[str, object]:
                 print(json.dumps(rows[-1]), flush=True)
         for env in envs.values():
             env.close()
-    key = [(f"{r['situation']}/{r['mask']}", r["seed"]) for r in rows]
-    paired = paired_situations(dict(zip(key, (r["now"] for r in rows))), dict(zip(key, (r["before"] for r in rows))))
-    evals = paired_situations(dict(zip(key, (r["now"] for r in rows))),
-                              dict(zip(key, (r["now_fp32_eval"] for r in rows))))
+    scores = [Score(v, f"{r['situation']}/{r['mask']}", None, r["seed"], r[v]) for r in rows
+              for v in ("now", "before", "now_fp32_eval")]
+    paired = compare(scores, "now", "before").to_dict()
+    evals = compare(scores, "now", "now_fp32_eval").to_dict()
     print(f"test accuracy now - before: {paired['mean']:+.4f} [{paired['low']:+.4f}, {paired['high']:+.4f}] "
           f"over {paired['situations']} situation/mask strata x seeds ({paired['pairs']} pairs); "
-          f"strata won {paired['wins']}, lost {paired['losses']}")
+          f"strata won {paired['situation_wins']}, lost {paired['situation_losses']}")
     print(f"test accuracy of the same 'now' students, bf16 minus fp32 evaluation: {evals['mean']:+.4f} "
           f"[{evals['low']:+.4f}, {evals['high']:+.4f}]")
     return {"rows": rows, "now_minus_before": paired, "eval_bf16_minus_fp32": evals}

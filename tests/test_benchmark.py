@@ -463,9 +463,14 @@ def test_summary_pairs_every_algorithm_with_the_baseline_by_seed():
     config = BenchmarkConfig(baseline="vanilla_kd")
     row = _paired_with_baseline("ac", mine, base, payloads, config)
     diffs = np.array([0.05, -0.02, 0.10])
-    half = 4.302652729911275 * diffs.std(ddof=1) / np.sqrt(3)  # t(0.975, 2)
     assert row["diff_vs_baseline"] == pytest.approx(diffs.mean())
-    assert (row["diff_low"], row["diff_high"]) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
+    # the one paired comparison of every report: experiments.stats.compare over the training seeds
+    from experiments.stats import Score, compare
+
+    d = compare([Score("a", "x", s, None, v) for s, v in enumerate(diffs)]
+                + [Score("b", "x", s, None, 0.0) for s in range(3)], "a", "b")
+    assert (row["diff_low"], row["diff_high"]) == pytest.approx((d.low, d.high))
+    assert diffs.min() - 1e-12 <= row["diff_low"] < diffs.mean() < row["diff_high"] <= diffs.max() + 1e-12
     assert row["diff_wins"] == 2
     assert math.isnan(_paired_with_baseline("vanilla_kd", base, base, payloads, config)["diff_vs_baseline"])
     assert math.isnan(_paired_with_baseline("ac", mine, None, payloads, config)["diff_vs_baseline"])

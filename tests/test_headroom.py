@@ -206,7 +206,7 @@ def test_sources_of_gain_rows_and_blocks_agree_with_the_units(quick_run):
     diffs = [test[(chosen, s)] - test[(const, s)] for s in (100, 101)]
     sw = res["switching"]
     assert sw["mean"] == pytest.approx(sum(diffs) / 2) and sw["per_situation"]["few-labels"] == pytest.approx(sw["mean"])
-    assert sw["wins"] == int(sw["mean"] > 0) and sw["situations"] == 1 and sw["pairs"] == 2
+    assert sw["situation_wins"] == int(sw["mean"] > 0) and sw["situations"] == 1 and sw["pairs"] == 2
     assert rows["oracle_schedule"]["test_mean"] - rows["oracle_constant"]["test_mean"] == pytest.approx(sw["mean"])
     # one selection seed: every resample is the full sample
     assert res["stability"]["per_situation"]["few-labels"] == {"oracle_constant": 1.0, "oracle_schedule": 1.0}
