@@ -42,9 +42,11 @@ from experiments.stats import Score, format_bounds
 from kd_env.config import get_preset
 from kd_env.io import atomic_write_json, atomic_write_text
 
+from experiments.resources import package_dir
+
 __all__ = ["DEFAULT_GRID", "load_grid", "compare", "main"]
 
-DEFAULT_GRID = Path(__file__).resolve().parent / "configs" / "text_students.yml"
+DEFAULT_GRID = package_dir("experiments", "configs") / "text_students.yml"
 DEFAULT_METHODS = ("finetune", "vanilla_kd", "all")
 
 

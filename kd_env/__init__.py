@@ -80,7 +80,7 @@ def register_envs() -> None:
                          vector_entry_point=BATCHED_VECTOR_ENTRY_POINT if env_id in BATCHED_ENV_IDS else None)
     for env_id, kwargs in INSTANCE_ENV_IDS.items():
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point="kd_env.env:KnowledgeSelectionEnv", kwargs=dict(kwargs),
+            gym.register(id=env_id, entry_point="kd_env.env:KnowledgeSelectionEnv", kwargs=dict(kwargs),  # type: ignore[call-overload]
                          vector_entry_point=BATCHED_VECTOR_ENTRY_POINT if env_id in BATCHED_ENV_IDS else None)
 
 

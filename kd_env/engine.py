@@ -36,7 +36,7 @@ def weighted_sum(terms: dict[int, torch.Tensor], w: np.ndarray, active: list[int
     for i in active:
         term = terms[i] if w[i] == 1 else float(w[i]) * terms[i]
         total = term if total is None else total + term
-    return total
+    return total  # type: ignore[return-value]  # callers pass at least one active knowledge type
 
 
 def lr_factor(config: DistillConfig, step: int) -> float:
@@ -126,7 +126,7 @@ class Distiller:
         self._torch_rng: dict[str, torch.Tensor] = {}
         self.student_labels, self.label_mask = student_label_view(train.labels, task.num_labels, config)
         self.example_weighting: str | None = None
-        self._weighting_fn = None
+        self._weighting_fn: Any = None
         self.situation_cache: dict[str, Any] = {}
         """what :func:`kd_env.situation.observable_situation` computed once (shared by copies)"""
         self.step_timer: StepTimer | None = None
@@ -201,7 +201,8 @@ class Distiller:
             self.student.reset_parameters(fresh_model=self.fresh_student)
         self.student.train()
         cfg = self.config
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for name, p in self.student.named_parameters():
             if not p.requires_grad:
                 continue
@@ -217,7 +218,7 @@ class Distiller:
         self.position = 0
         self.step = 0
 
-    def _optimizer_kernel(self) -> dict[str, bool]:
+    def _optimizer_kernel(self) -> dict[str, Any]:
         """How AdamW runs: text students take the fused kernel (one pass over all tensors: 2.7 vs
         17.8 ms per step for the 3-layer MiniLM student at one CPU thread, the same update up to
         float rounding; ``perf/text_step_speed.py``); MLP students keep ``foreach``, whose numbers
@@ -341,7 +342,7 @@ class Distiller:
                 student_out = self.student(batch, attentions=self.need_attentions)
             student_out = student_out.float()  # knowledge losses in fp32 (a no-op in fp32)
             timer.mark("forward")
-            example_weights = {}
+            example_weights: dict[str, Any] = {}
             if self._weighting_fn is not None:
                 with torch.no_grad():
                     example_weights = self._weighting_fn(student_out, teacher_out, batch)
@@ -402,7 +403,7 @@ class Distiller:
 
     def restore_student(self, snapshot: dict[str, torch.Tensor]) -> None:
         """Put back the tensors of :meth:`snapshot_student`."""
-        tensors = dict(self.student.named_parameters())
+        tensors: dict[str, torch.Tensor] = dict(self.student.named_parameters())
         tensors.update(self.student.named_buffers())
         unknown = sorted(set(snapshot) - set(tensors))
         if unknown:

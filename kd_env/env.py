@@ -200,7 +200,7 @@ class KnowledgeSelectionEnv(gym.Env):
         if name == self.instance:
             return
         if name not in self._distillers:
-            config = self.instance_set.config(name, self._base_config)
+            config = self.instance_set.config(name, self._base_config)  # type: ignore[union-attr]  # instance envs only
             distiller = self._build_distiller(config)
             if distiller.knowledge_names != self.knowledge_names:
                 distiller.close()
@@ -287,7 +287,7 @@ class KnowledgeSelectionEnv(gym.Env):
         self.distiller.set_example_weighting(options.get("example_weighting"))
         episode_seed = int(self.np_random.integers(0, 2**31 - 1))
         if replay:
-            episode_seed = self._last_start[1]
+            episode_seed = self._last_start[1]  # type: ignore[index]  # replay follows a reset
         self._last_start = (self.instance, episode_seed)
         self.distiller.reset(episode_seed)
 
@@ -331,9 +331,9 @@ class KnowledgeSelectionEnv(gym.Env):
     def _validate_action(self, action: Any) -> np.ndarray:
         """The action as float64 weights, or ``ValueError`` naming the expected space."""
         space = self.action_space
-        expected = (f"MultiBinary({space.n}): an array of {space.n} values, each 0 or 1, for knowledge "
+        expected = (f"MultiBinary({space.n}): an array of {space.n} values, each 0 or 1, for knowledge "  # type: ignore[attr-defined]  # MultiBinary in mask mode
                     f"{self.knowledge_names}" if self.action_mode == "mask" else
-                    f"Box(0, 1, ({space.shape[0]},), float32): {space.shape[0]} finite weights in [0, 1] for "
+                    f"Box(0, 1, ({space.shape[0]},), float32): {space.shape[0]} finite weights in [0, 1] for "  # type: ignore[index]  # a Box in weights mode
                     f"knowledge {self.knowledge_names}")
         try:
             arr = np.asarray(action)
@@ -491,6 +491,6 @@ class KnowledgeSelectionEnv(gym.Env):
         return {"config": config, "init_args": args, "state": self.state_dict()}
 
     def __setstate__(self, data: dict[str, Any]) -> None:
-        self.__init__(data["config"], **data["init_args"])
+        self.__init__(data["config"], **data["init_args"])  # type: ignore[misc]  # unpickling: this very class
         _ = self.np_random  # materialise the generator before restoring its state
         self.load_state_dict(data["state"])

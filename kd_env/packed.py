@@ -173,10 +173,10 @@ def packed_hidden_states(base: nn.Module, input_ids: torch.Tensor, attention_mas
         for start, stop, n_ex, width, local, mask in blocks:
             qkv = [_scatter(z[start:stop], local, n_ex * width).view(n_ex, width, heads, size_h).transpose(1, 2)
                    for z in (q, k, v)]
-            out = _attention(*qkv, mask, p, getattr(attn, "scaling", None))
+            out = _attention(*qkv, mask, p, getattr(attn, "scaling", None))  # type: ignore[call-arg]  # qkv holds q, k, v
             context.append(out.transpose(1, 2).reshape(n_ex * width, heads * size_h)[local])
-        context = context[0] if len(context) == 1 else torch.cat(context)
-        out = layer.attention.output
+        context = context[0] if len(context) == 1 else torch.cat(context)  # type: ignore[assignment]  # the blocks, joined
+        out = layer.attention.output  # type: ignore[assignment]
         x = out.LayerNorm(dropout(out.dense(context), out.dropout.p, out.training) + x)
         ffn = layer.output
         inner = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))

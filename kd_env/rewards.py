@@ -121,7 +121,7 @@ def _registered_reward(name: str) -> Reward:
     return cls.__new__(cls)
 
 
-def _new_reward(cls: type) -> Reward:
+def _new_reward(cls: type[Reward]) -> Reward:
     return cls.__new__(cls)
 
 

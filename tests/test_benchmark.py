@@ -634,10 +634,11 @@ def test_dev_split_scores_the_train_instances_dev_split_on_selection_seeds():
         build_grid(["vanilla_kd"], [env_id], [1], eval_every=1, eval_episodes=2, eval_split="val")
 
 
-def test_selection_runs_say_so_in_their_summary(tmp_path, capsys):
-    result = run_benchmark(tiny_config(tmp_path, algos=["vanilla_kd"], envs=["kd_env/DigitsKD-Instances-v0"],
-                                       seeds=[0], overrides=TINY_INSTANCES, eval_split="dev", verbose=True))
-    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[1/1]")]
+def test_selection_runs_say_so_in_their_summary(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="experiments"):  # the progress lines are logged (INFO; -q hides them)
+        result = run_benchmark(tiny_config(tmp_path, algos=["vanilla_kd"], envs=["kd_env/DigitsKD-Instances-v0"],
+                                           seeds=[0], overrides=TINY_INSTANCES, eval_split="dev", verbose=True))
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[1/1]")]
     assert len(progress) == 1 and ": dev (selection) accuracy " in progress[0], progress  # never "test" here
     text = (result.run_dir / "summary.md").read_text(encoding="utf-8")
     assert "Selection run (`--eval-split dev`)" in text

@@ -234,6 +234,9 @@ class BenchmarkConfig:
     bootstrap_reps: int = 2000
     confidence: float = 0.95
     verbose: bool = True
+    """log the progress lines (through the ``experiments`` logger, at INFO: ``-q`` hides them)"""
+    plugins: list[str] = field(default_factory=list)
+    """plug-in files imported first, here and in every worker (``--plugin``)"""
 
     @property
     def run_dir(self) -> Path:

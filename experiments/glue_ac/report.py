@@ -21,7 +21,7 @@ from kd_env.io import atomic_write_json, atomic_write_text
 from ..report import json_safe, markdown_table, plot_curves, plot_heatmap, plot_returns, write_csv
 from .. import stats
 from ..stats import Score, format_bounds, mean_std
-from .config import LEARNED, NOT_FIXED, RESULT_COLUMNS, SELECTOR, TRANSFER
+from .config import BASELINES, LEARNED, NOT_FIXED, RESULT_COLUMNS, SELECTOR, TRANSFER
 
 if TYPE_CHECKING:
     from .run import Run
@@ -35,7 +35,8 @@ def choose_best_fixed(table: list[dict[str, Any]]) -> str | None:
     """The fixed mask (a named baseline, ``only:<k>`` or ``fixed:<bits>``) with the highest mean
     dev-probe metric (``dev_mean``), or ``None`` when none ran.  Chosen on dev, never on test:
     the test split only scores the choice.  Ties go to the first in ``table``'s order."""
-    fixed = [t for t in table if t["method"] not in NOT_FIXED and t["n"]]
+    fixed = [t for t in table if t["method"] not in NOT_FIXED and t["n"]
+             and (t["method"] in BASELINES or t["method"].startswith(("fixed:", "only:")))]  # not a plug-in's agent
     return max(fixed, key=lambda t: t["dev_mean"])["method"] if fixed else None
 
 

@@ -7,7 +7,6 @@ import io
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,13 @@ from agents import load_agent, make_agent
 from kd_env import DistillConfig, KnowledgeSelectionEnv
 from kd_env.io import atomic_write_bytes, atomic_write_json, check_writable_folder
 
+from ..logs import get_logger
 from ..store import ResultStore, changed_settings, save_settings
 from ..toolkit import TrainingProgress
 from .eta import RUN_CLOCK
 from .config import TRANSFER, ExperimentConfig
+
+LOGGER = get_logger("glue_ac")
 
 #: config keys that may change between invocations of one run: methods or seeds added to a
 #: finished run, where it is written and how the students are spread (the overrides, ``distill``,
@@ -97,8 +99,9 @@ class Run:
 
     @staticmethod
     def unit_name(method: str, seed: int) -> str:
-        """The unit's name in the store: ``<method, ':' as '-'>__seed<k>``."""
-        return f"{method.replace(':', '-')}__seed{seed}"
+        """The unit's name in the store: ``<method, ':' as '-', '/' and '\\' as '_'>__seed<k>``
+        (``schedule:my/plan.yaml`` -> ``schedule-my_plan.yaml__seed0``)."""
+        return f"{method.replace(':', '-').replace('/', '_').replace(chr(92), '_')}__seed{seed}"
 
     def unit_path(self, method: str, seed: int) -> Path:
         return self.store.path(self.unit_name(method, seed))
@@ -112,8 +115,8 @@ class Run:
         expected = {"checkpoint_fingerprint": self.transfer_key} if method == TRANSFER else {}
         row = self.store.read(self.unit_name(method, seed), method=method, seed=seed, **expected)
         if row is not None and self.teacher_key is not None and row.get("teacher", self.teacher_key) != self.teacher_key:
-            print(f"glue_ac: {self.unit_path(method, seed)} was made with another teacher (weights {row['teacher']}, "
-                  f"now {self.teacher_key}): distilling it again", file=sys.stderr)
+            LOGGER.warning(f"glue_ac: {self.unit_path(method, seed)} was made with another teacher (weights "
+                           f"{row['teacher']}, now {self.teacher_key}): distilling it again")
             return None
         return row
 
@@ -271,13 +274,12 @@ def _load_partial(run: Run, env: KnowledgeSelectionEnv, log_dir: str | None) -> 
         env.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 - unreadable, foreign or damaged: train from the start
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"note: selector resume checkpoint {pointer} not used ({first}); training from episode 0",
-              file=sys.stderr)
+        LOGGER.warning(f"note: selector resume checkpoint {pointer} not used ({first}); training from episode 0")
         return None
     if log_dir is not None and hasattr(agent, "log_dir"):
         agent.log_dir = log_dir
-    print(f"selector: resuming after episode {agent.episodes_done} of {run.config.episodes} (checkpoint {folder})",
-          file=sys.stderr)
+    LOGGER.info(f"selector: resuming after episode {agent.episodes_done} of {run.config.episodes} "
+                f"(checkpoint {folder})")
     return agent, returns
 
 

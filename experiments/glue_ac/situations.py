@@ -28,6 +28,8 @@ import numpy as np
 
 from kd_env.io import atomic_write_json, atomic_write_text
 
+from ..logs import get_logger
+from ..resources import package_file
 from ..report import _figure, _save, draw_heatmap, json_safe, markdown_table
 from .. import stats
 from ..stats import Score, format_bounds
@@ -37,6 +39,8 @@ from .pipeline import run_experiment
 from .timing import sum_stage_times
 from .report import (INTERVAL_TEXT, by_method_seed, choose_best_fixed, mean_actions, method_table, paired_seeds,
                      print_summary, scores)
+
+LOGGER = get_logger("glue_ac")
 
 __all__ = ["run_situations", "situation_report", "write_situations", "print_situations", "plot_heatmap_grid",
            "REFERENCES", "STUDY_FILES"]
@@ -55,8 +59,7 @@ def run_situations(config: ExperimentConfig) -> dict[str, Any]:
     runs: dict[str, dict[str, Any]] = {}
     RUN_CLOCK.restart(len(c.situations or []))
     for i, situation in enumerate(c.situations or []):
-        print(f"\n=== situation {i + 1}/{len(c.situations or [])}: {situation} ({RUN_CLOCK.line()}) ===",
-              file=sys.stderr)
+        LOGGER.info(f"\n=== situation {i + 1}/{len(c.situations or [])}: {situation} ({RUN_CLOCK.line()}) ===")
         one = dataclasses.replace(config, situation=situation, situations=None, instance_set=c.instance_set,
                                   name=f"{c.name}/{situation}")
         summary = run_experiment(one, part_of_study=True)
@@ -122,7 +125,8 @@ def write_situations(c: ExperimentConfig, folder: Path, runs: dict[str, dict[str
     return study
 
 
-#: the repository root: a relative headroom file is looked up here when it is not under the cwd
+#: the repository root: a relative headroom file is looked up here when it is not under the cwd (then
+#: by its name in the package's data/, which an installed copy has)
 _REPO = Path(__file__).resolve().parents[2]
 #: the references of a design file, as the report names them
 _DESIGN_REFERENCES = {"fixed:1100": "vanilla_kd", "agent:dynamic_kd": "dynamic_kd"}
@@ -139,6 +143,8 @@ def dev_headroom(path: str | None, situations: list[str]) -> dict[str, Any] | No
     file = Path(path)
     if not file.is_absolute() and not file.exists():
         file = _REPO / path
+    if not file.exists():  # an installed copy has no results/ folder: the committed measurement is package data
+        file = package_file("experiments.glue_ac", "data", Path(path).name) or file
     if not file.exists():
         return {"file": str(path), "missing": True}
     import json

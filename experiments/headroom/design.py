@@ -23,9 +23,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..cli import SEEDS_HELP, load_plugins, parse_seeds
+from ..cli import SEEDS_HELP, add_plugin_flag, load_plugins, parse_seeds
 from ..executors import execute
 from .. import stats
+from ..logs import add_verbosity_flags, setup_logging
 from ..stats import Score
 from . import sources
 from .settings import all_masks, schedule_name
@@ -87,9 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "or agent:dynamic_kd; repeatable")
     p.add_argument("--workers", type=int, default=1, help="processes (one situation each at a time)")
     p.add_argument("--batch", type=int, default=32, help="episodes side by side on the batched env")
-    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py", help="import a Python file first")
+    add_plugin_flag(p)
     p.add_argument("--out", help="write the per-situation results here as JSON")
+    add_verbosity_flags(p)
     args = p.parse_args(argv)
+    setup_logging(args)
     if set(args.choice_seeds) & set(args.check_seeds):
         p.error("choice and check seeds must not overlap")
     try:

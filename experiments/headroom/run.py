@@ -14,12 +14,14 @@ from agents import agent_names
 from kd_env.io import check_cache_root, check_writable_folder
 
 from ..executors import execute
+from ..logs import get_logger
 from ..store import ResultStore, file_key
 from . import sources
 from .analysis import analyse
 from .settings import DYNAMIC_BASELINES, HeadroomSettings, all_masks, builtin_rewards, schedule_name, unit_key
 from .worker import close_worker, run_chunk, setup_worker
 
+LOGGER = get_logger("headroom")
 #: the append-only file of runs made before the store, imported into ``units/`` once
 LEGACY_UNITS = "units.jsonl"
 
@@ -79,8 +81,7 @@ class HeadroomRun:
         units = list({unit_key(u): u for u in units}.values())  # a unit named twice runs (and counts) once
         todo = [u for u in units if unit_key(u) not in self.done]
         if todo:
-            print(f"[headroom] {label}: {len(todo)} episodes to run ({len(units) - len(todo)} done before)",
-                  flush=True)
+            LOGGER.info(f"[headroom] {label}: {len(todo)} episodes to run ({len(units) - len(todo)} done before)")
             self._execute(todo)
         return [self.done[unit_key(u)] for u in units]
 
