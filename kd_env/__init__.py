@@ -33,7 +33,8 @@ from .knowledge import (
 from .metrics import compute_metrics
 from .models import ModelOutputs
 from .observations import Observation, observation_names, register_observation
-from .rewards import PhaseOutcome, Reward, register_reward, reward_names
+from .rewards import Reward, register_reward, reward_names
+from .state import ObservationPart, StateSpec, TrainingState
 from .wrappers import SymmetricWeights
 
 __version__ = "0.1.0"
@@ -95,6 +96,6 @@ __all__ = [
     "DEFAULT_KNOWLEDGE", "Knowledge", "knowledge_names", "make_knowledge", "register_knowledge",
     "ModelOutputs", "Observation", "observation_names", "register_observation",
     "DistillConfig", "get_preset", "preset_names",
-    "PhaseOutcome", "Reward", "register_reward", "reward_names",
+    "Reward", "register_reward", "reward_names", "TrainingState", "StateSpec", "ObservationPart",
     "SymmetricWeights",
 ]

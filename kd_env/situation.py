@@ -99,7 +99,7 @@ def _count(module) -> int:
 def observable_situation(distiller: "Distiller") -> np.ndarray:
     """The user-observable situation of ``distiller`` (:data:`SITUATION_FEATURES`, float32, each in
     [0, 1]); computed once and kept in ``distiller.situation_cache`` (shared by its copies)."""
-    cache = distiller.__dict__.setdefault("situation_cache", {})
+    cache = distiller.situation_cache
     if "observable" in cache:
         return cache["observable"]
     task = distiller.task

@@ -127,7 +127,7 @@ def assert_passes_env_checkers(make_env: Callable[[], Any]) -> None:
 def unclipped_observation(env: Any) -> Any:
     """The env's current observation before clipping (``Observation.unclipped``): an array, or a
     dict of arrays for the ``dict`` observation."""
-    return env.unwrapped.observation_fn.unclipped(env.unwrapped)
+    return env.unwrapped.observation_fn.unclipped(env.unwrapped.state)
 
 
 def outside_bounds(space: Any, values: Any, tol: float = 1e-6) -> list[str]:
