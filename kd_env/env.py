@@ -240,6 +240,7 @@ class KnowledgeSelectionEnv(gym.Env):
     def _oracle_features(self, instance: str) -> np.ndarray:
         """Privileged: instance ``instance``'s true configuration, clipped to [0, 1] (once per instance)."""
         if instance not in self._oracle_cache:
+            assert self.instance_set is not None  # only published for instance envs
             self._oracle_cache[instance] = np.clip(self.instance_set.features(instance, self._base_config), 0.0, 1.0)
         return self._oracle_cache[instance]
 

@@ -101,8 +101,8 @@ class Observation:
         Box (a Dict's parts in key order)."""
         space = self.space(spec)
         if isinstance(space, spaces.Dict):
-            return tuple(ObservationPart(k, int(np.prod(v.shape))) for k, v in space.spaces.items())
-        return (ObservationPart("", int(np.prod(space.shape))),)
+            return tuple(ObservationPart(k, int(np.prod(v.shape or ()))) for k, v in space.spaces.items())
+        return (ObservationPart("", int(np.prod(space.shape or ()))),)
 
 
 OBSERVATION_REGISTRY: Registry = Registry("observation")
@@ -158,7 +158,7 @@ def _log1p(x: float) -> float:
 
 
 @lru_cache(maxsize=256)
-def _space_once(obs: "Observation", spec: StateSpec) -> spaces.Box:
+def _space_once(obs: "Observation", spec: StateSpec) -> Any:
     """``obs.space(spec)``, built once per observation and spec, not at every step."""
     return obs.space(spec)
 
