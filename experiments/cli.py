@@ -1,6 +1,6 @@
 """Command-line pieces shared by the experiment scripts (``glue_ac``, ``benchmark``,
-``headroom``), so that a flag means the same in each: ``--seeds`` and ``--plugin`` (``-q``/``-v``
-are :mod:`experiments.logs`')."""
+``headroom``), so that a flag means the same in each: ``--seeds``, ``--plugin`` and
+``--no-tensorboard`` (``-q``/``-v`` are :mod:`experiments.logs`')."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["PLUGIN_HELP", "SEEDS_HELP", "add_plugin_flag", "load_plugins", "loaded_plugins", "parse_seeds"]
+__all__ = ["PLUGIN_HELP", "SEEDS_HELP", "TENSORBOARD_HELP", "add_plugin_flag", "add_tensorboard_flag", "load_plugins",
+           "loaded_plugins", "parse_seeds"]
 
 #: the ``--seeds`` help text of every script
 SEEDS_HELP = ("seeds: one seed '7' (the seed 7, not 7 seeds), a list '0,3,7', a range '0-4' (0 to 4 inclusive), "
@@ -61,6 +62,18 @@ _LOADED_PLUGINS: dict[Path, str] = {}
 def add_plugin_flag(parser: argparse.ArgumentParser) -> None:
     """``--plugin FILE.py`` (repeatable; ``args.plugin``, a list) on ``parser``."""
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py", help=PLUGIN_HELP)
+
+
+#: the help of every runner's ``--no-tensorboard``
+TENSORBOARD_HELP = ("write no TensorBoard event files (by default every learner's training episodes and evaluations go "
+                    "to <run folder>/tb/, one run folder per learner and seed, stable-baselines3's layout: "
+                    "tensorboard --logdir <run folder>/tb)")
+
+
+def add_tensorboard_flag(parser: argparse.ArgumentParser) -> None:
+    """``--no-tensorboard`` on ``parser`` (``args.tensorboard``: ``True`` unless it is given)."""
+    parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=True,
+                        help=TENSORBOARD_HELP)
 
 
 def _module_name(path: Path) -> str:

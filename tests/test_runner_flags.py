@@ -58,6 +58,16 @@ def test_every_runner_takes_plugin_quiet_and_verbose(module, capsys):
         assert flag in text, (module, flag)
 
 
+@pytest.mark.parametrize("module", ["experiments.benchmark.__main__", "experiments.headroom.cli",
+                                    "experiments.glue_ac.cli"])
+def test_every_runner_takes_no_tensorboard(module, capsys):
+    from experiments.cli import TENSORBOARD_HELP
+
+    with pytest.raises(SystemExit):
+        getattr(importlib.import_module(module), RUNNERS[module])(["--help"])
+    assert "--no-tensorboard" in capsys.readouterr().out and "stable-baselines3" in TENSORBOARD_HELP
+
+
 def _bench(tmp_path: Path, *flags: str) -> None:
     from experiments.benchmark import main
 

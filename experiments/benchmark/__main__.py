@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from experiments.cli import SEEDS_HELP, add_plugin_flag, parse_seeds
+from experiments.cli import SEEDS_HELP, add_plugin_flag, add_tensorboard_flag, parse_seeds
 from experiments.logs import add_verbosity_flags, setup_logging
 
 from .grid import DEFAULT_ALGOS, DEFAULT_ENVS, DEFAULT_EVAL_EPISODES, DEFAULT_EVAL_EVERY, DEFAULT_SEEDS, \
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", dest="plots", action="store_false")
     p.add_argument("--bootstrap-reps", type=int, default=2000)
     add_plugin_flag(p)
+    add_tensorboard_flag(p)
     add_verbosity_flags(p)
     return p
 
@@ -71,7 +72,7 @@ def _config(a: argparse.Namespace) -> BenchmarkConfig:
                            overrides=a.overrides,
                            workers=a.workers, threads=a.threads, executor=a.executor, address=a.address, out=a.out,
                            config_dir=a.config_dir, fresh=a.fresh, plots=a.plots, bootstrap_reps=a.bootstrap_reps,
-                           baseline=a.baseline, plugins=a.plugin)
+                           baseline=a.baseline, plugins=a.plugin, tensorboard=a.tensorboard)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -228,6 +228,8 @@ class BenchmarkConfig:
     fresh: bool = False
     """rerun finished cells too"""
     plots: bool = True
+    tensorboard: bool = True
+    """write every cell's training episodes and evaluations to TensorBoard, ``<run>/tb/<env>/<algo>_<seed>/``"""
     baseline: str = "vanilla_kd"
     """the fixed policy every algorithm is compared with, paired by seed (same held-out episodes);
     vanilla KD is the best single fixed mask on DigitsKD-Instances-v0's train instances (dev)"""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from agents.episode_log import TENSORBOARD_DIR
 from experiments.cli import load_plugins
 from experiments.executors import check_executor, execute
 from experiments.logs import get_logger
@@ -52,16 +53,17 @@ def units_of_work(cells: Sequence[Cell], workers: int = 1) -> list[list[Cell]]:
     return units
 
 
-def run_unit(job: tuple[tuple[Cell, ...], int]) -> list[tuple[dict[str, Any] | None, str | None]]:
-    """The executor's runner: one unit of work (cells, torch threads) -> each cell's
-    ``(payload, error)``; a cell that raises is reported with its traceback, the others go on."""
-    unit, threads = job
+def run_unit(job: tuple[tuple[Cell, ...], int, str | None]) -> list[tuple[dict[str, Any] | None, str | None]]:
+    """The executor's runner: one unit of work (cells, torch threads, the run's TensorBoard folder
+    or ``None``) -> each cell's ``(payload, error)``; a cell that raises is reported with its
+    traceback, the others go on."""
+    unit, threads, tensorboard = job
     if len(unit) == 1:
         try:
-            return [(run_cell(unit[0], threads), None)]
+            return [(run_cell(unit[0], threads, tensorboard=tensorboard), None)]
         except Exception:  # noqa: BLE001 - reported by the driver
             return [(None, traceback.format_exc())]
-    outcomes = run_cells(unit, threads)
+    outcomes = run_cells(unit, threads, tensorboard=tensorboard)
     return [(None, "".join(traceback.format_exception(o))) if isinstance(o, BaseException) else (o, None)
             for o in outcomes]
 
@@ -176,11 +178,12 @@ def _run_locked(config: BenchmarkConfig, cells: list[Cell], run_dir: Path, start
         log(f"{prefix}: {split} {r['metric_name']} {r['test_metric']:.4f}, return {r['return']:+.4f} "
             f"({r['seconds']['total']:.1f} s)")
 
-    def on_done(job: tuple[tuple[Cell, ...], int], outcomes: list[Any] | None, error: str | None) -> None:
+    def on_done(job: tuple[tuple[Cell, ...], int, str | None], outcomes: list[Any] | None, error: str | None) -> None:
         for k, cell in enumerate(job[0]):
             on_cell(cell, *(outcomes[k] if outcomes is not None else (None, error)))
 
-    jobs = [(tuple(unit), config.threads) for unit in units_of_work(todo, config.workers)]
+    tensorboard = str(run_dir / TENSORBOARD_DIR) if config.tensorboard else None  # a run folder per cell
+    jobs = [(tuple(unit), config.threads, tensorboard) for unit in units_of_work(todo, config.workers)]
     execute(jobs, run_unit, on_done, config.executor, config.workers, config.threads, config.address,
             plugins=plugins)
     finished = [c for c in cells if c in payloads]

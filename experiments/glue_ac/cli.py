@@ -13,7 +13,7 @@ from agents import agent_names
 from kd_env import DistillConfig, get_preset, preset_names
 from kd_env.runtime import PRECISIONS
 
-from ..cli import PLUGIN_HELP, SEEDS_HELP, load_plugins, parse_seeds
+from ..cli import PLUGIN_HELP, SEEDS_HELP, add_tensorboard_flag, load_plugins, parse_seeds
 from ..executors import EXECUTORS
 from ..logs import add_verbosity_flags, get_logger, setup_logging
 from .config import DEFAULT_INSTANCE_SET, DYNAMIC_BASELINES, EXPERIMENT_PRESETS, SITUATION_KEYS, ExperimentConfig, \
@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "--workers at a time; a local Ray, or the cluster at "
                                                          "--address) (default local)")
     p.add_argument("--address", help="an existing Ray cluster for --executor ray (default: start a local Ray)")
+    add_tensorboard_flag(p)
     add_verbosity_flags(p)
     return p
 
@@ -133,6 +134,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> ExperimentConfig:
                  "workers", "executor", "address", "situation", "instance_set", "transfer_checkpoint", "headroom"):
         if getattr(args, flag) is not None:
             data[flag] = getattr(args, flag)
+    if not args.tensorboard:
+        data["tensorboard"] = False
     if args.situations is not None:
         names = [x.strip() for x in args.situations.split(",") if x.strip()]
         data["situations"] = [] if names == ["none"] else names

@@ -91,6 +91,9 @@ class ExperimentConfig:
     name: str | None = None
     """run folder name under ``out`` (default: glue_ac-<preset>-<task>)"""
     out: str = "runs"
+    tensorboard: bool = True
+    """TensorBoard logs in ``<run>/tb/``: the selector's training episodes (``tb/selector``) and each
+    student (``tb/<method>_<seed>``; ``--no-tensorboard``: none)"""
     plugins: list[str] = field(default_factory=list)
     """python files to import first (they may register rewards, knowledge, observations)"""
     selector_seed: int = 1000

@@ -161,21 +161,25 @@ def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], 
                     f"dev probe during distillation ({distill.task})")
     if selector_returns:
         plot_returns(selector_returns, run.dir / "selector_returns.png", f"{c.agent} selector training")
-    _tensorboard(run, rows)
+    if c.tensorboard:
+        _tensorboard(run, rows, knowledge)
     return summary
 
 
-def _tensorboard(run: Run, rows: list[dict[str, Any]]) -> None:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # pragma: no cover - tensorboard is a dependency
-        return
-    writer = SummaryWriter(str(run.dir / "tb" / "students"))
+def _tensorboard(run: Run, rows: list[dict[str, Any]], knowledge: list[str]) -> None:
+    """Every student as a TensorBoard run, ``tb/<method>_<seed>/`` (stable-baselines3's layout,
+    :class:`agents.episode_log.TensorBoardRun`): its episode as an evaluation at step 0 (return,
+    test metric, final dev probe, weights per phase) and its dev probe after each phase,
+    ``student/probe_metric`` (x: the phase)."""
+    from agents.episode_log import TENSORBOARD_DIR, TensorBoardRun, run_name
+
     for r in rows:
-        for i, v in enumerate(r["curve"]):
-            writer.add_scalar(f"{r['method']}/seed{r['seed']}/probe_metric", v, i)
-        writer.add_scalar(f"{r['method']}/test_metric", r["metric"], r["seed"])
-    writer.close()
+        with TensorBoardRun(run.dir / TENSORBOARD_DIR / run_name(r["method"], r["seed"]), knowledge,
+                            fresh=True) as board:
+            board.evaluation(0, [r["return"]], [len(r["actions"])], metrics={"test": [r["metric"]]},
+                             probe=[r["dev_metric"]], actions=[r["actions"]])
+            for phase, value in enumerate(r["curve"]):
+                board.scalar("student/probe_metric", value, phase)
 
 
 def print_summary(summary: dict[str, Any], out=sys.stdout) -> None:

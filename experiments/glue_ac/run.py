@@ -14,7 +14,8 @@ import gymnasium as gym
 import torch
 import yaml
 
-from agents import load_agent, make_agent
+from agents import agent_hyperparameters, load_agent, make_agent
+from agents.episode_log import TENSORBOARD_DIR, TensorBoardRun
 from kd_env import DistillConfig, KnowledgeSelectionEnv
 from kd_env.io import atomic_write_bytes, atomic_write_json, check_writable_folder
 
@@ -31,7 +32,7 @@ LOGGER = get_logger("glue_ac")
 #: count as what they resolve to, ``distill_resolved``); a transfer checkpoint added or changed
 #: (its students carry the checkpoint's fingerprint: another checkpoint's are distilled again)
 NOT_CHECKED = ("methods", "seeds", "out", "workers", "distill", "executor", "address", "transfer_checkpoint",
-               "situations")
+               "situations", "tensorboard")
 
 
 class Run:
@@ -161,15 +162,19 @@ def train_selector(run: Run, env: KnowledgeSelectionEnv) -> tuple[Any, list[floa
     if done.exists():
         agent = load_agent(str(ckpt), env)
         return agent, json.loads(done.read_text())["returns"]
-    log_dir = str(run.dir / "tb" / "selector")
+    log_dir = str(run.dir / TENSORBOARD_DIR / "selector")
     params = {"seed": c.selector_seed, **c.agent_params}
-    if c.agent in ("ac", "ac_q"):
+    logs_itself = "log_dir" in (agent_hyperparameters(c.agent) or {})  # ac, ac_q, SB3: episodes.csv, TensorBoard
+    if logs_itself:
         params.setdefault("log_dir", log_dir)
+        params.setdefault("tensorboard", c.tensorboard)
     resumed = None
     if c.agent in RESUMABLE and c.episodes > 0 and (run.selector_dir / PARTIAL).exists():
         resumed = _load_partial(run, env, params.get("log_dir"))  # restores the env's state too
     if resumed is not None:
         agent, returns = resumed
+        if logs_itself:  # a loaded agent writes TensorBoard as this invocation says
+            agent.tensorboard = params["tensorboard"]
     else:
         agent, returns = make_agent(c.agent, env, **params), []
         env.reset(seed=c.selector_seed)
@@ -178,7 +183,8 @@ def train_selector(run: Run, env: KnowledgeSelectionEnv) -> tuple[Any, list[floa
         RUN_CLOCK.episode_done(seconds)
         return RUN_CLOCK.note()
 
-    progress = TrainingProgress(c.episodes, on_episode=on_episode)
+    board = TensorBoardRun(log_dir, fresh=True) if c.tensorboard and not logs_itself else None  # trains from 0
+    progress = TrainingProgress(c.episodes, on_episode=on_episode, tensorboard=board)
     progress.returns.extend(returns)
     if returns and progress._bar is not None:
         progress._bar.update(len(returns))

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from kd_env.io import atomic_write_json, atomic_write_text
 from kd_env.rewards import reward_names
 
-from ..cli import SEEDS_HELP, add_plugin_flag, load_plugins, parse_seeds
+from ..cli import SEEDS_HELP, add_plugin_flag, add_tensorboard_flag, load_plugins, parse_seeds
 from ..executors import EXECUTORS, check_executor
 from ..logs import add_verbosity_flags, get_logger, setup_logging
 from . import __doc__ as _PACKAGE_DOC
@@ -52,12 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="open-loop episodes run side by side on the batched env, where the env has one "
                         "(the digits ids); 1: one at a time on the single env (default %(default)s)")
     p.add_argument("--out", help="output folder (default runs/headroom-<env name>)")
+    add_tensorboard_flag(p)
     add_verbosity_flags(p)
     args = p.parse_args(argv)
     setup_logging(args)
     changes: dict[str, Any] = {"env": args.env, "env_kwargs": dict(args.env_kwarg), "workers": args.workers,
                                "batch": args.batch, "out": args.out, "executor": args.executor,
-                               "address": args.address}
+                               "address": args.address, "tensorboard": args.tensorboard}
     for name in ("selection_seeds", "test_seeds", "greedy_seeds", "random_episodes", "top_masks"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
