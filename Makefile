@@ -36,7 +36,10 @@ $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e ".[dev,ray]"
 	touch $(TEST_STAMP)
 
+# lint (ruff.toml) and types (setup.cfg [mypy]: kd_env) first, then the tests
 test: install $(TEST_STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: install

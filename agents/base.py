@@ -30,6 +30,7 @@ from gymnasium import spaces
 
 from kd_env.checks import type_hints
 from kd_env.registry import Registry
+from kd_env.state import ObservationPart, compare_space_specs, space_spec
 
 from .checkpoints import CHECKPOINT_FORMAT, WEIGHTS_FILE, CheckpointError, load_weights, read_header, write_checkpoint
 
@@ -61,6 +62,9 @@ class SelectionSpec:
         num_phases: env steps per episode (``config.num_phases`` for kd_env).
         observation_name: the registered observation's name (``summary``, ``cls``, ``dict``)
             when known, else ``None``.
+        observation_parts: the layout the env declares for its flattened observation
+            (``env.unwrapped.observation_parts``: which slice is a student/teacher [CLS] pair),
+            or ``None`` for an env that declares none.
     """
 
     action_space: spaces.Space
@@ -69,6 +73,7 @@ class SelectionSpec:
     knowledge_names: list[str]
     num_phases: int
     observation_name: str | None = None
+    observation_parts: tuple[ObservationPart, ...] | None = None
 
     @property
     def num_knowledge(self) -> int:
@@ -77,7 +82,7 @@ class SelectionSpec:
     def describe(self) -> dict[str, Any]:
         """JSON-able summary stored in checkpoint headers (checked at load)."""
         return {"action_mode": self.action_mode, "knowledge_names": list(self.knowledge_names),
-                "observation_space": repr(self.observation_space), "num_phases": self.num_phases}
+                "observation_space": space_spec(self.observation_space), "num_phases": self.num_phases}
 
 
 def selection_spec(env: Any) -> SelectionSpec:
@@ -110,9 +115,11 @@ def selection_spec(env: Any) -> SelectionSpec:
         spec = getattr(env, "spec", None)
         num_phases = getattr(spec, "max_episode_steps", None) or 1
     obs_fn = getattr(base, "observation_fn", None)
+    parts = getattr(base, "observation_parts", None)
     return SelectionSpec(action_space=action_space, observation_space=env.observation_space, action_mode=mode,
-                   knowledge_names=names, num_phases=int(num_phases),
-                   observation_name=getattr(obs_fn, "name", None))
+                         knowledge_names=names, num_phases=int(num_phases),
+                         observation_name=getattr(obs_fn, "name", None),
+                         observation_parts=tuple(parts) if parts is not None else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,7 +212,7 @@ class Agent:
         if header["agent"] != self.name:
             raise CheckpointError(f"checkpoint {str(path)!r} holds agent {header['agent']!r}, not {self.name!r}; "
                                   f"use agents.load_agent(path, env)")
-        check_fits(path, header, self.knowledge_names, self.action_mode)
+        check_fits(path, header, self.knowledge_names, self.action_mode, self.observation_space)
         if header.get("has_weights"):
             self._load_state_dict(load_weights(Path(path) / WEIGHTS_FILE))
         self._load_extra_header(header.get("extra") or {})
@@ -367,10 +374,12 @@ def check_known(path: str | os.PathLike, header: dict[str, Any]) -> None:
 
 
 def check_fits(path: str | os.PathLike, header: dict[str, Any], knowledge_names: Sequence[str],
-               action_mode: str) -> None:
+               action_mode: str, observation_space: spaces.Space | dict[str, Any] | None = None) -> None:
     """:class:`CheckpointError` when the checkpoint (its parsed header) was saved for other
-    knowledge types or another action mode than an env with ``knowledge_names`` and
-    ``action_mode`` (read from the header alone: nothing is built)."""
+    knowledge types, another action mode or (when given: a space or its :func:`space_spec`)
+    another observation space than this env's (read from the header alone: nothing is built).
+    Spaces are compared field by field and every difference is named; a header written before
+    issue 37 holds the space's ``repr``, compared as text."""
     env = header.get("env") or {}
     saved_names = env.get("knowledge_names")
     if saved_names is not None and list(saved_names) != list(knowledge_names):
@@ -380,6 +389,22 @@ def check_fits(path: str | os.PathLike, header: dict[str, Any], knowledge_names:
     if saved_mode is not None and saved_mode != action_mode:
         raise CheckpointError(f"checkpoint {str(path)!r} was saved for action_mode {saved_mode!r}, this env "
                               f"has {action_mode!r}")
+    saved_space = env.get("observation_space")
+    if observation_space is not None and saved_space is not None:
+        diffs = observation_space_differences(saved_space, observation_space)
+        if diffs:
+            raise CheckpointError(f"checkpoint {str(path)!r} does not fit this env's observation space (it was "
+                                  f"saved for another): " + "; ".join(diffs))
+
+
+def observation_space_differences(saved: Any, current: spaces.Space | dict[str, Any]) -> list[str]:
+    """How a checkpoint's saved observation space (a :func:`space_spec`, or an old header's
+    ``repr``) differs from ``current`` (a space or its spec), one line per difference."""
+    if isinstance(saved, str):  # a header written before issue 37
+        if isinstance(current, dict):
+            return []  # a repr cannot be compared with a spec without the space
+        return [] if saved == repr(current) else [f"{saved} (saved) vs {current!r} (this env)"]
+    return compare_space_specs(saved, current if isinstance(current, dict) else space_spec(current))
 
 
 def load_agent(path: str | os.PathLike, env: Any) -> Agent:

@@ -59,35 +59,49 @@ class RunningNorm(nn.Module):
 def observation_layout(env: Any, state_encoder: str, cls_split: int | None) -> tuple[Layout, int, int | None]:
     """The encoder layout of ``env``'s observations, their flat size and the resolved ``cls_split``.
 
+    The parts come from what the env declares (``env.unwrapped.observation_parts``, a kd_env
+    env's :class:`~kd_env.state.ObservationPart` tuple: which slice is a student/teacher [CLS]
+    pair and where it splits); an env that declares none has one flat part per Box (a Dict's
+    Boxes in key order).
+
     Args:
         env: the env (a Box observation, or a Dict of Boxes flattened in key order).
         state_encoder: ``"auto"`` (split the ``cls`` part only), ``"mlp"`` (nothing split) or
             ``"split"`` (the ``cls`` part, or a single Box, split in two).
-        cls_split: length of the student part of the ``cls`` vector (``None``: asked of the env,
-            else half).
+        cls_split: length of the student part of the ``cls`` vector (``None``: as declared, else
+            half).
     """
     space = env.observation_space
-    obs_name = getattr(getattr(getattr(env, "unwrapped", env), "observation_fn", None), "name", None)
+    declared = getattr(getattr(env, "unwrapped", env), "observation_parts", None)
     if isinstance(space, spaces.Dict):
-        items = list(space.spaces.items())
+        boxes = list(space.spaces.items())
     elif isinstance(space, spaces.Box):
-        items = [("cls" if obs_name == "cls" else "", space)]
+        boxes = [("", space)]
     else:
         raise ValueError(f"observation space {space} is not supported: use a Box or a Dict of Boxes")
+    for key, sub in boxes:
+        if not isinstance(sub, spaces.Box):
+            raise ValueError(f"observation part {key!r} is {sub}; only Box parts are supported")
+    sizes = [int(np.prod(sub.shape)) for _, sub in boxes]
+    by_key = {p.key: p for p in declared or ()}
+    if declared is not None and isinstance(space, spaces.Dict) and all(
+            key in by_key and by_key[key].size == size for (key, _), size in zip(boxes, sizes)):
+        parts = [(key, size, by_key[key].kind, by_key[key].split) for (key, _), size in zip(boxes, sizes)]
+    elif declared is not None and not isinstance(space, spaces.Dict) and sum(p.size for p in declared) == sizes[0]:
+        parts = [(p.key, p.size, p.kind, p.split) for p in declared]
+    else:
+        parts = [(key, size, "flat", 0) for (key, _), size in zip(boxes, sizes)]
     layout = []
     offset = 0
     split_used = None
-    has_cls = any(key == "cls" for key, _ in items)
-    if state_encoder == "split" and not has_cls and len(items) != 1:
+    has_cls = any(kind == "cls" for _, _, kind, _ in parts)
+    if state_encoder == "split" and not has_cls and len(parts) != 1:
         raise ValueError("state_encoder='split' needs a 'cls' observation (or a single Box to split)")
-    for key, sub in items:
-        if not isinstance(sub, spaces.Box):
-            raise ValueError(f"observation part {key!r} is {sub}; only Box parts are supported")
-        size = int(np.prod(sub.shape))
-        split_this = state_encoder == "split" and (key == "cls" or not has_cls)
-        split_this = split_this or (state_encoder == "auto" and key == "cls")
+    for _key, size, kind, declared_split in parts:
+        split_this = state_encoder == "split" and (kind == "cls" or not has_cls)
+        split_this = split_this or (state_encoder == "auto" and kind == "cls")
         if split_this:
-            split = cls_split if cls_split is not None else _detect_cls_split(env, size)
+            split = cls_split if cls_split is not None else (declared_split or size // 2)
             if not 0 < split < size:
                 raise ValueError(f"cls_split must be in (0, {size}) for a {size}-long cls vector, got {split}")
             layout.append(("cls", offset, offset + size, int(split)))
@@ -96,17 +110,6 @@ def observation_layout(env: Any, state_encoder: str, cls_split: int | None) -> t
             layout.append(("flat", offset, offset + size, 0))
         offset += size
     return layout, offset, split_used
-
-
-def _detect_cls_split(env: Any, size: int) -> int:
-    """Length of the student part of a ``cls`` vector: asked of a kd_env distiller, else half."""
-    base = getattr(env, "unwrapped", env)
-    distiller = getattr(base, "distiller", None)
-    if distiller is not None and hasattr(distiller, "cls_embeddings"):
-        student, teacher = distiller.cls_embeddings()
-        if len(student) + len(teacher) == size:
-            return len(student)
-    return size // 2
 
 
 class ObservationEncoder(nn.Module):

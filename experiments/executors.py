@@ -3,10 +3,14 @@ Ray.  The only module in ``experiments/`` that starts processes or talks to Ray.
 
 An experiment hands :func:`execute` a list of *jobs* (any picklable values) and a *runner*, a
 module-level function ``runner(job) -> payload`` (picklable by reference).  Each worker calls
-``setup(*setup_args)`` once before its first job (to build an env, load a teacher, load plug-ins)
-and uses ``threads`` torch threads.  ``on_done(job, payload, error)`` is called in this process as
-each job ends, in completion order; ``error`` is the job's traceback (``payload`` is then
-``None``).  A job that raises is reported and the others go on; what to write, and when to stop,
+``setup(*setup_args)`` once before its first job (to build an env, load a teacher) and uses
+``threads`` torch threads.  Before that it imports the user's plug-in files: ``plugins``, by default
+every file this process imported with :func:`experiments.cli.load_plugins` (``--plugin``), so that
+what a plug-in registers (an instance set, a knowledge type, an agent...) exists in every worker
+(a job is unpickled after that in a spawned process, before it on Ray: a job should hold plain
+values, names rather than a plug-in's objects).  ``on_done(job, payload, error)`` is called in
+this process as each job ends, in completion order; ``error`` is the job's traceback (``payload``
+is then ``None``).  A job that raises is reported and the others go on; what to write, and when to stop,
 is the caller's (:mod:`experiments.store` writes each result atomically).
 
 ==========  ============================================================================
@@ -64,9 +68,13 @@ def check_executor(executor: str, workers: int, threads: int) -> None:
             raise ValueError(RAY_MISSING) from None
 
 
-def init_worker(threads: int, setup: Callable[..., None] | None = None, setup_args: Sequence[Any] = ()) -> None:
-    """What a worker does once: ``threads`` torch threads (one inter-op thread), then ``setup``."""
+def init_worker(threads: int, setup: Callable[..., None] | None = None, setup_args: Sequence[Any] = (),
+                plugins: Sequence[str] = ()) -> None:
+    """What a worker does once: ``threads`` torch threads (one inter-op thread), the plug-in
+    files ``plugins``, then ``setup``."""
     import torch
+
+    from .cli import load_plugins
 
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     torch.set_num_threads(threads)
@@ -74,6 +82,7 @@ def init_worker(threads: int, setup: Callable[..., None] | None = None, setup_ar
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set in this process
         pass
+    load_plugins(plugins)
     if setup is not None:
         setup(*setup_args)
 
@@ -88,27 +97,34 @@ def _catching(runner: Callable[[Any], Any], job: Any) -> tuple[Any, str | None]:
 def execute(jobs: Sequence[Job], runner: Callable[[Job], Any], on_done: OnDone, executor: str = "local",
             workers: int = 1, threads: int = 1, address: str | None = None,
             setup: Callable[..., None] | None = None, setup_args: Sequence[Any] = (),
-            retries: int = DEFAULT_RETRIES) -> None:
+            retries: int = DEFAULT_RETRIES, plugins: Sequence[str] | None = None) -> None:
     """Run ``runner(job)`` for every job; ``on_done(job, payload, error)`` here as each ends.
 
     ``setup`` is not called in this process for ``local`` with ``workers <= 1``: the caller
-    runs in-process jobs with what it already holds.  Ctrl-C (or an exception from ``on_done``)
-    drops the queued jobs and returns at once.
+    runs in-process jobs with what it already holds.  ``plugins``: the plug-in files every
+    worker imports first (``None``: those this process imported, :func:`~experiments.cli.loaded_plugins`;
+    in this process they are loaded here too).  Ctrl-C (or an exception from ``on_done``) drops
+    the queued jobs and returns at once.
     """
+    from .cli import load_plugins, loaded_plugins
+
     check_executor(executor, workers, threads)
     if not jobs:
         return
+    files = tuple(load_plugins(plugins)) if plugins is not None else ()
+    files = tuple(dict.fromkeys([*loaded_plugins(), *files]))  # absolute paths: a Ray worker's cwd is not ours
     if executor == "ray":
-        _execute_ray(list(jobs), runner, on_done, workers, threads, address, setup, tuple(setup_args), retries)
+        _execute_ray(list(jobs), runner, on_done, workers, threads, address, setup, tuple(setup_args), retries, files)
     elif workers <= 1:
         for job in jobs:
             on_done(job, *_catching(runner, job))
     else:
-        _execute_processes(list(jobs), runner, on_done, workers, threads, setup, tuple(setup_args), retries)
+        _execute_processes(list(jobs), runner, on_done, workers, threads, setup, tuple(setup_args), retries, files)
 
 
 def _execute_processes(jobs: list[Any], runner: Callable[[Any], Any], on_done: OnDone, workers: int, threads: int,
-                       setup: Callable[..., None] | None, setup_args: tuple[Any, ...], retries: int) -> None:
+                       setup: Callable[..., None] | None, setup_args: tuple[Any, ...], retries: int,
+                       plugins: tuple[str, ...] = ()) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
@@ -118,7 +134,7 @@ def _execute_processes(jobs: list[Any], runner: Callable[[Any], Any], on_done: O
     todo = list(range(len(jobs)))
     while todo:
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context, initializer=init_worker,
-                                 initargs=(threads, setup, setup_args)) as pool:
+                                 initargs=(threads, setup, setup_args, plugins)) as pool:
             futures = {pool.submit(_catching, runner, jobs[i]): i for i in todo}
             todo = []
             try:
@@ -143,18 +159,18 @@ def _execute_processes(jobs: list[Any], runner: Callable[[Any], Any], on_done: O
 
 
 def _ray_task(runner: Callable[[Any], Any], job: Any, threads: int, setup: Callable[..., None] | None,
-              setup_args: tuple[Any, ...]) -> tuple[Any, str | None]:
+              setup_args: tuple[Any, ...], plugins: tuple[str, ...] = ()) -> tuple[Any, str | None]:
     """A Ray task: the worker process is set up once (Ray reuses workers), then runs ``job``."""
-    key = pickle.dumps((threads, setup, setup_args))  # the arguments need not be hashable
+    key = pickle.dumps((threads, setup, setup_args, plugins))  # the arguments need not be hashable
     if key not in _SETUP_DONE:
-        init_worker(threads, setup, setup_args)
+        init_worker(threads, setup, setup_args, plugins)
         _SETUP_DONE.add(key)
     return _catching(runner, job)
 
 
 def _execute_ray(jobs: list[Any], runner: Callable[[Any], Any], on_done: OnDone, workers: int, threads: int,
                  address: str | None, setup: Callable[..., None] | None, setup_args: tuple[Any, ...],
-                 retries: int) -> None:
+                 retries: int, plugins: tuple[str, ...] = ()) -> None:
     import ray
 
     started_here = not ray.is_initialized()
@@ -169,7 +185,7 @@ def _execute_ray(jobs: list[Any], runner: Callable[[Any], Any], on_done: OnDone,
         ray.init(**init)
     try:
         remote = ray.remote(num_cpus=threads, max_retries=retries, retry_exceptions=False)(_ray_task)
-        refs = {remote.remote(runner, job, threads, setup, setup_args): job for job in jobs}
+        refs = {remote.remote(runner, job, threads, setup, setup_args, plugins): job for job in jobs}
         pending = list(refs)
         try:
             while pending:

@@ -19,14 +19,15 @@ Every setting is one ``experiments.glue_ac`` run (no selector: the fixed methods
 ``runs/<name>/comparison.md`` and ``.json``, gives per setting: the teacher's test and dev-probe
 metric, each method's test mean ± std over the seeds, the method with the best dev-probe mean
 (chosen on dev; the test split only scores it) and its share of the teacher's test metric,
-vanilla KD minus finetune (paired over seeds, 95% t-interval), and the mean seconds of training
-per student.  The setting to keep is the one with the best dev-probe score of its best method;
+vanilla KD minus finetune (paired over seeds, 95% interval of :func:`experiments.stats.compare`), and
+the mean seconds of training per student.  The setting to keep is the one with the best dev-probe score of its best method;
 its test numbers are reported, never used to choose.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,16 @@ import yaml
 from experiments.cli import SEEDS_HELP, parse_seeds
 from experiments.glue_ac import ExperimentConfig, Run, run_experiment
 from experiments.report import markdown_table
-from experiments.stats import format_bounds, paired_difference
+from experiments import stats
+from experiments.stats import Score, format_bounds
 from kd_env.config import get_preset
 from kd_env.io import atomic_write_json, atomic_write_text
 
+from experiments.resources import package_dir
+
 __all__ = ["DEFAULT_GRID", "load_grid", "compare", "main"]
 
-DEFAULT_GRID = Path(__file__).resolve().parent / "configs" / "text_students.yml"
+DEFAULT_GRID = package_dir("experiments", "configs") / "text_students.yml"
 DEFAULT_METHODS = ("finetune", "vanilla_kd", "all")
 
 
@@ -78,14 +82,12 @@ def _summarise(name: str, overrides: dict[str, Any], summary: dict[str, Any]) ->
     methods = {t["method"]: t for t in summary["methods"] if t["n"]}
     best = max(methods.values(), key=lambda t: t["dev_mean"]) if methods else None
     teacher = summary["teacher"]
-    by_method: dict[str, dict[int, float]] = {}
-    seconds: list[float] = []
-    for r in summary["rows"]:
-        by_method.setdefault(r["method"], {})[r["seed"]] = r["metric"]
-        seconds.append(r["train_seconds"])
+    scores = [Score(r["method"], name, None, int(r["seed"]), float(r["metric"])) for r in summary["rows"]
+              if r["metric"] is not None and math.isfinite(r["metric"])]
+    seconds = [r["train_seconds"] for r in summary["rows"]]
     kd_vs_ft = None
-    if "vanilla_kd" in by_method and "finetune" in by_method:
-        kd_vs_ft = paired_difference(by_method["vanilla_kd"], by_method["finetune"])
+    if {"vanilla_kd", "finetune"} <= {s.method for s in scores}:
+        kd_vs_ft = stats.compare(scores, "vanilla_kd", "finetune", unpaired="drop").to_dict()
     return {"setting": name, "overrides": overrides, "teacher": teacher,
             "methods": {m: {k: t[k] for k in ("mean", "std", "dev_mean", "dev_std", "n")} for m, t in methods.items()},
             "best_on_dev": None if best is None else best["method"],

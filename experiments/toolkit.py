@@ -52,10 +52,13 @@ def distil_and_test(env: Any, agent: Any, seed: int) -> dict[str, Any]:
 
 class TrainingProgress:
     """An episode callback for ``agent.learn(..., callback=...)``: keeps each training episode's
-    return (the env's, without exploration bonuses) and shows a progress bar on stderr."""
+    return (the env's, without exploration bonuses), shows a progress bar on stderr and, with
+    ``tensorboard`` (an :class:`agents.episode_log.TensorBoardRun`, closed by :meth:`close`),
+    writes each episode to TensorBoard (for agents that log none themselves)."""
 
-    def __init__(self, episodes: int, desc: str = "train selector", on_episode: Any = None):
+    def __init__(self, episodes: int, desc: str = "train selector", on_episode: Any = None, tensorboard: Any = None):
         self.returns: list[float] = []
+        self._tensorboard = tensorboard
         self._bar = progress_bar(None, episodes, desc) if episodes else None
         self._on_episode = on_episode
         """called with each episode's wall seconds; may return a note for the bar"""
@@ -63,6 +66,8 @@ class TrainingProgress:
 
     def __call__(self, agent: Any, record: dict[str, Any]) -> bool:
         self.returns.append(float(record["return"]))
+        if self._tensorboard is not None:
+            self._tensorboard.episode(record)
         now = time.perf_counter()
         note = self._on_episode(now - self._last) if self._on_episode is not None else None
         self._last = now
@@ -74,3 +79,5 @@ class TrainingProgress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()

@@ -33,7 +33,8 @@ from .knowledge import (
 from .metrics import compute_metrics
 from .models import ModelOutputs
 from .observations import Observation, observation_names, register_observation
-from .rewards import PhaseOutcome, Reward, register_reward, reward_names
+from .rewards import Reward, register_reward, reward_names
+from .state import ObservationPart, StateSpec, TrainingState
 from .wrappers import SymmetricWeights
 
 __version__ = "0.1.0"
@@ -80,7 +81,7 @@ def register_envs() -> None:
                          vector_entry_point=BATCHED_VECTOR_ENTRY_POINT if env_id in BATCHED_ENV_IDS else None)
     for env_id, kwargs in INSTANCE_ENV_IDS.items():
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point="kd_env.env:KnowledgeSelectionEnv", kwargs=dict(kwargs),
+            gym.register(id=env_id, entry_point="kd_env.env:KnowledgeSelectionEnv", kwargs=dict(kwargs),  # type: ignore[call-overload]
                          vector_entry_point=BATCHED_VECTOR_ENTRY_POINT if env_id in BATCHED_ENV_IDS else None)
 
 
@@ -95,6 +96,6 @@ __all__ = [
     "DEFAULT_KNOWLEDGE", "Knowledge", "knowledge_names", "make_knowledge", "register_knowledge",
     "ModelOutputs", "Observation", "observation_names", "register_observation",
     "DistillConfig", "get_preset", "preset_names",
-    "PhaseOutcome", "Reward", "register_reward", "reward_names",
+    "Reward", "register_reward", "reward_names", "TrainingState", "StateSpec", "ObservationPart",
     "SymmetricWeights",
 ]

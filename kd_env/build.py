@@ -160,7 +160,7 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
             model = SequenceClassifier(hf, config.pooling)
     else:
         with private_torch_rng(config.seed):
-            model = MLPClassifier(task["train"].features.shape[1], config.teacher_hidden, task.num_labels)
+            model = MLPClassifier(task["train"].features.shape[1], config.teacher_hidden, task.num_labels)  # type: ignore[assignment]  # a teacher: either classifier
     dev = BatchSampler(task, task["dev"], tokenizer, config.max_len)
     stop_pick = _check_indices(len(dev), CHECK_EXAMPLES)
 
@@ -335,7 +335,7 @@ def _load_cached_teacher(folder: Path, config: DistillConfig, task: TaskData, to
         return None
     measured = float(evaluate_model(model, dev, task, device, indices=_check_indices(len(dev), examples))["main"])
     if not abs(measured - recorded) <= DEV_TOLERANCE:
-        where = "dev metric" if examples >= len(dev) else f"dev metric on its {examples} check examples"
+        where = "dev metric" if examples >= len(dev) else f"dev metric on its {examples} check examples"  # type: ignore[assignment]
         _refuse(f"teacher {folder} refused: its {where} measures {measured:.4f}, {summary_path} records "
                 f"{recorded:.4f} (tolerance {DEV_TOLERANCE})")
         return None

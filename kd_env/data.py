@@ -403,7 +403,7 @@ def _read_local_tables(files: dict[str, Path], labels: Sequence[str] | None
     if labels is not None:
         names = list(labels)
     else:
-        names = class_names([(files[s], r[2]) for s, r in rows.items()])
+        names = class_names([(files[s], r[2]) for s, r in rows.items()])  # type: ignore[assignment]
         if names is not None:
             note = describe_mapping(list(files.values()), names, integers=all(n.isdigit() for n in names))
     splits = {split: Split(labels=label_ids(files[split], ys, label_names=names), texts=ta, texts_b=tb)
@@ -450,7 +450,7 @@ def load_local(path: str | os.PathLike, seed: int = 0, labels: Sequence[str] | N
         carved = [split for split in ("test", "dev") if split not in splits]
 
         def plan(n: int) -> list[int]:  # test first, then dev out of the rest (as below)
-            sizes = []
+            sizes: list[int] = []
             for _ in carved:
                 sizes.append(carve_size(n - sum(sizes)))
             return sizes

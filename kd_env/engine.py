@@ -36,7 +36,7 @@ def weighted_sum(terms: dict[int, torch.Tensor], w: np.ndarray, active: list[int
     for i in active:
         term = terms[i] if w[i] == 1 else float(w[i]) * terms[i]
         total = term if total is None else total + term
-    return total
+    return total  # type: ignore[return-value]  # callers pass at least one active knowledge type
 
 
 def lr_factor(config: DistillConfig, step: int) -> float:
@@ -126,7 +126,7 @@ class Distiller:
         self._torch_rng: dict[str, torch.Tensor] = {}
         self.student_labels, self.label_mask = student_label_view(train.labels, task.num_labels, config)
         self.example_weighting: str | None = None
-        self._weighting_fn = None
+        self._weighting_fn: Any = None
         self.situation_cache: dict[str, Any] = {}
         """what :func:`kd_env.situation.observable_situation` computed once (shared by copies)"""
         self.step_timer: StepTimer | None = None
@@ -201,7 +201,8 @@ class Distiller:
             self.student.reset_parameters(fresh_model=self.fresh_student)
         self.student.train()
         cfg = self.config
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for name, p in self.student.named_parameters():
             if not p.requires_grad:
                 continue
@@ -217,7 +218,7 @@ class Distiller:
         self.position = 0
         self.step = 0
 
-    def _optimizer_kernel(self) -> dict[str, bool]:
+    def _optimizer_kernel(self) -> dict[str, Any]:
         """How AdamW runs: text students take the fused kernel (one pass over all tensors: 2.7 vs
         17.8 ms per step for the 3-layer MiniLM student at one CPU thread, the same update up to
         float rounding; ``perf/text_step_speed.py``); MLP students keep ``foreach``, whose numbers
@@ -341,7 +342,7 @@ class Distiller:
                 student_out = self.student(batch, attentions=self.need_attentions)
             student_out = student_out.float()  # knowledge losses in fp32 (a no-op in fp32)
             timer.mark("forward")
-            example_weights = {}
+            example_weights: dict[str, Any] = {}
             if self._weighting_fn is not None:
                 with torch.no_grad():
                     example_weights = self._weighting_fn(student_out, teacher_out, batch)
@@ -387,15 +388,38 @@ class Distiller:
                            steps=0, trained_steps=0, seconds=time.perf_counter() - start,
                            crashed=not all(math.isfinite(v) for v in values.values()))
 
+    def _trainable(self) -> list[tuple[str, torch.Tensor]]:
+        """The student's parameters an update can change (frozen ones, such as a text student's
+        word embeddings, cannot)."""
+        return [(name, p) for name, p in self.student.named_parameters() if p.requires_grad]
+
     def snapshot_student(self) -> dict[str, torch.Tensor]:
-        """A copy of the student's parameters (cheap; to restore after a crash)."""
-        return {k: v.detach().clone() for k, v in self.student.state_dict().items()}
+        """A copy of what a phase can change in the student, to restore after a crash: its
+        trainable parameters and its buffers (running statistics); frozen parameters are left
+        out (a text student's word embeddings are most of its size)."""
+        state = dict(self._trainable())
+        state.update(self.student.named_buffers())
+        return {name: t.detach().clone() for name, t in state.items()}
 
     def restore_student(self, snapshot: dict[str, torch.Tensor]) -> None:
-        self.student.load_state_dict(snapshot)
+        """Put back the tensors of :meth:`snapshot_student`."""
+        tensors: dict[str, torch.Tensor] = dict(self.student.named_parameters())
+        tensors.update(self.student.named_buffers())
+        unknown = sorted(set(snapshot) - set(tensors))
+        if unknown:
+            raise KeyError(f"the snapshot names tensors the student does not have: {unknown[:5]}")
+        with torch.no_grad():
+            for name, value in snapshot.items():
+                tensors[name].copy_(value)
 
     def student_is_finite(self) -> bool:
-        return all(bool(torch.isfinite(p).all()) for p in self.student.parameters())
+        """Whether every trainable parameter is finite.  One sum per tensor (NaN and infinity
+        carry into it) and an element-wise check only for a tensor whose sum is not finite (a sum
+        of finite values can overflow)."""
+        for _, p in self._trainable():
+            if not torch.isfinite(p.detach().sum()) and not bool(torch.isfinite(p).all()):
+                return False
+        return True
 
     def _advance_schedule(self) -> None:
         """Move the learning-rate schedule one step on without an update (keeps it aligned with

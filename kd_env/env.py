@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -16,11 +17,23 @@ from .config import DistillConfig, get_preset
 from .engine import Distiller, PhaseStats
 from .instances import InstanceSet, get_instance_set
 from .observations import Observation, make_observation
-from .rewards import PhaseOutcome, Reward, make_reward
+from .rewards import Reward, make_reward
+from .situation import observable_situation_v2
+from .state import StateSpec, TrainingState
 
 __all__ = ["KnowledgeSelectionEnv", "ACTION_MODES"]
 
 ACTION_MODES = ("mask", "weights")
+
+
+class _PhaseResult(NamedTuple):
+    """A phase as the env saw it: the states before and after, the engine's statistics (a crashed
+    phase's too) and the weights applied."""
+
+    previous: TrainingState
+    state: TrainingState
+    phase: PhaseStats
+    weights: np.ndarray
 
 
 class KnowledgeSelectionEnv(gym.Env):
@@ -65,8 +78,16 @@ class KnowledgeSelectionEnv(gym.Env):
     behind it: they are measured the same way on the first training batch, without an update,
     so they equal what the first optimizer step sees; the gradient norm is 0 and the last
     action all zeros there.  A non-finite loss reads as the cap 10 (the worst value), never 0.
-    Values are clipped into the bounds; ``env.observation_fn.unclipped(env)`` gives them
+    Values are clipped into the bounds; ``env.observation_fn.unclipped(env.state)`` gives them
     before clipping (on ordinary runs clipping changes nothing).
+
+    ## State
+    After every reset and phase the env publishes a frozen :class:`~kd_env.state.TrainingState`
+    (``env.unwrapped.state``; its fixed part is ``env.unwrapped.state_spec``, a
+    :class:`~kd_env.state.StateSpec`).  Observations are computed from it
+    (``space(spec)``, ``obs(state)``), rewards from the states before and after a phase
+    (``reward(previous, state)``), and ``env.unwrapped.observation_parts`` declares the layout an
+    agent's encoder reads.
 
     ``"cls"``: the paper's state, the student's then the teacher's mean final-layer [CLS] vector
     on the phase's last batch (``Box(-100, 100)``).  ``"dict"``: ``Dict(summary=..., cls=...)``.
@@ -170,8 +191,13 @@ class KnowledgeSelectionEnv(gym.Env):
         k = self.distiller.num_knowledge
         self.knowledge_names = list(self.distiller.knowledge_names)
         self.action_space = spaces.MultiBinary(k) if action_mode == "mask" else spaces.Box(0.0, 1.0, (k,), np.float32)
+        self._specs: dict[int, StateSpec] = {}
+        self._oracle_cache: dict[str, np.ndarray] = {}
         self._start_episode_state()
-        self.observation_space = self.observation_fn.space(self)
+        self.state_spec = self._spec_of(self.distiller)
+        self.state = self._publish(probe_fresh=True)
+        self.observation_space = self.observation_fn.space(self.state_spec)
+        self.observation_parts = self.observation_fn.parts(self.state_spec)
         self._closed = False
 
     # ---- helpers ----------------------------------------------------------------------------
@@ -195,12 +221,47 @@ class KnowledgeSelectionEnv(gym.Env):
         """The distiller of ``config`` (a hook: the batched env shares one per config among its copies)."""
         return build_distiller(config)
 
+    def _spec_of(self, distiller: Distiller) -> StateSpec:
+        """The :class:`StateSpec` of ``distiller`` (worked out once per distiller)."""
+        key = id(distiller)
+        if key not in self._specs:
+            from .instances import FEATURE_FIELDS
+
+            task = distiller.task
+            student, teacher = distiller.cls_embeddings()
+            self._specs[key] = StateSpec(
+                knowledge_names=tuple(distiller.knowledge_names),
+                knowledge_costs=tuple(float(k.cost) for k in distiller.knowledge),
+                num_classes=1 if task.is_regression else max(2, int(task.num_labels)),
+                metric=str(task.metric), cls_sizes=(len(student), len(teacher)),
+                oracle_fields=tuple(FEATURE_FIELDS) if self.instance_set is not None else ())
+        return self._specs[key]
+
+    def _oracle_features(self, instance: str) -> np.ndarray:
+        """Privileged: instance ``instance``'s true configuration, clipped to [0, 1] (once per instance)."""
+        if instance not in self._oracle_cache:
+            assert self.instance_set is not None  # only published for instance envs
+            self._oracle_cache[instance] = np.clip(self.instance_set.features(instance, self._base_config), 0.0, 1.0)
+        return self._oracle_cache[instance]
+
+    def _publish(self, probe_fresh: bool, terminated: bool = False, crashed: bool = False) -> TrainingState:
+        """The :class:`TrainingState` of the env's current bookkeeping."""
+        d = self.distiller
+        oracle = (partial(self._oracle_features, self.instance)
+                  if self.instance_set is not None and self.instance is not None else None)
+        return TrainingState(spec=self.state_spec, step=int(d.step),
+                             total_steps=int(d.total_steps), phase_index=int(self.phase_index),
+                             phase=self.last_phase, probe=self.last_probe, probe_fresh=probe_fresh,
+                             action=self.last_action, terminated=terminated, crashed=crashed,
+                             instance=self.instance, situation_fn=partial(observable_situation_v2, d),
+                             cls_fn=d.cls_embeddings, oracle_fn=oracle)
+
     def _use_instance(self, name: str) -> None:
         """Make instance ``name`` current, building its distiller the first time."""
         if name == self.instance:
             return
         if name not in self._distillers:
-            config = self.instance_set.config(name, self._base_config)
+            config = self.instance_set.config(name, self._base_config)  # type: ignore[union-attr]  # instance envs only
             distiller = self._build_distiller(config)
             if distiller.knowledge_names != self.knowledge_names:
                 distiller.close()
@@ -287,15 +348,21 @@ class KnowledgeSelectionEnv(gym.Env):
         self.distiller.set_example_weighting(options.get("example_weighting"))
         episode_seed = int(self.np_random.integers(0, 2**31 - 1))
         if replay:
-            episode_seed = self._last_start[1]
+            episode_seed = self._last_start[1]  # type: ignore[index]  # replay follows a reset
         self._last_start = (self.instance, episode_seed)
         self.distiller.reset(episode_seed)
 
     def _finish_reset(self, measured: PhaseStats | None = None, probe: dict[str, float] | None = None):
         """The rest of :meth:`reset`: the episode state, the reward's reset, the first observation."""
         self._start_episode_state(measured, probe)
-        self.reward_fn.reset(self)
-        obs = self.observation_fn(self)
+        spec = self._spec_of(self.distiller)
+        if spec != self.state_spec and self.observation_fn.space(spec) != self.observation_space:
+            raise ValueError(f"this reset changes the observation space: {self.observation_space} -> "
+                             f"{self.observation_fn.space(spec)}; make a new env for this config")
+        self.state_spec = spec
+        self.state = self._publish(probe_fresh=True)
+        self.reward_fn.reset(self.state)
+        obs = self.observation_fn(self.state)
         return obs, self._info(None, {}, crashed=False, seconds=0.0)
 
     def step(self, action: Any):
@@ -310,11 +377,11 @@ class KnowledgeSelectionEnv(gym.Env):
         outcome = self._apply(w)
         reward, reward_parts = self._reward(outcome)
         self.episode_return += reward
-        obs = self.observation_fn(self)
-        terminated = outcome.terminated
+        obs = self.observation_fn(outcome.state)
+        terminated = outcome.state.terminated
         truncated = False  # the budget ends an episode by termination; only a TimeLimit truncates
         self.last_phase_seconds = time.perf_counter() - start
-        info = self._info(outcome.phase, reward_parts, crashed=outcome.crashed, seconds=self.last_phase_seconds)
+        info = self._info(outcome.phase, reward_parts, crashed=outcome.state.crashed, seconds=self.last_phase_seconds)
         self._record(outcome, reward, info)
         return obs, reward, terminated, truncated, info
 
@@ -331,9 +398,9 @@ class KnowledgeSelectionEnv(gym.Env):
     def _validate_action(self, action: Any) -> np.ndarray:
         """The action as float64 weights, or ``ValueError`` naming the expected space."""
         space = self.action_space
-        expected = (f"MultiBinary({space.n}): an array of {space.n} values, each 0 or 1, for knowledge "
+        expected = (f"MultiBinary({space.n}): an array of {space.n} values, each 0 or 1, for knowledge "  # type: ignore[attr-defined]  # MultiBinary in mask mode
                     f"{self.knowledge_names}" if self.action_mode == "mask" else
-                    f"Box(0, 1, ({space.shape[0]},), float32): {space.shape[0]} finite weights in [0, 1] for "
+                    f"Box(0, 1, ({space.shape[0]},), float32): {space.shape[0]} finite weights in [0, 1] for "  # type: ignore[index]  # a Box in weights mode
                     f"knowledge {self.knowledge_names}")
         try:
             arr = np.asarray(action)
@@ -354,23 +421,23 @@ class KnowledgeSelectionEnv(gym.Env):
             raise ValueError(f"invalid action {arr.tolist()} (outside [0, 1]); expected {expected}")
         return w
 
-    def _apply(self, w: np.ndarray) -> PhaseOutcome:
-        """Train one phase with knowledge weights ``w``, probe the dev set when due, and move the
-        episode state (last phase, action and probe) on; returns what the reward sees."""
+    def _apply(self, w: np.ndarray) -> _PhaseResult:
+        """Train one phase with knowledge weights ``w``, probe the dev set when due, move the
+        episode state (last phase, action and probe) on and publish the new state."""
         phase, crashed = self._train_phase_or_crash(w)
         terminated = self._is_terminated(crashed)
         self.phase_index += 1
         probe = None
         if not crashed and (self.reward_fn.needs_probe or self.phase_index % self.probe_every == 0 or terminated):
             probe = self._probe()
-        outcome = PhaseOutcome(phase=phase, weights=w, probe=probe, previous_probe=self.last_probe,
-                               terminated=terminated, crashed=crashed)
+        previous = self.state
         if not crashed:
             self.last_phase = phase
         self.last_action = w.astype(np.float32)
         if probe is not None:
             self.last_probe = probe
-        return outcome
+        self.state = self._publish(probe_fresh=probe is not None, terminated=terminated, crashed=crashed)
+        return _PhaseResult(previous=previous, state=self.state, phase=phase, weights=w)
 
     def _train_phase_or_crash(self, w: np.ndarray) -> tuple[PhaseStats, bool]:
         """The phase's statistics and whether it crashed.  The engine stops on a non-finite loss or
@@ -393,21 +460,21 @@ class KnowledgeSelectionEnv(gym.Env):
         """A crash or a spent budget ends the episode."""
         return crashed or self.distiller.budget_left <= 0
 
-    def _reward(self, outcome: PhaseOutcome) -> tuple[float, dict[str, float]]:
+    def _reward(self, outcome: _PhaseResult) -> tuple[float, dict[str, float]]:
         """The reward and its parts (``info["rewards"]``); a crashed phase earns the crash penalty."""
-        if outcome.crashed:
+        if outcome.state.crashed:
             penalty = float(self.crash_penalty if self.crash_penalty is not None else self.reward_fn.crash_value)
             return penalty, {"crash_penalty": penalty}
-        reward = float(self.reward_fn(self, outcome))
+        reward = float(self.reward_fn(outcome.previous, outcome.state))
         if not math.isfinite(reward):
             raise RuntimeError(f"reward {self.reward_fn.name!r} returned {reward}")
         return reward, {self.reward_fn.name: reward, **self.reward_fn.parts}
 
-    def _record(self, outcome: PhaseOutcome, reward: float, info: dict[str, Any]) -> None:
+    def _record(self, outcome: _PhaseResult, reward: float, info: dict[str, Any]) -> None:
         """The phase in ``history`` (for ``render`` and ``state_dict``)."""
         self.history.append({"phase": self.phase_index, "action": outcome.weights.tolist(), "reward": reward,
                              "probe_loss": info["probe_loss"], "probe_metric": info["probe_metric"],
-                             "losses": info["losses"], "crashed": outcome.crashed})
+                             "losses": info["losses"], "crashed": outcome.state.crashed})
 
     def _info(self, phase: PhaseStats | None, rewards: dict[str, float], crashed: bool, seconds: float) -> dict:
         d = self.distiller
@@ -483,6 +550,10 @@ class KnowledgeSelectionEnv(gym.Env):
             self.np_random.bit_generator.state = copy.deepcopy(state["np_random"])
         last_start = state.get("last_start")  # absent in states saved before replay existed
         self._last_start = None if last_start is None else (last_start[0], int(last_start[1]))
+        ended = self.distiller.budget_left <= 0 or bool(self.history and self.history[-1]["crashed"])
+        self.state_spec = self._spec_of(self.distiller)
+        self.state = self._publish(probe_fresh=True, terminated=ended,
+                                   crashed=bool(self.history and self.history[-1]["crashed"]))
 
     def __getstate__(self) -> dict[str, Any]:
         # the reward instance itself (not its name): it carries per-episode state
@@ -491,6 +562,6 @@ class KnowledgeSelectionEnv(gym.Env):
         return {"config": config, "init_args": args, "state": self.state_dict()}
 
     def __setstate__(self, data: dict[str, Any]) -> None:
-        self.__init__(data["config"], **data["init_args"])
+        self.__init__(data["config"], **data["init_args"])  # type: ignore[misc]  # unpickling: this very class
         _ = self.np_random  # materialise the generator before restoring its state
         self.load_state_dict(data["state"])

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["FolderError", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "check_cache_root",
-           "check_writable_folder", "fsync_dir", "json_default", "progress_bar"]
+           "check_writable_folder", "fsync_dir", "json_default", "progress_bar", "set_progress_bars"]
 
 
 class FolderError(ValueError):
@@ -143,12 +143,24 @@ def json_default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {obj!r} ({type(obj).__name__}) to JSON")
 
 
+#: whether :func:`progress_bar` draws bars at all (the runners' ``-q`` turns them off)
+_PROGRESS_BARS = True
+
+
+def set_progress_bars(enabled: bool) -> None:
+    """Turn every :func:`progress_bar` of this process on or off (``-q`` on the runners: off)."""
+    global _PROGRESS_BARS
+    _PROGRESS_BARS = bool(enabled)
+
+
 def progress_bar(iterable: Any, total: int, desc: str, enabled: bool = True, leave: bool = True) -> Any:
-    """``iterable`` with a tqdm progress bar on stderr (``iterable`` itself when not ``enabled``)."""
+    """``iterable`` with a tqdm progress bar on stderr (``iterable`` itself when not ``enabled``;
+    a disabled tqdm bar when bars are off in this process, :func:`set_progress_bars`)."""
     if not enabled:
         return iterable
     import sys
 
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, leave=leave, dynamic_ncols=True, file=sys.stderr)
+    return tqdm(iterable, total=total, desc=desc, leave=leave, dynamic_ncols=True, file=sys.stderr,
+                disable=not _PROGRESS_BARS)

@@ -207,7 +207,7 @@ def truncate_layers(model: nn.Module, keep: Sequence[int]) -> nn.Module:
     for i, layer in enumerate(new):  # keep per-layer indices consistent where models store them
         for m in layer.modules():
             if hasattr(m, "layer_idx"):
-                m.layer_idx = i
+                m.layer_idx = i  # type: ignore[assignment]
     setattr(parent, attr, new)
     for key in ("num_hidden_layers", "n_layers"):
         if hasattr(model.config, key):
@@ -449,7 +449,7 @@ class Student(nn.Module):
 
     @property
     def num_layers(self) -> int:
-        return self.model.num_layers
+        return self.model.num_layers  # type: ignore[return-value]
 
     def forward(self, batch: dict[str, torch.Tensor], attentions: bool = False) -> ModelOutputs:
         out = self.model(batch, attentions=attentions)

@@ -1,7 +1,11 @@
 """The observation registry.
 
-An observation is an object with a ``name``, ``space(env)`` (a Gymnasium space, fixed for the
-env's lifetime) and a call ``obs(env)`` returning a value inside that space.
+An observation is an object with a ``name``, ``space(spec)`` (a Gymnasium space that depends only
+on the env's :class:`~kd_env.state.StateSpec`, so it is fixed for the env's lifetime) and a call
+``obs(state)`` on the env's published :class:`~kd_env.state.TrainingState` returning a value
+inside that space.  An observation never receives the env: what it can read is what the state
+declares.  ``parts(spec)`` declares the layout an agent's encoder reads (one flat part unless
+said otherwise; ``cls`` declares its student/teacher split).
 
 Built in:
 
@@ -10,7 +14,7 @@ Built in:
 * ``cls``: the paper's state: the student's and the teacher's mean final-layer [CLS] vectors
   on the last batch, concatenated (clipped to +-100).
 
-Both compute their values first without any clipping (``unclipped(env)``, float64; a
+Both compute their values first without any clipping (``unclipped(state)``, float64; a
 non-finite loss is ``+inf`` there) and then clip them into the space (a non-finite loss becomes
 the cap ``LOG_CAP``, never 0).  Clipping is a guard, not a normal case: the tests check that the
 unclipped values of real runs lie inside the bounds.
@@ -42,24 +46,27 @@ Add your own::
     from gymnasium import spaces
     from kd_env import register_observation
 
-    @register_observation("progress", space=lambda env: spaces.Box(0, 1, (1,), np.float32))
-    def progress(env):
-        return np.array([env.distiller.step / env.distiller.total_steps], np.float32)
+    @register_observation("progress", space=lambda spec: spaces.Box(0, 1, (1,), np.float32))
+    def progress(state):
+        return np.array([state.budget_used], np.float32)
+
+Before issue 37 observations received the env (``space(env)``, ``obs(env)``); reading an env
+field from the state (``state.distiller``, ``state.last_phase``...) raises an ``AttributeError``
+naming the field that replaced it.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from typing import TYPE_CHECKING, Any, Callable
+from functools import lru_cache
+from typing import Any, Callable
 
 import numpy as np
 from gymnasium import spaces
 
 from .registry import Registry
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .env import KnowledgeSelectionEnv
+from .state import ObservationPart, StateSpec, TrainingState
 
 __all__ = [
     "Observation",
@@ -79,7 +86,7 @@ CLS_BOUND = 100.0
 
 
 class Observation:
-    """Base class: ``space(env)`` and ``__call__(env)``."""
+    """Base class: ``space(spec)``, ``__call__(state)`` and ``parts(spec)``."""
 
     name: str = ""
 
@@ -87,34 +94,43 @@ class Observation:
         if params:
             raise TypeError(f"observation {self.name!r} takes no parameters; got {sorted(params)}")
 
-    def space(self, env: "KnowledgeSelectionEnv") -> spaces.Space:
+    def space(self, spec: StateSpec) -> spaces.Space:
         raise NotImplementedError
 
-    def __call__(self, env: "KnowledgeSelectionEnv") -> Any:
+    def __call__(self, state: TrainingState) -> Any:
         raise NotImplementedError
+
+    def parts(self, spec: StateSpec) -> tuple[ObservationPart, ...]:
+        """The layout of the flattened observation an agent's encoder reads: one flat part per
+        Box (a Dict's parts in key order)."""
+        space = self.space(spec)
+        if isinstance(space, spaces.Dict):
+            return tuple(ObservationPart(k, int(np.prod(v.shape or ()))) for k, v in space.spaces.items())
+        return (ObservationPart("", int(np.prod(space.shape or ()))),)
 
 
 OBSERVATION_REGISTRY: Registry = Registry("observation")
 
 
 def register_observation(name: str, space: Callable | None = None, overwrite: bool = False) -> Callable:
-    """Decorator registering an :class:`Observation` subclass, or a function ``fn(env)`` together
-    with ``space=fn(env) -> gymnasium.Space``."""
+    """Decorator registering an :class:`Observation` subclass, or a function ``fn(state)`` together
+    with ``space=fn(spec) -> gymnasium.Space`` (``state`` a :class:`~kd_env.state.TrainingState`,
+    ``spec`` a :class:`~kd_env.state.StateSpec`)."""
 
     def wrap(obj):
         if inspect.isclass(obj) and issubclass(obj, Observation):
             cls = obj
         elif callable(obj):
             if space is None:
-                raise TypeError(f"register_observation({name!r}) on a function needs space=fn(env) -> Space")
+                raise TypeError(f"register_observation({name!r}) on a function needs space=fn(spec) -> Space")
             fn, space_fn = obj, space
 
             class FunctionObservation(Observation):
-                def space(self, env):
-                    return space_fn(env)
+                def space(self, spec):
+                    return space_fn(spec)
 
-                def __call__(self, env):
-                    return fn(env)
+                def __call__(self, state):
+                    return fn(state)
 
             cls = FunctionObservation
             cls.__qualname__ = getattr(obj, "__qualname__", cls.__qualname__)
@@ -145,14 +161,10 @@ def _log1p(x: float) -> float:
     return math.log1p(x) if x > -1.0 else -math.inf
 
 
-def _space_once(obs: "Observation", env: "KnowledgeSelectionEnv") -> spaces.Box:
-    """``obs.space(env)``, built once per list of knowledge types (the only thing the fixed-size
-    observations' spaces depend on), not at every step."""
-    key = tuple(env.distiller.knowledge_names)
-    cache = obs.__dict__.setdefault("_space_cache", {})
-    if key not in cache:
-        cache[key] = obs.space(env)
-    return cache[key]
+@lru_cache(maxsize=256)
+def _space_once(obs: "Observation", spec: StateSpec) -> Any:
+    """``obs.space(spec)``, built once per observation and spec, not at every step."""
+    return obs.space(spec)
 
 
 def _clip_into(values: np.ndarray, space: spaces.Box) -> np.ndarray:
@@ -163,9 +175,9 @@ def _clip_into(values: np.ndarray, space: spaces.Box) -> np.ndarray:
     return np.clip(out, space.low, space.high).astype(np.float32)
 
 
-def summary_features(env: "KnowledgeSelectionEnv") -> list[tuple[str, float, float]]:
+def summary_features(spec: StateSpec) -> list[tuple[str, float, float]]:
     """(meaning, low, high) of each entry of the ``summary`` vector, in order."""
-    names = env.distiller.knowledge_names
+    names = spec.knowledge_names
     rows = [("budget fraction used", 0.0, 1.0)]
     rows += [(f"loss[{n}] on the phase, log1p", 0.0, LOG_CAP) for n in names]
     rows += [
@@ -187,29 +199,28 @@ class Summary(Observation):
     """Training statistics of the last phase, squashed into fixed bounds (see
     :func:`summary_features`)."""
 
-    def space(self, env):
-        rows = summary_features(env)
+    def space(self, spec):
+        rows = summary_features(spec)
         low = np.asarray([r[1] for r in rows], dtype=np.float32)
         high = np.asarray([r[2] for r in rows], dtype=np.float32)
         return spaces.Box(low, high, dtype=np.float32)
 
-    def unclipped(self, env) -> np.ndarray:
+    def unclipped(self, state) -> np.ndarray:
         """The statistics before clipping, float64, in the order of :func:`summary_features`
         (``+inf`` for a non-finite loss)."""
-        d = env.distiller
-        p = env.last_phase
-        num_classes = max(2, d.task.num_labels)
-        vals = [d.step / d.total_steps]
+        p = state.phase
+        num_classes = max(2, state.spec.num_classes)
+        vals = [state.budget_used]
         vals += [_log1p(x) for x in p.losses]
         vals += [_log1p(p.student_ce), float(p.student_accuracy), _log1p(p.teacher_kl), float(p.agreement),
                  float(p.entropy) / math.log(num_classes)]
-        probe = env.last_probe or {"loss": 0.0, "main": 0.0}
+        probe = state.probe_values
         vals += [_log1p(probe["loss"]), float(probe["main"]), _log1p(p.grad_norm)]
-        vals += [float(x) for x in env.last_action]
+        vals += [float(x) for x in state.action]
         return np.asarray(vals, dtype=np.float64)
 
-    def __call__(self, env):
-        return _clip_into(self.unclipped(env), _space_once(self, env))
+    def __call__(self, state):
+        return _clip_into(self.unclipped(state), _space_once(self, state.spec))
 
 
 @register_observation("cls")
@@ -217,17 +228,27 @@ class Cls(Observation):
     """The paper's state: mean final-layer [CLS] of the student, then of the teacher (mapped top
     layer), on the phase's last batch; clipped to +-100."""
 
-    def space(self, env):
-        s, t = env.distiller.cls_embeddings()
-        return spaces.Box(-CLS_BOUND, CLS_BOUND, (len(s) + len(t),), dtype=np.float32)
+    def space(self, spec):
+        student, teacher = _cls_sizes(spec, self.name)
+        return spaces.Box(-CLS_BOUND, CLS_BOUND, (student + teacher,), dtype=np.float32)
 
-    def unclipped(self, env) -> np.ndarray:
+    def parts(self, spec):
+        student, teacher = _cls_sizes(spec, self.name)
+        return (ObservationPart("cls", student + teacher, kind="cls", split=student),)
+
+    def unclipped(self, state) -> np.ndarray:
         """Student then teacher [CLS] means before clipping, float64."""
-        s, t = env.distiller.cls_embeddings()
+        s, t = state.cls
         return np.concatenate([s, t]).astype(np.float64)
 
-    def __call__(self, env):
-        return _clip_into(self.unclipped(env), self.space(env))
+    def __call__(self, state):
+        return _clip_into(self.unclipped(state), _space_once(self, state.spec))
+
+
+def _cls_sizes(spec: StateSpec, name: str) -> tuple[int, int]:
+    if spec.cls_sizes is None:
+        raise ValueError(f"observation {name!r} needs the [CLS] widths of an env's models (StateSpec.cls_sizes)")
+    return spec.cls_sizes
 
 
 @register_observation("dict")
@@ -236,35 +257,30 @@ class DictObservation(Observation):
 
     def __init__(self):
         super().__init__()
-        self.parts = {"summary": Summary(), "cls": Cls()}
+        self.members = {"summary": Summary(), "cls": Cls()}
 
-    def space(self, env):
-        return spaces.Dict({k: v.space(env) for k, v in self.parts.items()})
+    def space(self, spec):
+        return spaces.Dict({k: v.space(spec) for k, v in self.members.items()})
 
-    def unclipped(self, env) -> dict[str, np.ndarray]:
+    def parts(self, spec):
+        out = []
+        for key, member in sorted(self.members.items()):  # a Dict space orders its keys
+            out += [ObservationPart(key, p.size, p.kind, p.split) for p in member.parts(spec)]
+        return tuple(out)
+
+    def unclipped(self, state) -> dict[str, np.ndarray]:
         """Each part's values before clipping."""
-        return {k: v.unclipped(env) for k, v in self.parts.items()}
+        return {k: v.unclipped(state) for k, v in self.members.items()}
 
-    def __call__(self, env):
-        return {k: v(env) for k, v in self.parts.items()}
-
-
-def _instance_features(env) -> np.ndarray:
-    """The current instance's features (:meth:`kd_env.instances.InstanceSet.features`, clipped to
-    [0, 1]), built once per instance and kept on the env."""
-    cache = env.__dict__.setdefault("_instance_feature_cache", {})  # fixed per instance: built once
-    if env.instance not in cache:
-        cache[env.instance] = np.clip(env.instance_set.features(env.instance, env._base_config), 0.0, 1.0)
-    return cache[env.instance]
+    def __call__(self, state):
+        return {k: v(state) for k, v in self.members.items()}
 
 
-def _instance_feature_box(env, low: np.ndarray, high: np.ndarray, name: str) -> spaces.Box:
+def _instance_feature_box(spec: StateSpec, low: np.ndarray, high: np.ndarray, name: str) -> spaces.Box:
     """``Box(low, high)`` followed by one [0, 1] entry per instance feature."""
-    from .instances import FEATURE_FIELDS
-
-    if getattr(env, "instance_set", None) is None:
+    if not spec.oracle_fields:
         raise ValueError(f"observation {name!r} needs an env made with instances=<set name>")
-    n = len(FEATURE_FIELDS)
+    n = len(spec.oracle_fields)
     return spaces.Box(np.concatenate([low, np.zeros(n, np.float32)]).astype(np.float32),
                       np.concatenate([high, np.ones(n, np.float32)]).astype(np.float32), dtype=np.float32)
 
@@ -279,12 +295,12 @@ class OracleSituation(Observation):
         super().__init__()
         self.summary = Summary()
 
-    def space(self, env):
-        inner = self.summary.space(env)
-        return _instance_feature_box(env, inner.low, inner.high, self.name)
+    def space(self, spec):
+        inner = self.summary.space(spec)
+        return _instance_feature_box(spec, inner.low, inner.high, self.name)
 
-    def __call__(self, env):
-        return np.concatenate([self.summary(env), _instance_features(env)]).astype(np.float32)
+    def __call__(self, state):
+        return np.concatenate([self.summary(state), state.oracle_features]).astype(np.float32)
 
 
 @register_observation("oracle_situation_only")
@@ -295,12 +311,11 @@ class OracleSituationOnly(Observation):
     policy on it is a constant mask per kind of situation, chosen from facts a user does not have.
     Needs an env made with ``instances=<set>``."""
 
-    def space(self, env):
-        return _instance_feature_box(env, np.zeros(1, np.float32), np.ones(1, np.float32), self.name)
+    def space(self, spec):
+        return _instance_feature_box(spec, np.zeros(1, np.float32), np.ones(1, np.float32), self.name)
 
-    def __call__(self, env):
-        d = env.distiller
-        return np.concatenate([[d.step / d.total_steps], _instance_features(env)]).astype(np.float32)
+    def __call__(self, state):
+        return np.concatenate([[state.budget_used], state.oracle_features]).astype(np.float32)
 
 
 def _situation_box(low: np.ndarray, high: np.ndarray, v2: bool = False) -> spaces.Box:
@@ -325,18 +340,16 @@ class Observable(Observation):
         super().__init__()
         self.summary = Summary()
 
-    def space(self, env):
-        inner = self.summary.space(env)
+    def space(self, spec):
+        inner = self.summary.space(spec)
         return _situation_box(inner.low, inner.high, self.v2)
 
-    def __call__(self, env):
-        return np.concatenate([self.summary(env), _situation(env.distiller, self.v2)]).astype(np.float32)
+    def __call__(self, state):
+        return np.concatenate([self.summary(state), _situation(state, self.v2)]).astype(np.float32)
 
 
-def _situation(distiller, v2: bool) -> np.ndarray:
-    from .situation import observable_situation, observable_situation_v2
-
-    return observable_situation_v2(distiller) if v2 else observable_situation(distiller)
+def _situation(state: TrainingState, v2: bool) -> np.ndarray:
+    return state.situation_v2 if v2 else state.situation
 
 
 @register_observation("observable_v2")
@@ -352,14 +365,11 @@ class ObservableOnly(Observation):
     """The fraction of the budget spent followed by the observable situation, and nothing of the
     training state: the context of a one-decision contextual bandit."""
 
-    def space(self, env):
+    def space(self, spec):
         return _situation_box(np.zeros(1, np.float32), np.ones(1, np.float32))
 
-    def __call__(self, env):
-        from .situation import observable_situation
-
-        d = env.distiller
-        return np.concatenate([[d.step / d.total_steps], observable_situation(d)]).astype(np.float32)
+    def __call__(self, state):
+        return np.concatenate([[state.budget_used], state.situation]).astype(np.float32)
 
 
 #: the cap of ``portable``'s losses in units of log(C)
@@ -396,28 +406,27 @@ class Portable(Observation):
     #: the v2 situation (:data:`~kd_env.situation.SITUATION_FEATURES_V2`) instead of the first
     v2 = False
 
-    def space(self, env):
-        k = len(env.distiller.knowledge_names)
+    def space(self, spec):
+        k = spec.num_knowledge
         low = [r[1] for r in PORTABLE_STATE] + [0.0] * k
         high = [r[2] for r in PORTABLE_STATE] + [1.0] * k
         return _situation_box(np.asarray(low, np.float32), np.asarray(high, np.float32), self.v2)
 
-    def unclipped(self, env) -> np.ndarray:
+    def unclipped(self, state) -> np.ndarray:
         """The values before clipping, float64 (``+inf`` for a non-finite loss)."""
-        d = env.distiller
-        p = env.last_phase
-        c = max(2, d.task.num_labels)
+        p = state.phase
+        c = max(2, state.spec.num_classes)
         log_c = math.log(c)
-        probe = env.last_probe or {"loss": 0.0, "main": 0.0}
-        probe_skill = _skill(probe["main"], c) if d.task.metric == "accuracy" else float(probe["main"])
-        vals = [d.step / d.total_steps, _finite(p.student_ce) / log_c, _skill(p.student_accuracy, c),
+        probe = state.probe_values
+        probe_skill = _skill(probe["main"], c) if state.spec.metric == "accuracy" else float(probe["main"])
+        vals = [state.budget_used, _finite(p.student_ce) / log_c, _skill(p.student_accuracy, c),
                 _finite(p.teacher_kl) / log_c, _skill(p.agreement, c), float(p.entropy) / log_c,
                 _finite(probe["loss"]) / log_c, probe_skill]
-        vals += [float(x) for x in env.last_action]
-        return np.concatenate([np.asarray(vals, np.float64), _situation(d, self.v2).astype(np.float64)])
+        vals += [float(x) for x in state.action]
+        return np.concatenate([np.asarray(vals, np.float64), _situation(state, self.v2).astype(np.float64)])
 
-    def __call__(self, env):
-        return _clip_into(self.unclipped(env), _space_once(self, env))
+    def __call__(self, state):
+        return _clip_into(self.unclipped(state), _space_once(self, state.spec))
 
 
 @register_observation("portable_v2")

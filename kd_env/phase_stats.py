@@ -17,7 +17,7 @@ __all__ = ["PhaseStats", "accumulate_prediction_stats"]
 class PhaseStats:
     """What one phase of training measured (means over its optimizer steps): the engine's side of
     a phase.  The env adds the action, the dev probe and the episode flags to make the
-    :class:`~kd_env.rewards.PhaseOutcome` a reward sees.
+    :class:`~kd_env.state.TrainingState` a reward sees.
 
     Attributes:
         losses: per knowledge type (config order), the mean loss on the phase's batches (all K

@@ -1,8 +1,11 @@
 """The reward registry.
 
-A reward is an object with a ``name``, ``reset(env)``, a call per phase returning a float, its
-``range``, and ``crash_value`` (what the env returns when the phase crashed).  Extra parts a
-reward wants reported go in ``self.parts``; the env copies them to ``info["rewards"]``.
+A reward is an object with a ``name``, ``reset(state)``, a call ``reward(previous, state)`` per
+phase returning a float, its ``range``, and ``crash_value`` (what the env returns when the phase
+crashed).  ``previous`` and ``state`` are the env's published
+:class:`~kd_env.state.TrainingState` before and after the phase: a reward never receives the env.
+Extra parts a reward wants reported go in ``self.parts``; the env copies them to
+``info["rewards"]``.
 
 Built in:
 
@@ -22,51 +25,29 @@ Add your own::
     from kd_env import register_reward
 
     @register_reward("probe_accuracy")
-    def probe_accuracy(env, outcome):
-        return outcome.probe["accuracy"]
+    def probe_accuracy(previous, state):
+        return state.probe["accuracy"]
 
-Functions get a :class:`PhaseOutcome`; set ``needs_probe=False`` when the reward does not read
-the dev probe (saves its evaluation).
+``state.probe`` is the dev probe evaluated after the phase (``state.probe_fresh``); set
+``needs_probe=False`` when the reward does not read it (saves its evaluation; then
+``state.probe`` is the latest one, possibly older).  Before issue 37 rewards received
+``(env, outcome)``; reading an env field from a state raises an ``AttributeError`` naming the
+field that replaced it (``outcome.weights`` is ``state.action``, ``outcome.previous_probe`` is
+``previous.probe``).
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
-from .engine import PhaseStats
 from .registry import Registry, check_function_params
+from .state import TrainingState
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .env import KnowledgeSelectionEnv
-
-__all__ = ["PhaseOutcome", "Reward", "REWARD_REGISTRY", "register_reward", "make_reward", "reward_names"]
-
-
-@dataclass
-class PhaseOutcome:
-    """What a reward sees after a phase: the engine's measurements plus what the env knows.
-
-    Attributes:
-        phase: the engine's measurements of the phase (:class:`~kd_env.engine.PhaseStats`).
-        weights: the knowledge weights applied (float, one per knowledge type).
-        probe: dev-probe evaluation after the phase (``loss``, ``main``, metrics), or ``None``
-            when not evaluated this phase.
-        previous_probe: the dev-probe evaluation before the phase (at reset: of the fresh student).
-        terminated: the budget is spent (this is the episode's last phase).
-        crashed: the phase hit a non-finite loss or gradient.
-    """
-
-    phase: PhaseStats
-    weights: np.ndarray
-    probe: dict[str, float] | None
-    previous_probe: dict[str, float] | None
-    terminated: bool
-    crashed: bool = False
+__all__ = ["Reward", "REWARD_REGISTRY", "register_reward", "make_reward", "reward_names"]
 
 
 class Reward:
@@ -89,11 +70,11 @@ class Reward:
             raise TypeError(f"reward {self.name!r} takes no parameters; got {sorted(params)}")
         self.parts: dict[str, float] = {}
 
-    def reset(self, env: "KnowledgeSelectionEnv") -> None:
-        """Called at every env reset, after the fresh student's first dev probe."""
+    def reset(self, state: TrainingState) -> None:
+        """Called at every env reset with the fresh student's state (its first dev probe taken)."""
         self.parts = {}
 
-    def __call__(self, env: "KnowledgeSelectionEnv", outcome: PhaseOutcome) -> float:
+    def __call__(self, previous: TrainingState, state: TrainingState) -> float:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -121,13 +102,14 @@ def _registered_reward(name: str) -> Reward:
     return cls.__new__(cls)
 
 
-def _new_reward(cls: type) -> Reward:
+def _new_reward(cls: type[Reward]) -> Reward:
     return cls.__new__(cls)
 
 
 def register_reward(name: str, needs_probe: bool | None = None, overwrite: bool = False,
                     reward_range: tuple[float, float] | None = None) -> Callable:
-    """Decorator registering a :class:`Reward` subclass or a function ``fn(env, outcome) -> float``.
+    """Decorator registering a :class:`Reward` subclass or a function ``fn(previous, state) -> float``
+    (the :class:`~kd_env.state.TrainingState` before and after the phase).
 
     Args:
         name: the name used in ``gym.make(..., reward=name)`` and ``reset(options={"reward": name})``.
@@ -149,8 +131,8 @@ def register_reward(name: str, needs_probe: bool | None = None, overwrite: bool 
                     self.kwargs = kwargs
                     self.parts = {}
 
-                def __call__(self, env, outcome):
-                    return float(fn(env, outcome, **self.kwargs))
+                def __call__(self, previous, state):
+                    return float(fn(previous, state, **self.kwargs))
 
             cls = FunctionReward
             cls.__qualname__ = getattr(obj, "__qualname__", cls.__qualname__)
@@ -202,9 +184,9 @@ class DevLossDelta(Reward):
         super().__init__()
         self.scale = float(scale)
 
-    def __call__(self, env, outcome):
-        self.parts = {"probe_loss": outcome.probe["loss"]}
-        return self.scale * (outcome.previous_probe["loss"] - outcome.probe["loss"])
+    def __call__(self, previous, state):
+        self.parts = {"probe_loss": state.probe["loss"]}
+        return self.scale * (previous.probe["loss"] - state.probe["loss"])
 
 
 @register_reward("dev_metric_delta")
@@ -217,9 +199,9 @@ class DevMetricDelta(Reward):
         super().__init__()
         self.scale = float(scale)
 
-    def __call__(self, env, outcome):
-        self.parts = {"probe_metric": outcome.probe["main"]}
-        return self.scale * (outcome.probe["main"] - outcome.previous_probe["main"])
+    def __call__(self, previous, state):
+        self.parts = {"probe_metric": state.probe["main"]}
+        return self.scale * (state.probe["main"] - previous.probe["main"])
 
 
 @register_reward("final_metric")
@@ -228,8 +210,8 @@ class FinalMetric(Reward):
 
     range = (-1.0, 1.0)
 
-    def __call__(self, env, outcome):
-        return float(outcome.probe["main"]) if outcome.terminated else 0.0
+    def __call__(self, previous, state):
+        return float(state.probe["main"]) if state.terminated else 0.0
 
 
 @register_reward("train_loss_delta")
@@ -239,16 +221,10 @@ class TrainLossDelta(Reward):
 
     needs_probe = False
 
-    def reset(self, env):
-        super().reset(env)
-        self.previous = float(env.last_phase.student_ce) if env.last_phase is not None else None
-
-    def __call__(self, env, outcome):
-        ce = float(outcome.phase.student_ce)
-        prev = self.previous if self.previous is not None else ce
-        self.previous = ce
+    def __call__(self, previous, state):
+        ce = float(state.phase.student_ce)
         self.parts = {"train_ce": ce}
-        return prev - ce
+        return float(previous.phase.student_ce) - ce
 
 
 @register_reward("cost_penalized")
@@ -275,14 +251,14 @@ class CostPenalized(Reward):
         self.needs_probe = self.base.needs_probe
         self.crash_value = self.base.crash_value
 
-    def reset(self, env):
-        super().reset(env)
-        self.base.reset(env)
-        self.costs = np.asarray([k.cost for k in env.distiller.knowledge], dtype=np.float64)
+    def reset(self, state):
+        super().reset(state)
+        self.base.reset(state)
 
-    def __call__(self, env, outcome):
-        base = float(self.base(env, outcome))
-        compute = float(np.dot(outcome.weights, self.costs) / self.costs.sum())
+    def __call__(self, previous, state):
+        base = float(self.base(previous, state))
+        costs = np.asarray(state.spec.knowledge_costs, dtype=np.float64)
+        compute = float(np.dot(state.action, costs) / costs.sum())
         self.parts = {**self.base.parts, self.base.name: base, "compute": compute}
         return base - self.lam * compute
 

@@ -121,7 +121,7 @@ def observable_situation(distiller: "Distiller") -> np.ndarray:
 def observable_situation_v2(distiller: "Distiller") -> np.ndarray:
     """:func:`observable_situation` followed by ``teacher_dev_over_majority``
     (:data:`SITUATION_FEATURES_V2`, float32, each in [0, 1]); computed once, as it is."""
-    cache = distiller.__dict__.setdefault("situation_cache", {})
+    cache = distiller.situation_cache
     if "observable_v2" in cache:
         return cache["observable_v2"]
     task = distiller.task

@@ -21,7 +21,7 @@ import codecs
 import csv
 import io
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -74,7 +74,9 @@ def read_rows(path: Path, text_cols: tuple[str, str | None] | None = None, label
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; found {header}; expected "
                          f"{[c for c in (a, b, label_col) if c]}")
-    ta, tb, ys = [], [] if b else None, []
+    ta: list[Any] = []
+    tb: list[Any] | None = [] if b else None
+    ys: list[Any] = []
     for row in reader:
         line_no = reader.line_num  # the physical line (a quoted field may span lines)
         if None in row or None in row.values():
@@ -90,7 +92,7 @@ def read_rows(path: Path, text_cols: tuple[str, str | None] | None = None, label
             if col is not None and not allow_empty_text and not row[col].strip():
                 raise ValueError(f"{path}:{line_no}: empty text in column {col!r}; every example needs text")
         ta.append(row[a])
-        if b:
+        if tb is not None:
             tb.append(row[b])
         ys.append((line_no, raw.strip()))
     if not ys:

@@ -186,7 +186,7 @@ def train_classifier(model: nn.Module, sampler: BatchSampler, *, epochs: float, 
         sched.step()
         losses.append(float(loss.detach()))
         done += 1
-        if every and (done % every == 0 or done == total):
+        if every and evaluate is not None and (done % every == 0 or done == total):
             tick = time.perf_counter()
             metric = float(evaluate(model))
             model.train()
@@ -435,11 +435,11 @@ class TeacherCache:
                     if "hidden_tokens" in fields:
                         arrays["hidden_tokens"][tok_off[i] : tok_off[i + 1]] = stacked[row, :length]
                     if "attentions" in fields:
-                        att = torch.stack([a[row, :, :length, :length] for a in out.attentions]).float().cpu().numpy()
+                        att = torch.stack([a[row, :, :length, :length] for a in out.attentions]).float().cpu().numpy()  # type: ignore[union-attr]
                         arrays["attentions"][att_off[i] : att_off[i + 1]] = att.reshape(-1)
             files = {}
             for name, arr in arrays.items():
-                arr.flush()
+                arr.flush()  # type: ignore[attr-defined]  # np.memmap arrays
                 fname = f"{name}.npy"
                 del arr
                 f = tmp / fname
@@ -501,7 +501,7 @@ class TeacherCache:
         attentions = None
         if "attentions" in self.fields:
             offs = self.arrays["attention_offsets"]
-            width_t = mask.shape[1]
+            width_t = mask.shape[1]  # type: ignore[union-attr]
             k, heads = self.num_layers - 1, self.num_heads
             buf = np.zeros((k, len(idx), heads, width_t, width_t), np.float32)
             for row, i in enumerate(idx):

@@ -63,7 +63,7 @@ class SymmetricWeights(gym.wrappers.RescaleAction):
     def action(self, action: Any) -> np.ndarray:
         """The weights of a symmetric action; ``ValueError`` naming ``Box(-1, 1)`` unless the
         action is K finite numbers in ``[-1, 1]``."""
-        k = self.action_space.shape[0]
+        k = self.action_space.shape[0]  # type: ignore[index]  # a Box: its shape is set
         try:
             arr = np.asarray(action)
         except ValueError:  # ragged lists

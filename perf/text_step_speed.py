@@ -4,10 +4,12 @@ The demo's student (``text3``: the bundled MiniLM-L6 cut to 3 layers, mean pooli
 80 steps in 5 phases of 16, bf16 autocast where the CPU has it) is distilled with all four
 knowledge types on one env per variant, and the variants take turns (``--reps`` rounds):
 
-* ``before``: the padded forward of Hugging Face's model, AdamW's ``foreach`` kernel, the
-  relation loss pair by pair, every evaluation in fp32 (the path before issue 41);
-* ``now``: the preset as it is (token packing, fused AdamW, each layer's relation Gram matrices
-  once, evaluation in the student's precision).
+* ``before``: the padded forward of Hugging Face's model (PyTorch's dropout), AdamW's
+  ``foreach`` kernel, the relation loss pair by pair, every evaluation in fp32, the crash guard
+  copying and checking the whole student after each phase (the path before issue 41);
+* ``now``: the preset as it is (token packing with :func:`kd_env.packed.dropout`'s cheaper mask,
+  fused AdamW, each layer's relation Gram matrices once, evaluation in the student's precision,
+  the crash guard on trainable parameters only).
 
 Rows: milliseconds per optimizer step (the engine's own step timer), seconds of one dev-probe
 evaluation and of one test evaluation, and seconds of one whole student (reset, 80 steps with the
@@ -16,7 +18,7 @@ ratio is taken within a round; the table gives the median and range over rounds.
 
 ``--accuracy-seeds N`` then distils paired students (same seed, same mask, same situation) with
 both variants and prints their test accuracies: the difference ``now - before`` per mask and
-pooled over masks (paired bootstrap, masks then seeds), and, for the same ``now`` students, the
+pooled over masks (``experiments.stats.compare``: masks, then seeds), and, for the same ``now`` students, the
 difference their evaluation precision makes (bf16 minus fp32 test accuracy).
 
 Usage::
@@ -75,6 +77,10 @@ def make_env(variant: str, preset: str, situation: str | None, threads: int) -> 
     if variant == "before":
         d.knowledge = [PairwiseRelation() if type(k) is Relation else k for k in d.knowledge]
         d._optimizer_kernel = lambda: {"foreach": True}
+        # the crash guard as it was: the whole state dict copied, every parameter checked element-wise
+        d.snapshot_student = lambda: {k: v.detach().clone() for k, v in d.student.state_dict().items()}
+        d.restore_student = lambda snapshot: d.student.load_state_dict(snapshot)
+        d.student_is_finite = lambda: all(bool(torch.isfinite(p).all()) for p in d.student.parameters())
         d.reset(cfg.seed)
     return env
 
@@ -129,7 +135,7 @@ def speed(args, envs: dict[str, KnowledgeSelectionEnv]) -> dict[str, list[dict[s
 
 
 def accuracy(args) -> dict[str, object]:
-    from experiments.stats import paired_situations
+    from experiments.stats import Score, compare
 
     masks = [np.array([int(c) for c in m], dtype=np.int8) for m in args.masks.split(",")]
     situations = args.situations.split(",") if args.situations else [""]
@@ -150,13 +156,13 @@ def accuracy(args) -> dict[str, object]:
                 print(json.dumps(rows[-1]), flush=True)
         for env in envs.values():
             env.close()
-    key = [(f"{r['situation']}/{r['mask']}", r["seed"]) for r in rows]
-    paired = paired_situations(dict(zip(key, (r["now"] for r in rows))), dict(zip(key, (r["before"] for r in rows))))
-    evals = paired_situations(dict(zip(key, (r["now"] for r in rows))),
-                              dict(zip(key, (r["now_fp32_eval"] for r in rows))))
+    scores = [Score(v, f"{r['situation']}/{r['mask']}", None, r["seed"], r[v]) for r in rows
+              for v in ("now", "before", "now_fp32_eval")]
+    paired = compare(scores, "now", "before").to_dict()
+    evals = compare(scores, "now", "now_fp32_eval").to_dict()
     print(f"test accuracy now - before: {paired['mean']:+.4f} [{paired['low']:+.4f}, {paired['high']:+.4f}] "
           f"over {paired['situations']} situation/mask strata x seeds ({paired['pairs']} pairs); "
-          f"strata won {paired['wins']}, lost {paired['losses']}")
+          f"strata won {paired['situation_wins']}, lost {paired['situation_losses']}")
     print(f"test accuracy of the same 'now' students, bf16 minus fp32 evaluation: {evals['mean']:+.4f} "
           f"[{evals['low']:+.4f}, {evals['high']:+.4f}]")
     return {"rows": rows, "now_minus_before": paired, "eval_bf16_minus_fp32": evals}

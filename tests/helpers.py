@@ -127,7 +127,7 @@ def assert_passes_env_checkers(make_env: Callable[[], Any]) -> None:
 def unclipped_observation(env: Any) -> Any:
     """The env's current observation before clipping (``Observation.unclipped``): an array, or a
     dict of arrays for the ``dict`` observation."""
-    return env.unwrapped.observation_fn.unclipped(env.unwrapped)
+    return env.unwrapped.observation_fn.unclipped(env.unwrapped.state)
 
 
 def outside_bounds(space: Any, values: Any, tol: float = 1e-6) -> list[str]:
@@ -164,3 +164,19 @@ def hide_ray(monkeypatch) -> None:
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
+
+
+def tensorboard_runs(root: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """The TensorBoard runs under ``root`` as TensorBoard reads them back (``EventAccumulator``):
+    ``{run folder relative to root: {tag: [(step, value), ...]}}``; every run folder holds one
+    event file (one writer, one process)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = {}
+    for folder in sorted({f.parent for f in Path(root).rglob("events.out.tfevents.*")}):
+        assert len(list(folder.glob("events.out.tfevents.*"))) == 1, folder
+        acc = EventAccumulator(str(folder))
+        acc.Reload()
+        out[folder.relative_to(root).as_posix()] = {
+            tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    return out

@@ -297,6 +297,29 @@ def test_ac_value_critic_weights_mode_learns():
     assert mean_return(env, agent) > random_soft + 1.0
 
 
+def test_a_resumed_episode_log_shows_one_tensorboard_curve(tmp_path):
+    """A killed attempt's TensorBoard scalars from the resumed episode on are hidden (purge_step):
+    episodes 1-3, killed, resumed after episode 1: one curve, the second attempt's from step 8 on."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from agents.episode_log import EpisodeLogger
+
+    def attempt(episodes, offset):
+        logger = EpisodeLogger(tmp_path, [])
+        for n in episodes:
+            logger.log({"episode": n, "steps": 4 * n, "length": 4, "return": n + offset, "freq_a": 0.5})
+        logger.close()
+        time.sleep(1.1)  # event files are named by the second they are opened in
+
+    attempt([1, 2, 3], 0.0)
+    attempt([2, 3], 10.0)
+    board = EventAccumulator(str(tmp_path))
+    board.Reload()
+    assert [(e.step, e.value) for e in board.Scalars("rollout/weight_a")] == [(4, 0.5), (8, 0.5), (12, 0.5)]
+    assert [e.step for e in board.Scalars("rollout/ep_len_mean")] == [4, 8, 12]
+    assert len((tmp_path / "episodes.csv").read_text().strip().splitlines()) == 4
+
+
 def test_ac_trains_on_quickkd_and_logs_every_episode(quick_mask, tmp_path):
     """The real env end to end: 3 episodes train, update and log (whether ``ac`` learns is
     tested on the synthetic envs above, where the best action is known)."""
@@ -317,6 +340,12 @@ def test_ac_trains_on_quickkd_and_logs_every_episode(quick_mask, tmp_path):
     rows = (tmp_path / "log" / "episodes.csv").read_text().strip().splitlines()
     assert len(rows) == 4 and "freq_finetune" in rows[0] and "actor_loss" in rows[0]
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "log").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "log"))
+    board.Reload()
+    assert [e.step for e in board.Scalars("rollout/ep_rew_mean")] == [4, 8, 12]  # SB3's tags, x: env steps
+    assert board.Scalars("rollout/ep_rew_mean")[-1].value == pytest.approx(np.mean([r["return"] for r in log]), abs=1e-6)
     result = run_episode(quick_mask, agent, seed=3)
     assert result["length"] == 4 and len(result["actions"]) == 4 and np.isfinite(result["final_probe_metric"])
     assert result["return"] == pytest.approx(sum(result["rewards"]))

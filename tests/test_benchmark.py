@@ -29,7 +29,7 @@ from experiments.benchmark import (
 )
 
 from kd_env import Instance, InstanceSet
-from tests.helpers import hide_ray, ray_or_skip
+from tests.helpers import hide_ray, ray_or_skip, tensorboard_runs
 
 ENV = "kd_env/QuickKD-v0"
 PHASES = 4  # QuickKD: 40 steps, 10 per phase
@@ -140,6 +140,47 @@ def test_one_seed_summary_has_no_interval(serial_run, tmp_path, monkeypatch):
     assert "ac (CI n/a (1 seed))" in legends
 
 
+def test_every_learner_writes_tensorboard_in_sb3_layout(serial_run):
+    """One run folder per learner and seed, ``tb/<env>/<algo>_<seed>/``, read back by
+    TensorBoard: SB3's rollout and eval tags for the learner, the evaluations alone (at step 0)
+    for the fixed policy, with the numbers of ``evaluations.npz``."""
+    runs = tensorboard_runs(serial_run.run_dir / "tb")
+    assert sorted(runs) == [f"kd_env__QuickKD-v0/{algo}_{seed}" for algo in ("ac", "random_hard") for seed in (0, 1)]
+    knowledge = json.loads((serial_run.run_dir / "ac" / "kd_env__QuickKD-v0__seed0" / "result.json").read_text())[
+        "knowledge"]
+    evaluation = {"eval/mean_reward", "eval/mean_ep_length", "eval/probe_metric", "eval/test_metric", "eval/test_loss",
+                  *(f"eval_weights/{k}/phase_{p}" for k in knowledge for p in range(PHASES))}
+    training = {"rollout/ep_rew_mean", "rollout/ep_len_mean", "rollout/ep_probe_mean", "time/episodes",
+                *(f"rollout/weight_{k}" for k in knowledge), "train/actor_loss", "train/critic_loss"}
+    for name, scalars in runs.items():
+        algo, seed = name.split("/")[1].rsplit("_", 1)
+        arrays = cell_arrays(serial_run.run_dir, algo, int(seed))
+        assert evaluation <= set(scalars), name
+        assert [s for s, _ in scalars["eval/test_metric"]] == arrays["timesteps"].tolist()
+        np.testing.assert_allclose([v for _, v in scalars["eval/test_metric"]], arrays["test_metrics"].mean(axis=1),
+                                   rtol=1e-6)
+        np.testing.assert_allclose([v for _, v in scalars["eval/mean_reward"]], arrays["results"].mean(axis=1),
+                                   rtol=1e-5, atol=1e-7)
+        final = np.nanmean(arrays["final_actions"], axis=0)  # (phases, knowledge)
+        assert scalars[f"eval_weights/{knowledge[1]}/phase_2"][-1][1] == pytest.approx(final[2, 1])
+        if algo == "ac":  # trained: one point per training episode, at the env steps so far
+            assert training <= set(scalars), name
+            assert [s for s, _ in scalars["rollout/ep_rew_mean"]] == [PHASES, 2 * PHASES]
+            returns = arrays["train_returns"]
+            assert scalars["rollout/ep_rew_mean"][-1][1] == pytest.approx(returns.mean(), rel=1e-5, abs=1e-7)
+        else:  # never trained: its evaluation only, at step 0
+            assert not set(scalars) - evaluation and arrays["timesteps"].tolist() == [0]
+
+
+def test_no_tensorboard_writes_no_event_files(tmp_path):
+    from experiments.benchmark import parse_args
+
+    assert parse_args([]).tensorboard and not parse_args(["--no-tensorboard"]).tensorboard
+    result = run_benchmark(tiny_config(tmp_path, algos=["ac"], seeds=[0], episodes=1, tensorboard=False, plots=False))
+    assert not result.failed and len(result.executed) == 1
+    assert not list(tmp_path.rglob("events.out.tfevents.*")) and not (result.run_dir / "tb").exists()
+
+
 # ---- resume -----------------------------------------------------------------------------------
 
 
@@ -147,13 +188,13 @@ def test_resume_skips_finished_cells_and_reruns_missing_or_changed_ones(serial_r
     calls = []
     real, real_many = benchmark.run_cell, bench_runner.run_cells
 
-    def counting(cell, threads=1):
+    def counting(cell, threads=1, tensorboard=None):
         calls.append((cell.algo, cell.seed))
-        return real(cell, threads)
+        return real(cell, threads, tensorboard)
 
-    def counting_many(cells, threads=1):  # seeds of one setting trained together
+    def counting_many(cells, threads=1, tensorboard=None):  # seeds of one setting trained together
         calls.extend((cell.algo, cell.seed) for cell in cells)
-        return real_many(cells, threads)
+        return real_many(cells, threads, tensorboard)
 
     monkeypatch.setattr(bench_runner, "run_cell", counting)  # what the units of work call
     monkeypatch.setattr(bench_runner, "run_cells", counting_many)
@@ -173,6 +214,8 @@ def test_resume_skips_finished_cells_and_reruns_missing_or_changed_ones(serial_r
     calls.clear()
     run_benchmark(tiny_config(out))  # back to p=0.5: those cells are rerun again
     assert sorted(calls) == [("random_hard", 0), ("random_hard", 1)]
+    # a rerun cell's TensorBoard run folder holds the new run only (one event file)
+    assert len(tensorboard_runs(serial_run.run_dir / "tb")) == 4
 
 
 def _same_rows(a, b) -> bool:
@@ -196,6 +239,8 @@ def test_process_executor_gives_the_serial_numbers(serial_run, tmp_path):
     parallel = run_benchmark(tiny_config(tmp_path, workers=2))
     assert not parallel.failed and len(parallel.executed) == 4
     assert _numbers(parallel.run_dir) == _numbers(serial_run.run_dir)
+    # each spawned worker wrote its cells' own TensorBoard run folders, the serial run's scalars
+    assert tensorboard_runs(parallel.run_dir / "tb") == tensorboard_runs(serial_run.run_dir / "tb")
     for a, b in zip(parallel.rows, serial_run.rows):
         assert (a["test_mean"], a["test_iqm_low"], a["return_mean"]) == (b["test_mean"], b["test_iqm_low"],
                                                                           b["return_mean"])
@@ -463,9 +508,14 @@ def test_summary_pairs_every_algorithm_with_the_baseline_by_seed():
     config = BenchmarkConfig(baseline="vanilla_kd")
     row = _paired_with_baseline("ac", mine, base, payloads, config)
     diffs = np.array([0.05, -0.02, 0.10])
-    half = 4.302652729911275 * diffs.std(ddof=1) / np.sqrt(3)  # t(0.975, 2)
     assert row["diff_vs_baseline"] == pytest.approx(diffs.mean())
-    assert (row["diff_low"], row["diff_high"]) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
+    # the one paired comparison of every report: experiments.stats.compare over the training seeds
+    from experiments.stats import Score, compare
+
+    d = compare([Score("a", "x", s, None, v) for s, v in enumerate(diffs)]
+                + [Score("b", "x", s, None, 0.0) for s in range(3)], "a", "b")
+    assert (row["diff_low"], row["diff_high"]) == pytest.approx((d.low, d.high))
+    assert diffs.min() - 1e-12 <= row["diff_low"] < diffs.mean() < row["diff_high"] <= diffs.max() + 1e-12
     assert row["diff_wins"] == 2
     assert math.isnan(_paired_with_baseline("vanilla_kd", base, base, payloads, config)["diff_vs_baseline"])
     assert math.isnan(_paired_with_baseline("ac", mine, None, payloads, config)["diff_vs_baseline"])
@@ -629,10 +679,11 @@ def test_dev_split_scores_the_train_instances_dev_split_on_selection_seeds():
         build_grid(["vanilla_kd"], [env_id], [1], eval_every=1, eval_episodes=2, eval_split="val")
 
 
-def test_selection_runs_say_so_in_their_summary(tmp_path, capsys):
-    result = run_benchmark(tiny_config(tmp_path, algos=["vanilla_kd"], envs=["kd_env/DigitsKD-Instances-v0"],
-                                       seeds=[0], overrides=TINY_INSTANCES, eval_split="dev", verbose=True))
-    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[1/1]")]
+def test_selection_runs_say_so_in_their_summary(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="experiments"):  # the progress lines are logged (INFO; -q hides them)
+        result = run_benchmark(tiny_config(tmp_path, algos=["vanilla_kd"], envs=["kd_env/DigitsKD-Instances-v0"],
+                                           seeds=[0], overrides=TINY_INSTANCES, eval_split="dev", verbose=True))
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[1/1]")]
     assert len(progress) == 1 and ": dev (selection) accuracy " in progress[0], progress  # never "test" here
     text = (result.run_dir / "summary.md").read_text(encoding="utf-8")
     assert "Selection run (`--eval-split dev`)" in text

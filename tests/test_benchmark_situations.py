@@ -29,12 +29,16 @@ def test_scores_pair_by_situation_and_seed_and_the_sign_test_counts_situations(t
         _cell(tmp_path, "vanilla_kd", seed, base)
         _cell(tmp_path, "ac", seed, {k: tuple(v + (0.1 if k != "d" else -0.05) for v in vs) for k, vs in base.items()})
     scores = situations.learner_scores(tmp_path)
-    assert sorted(scores) == ["ac", "vanilla_kd"]
-    assert scores["ac"][("b", 111)] == pytest.approx(0.6) and len(scores["ac"]) == 16
-    res = situations.compare(scores, "ac", best_fixed="vanilla_kd")
+    assert sorted({r.method for r in scores}) == ["ac", "vanilla_kd"]
+    ac = {(r.situation, r.train_seed, r.eval_seed): r.value for r in scores if r.method == "ac"}
+    assert ac[("b", 1, 111)] == pytest.approx(0.6) and len(ac) == 16  # long-format: training seed 1
+    res = situations.tables(scores, "ac", best_fixed="vanilla_kd")
     vs = next(r for r in res["rows"] if r["learner"] == "vanilla_kd")["vs_reference"]
     assert vs["mean"] == pytest.approx((0.1 * 3 - 0.05) / 4)
-    assert (vs["wins"], vs["losses"]) == (3, 1)
+    assert (vs["situation_wins"], vs["situation_losses"]) == (3, 1)
+    # the training seeds are the seed-level units (each agent acts in all 4 situations): both win
+    assert vs["seeds"] == [0, 1] and (vs["wins"], vs["losses"]) == (2, 0)
+    assert vs["per_train_seed"] == pytest.approx({"0": 0.0625, "1": 0.0625})
     assert vs["sign_p"] == pytest.approx(0.625)  # 3 of 4: two-sided exact p = 2 * 5/16
     assert vs["low"] <= vs["mean"] <= vs["high"]
     assert res["per_situation"]["d"]["ac"] == pytest.approx(0.8)
@@ -58,9 +62,10 @@ def test_oracles_come_from_the_headroom_units_of_each_situations_choice(tmp_path
             (head / "units" / f"{i}-{seed}.json").write_text(json.dumps(
                 {"policy": policy, "instance": inst, "seed": seed, "test": value}))
     scores = situations.learner_scores(run)
-    scores.update(situations.oracle_scores(head))
-    assert scores["oracle_schedule"][("a", 100)] == 0.9 and scores["oracle_constant"][("a", 101)] == 0.7
-    res = situations.compare(scores, "ac", best_fixed="vanilla_kd")
+    scores += situations.oracle_scores(head, scores)
+    by = {(r.method, r.situation, r.train_seed, r.eval_seed): r.value for r in scores}
+    assert by[("oracle_schedule", "a", 0, 100)] == 0.9 and by[("oracle_constant", "a", 0, 101)] == 0.7
+    res = situations.tables(scores, "ac", best_fixed="vanilla_kd")
     # oracle_schedule gains (0.4 + 0) / 2 = 0.2 over vanilla_kd, ac (0.1 + 0) / 2 = 0.05: a quarter
     assert res["share_of_schedule_headroom"]["ac"] == pytest.approx(0.25)
     assert situations.main([str(run), "--reference", "nobody"]) == 2

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from experiments.glue_ac import RESULT_COLUMNS, STAGES, config_from_args, install_seconds, print_timing
+from tests.helpers import tensorboard_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--preset", "quick", "--methods", "selector,vanilla_kd,random_hard,only:response", "--seeds", "0,1",
@@ -87,7 +88,15 @@ def test_quick_run_writes_every_file_with_its_schema(finished_run: Path):
     for name in ("results.json", "results.csv", "results.md", "config.yaml", "selection_heatmap.png",
                  "dev_curves.png", "selector_returns.png"):
         assert (finished_run / name).is_file(), name
-    assert list((finished_run / "tb").rglob("events.out.tfevents.*")), "no TensorBoard logs"
+    # TensorBoard: the selector's training episodes, and every student its own run (SB3's layout)
+    runs = tensorboard_runs(finished_run / "tb")
+    students = [f"{m.replace(':', '_')}_{s}" for m in ("only:response", "random_hard", "selector", "vanilla_kd")
+                for s in (0, 1)]
+    assert sorted(runs) == sorted(["selector", *students])
+    assert [step for step, _ in runs["selector"]["rollout/ep_rew_mean"]] == [4, 8, 12]  # 3 episodes of 4 phases
+    for name in students:
+        assert {"eval/mean_reward", "eval/test_metric", "eval/probe_metric", "student/probe_metric"} <= set(runs[name])
+    assert config_from_args([*ARGS, "--no-tensorboard"]).tensorboard is False and config_from_args(ARGS).tensorboard
     rows = _rows(finished_run)
     assert list(rows[0].keys()) == RESULT_COLUMNS
     pairs = sorted((r["method"], int(r["seed"])) for r in rows)
@@ -407,6 +416,10 @@ def test_glue_ac_runs_lookup_as_its_selector_on_the_observable_observation(tmp_p
     # one mask for the whole episode, a real mask of the 16 (the best of its one plain situation)
     actions = np.asarray(rows["selector"]["actions"])
     assert actions.shape[1] == 4 and (actions == actions[0]).all() and set(np.unique(actions)) <= {0.0, 1.0}
+    # lookup logs no episodes itself: the runner writes its 16 training episodes to TensorBoard
+    runs = tensorboard_runs(tmp_path / "lookup" / "tb")
+    assert sorted(runs) == ["selector", "selector_0", "vanilla_kd_0"]
+    assert [step for step, _ in runs["selector"]["rollout/ep_rew_mean"]] == [4 * n for n in range(1, 17)]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -176,7 +176,7 @@ def test_study_writes_one_run_per_situation_and_the_per_situation_report(study: 
                                                            sum(d < 0 for d in diffs))
         assert np.asarray(per["heatmaps"]["selector"]).shape == (4, 4)  # knowledge x phase
         assert f"| {name} | selector | `dynamic_kd` |" in md
-    assert "95% paired bootstrap" in md and "| winner |" in md and "| best fixed (chosen on dev) |" in md
+    assert "95% bca bootstrap CI over the seeds" in md and "| winner |" in md and "| best fixed (chosen on dev) |" in md
     # pooled over the 2 situations: the mean of their mean paired differences, a hierarchical interval
     rows = {(r["method"], r["minus"]): r for r in report["pooled"]["all situations"]["rows"]}
     for ref in ("best_fixed", "vanilla_kd", "dynamic_kd"):
@@ -184,7 +184,7 @@ def test_study_writes_one_run_per_situation_and_the_per_situation_report(study: 
         means = [report["per_situation"][n]["comparisons"]["selector"][ref]["mean"] for n in SITUATIONS]
         assert r["mean"] == pytest.approx(np.mean(means)) and r["low"] <= r["mean"] <= r["high"]
         assert r["situations_won"] == sum(m > 0 for m in means) and r["situations"] == 2
-    assert "Over all situations" in md and "hierarchical bootstrap" in md
+    assert "Over all situations" in md and "resampling situations, then evaluation seeds within each" in md
 
 
 def test_study_heatmap_has_a_panel_per_situation(study: Path):

@@ -5,6 +5,7 @@ test split."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from experiments import headroom
 from experiments.headroom import sources
 from experiments.store import ResultStore, file_key
 from kd_env import Instance, InstanceSet
+from tests.helpers import tensorboard_runs
 
 if "tiny-headroom" not in kd_env.instance_set_names():
     kd_env.register_instance_set(InstanceSet(
@@ -56,6 +58,35 @@ def test_quick_report_has_every_part(quick_run):
     assert res["held_out_instances"] == ["few-labels"] and res["train_instances"] == ["clean"]
     assert {a["reward"] for a in res["reward_alignment"]} >= {"dev_loss_delta", "dev_metric_delta"}
     assert res["headroom"]["policy"] in policies
+
+
+def test_every_policy_and_seed_is_a_tensorboard_run(quick_run, tmp_path):
+    """One TensorBoard run per policy and reset seed (``tb/<policy>_<seed>/``, SB3's layout), each
+    an evaluation at step 0 over the seed's episodes; ``--no-tensorboard`` writes none."""
+    from agents.episode_log import run_name
+
+    out, res = quick_run
+    runs = tensorboard_runs(out / "tb")
+    done = units(out)
+    names = {run_name(f"random-{u['reward']}" if u["policy"].startswith("random:") else u["policy"], u["seed"])
+             for u in done}
+    assert set(runs) == names
+    for name, scalars in runs.items():
+        assert {"eval/mean_reward", "eval/mean_ep_length", "eval/probe_metric"} <= set(scalars), name
+        assert {step for points in scalars.values() for step, _ in points} == {0}, name
+    mask = next(u["policy"] for u in done if u["policy"].startswith("fixed:"))
+    scored = [u for u in done if u["policy"] == mask and u["seed"] == 100]
+    run = runs[run_name(mask, 100)]
+    assert run["eval/test_metric"][0][1] == pytest.approx(np.mean([u["test"] for u in scored]), rel=1e-6)
+    assert run["eval/mean_reward"][0][1] == pytest.approx(np.mean([u["return"] for u in scored]), rel=1e-5, abs=1e-7)
+    bits = mask.split(":")[1]
+    assert [run[f"eval_weights/{k}/phase_0"][0][1] for k in res["knowledge"]] == [float(b) for b in bits]
+    assert "eval/dev_metric" in runs[run_name(mask, 0)] and "eval/test_metric" not in runs[run_name(mask, 0)]
+    # every unit finished: a rerun only reads them back; with --no-tensorboard it writes no event file
+    again = tmp_path / "again"
+    shutil.copytree(out / "units", again / "units")
+    assert headroom.main([*ARGS, "--out", str(again), "--no-tensorboard", "-q"]) == 0
+    assert not list(again.rglob("events.out.tfevents.*"))
 
 
 def test_best_fixed_is_the_best_dev_mean_on_the_selection_seeds_of_train_instances(quick_run):
@@ -206,7 +237,7 @@ def test_sources_of_gain_rows_and_blocks_agree_with_the_units(quick_run):
     diffs = [test[(chosen, s)] - test[(const, s)] for s in (100, 101)]
     sw = res["switching"]
     assert sw["mean"] == pytest.approx(sum(diffs) / 2) and sw["per_situation"]["few-labels"] == pytest.approx(sw["mean"])
-    assert sw["wins"] == int(sw["mean"] > 0) and sw["situations"] == 1 and sw["pairs"] == 2
+    assert sw["situation_wins"] == int(sw["mean"] > 0) and sw["situations"] == 1 and sw["pairs"] == 2
     assert rows["oracle_schedule"]["test_mean"] - rows["oracle_constant"]["test_mean"] == pytest.approx(sw["mean"])
     # one selection seed: every resample is the full sample
     assert res["stability"]["per_situation"]["few-labels"] == {"oracle_constant": 1.0, "oracle_schedule": 1.0}

@@ -182,3 +182,61 @@ def test_eval_precision_is_checked_resolved_and_used(tiny_bert_dir, text_csv, mo
         assert bf16["loss"] == pytest.approx(fp32["loss"], rel=0.05)
     finally:
         d.close()
+
+
+# ---- the cheaper dropout mask ---------------------------------------------------------------
+
+
+def test_dropout_zeroes_the_rate_and_rescales_the_rest():
+    from kd_env.packed import dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(400_000)
+    y = dropout(x, 0.1)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - 0.1) < 0.003  # 6 sigma of a 0.1 rate at 400k draws
+    p_used = round(0.1 * 32768) / 32768
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p_used)))
+    assert abs(y.mean().item() - 1.0) < 0.004  # inverted dropout keeps the mean
+    # both 15-bit fields of the random integers are used, and neither is stuck
+    assert 0.09 < 1 - kept[:200_000].float().mean().item() < 0.11
+    assert 0.09 < 1 - kept[200_000:].float().mean().item() < 0.11
+
+
+def test_dropout_off_paths_return_the_input_and_odd_shapes_work():
+    from kd_env.packed import dropout
+
+    x = torch.randn(3, 5, 7)
+    assert dropout(x, 0.0) is x
+    assert dropout(x, 0.5, training=False) is x
+    assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
+    y = dropout(x, 0.5)  # 105 elements: an odd count
+    assert y.shape == x.shape
+    assert 0 < int((y == 0).sum()) < x.numel()
+    assert torch.allclose(y[y != 0], x[y != 0] * 2)
+
+
+def test_dropout_is_seeded_by_torch_and_its_gradient_is_the_mask():
+    from kd_env.packed import dropout
+
+    x = torch.randn(64, 33, requires_grad=True)
+    torch.manual_seed(5)
+    a = dropout(x, 0.25)
+    torch.manual_seed(5)
+    b = dropout(x, 0.25)
+    assert torch.equal(a, b)
+    a.sum().backward()
+    expected = (a.detach() != 0).float() / (1 - round(0.25 * 32768) / 32768)
+    assert torch.allclose(x.grad, expected)
+
+
+def test_attention_with_dropout_is_the_fused_kernel_when_nothing_is_dropped(monkeypatch):
+    import kd_env.packed as packed
+
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(3, 2, 6, 8) for _ in range(3))
+    mask = (torch.arange(6)[None, :] < torch.tensor([6, 4, 2])[:, None])[:, None, None, :]
+    fused = packed._attention(q, k, v, mask, 0.0, None)
+    monkeypatch.setattr(packed, "dropout", lambda x, p, training=True: x)
+    manual = packed._attention(q, k, v, mask, 0.3, None)
+    assert torch.allclose(fused, manual, atol=1e-5)

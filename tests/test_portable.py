@@ -20,10 +20,10 @@ from kd_env.situation import SITUATION_FEATURES
 def _episode_observations(env: gym.Env, actions) -> list[np.ndarray]:
     base = env.unwrapped
     obs, _ = env.reset(seed=0)
-    seen = [(obs, base.observation_fn.unclipped(base))]
+    seen = [(obs, base.observation_fn.unclipped(base.state))]
     for a in actions:
         obs, *_ = env.step(np.asarray(a, np.float32))
-        seen.append((obs, base.observation_fn.unclipped(base)))
+        seen.append((obs, base.observation_fn.unclipped(base.state)))
     return seen
 
 

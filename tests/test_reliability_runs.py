@@ -342,7 +342,7 @@ def test_glue_ac_config_that_is_a_folder_says_so(tmp_path: Path):
         config_from_args(["--config", str(tmp_path)])
 
 
-def test_a_damaged_cell_result_is_named_as_damaged_when_rerun(tmp_path: Path, capsys):
+def test_a_damaged_cell_result_is_named_as_damaged_when_rerun(tmp_path: Path, caplog):
     from experiments.benchmark import run_benchmark
     from experiments.benchmark.grid import BenchmarkConfig
 
@@ -352,9 +352,9 @@ def test_a_damaged_cell_result_is_named_as_damaged_when_rerun(tmp_path: Path, ca
     run_benchmark(config)
     result = next((tmp_path / "benchmark-damaged").glob("*/*/result.json"))
     result.write_text('{"cell": ')  # a write cut short
-    capsys.readouterr()
-    run_benchmark(BenchmarkConfig(**{**config.__dict__, "verbose": True}))
-    out = capsys.readouterr().out
+    with caplog.at_level("INFO", logger="experiments"):  # progress lines are logged
+        run_benchmark(BenchmarkConfig(**{**config.__dict__, "verbose": True}))
+    out = caplog.text
     assert "rerunning" in out and "result.json is damaged or unfinished (not a JSON object), recomputing" in out, out
 
 

@@ -24,9 +24,9 @@ ACTIONS = [np.array(a, np.int8) for a in ([1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 
 
 
 @register_reward("test_scaled_probe_metric")
-def scaled_probe_metric(env, outcome, factor=1.0):
+def scaled_probe_metric(previous, state, factor=1.0):
     """``factor`` x the dev-probe metric after the phase."""
-    return factor * outcome.probe["main"]
+    return factor * state.probe["main"]
 
 
 @register_reward("test_metric_minus_loss")
@@ -40,31 +40,37 @@ class MetricMinusLoss(Reward):
         super().__init__()
         self.alpha = alpha
 
-    def __call__(self, env, outcome):
-        self.parts = {"metric": outcome.probe["main"], "loss": outcome.probe["loss"]}
-        return outcome.probe["main"] - self.alpha * outcome.probe["loss"]
+    def __call__(self, previous, state):
+        self.parts = {"metric": state.probe["main"], "loss": state.probe["loss"]}
+        return state.probe["main"] - self.alpha * state.probe["loss"]
 
 
 @register_reward("test_phase_weight_sum", needs_probe=False)
-def phase_weight_sum(env, outcome):
+def phase_weight_sum(previous, state):
     """Sum of the applied weights; records whether the probe was evaluated this phase."""
-    phase_weight_sum.probes.append(outcome.probe is not None)
-    return float(outcome.weights.sum())
+    phase_weight_sum.probes.append(state.probe_fresh)
+    return float(state.action.sum())
 
 
 phase_weight_sum.probes = []
 
 
 @register_reward("test_nan_reward")
-def nan_reward(env, outcome):
+def nan_reward(previous, state):
     return float("nan")
 
 
-@register_observation("test_progress", space=lambda env: spaces.Box(0.0, 1.0, (2,), np.float32))
-def progress(env):
+@register_observation("test_progress", space=lambda spec: spaces.Box(0.0, 1.0, (2,), np.float32))
+def progress(state):
     """Budget used and phases done, as fractions."""
+    return np.array([state.budget_used, state.phase_index / 4], np.float32)
+
+
+@register_observation("test_old_style", space=lambda spec: spaces.Box(0.0, 1.0, (1,), np.float32))
+def old_style(env):
+    """An observation written against the env, as before issue 37."""
     d = env.distiller
-    return np.array([d.step / d.total_steps, env.phase_index / d.config.num_phases], np.float32)
+    return np.array([d.step / d.total_steps], np.float32)
 
 
 def episode(env, seed=0, actions=ACTIONS):
@@ -143,16 +149,16 @@ def test_unknown_reward_params_are_a_value_error(reward, params):
 def test_registering_a_different_reward_under_a_taken_name_needs_overwrite():
     with pytest.raises(ValueError, match="already registered"):
         @register_reward("dev_loss_delta")
-        def impostor(env, outcome):
+        def impostor(previous, state):
             return 0.0
 
     try:
         @register_reward("test_replaceable")
-        def first(env, outcome):
+        def first(previous, state):
             return 1.0
 
         @register_reward("test_replaceable", overwrite=True)
-        def second(env, outcome):
+        def second(previous, state):
             return 2.0
 
         env = gym.make(QUICK, reward="test_replaceable")
@@ -322,6 +328,12 @@ def test_custom_function_observation_through_gym_make():
     assert "test_progress" in observation_names()
 
 
+def test_an_observation_written_against_the_env_gets_an_error_naming_the_change():
+    env = gym.make(QUICK, observation="test_old_style")
+    with pytest.raises(AttributeError, match=r"no 'distiller'.*issue 37.*state\.step"):
+        env.reset(seed=0)
+
+
 def test_observation_registry_errors():
     with pytest.raises(ValueError, match="summary"):
         gym.make(QUICK, observation="no_such_observation")
@@ -334,7 +346,7 @@ def test_observation_registry_errors():
 def test_summary_features_describe_the_summary_vector(knowledge):
     env = gym.make(QUICK, knowledge=knowledge)
     k = len(knowledge)
-    rows = summary_features(env.unwrapped)
+    rows = summary_features(env.unwrapped.state_spec)
     assert len(rows) == 2 * k + 9 == env.observation_space.shape[0]
     assert np.array_equal(env.observation_space.low, [r[1] for r in rows])
     assert np.array_equal(env.observation_space.high, [r[2] for r in rows])

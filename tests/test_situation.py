@@ -44,7 +44,7 @@ def test_observable_holds_the_summary_then_the_situation_and_no_privileged_field
     env = _env(observation="observable")
     try:
         obs, _ = env.reset(seed=0, options={"instance": "few-labels"})
-        n_summary = len(summary_features(env))
+        n_summary = len(summary_features(env.state_spec))
         assert env.observation_space.shape == (n_summary + len(SITUATION_FEATURES),)
         assert env.observation_space.contains(obs)
         situation = obs[n_summary:]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments.report import json_safe
-from experiments.stats import paired_difference, t_interval
+from experiments.stats import t_interval
 from experiments.stats import (
     NO_INTERVAL,
     aggregate_iqm,
@@ -25,6 +25,7 @@ from experiments.stats import (
     probability_of_improvement,
     stratified_bootstrap,
 )
+from experiments.stats import Score, compare
 
 
 @pytest.mark.parametrize("values, expected", [
@@ -154,7 +155,8 @@ def test_one_run_has_no_interval():
     assert point == 1.0 and math.isnan(low) and math.isnan(high)
     m, low, high = t_interval([0.3])
     assert m == 0.3 and math.isnan(low) and math.isnan(high)
-    assert paired_difference({0: 0.7}, {0: 0.6})["mean"] == pytest.approx(0.1)
+    one = compare([Score("a", "s", 0, None, 0.7), Score("b", "s", 0, None, 0.6)], "a", "b")
+    assert one.mean == pytest.approx(0.1) and math.isnan(one.low) and math.isnan(one.high)
 
 
 def test_json_safe_writes_null_for_non_finite_values():
@@ -229,39 +231,197 @@ def test_agrees_with_rliables_formulas_on_fixed_data():
 # ---- situations, then seeds -------------------------------------------------------------------
 
 
-def test_sign_test_exact_values():
+# ---- one comparison engine: experiments.stats.compare ---------------------------------------------
+
+
+def test_sign_test_is_the_exact_binomial_test():
     from experiments.stats import sign_test
 
     assert sign_test([1.0] * 10) == pytest.approx(2 / 1024)
     assert sign_test([0.5, -0.5]) == 1.0
     assert sign_test([0.0, 0.0]) == 1.0  # ties are dropped: nothing left
     assert sign_test([1, 1, 1, 1, -1, 0]) == pytest.approx(2 * (1 + 5) / 32)
+    assert sign_test([1] * 5 + [-1]) == pytest.approx(0.21875)  # 2 (1 + 6) / 64
+    # 5 of 20: 2 (1 + 20 + 190 + 1140 + 4845 + 15504) / 2^20, scipy.stats.binomtest(5, 20).pvalue
+    assert sign_test([1] * 5 + [-1] * 15) == pytest.approx(0.041389465332031, abs=1e-12)
+    assert sign_test([1] * 10 + [-1] * 10) == 1.0
 
 
-def test_hierarchical_bootstrap_resamples_situations_too():
-    from experiments.stats import hierarchical_bootstrap, interval_estimate
+def test_sign_test_agrees_with_scipy_binomtest():
+    from scipy.stats import binomtest
 
-    # seeds agree closely within each situation; situations differ a lot
-    situations = [np.array([0.1, 0.11, 0.12]), np.array([0.5, 0.51, 0.52]), np.array([0.9, 0.91, 0.92])]
-    point, low, high = hierarchical_bootstrap(situations, reps=4000)
-    assert point == pytest.approx(np.mean([s.mean() for s in situations]))
-    _, s_low, s_high = interval_estimate(situations, "mean", reps=4000)  # seeds only
-    assert high - low > 10 * (s_high - s_low)  # the spread between situations is in the interval
-    assert hierarchical_bootstrap(situations, reps=4000) == (point, low, high)  # seeded: reproducible
-    one = [np.array([0.1, 0.3, 0.2])]
-    assert hierarchical_bootstrap(one, reps=500) == interval_estimate(one, "mean", reps=500)
+    from experiments.stats import sign_test
+
+    for n in range(1, 26):
+        for k in range(n + 1):
+            assert sign_test([1] * k + [-1] * (n - k)) == pytest.approx(binomtest(k, n).pvalue, abs=1e-12)
 
 
-def test_paired_situations_counts_wins_per_situation():
-    from experiments.stats import paired_situations
+@pytest.mark.parametrize("df, expected", [(1, 12.7062047), (2, 4.3026527), (3, 3.1824463), (4, 2.7764451),
+                                          (9, 2.2621572), (30, 2.0422725)])
+def test_t_quantile_without_scipy(df, expected):
+    from experiments.stats import t_quantile
 
-    a = {("s1", 0): 0.8, ("s1", 1): 0.7, ("s2", 0): 0.5, ("s2", 1): 0.5, ("s3", 0): 0.9, ("s4", 0): 1.0}
+    assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-6)
+    assert t_quantile(0.025, df) == pytest.approx(-expected, abs=1e-6)
+    m, low, high = t_interval([0.05, -0.02, 0.10])
+    half = 4.302652729911275 * np.std([0.05, -0.02, 0.10], ddof=1) / math.sqrt(3)
+    assert (low, high) == pytest.approx((m - half, m + half))
+
+
+def _rows(method, values, train_seed=False):
+    """Rows from ``{(situation, seed): value}``."""
+    from experiments.stats import score_rows
+
+    return score_rows(values, method, train_seed=train_seed)
+
+
+def test_compare_pairs_situations_then_seeds_by_hand():
+    a = {("s1", 0): 0.8, ("s1", 1): 0.7, ("s2", 0): 0.5, ("s2", 1): 0.5, ("s3", 0): 0.9}
     b = {("s1", 0): 0.6, ("s1", 1): 0.6, ("s2", 0): 0.6, ("s2", 1): 0.7, ("s3", 0): 0.8}
-    d = paired_situations(a, b, reps=500)
-    assert d["situations"] == 3 and d["pairs"] == 5  # s4 has no pair
-    assert d["per_situation"] == pytest.approx({"s1": 0.15, "s2": -0.15, "s3": 0.1})
-    assert (d["wins"], d["losses"]) == (2, 1)
-    assert d["mean"] == pytest.approx(0.1 / 3)
-    assert d["low"] <= d["mean"] <= d["high"]
-    assert d["sign_p"] == pytest.approx(1.0)
-    assert paired_situations({}, b)["situations"] == 0
+    d = compare(_rows("a", a) + _rows("b", b), "a", "b", reps=2000)
+    assert d.situations == 3 and d.pairs == 5 and d.dropped == 0
+    assert d.per_situation == pytest.approx({"s1": 0.15, "s2": -0.15, "s3": 0.1})
+    assert (d.situation_wins, d.situation_losses) == (2, 1)
+    assert d.mean == pytest.approx(0.1 / 3)  # mean over situations of each one's mean difference
+    assert d.low <= d.mean <= d.high
+    assert d.sign_p == pytest.approx(1.0) and d.sign_test_over == "situations"
+    assert d.resampling == "situations, then evaluation seeds within each" and d.interval == "bca"
+    assert d.seeds == ["s1:0", "s1:1", "s2:0", "s2:1", "s3:0"] and (d.wins, d.ties, d.losses) == (3, 0, 2)
+    assert compare(_rows("a", a) + _rows("b", b), "a", "b", reps=2000) == d  # seeded: reproducible
+    # a pair one side lacks is an error unless asked to be left out
+    a4 = {**a, ("s4", 0): 1.0}
+    with pytest.raises(ValueError, match=r"1 score row\(s\) of 'a' or 'b' have no partner.*\('s4', None, 0\).*"
+                                         r"unpaired='drop'"):
+        compare(_rows("a", a4) + _rows("b", b), "a", "b")
+    dropped = compare(_rows("a", a4) + _rows("b", b), "a", "b", reps=2000, unpaired="drop")
+    assert dropped.dropped == 1 and dropped.mean == d.mean and dropped.low == d.low
+
+
+def test_compare_one_situation_two_seeds_by_hand():
+    # differences 0 and 1: the bootstrap means are 0 (1/4), 0.5 (1/2), 1 (1/4)
+    rows = _rows("a", {("s", 0): 1.0, ("s", 1): 2.0}) + _rows("b", {("s", 0): 1.0, ("s", 1): 1.0})
+    p = compare(rows, "a", "b", interval="percentile", reps=4000)
+    assert (p.mean, p.low, p.high) == (0.5, 0.0, 1.0)
+    assert sorted(set(np.round(p.replicates, 12))) == [0.0, 0.5, 1.0]
+    assert np.mean(p.replicates == 0.5) == pytest.approx(0.5, abs=0.03)
+    bca = compare(rows, "a", "b", reps=4000)  # symmetric: no bias, no acceleration -> the percentile interval
+    assert (bca.low, bca.high) == (0.0, 1.0)
+    t = compare(rows, "a", "b", interval="t")
+    half = 12.706204736 * math.sqrt(0.5) / math.sqrt(2)  # t(0.975, 1) s / sqrt(n)
+    assert (t.low, t.high) == pytest.approx((0.5 - half, 0.5 + half))
+    assert t.resampling == "none: Student t over evaluation seeds"
+    assert (t.seeds, t.diffs, t.wins, t.ties, t.losses) == ([0, 1], [0.0, 1.0], 1, 1, 0)
+    assert t.sign_test_over == "seeds" and t.sign_p == 1.0
+
+
+def test_compare_bca_matches_scipy_on_one_sample():
+    from scipy.stats import bootstrap
+
+    x = np.array([0.3, 0.1, 2.5, 0.4, 0.2, 1.1, 0.05, 0.7, 0.35, 3.0, 0.6, 0.15])  # skewed
+    rows = _rows("a", {("s", i): v for i, v in enumerate(x)}) + _rows("b", {("s", i): 0.0 for i in range(len(x))})
+    ours = compare(rows, "a", "b", reps=20000)
+    ref = bootstrap((x,), np.mean, method="BCa", n_resamples=20000, random_state=1).confidence_interval
+    width = ref.high - ref.low
+    assert ours.low == pytest.approx(ref.low, abs=0.03 * width) and ours.high == pytest.approx(ref.high, abs=0.03 * width)
+    pct = compare(rows, "a", "b", reps=20000, interval="percentile")
+    assert ours.high > pct.high and ours.low > pct.low  # right skew: BCa moves the interval up
+
+
+def test_compare_resamples_a_training_seed_jointly_across_situations():
+    # each training seed's agent is as much better in every situation: 0, 1, 10, 100
+    effect = {0: 0.0, 1: 1.0, 2: 10.0, 3: 100.0}
+    a = {(sit, t, 7 * t + e): effect[t] + 0.5 for sit in ("x", "y", "z") for t in effect for e in (0, 1)}
+    b = {(sit, t, 7 * t + e): 0.5 for sit in ("x", "y", "z") for t in effect for e in (0, 1)}
+    d = compare(_rows("a", a) + _rows("b", b), "a", "b", reps=3000)
+    assert d.mean == pytest.approx(27.75) and d.per_train_seed == pytest.approx(effect)
+    assert d.seeds == [0, 1, 2, 3] and d.diffs == pytest.approx([0.0, 1.0, 10.0, 100.0])
+    assert d.resampling == "training seeds, jointly across situations and, independently, situations"
+    # a replicate draws 4 training seeds, the same in every situation: its mean is the mean of
+    # 4 of the effects drawn with replacement, never a mix of different draws per situation
+    import itertools
+
+    possible = {round(sum(c) / 4, 9) for c in itertools.combinations_with_replacement(effect.values(), 4)}
+    assert {round(v, 9) for v in d.replicates} <= possible
+    # drawn per situation (no training seed on the rows) the same numbers look 3x more certain
+    apart = compare(_rows("a", {(s, e): v for (s, _, e), v in a.items()})
+                    + _rows("b", {(s, e): v for (s, _, e), v in b.items()}), "a", "b", reps=3000)
+    assert apart.mean == pytest.approx(d.mean)
+    assert {round(v, 9) for v in apart.replicates} - possible
+    assert (d.high - d.low) > 1.3 * (apart.high - apart.low)
+
+
+def test_compare_joint_grid_and_estimate():
+    from experiments.stats import estimate
+
+    a = {("x", 0): 0.7, ("x", 1): 0.6, ("y", 0): 0.5, ("y", 1): 0.3}
+    b = {("x", 0): 0.6, ("x", 1): 0.6, ("y", 0): 0.4, ("y", 1): 0.4}
+    rows = _rows("a", a, train_seed=True) + _rows("b", b, train_seed=True)
+    d = compare(rows, "a", "b", interval="t")
+    # per training seed (mean over situations): seed 0 +0.1, seed 1 -0.05; t over the 2 seeds
+    assert d.per_train_seed == pytest.approx({0: 0.1, 1: -0.05}) and (d.wins, d.losses) == (1, 1)
+    half = 12.706204736 * np.std([0.1, -0.05], ddof=1) / math.sqrt(2)
+    assert (d.low, d.high) == pytest.approx((0.025 - half, 0.025 + half))
+    assert d.to_dict()["per_train_seed"] == pytest.approx({"0": 0.1, "1": -0.05})
+    level = estimate(rows, "a")
+    assert level.mean == pytest.approx(0.525) and level.per_situation == pytest.approx({"x": 0.65, "y": 0.4})
+    assert level.low <= level.mean <= level.high
+    with pytest.raises(ValueError, match=r"missing \(situation, train_seed\): \[\('y', 1\)\]"):
+        compare([r for r in rows if not (r.situation == "y" and r.train_seed == 1)], "a", "b")
+
+
+def test_ratio_shares_the_draws_of_both_comparisons():
+    from experiments.stats import ratio
+
+    base = {("s", t): 0.5 for t in range(4)}
+    rows = (_rows("base", base, True) + _rows("oracle", {k: v + 0.3 for k, v in base.items()}, True)
+            + _rows("ac", {("s", t): 0.6 + 0.01 * t for t in range(4)}, True))
+    gain, mine = compare(rows, "oracle", "base", reps=500), compare(rows, "ac", "base", reps=500)
+    share, low, high = ratio(mine, gain)
+    assert share == pytest.approx(0.115 / 0.3) and low < share < high
+    assert ratio(gain, gain) == pytest.approx((1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match=r"differ in \['reps'\]"):
+        ratio(compare(rows, "ac", "base", reps=400), gain)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"interval": "boot"}, r"unknown interval method 'boot'; valid: \['bca', 'percentile', 't'\]"),
+    ({"unpaired": "skip"}, r"unknown unpaired='skip'; valid: \['error', 'drop'\]"),
+    ({"b": "nobody"}, r"method 'nobody' has no score rows; methods in the rows: \['a', 'b'\]"),
+    ({"b": "a"}, r"compare 'a' with another method"),
+    ({"metric": "f1"}, r"method 'a' has no score rows with metric='f1', split=None; its rows hold metrics \['main'\]"),
+    ({"reps": 0}, r"reps must be a positive integer"),
+    ({"confidence": 95}, r"confidence must be in \(0, 1\)"),
+])
+def test_compare_bad_input_names_what_is_wrong_and_what_is_valid(kwargs, message):
+    rows = _rows("a", {("s", 0): 1.0, ("s", 1): 2.0}) + _rows("b", {("s", 0): 1.0, ("s", 1): 1.0})
+    args = {"b": "b", **kwargs}
+    b = args.pop("b")
+    with pytest.raises(ValueError, match=message):
+        compare(rows, "a", b, **args)
+
+
+def test_compare_refuses_malformed_rows():
+    good = _rows("a", {("s", 0): 1.0}) + _rows("b", {("s", 0): 1.0})
+    with pytest.raises(ValueError, match=r"two score rows for \(situation, train_seed, eval_seed\) = \('s', None, 0\)"):
+        compare(good + _rows("a", {("s", 0): 3.0}), "a", "b")
+    with pytest.raises(ValueError, match="some rows carry a train_seed and some do not"):
+        compare(good + [Score("a", "t", 1, None, 2.0), Score("b", "t", 1, None, 1.0)], "a", "b")
+    with pytest.raises(ValueError, match=r"non-finite value nan"):
+        compare(good + _rows("a", {("s", 1): float("nan")}) + _rows("b", {("s", 1): 0.0}), "a", "b")
+    with pytest.raises(ValueError, match=r"unknown keys \['seed'\], missing keys \[\]; valid keys"):
+        compare([{"method": "a", "situation": "s", "seed": 0, "value": 1.0}], "a", "b")
+    with pytest.raises(ValueError, match=r"several splits \['dev', 'test'\]; pass split= one of them"):
+        compare(good + [Score("a", "s", None, 0, 0.5, "dev"), Score("b", "s", None, 0, 0.5, "dev")], "a", "b")
+    assert compare(good + [Score("a", "s", None, 0, 0.5, "dev"), Score("b", "s", None, 0, 0.5, "dev")], "a", "b",
+                   split="dev").split == "dev"
+
+
+def test_scores_round_trip_through_csv(tmp_path):
+    from experiments.stats import read_scores, write_scores
+
+    rows = [Score("ac", "a", 0, 1000, 0.5), Score("kd", "b", None, 3, 0.25, "dev", "accuracy")]
+    write_scores(tmp_path / "scores.csv", rows)
+    assert read_scores(tmp_path / "scores.csv") == rows
+    assert (tmp_path / "scores.csv").read_text().splitlines()[0] == \
+        "method,situation,train_seed,eval_seed,value,split,metric"

@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from experiments.cli import SEEDS_HELP, parse_seeds
+from experiments.cli import SEEDS_HELP, add_plugin_flag, add_tensorboard_flag, parse_seeds
+from experiments.logs import add_verbosity_flags, setup_logging
 
 from .grid import DEFAULT_ALGOS, DEFAULT_ENVS, DEFAULT_EVAL_EPISODES, DEFAULT_EVAL_EVERY, DEFAULT_SEEDS, \
     DEFAULT_WORKERS, EVAL_SPLITS, EXECUTORS, BenchmarkConfig
@@ -18,13 +19,16 @@ def _csv_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.benchmark",
                                 description="Benchmark RL algorithms on the knowledge-selection envs "
                                             "(algorithms x seeds x envs; resumable).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--name", default="default", help="run folder: <out>/benchmark-<name>")
-    p.add_argument("--algos", type=_csv_list, default=list(DEFAULT_ALGOS), help="comma-separated agent names")
+    p.add_argument("--algos", type=_csv_list, default=list(DEFAULT_ALGOS),
+                   help="comma-separated agent names: any registered agent (a --plugin's too), fixed:<bits>, "
+                        "schedule:<file>; one with no <algo>.yml in --config-dir gets the defaults (a mask, 0 "
+                        "episodes: evaluated, never trained; --set ALGO.episodes=N trains it)")
     p.add_argument("--envs", type=_csv_list, default=list(DEFAULT_ENVS), help="comma-separated env ids")
     p.add_argument("--seeds", type=parse_seeds, default=list(range(DEFAULT_SEEDS)),
                    help=f"training {SEEDS_HELP}")
@@ -52,17 +56,29 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     p.add_argument("--fresh", action="store_true", help="rerun finished cells too")
     p.add_argument("--no-plots", dest="plots", action="store_false")
     p.add_argument("--bootstrap-reps", type=int, default=2000)
-    a = p.parse_args(argv)
+    add_plugin_flag(p)
+    add_tensorboard_flag(p)
+    add_verbosity_flags(p)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> BenchmarkConfig:
+    return _config(build_parser().parse_args(argv))
+
+
+def _config(a: argparse.Namespace) -> BenchmarkConfig:
     return BenchmarkConfig(name=a.name, algos=a.algos, envs=a.envs, seeds=a.seeds, episodes=a.episodes,
                            eval_every=a.eval_every, eval_episodes=a.eval_episodes, eval_split=a.eval_split,
                            overrides=a.overrides,
                            workers=a.workers, threads=a.threads, executor=a.executor, address=a.address, out=a.out,
                            config_dir=a.config_dir, fresh=a.fresh, plots=a.plots, bootstrap_reps=a.bootstrap_reps,
-                           baseline=a.baseline)
+                           baseline=a.baseline, plugins=a.plugin, tensorboard=a.tensorboard)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse_args(argv)
+    args = build_parser().parse_args(argv)
+    setup_logging(args)
+    config = _config(args)
     try:
         result = run_benchmark(config)
     except ConfigError as exc:

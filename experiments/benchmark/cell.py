@@ -19,10 +19,18 @@ from kd_env.build import recorded_weights_id
 from kd_env.io import atomic_write_bytes, atomic_write_json
 
 from .evaluation import _evaluate, _training_instances_wrapper, evaluation_episodes, seed_everything
-from .grid import EVALUATIONS_FILE, RESULT_FILE, TRAIN_SEED_STRIDE, Cell, teachers_key
+from .grid import EVALUATIONS_FILE, RESULT_FILE, TRAIN_SEED_STRIDE, Cell, env_slug, teachers_key
 
 #: the trained agent's checkpoint folder inside a cell's folder (``agents.load_agent(path, env)``)
 AGENT_DIR = "agent"
+
+
+def tensorboard_dir(tensorboard: str | Path, cell: Cell) -> Path:
+    """The cell's TensorBoard run folder in stable-baselines3's layout,
+    ``<tensorboard>/<env>/<algo>_<seed>`` (``tensorboard``: the run's ``tb/`` folder)."""
+    from agents.episode_log import run_name
+
+    return Path(tensorboard) / env_slug(cell.env_id) / run_name(cell.algo, cell.seed)
 
 
 def batched(cell: Cell) -> bool:
@@ -39,15 +47,18 @@ def batched(cell: Cell) -> bool:
     return cell.settings.algo not in ALGORITHMS and gym.spec(cell.settings.env_id).vector_entry_point is not None
 
 
-def run_cell(cell: Cell, threads: int = 1) -> dict[str, Any]:
-    """Train and evaluate one cell (in this process, on ``threads`` torch threads).
+def run_cell(cell: Cell, threads: int = 1, tensorboard: str | Path | None = None) -> dict[str, Any]:
+    """Train and evaluate one cell (in this process, on ``threads`` torch threads); with
+    ``tensorboard`` (the run's ``tb/`` folder), write its training episodes and evaluations to its
+    TensorBoard run folder (:func:`tensorboard_dir`, replacing an earlier run's; this process
+    alone writes it).
 
     Returns:
         the cell's payload: ``"arrays"`` (what goes to ``evaluations.npz``) and ``"result"``
         (what goes to ``result.json``).
     """
     if batched(cell):
-        outcome = run_cells([cell], threads)[0]
+        outcome = run_cells([cell], threads, tensorboard)[0]
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
@@ -57,18 +68,19 @@ def run_cell(cell: Cell, threads: int = 1) -> dict[str, Any]:
     torch.set_num_threads(threads)
     try:
         seed_everything(cell.seed)
-        return _run_cell(cell, threads)
+        return _run_cell(cell, threads, tensorboard=tensorboard)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def run_cells(cells: Sequence[Cell], threads: int = 1) -> list[Any]:
+def run_cells(cells: Sequence[Cell], threads: int = 1, tensorboard: str | Path | None = None) -> list[Any]:
     """Train and evaluate cells that differ only in their seed, all :func:`batched`, together: each
     seed's learner runs its own training and evaluation exactly as :func:`run_cell` runs them on
     single envs, on its own copy of a batched vector env (one for training, one for evaluation),
     and the students of all seeds train as one batched model (:class:`kd_env.vector.Lockstep`).
     A cell's numbers do not depend on the others (each copy's arithmetic is the same in a batch of
-    one or of many).  Returns each cell's payload, or the exception it raised."""
+    one or of many).  ``tensorboard``: as :func:`run_cell` (each cell its own run folder).
+    Returns each cell's payload, or the exception it raised."""
     import gymnasium as gym
     import torch
 
@@ -92,7 +104,7 @@ def run_cells(cells: Sequence[Cell], threads: int = 1) -> list[Any]:
             def run() -> dict[str, Any]:
                 seed_everything(cell.seed)
                 envs = (lockstep.copy_env(venvs[0], k), lockstep.copy_env(venvs[1], k))
-                return _run_cell(cell, threads, envs)
+                return _run_cell(cell, threads, envs, tensorboard)
 
             return run
 
@@ -103,11 +115,13 @@ def run_cells(cells: Sequence[Cell], threads: int = 1) -> list[Any]:
         torch.set_num_threads(previous_threads)
 
 
-def _run_cell(cell: Cell, threads: int, envs: tuple[Any, Any] | None = None) -> dict[str, Any]:
+def _run_cell(cell: Cell, threads: int, envs: tuple[Any, Any] | None = None,
+              tensorboard: str | Path | None = None) -> dict[str, Any]:
     import gymnasium as gym
 
     import kd_env  # noqa: F401 - registers the ids
     from agents import make_agent
+    from agents.episode_log import TensorBoardRun
     from kd_env.metrics import main_metric_name
 
     start = time.perf_counter()
@@ -117,11 +131,14 @@ def _run_cell(cell: Cell, threads: int, envs: tuple[Any, Any] | None = None) -> 
         envs = (gym.make(s.env_id, **make_kwargs), gym.make(s.env_id, **make_kwargs))
     train_env = _training_instances_wrapper(envs[0], cell)
     eval_env = envs[1]
+    board: TensorBoardRun | None = None
     try:
         base = eval_env.unwrapped
         num_phases = int(base.config.num_phases)
         knowledge = list(base.knowledge_names)
         k = len(knowledge)
+        if tensorboard is not None:
+            board = TensorBoardRun(tensorboard_dir(tensorboard, cell), knowledge, fresh=True)
         agent = make_agent(s.algo, train_env, seed=cell.seed, **s.hyperparams)
         eval_seeds = cell.eval_seeds()
         eval_pairs = evaluation_episodes(eval_env, eval_seeds, cell.eval_split)
@@ -133,9 +150,13 @@ def _run_cell(cell: Cell, threads: int, envs: tuple[Any, Any] | None = None) -> 
 
         def evaluate_now() -> None:
             t0 = time.perf_counter()
-            evaluations.append(_evaluate(eval_env, agent, eval_seeds, num_phases, k, cell.eval_split))
+            evaluations.append(e := _evaluate(eval_env, agent, eval_seeds, num_phases, k, cell.eval_split))
             timesteps.append(progress["steps"])
             episodes_at.append(progress["episodes"])
+            if board is not None:  # a selection run scores the dev split: its tags say so
+                split = "test" if cell.eval_split == "test" else "dev"
+                board.evaluation(int(progress["steps"]), e["returns"], e["lengths"], metrics={split: e["test"]},
+                                 losses={split: e["test_loss"]}, probe=e["probe"], actions=e["actions"])
             progress["eval_seconds"] += time.perf_counter() - t0
 
         def on_episode(_agent: Any, record: dict[str, Any]) -> bool:
@@ -148,6 +169,8 @@ def _run_cell(cell: Cell, threads: int, envs: tuple[Any, Any] | None = None) -> 
             progress["episodes"] += 1
             progress["steps"] += int(record.get("length", num_phases))
             train_returns.append(float(record.get("return", math.nan)))
+            if board is not None:
+                board.episode(record, step=int(progress["steps"]))
             if progress["episodes"] < s.episodes and progress["episodes"] % cell.eval_every == 0:
                 evaluate_now()
             return True
@@ -166,6 +189,8 @@ def _run_cell(cell: Cell, threads: int, envs: tuple[Any, Any] | None = None) -> 
     finally:
         train_env.close()
         eval_env.close()
+        if board is not None:
+            board.close()
 
     final = evaluations[-1]
     results = np.stack([e["returns"] for e in evaluations])

@@ -228,12 +228,17 @@ class BenchmarkConfig:
     fresh: bool = False
     """rerun finished cells too"""
     plots: bool = True
+    tensorboard: bool = True
+    """write every cell's training episodes and evaluations to TensorBoard, ``<run>/tb/<env>/<algo>_<seed>/``"""
     baseline: str = "vanilla_kd"
     """the fixed policy every algorithm is compared with, paired by seed (same held-out episodes);
     vanilla KD is the best single fixed mask on DigitsKD-Instances-v0's train instances (dev)"""
     bootstrap_reps: int = 2000
     confidence: float = 0.95
     verbose: bool = True
+    """log the progress lines (through the ``experiments`` logger, at INFO: ``-q`` hides them)"""
+    plugins: list[str] = field(default_factory=list)
+    """plug-in files imported first, here and in every worker (``--plugin``)"""
 
     @property
     def run_dir(self) -> Path:

@@ -3,9 +3,10 @@ its headroom, from the run's cell files alone.
 
 The oracle plays, on each held-out instance, the algorithm named for it (e.g. the fixed mask the
 headroom tool chose on dev), scored on the same evaluation episodes as every other run of that
-seed.  For each algorithm: the paired difference with the baseline (t interval over seeds), and
-its share of the oracle's gain, ``mean(algo - baseline) / mean(oracle - baseline)``, with a
-bootstrap interval over seeds::
+seed.  For each algorithm: the paired difference with the baseline, and its share of the oracle's
+gain, ``mean(algo - baseline) / mean(oracle - baseline)``, each with a 95% interval over the
+training seeds (:func:`experiments.stats.compare` and :func:`~experiments.stats.ratio` on each
+seed's mean over the held-out instances)::
 
     python -m experiments.benchmark.oracle runs/benchmark-instances-paired \\
         --choice labels100-noisy40-strong=vanilla_kd,labels25-clean-weak=fixed:1000,\\
@@ -26,7 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..stats import paired_difference
+from .. import stats
+from ..stats import Score
 
 
 def _episode_scores(run_dir: Path, spec: str,
@@ -55,9 +57,10 @@ def _episode_scores(run_dir: Path, spec: str,
 
 
 def oracle_shares(run_dir: str | Path, choice: dict[str, str], algos: Sequence[str], baseline: str = "vanilla_kd",
-                  reps: int = 10_000, seed: int = 0) -> dict[str, Any]:
+                  reps: int = stats.REPS, seed: int = 0) -> dict[str, Any]:
     """The oracle's mean and paired difference with ``baseline``, and per algorithm its paired
-    difference and share of the oracle's gain (point and 95% bootstrap interval over seeds)."""
+    difference and share of the oracle's gain (point and 95% interval over the training seeds:
+    :func:`experiments.stats.compare`, :func:`experiments.stats.ratio`, ``reps`` resamples)."""
     run_dir = Path(run_dir)
     episodes: dict[int, tuple] = {}
     scores = {a: _episode_scores(run_dir, a, episodes) for a in dict.fromkeys([baseline, *choice.values(), *algos])}
@@ -72,20 +75,19 @@ def oracle_shares(run_dir: str | Path, choice: dict[str, str], algos: Sequence[s
     def mean_over(algo_of: dict[str, str], s: int) -> float:
         return float(np.mean([scores[algo_of[i]][s][i] for i in instances]))
 
-    base = {s: mean_over({i: baseline for i in instances}, s) for s in seeds}
-    oracle = {s: mean_over(choice, s) for s in seeds}
-    gain = np.array([oracle[s] - base[s] for s in seeds])
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(seeds), size=(reps, len(seeds)))
-    out: dict[str, Any] = {"seeds": seeds, "oracle_mean": float(np.mean(list(oracle.values()))),
-                           "oracle_diff": paired_difference(oracle, base), "algos": {}}
+    # one score per (algorithm, training seed): its mean over the held-out instances
+    rows = [Score("baseline", "held-out", s, None, mean_over({i: baseline for i in instances}, s)) for s in seeds]
+    rows += [Score("oracle", "held-out", s, None, mean_over(choice, s)) for s in seeds]
+    rows += [Score(f"algo:{a}", "held-out", s, None, mean_over({i: a for i in instances}, s)) for a in algos
+             for s in seeds]
+    gain = stats.compare(rows, "oracle", "baseline", reps=reps, seed=seed)
+    out: dict[str, Any] = {"seeds": seeds, "oracle_mean": stats.estimate(rows, "oracle").mean,
+                           "oracle_diff": gain.to_dict(), "algos": {}}
     for algo in algos:
-        mine = {s: mean_over({i: algo for i in instances}, s) for s in seeds}
-        diff = np.array([mine[s] - base[s] for s in seeds])
-        boot = diff[draws].mean(axis=1) / gain[draws].mean(axis=1)
-        out["algos"][algo] = {"mean": float(np.mean(list(mine.values()))), "diff": paired_difference(mine, base),
-                              "share": float(diff.mean() / gain.mean()),
-                              "share_low": float(np.percentile(boot, 2.5)), "share_high": float(np.percentile(boot, 97.5))}
+        diff = stats.compare(rows, f"algo:{algo}", "baseline", reps=reps, seed=seed)
+        share, low, high = stats.ratio(diff, gain)
+        out["algos"][algo] = {"mean": stats.estimate(rows, f"algo:{algo}").mean, "diff": diff.to_dict(),
+                              "share": share, "share_low": low, "share_high": high}
     return out
 
 

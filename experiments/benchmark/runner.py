@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from agents.episode_log import TENSORBOARD_DIR
+from experiments.cli import load_plugins
 from experiments.executors import check_executor, execute
+from experiments.logs import get_logger
 from experiments.runlock import RunLock, RunLockedError
 from experiments.store import read_finished
 from kd_env.io import FolderError, atomic_write_json, check_cache_root, check_writable_folder
@@ -24,6 +27,8 @@ from .cell import batched, read_cell, run_cell, run_cells, write_cell
 from .grid import RESULT_FILE, BenchmarkConfig, Cell, _check_algo_names, _slug, build_grid
 from .settings import ConfigError, check_grid
 from .summary import summarize
+
+LOGGER = get_logger("benchmark")
 
 
 def units_of_work(cells: Sequence[Cell], workers: int = 1) -> list[list[Cell]]:
@@ -48,16 +53,17 @@ def units_of_work(cells: Sequence[Cell], workers: int = 1) -> list[list[Cell]]:
     return units
 
 
-def run_unit(job: tuple[tuple[Cell, ...], int]) -> list[tuple[dict[str, Any] | None, str | None]]:
-    """The executor's runner: one unit of work (cells, torch threads) -> each cell's
-    ``(payload, error)``; a cell that raises is reported with its traceback, the others go on."""
-    unit, threads = job
+def run_unit(job: tuple[tuple[Cell, ...], int, str | None]) -> list[tuple[dict[str, Any] | None, str | None]]:
+    """The executor's runner: one unit of work (cells, torch threads, the run's TensorBoard folder
+    or ``None``) -> each cell's ``(payload, error)``; a cell that raises is reported with its
+    traceback, the others go on."""
+    unit, threads, tensorboard = job
     if len(unit) == 1:
         try:
-            return [(run_cell(unit[0], threads), None)]
+            return [(run_cell(unit[0], threads, tensorboard=tensorboard), None)]
         except Exception:  # noqa: BLE001 - reported by the driver
             return [(None, traceback.format_exc())]
-    outcomes = run_cells(unit, threads)
+    outcomes = run_cells(unit, threads, tensorboard=tensorboard)
     return [(None, "".join(traceback.format_exception(o))) if isinstance(o, BaseException) else (o, None)
             for o in outcomes]
 
@@ -92,10 +98,14 @@ def check_baseline(baseline: str, algos: Sequence[str], log: Any = print) -> Non
 def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
     """Build and check the grid, run the unfinished cells, summarise."""
     start = time.perf_counter()
-    log = print if config.verbose else (lambda *_a, **_k: None)
+    log = LOGGER.info if config.verbose else (lambda *_a, **_k: None)
     try:
         check_executor(config.executor, config.workers, config.threads)
     except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    try:  # first: a plug-in may register the agents, instance sets or knowledge types the grid names
+        plugins = load_plugins(config.plugins)
+    except FileNotFoundError as exc:
         raise ConfigError(str(exc)) from None
     if not config.name or _slug(config.name) != config.name:
         raise ConfigError(f"name must be non-empty and use only letters, digits, '-', '_' and '.', got {config.name!r}")
@@ -114,12 +124,13 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
     except (FolderError, RunLockedError) as exc:
         raise ConfigError(str(exc)) from None
     try:
-        return _run_locked(config, cells, run_dir, start, log)
+        return _run_locked(config, cells, run_dir, start, log, plugins)
     finally:
         lock.release()
 
 
-def _run_locked(config: BenchmarkConfig, cells: list[Cell], run_dir: Path, start: float, log: Any) -> BenchmarkResult:
+def _run_locked(config: BenchmarkConfig, cells: list[Cell], run_dir: Path, start: float, log: Any,
+                plugins: Sequence[str] = ()) -> BenchmarkResult:
     """:func:`run_benchmark`'s work, with the run folder checked and locked."""
     payloads: dict[Cell, dict[str, Any]] = {}
     todo: list[Cell] = []
@@ -167,12 +178,14 @@ def _run_locked(config: BenchmarkConfig, cells: list[Cell], run_dir: Path, start
         log(f"{prefix}: {split} {r['metric_name']} {r['test_metric']:.4f}, return {r['return']:+.4f} "
             f"({r['seconds']['total']:.1f} s)")
 
-    def on_done(job: tuple[tuple[Cell, ...], int], outcomes: list[Any] | None, error: str | None) -> None:
+    def on_done(job: tuple[tuple[Cell, ...], int, str | None], outcomes: list[Any] | None, error: str | None) -> None:
         for k, cell in enumerate(job[0]):
             on_cell(cell, *(outcomes[k] if outcomes is not None else (None, error)))
 
-    jobs = [(tuple(unit), config.threads) for unit in units_of_work(todo, config.workers)]
-    execute(jobs, run_unit, on_done, config.executor, config.workers, config.threads, config.address)
+    tensorboard = str(run_dir / TENSORBOARD_DIR) if config.tensorboard else None  # a run folder per cell
+    jobs = [(tuple(unit), config.threads, tensorboard) for unit in units_of_work(todo, config.workers)]
+    execute(jobs, run_unit, on_done, config.executor, config.workers, config.threads, config.address,
+            plugins=plugins)
     finished = [c for c in cells if c in payloads]
     rows = summarize(run_dir, finished, payloads, config) if finished else []
     wall = time.perf_counter() - start

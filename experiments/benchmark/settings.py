@@ -18,12 +18,18 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence
 
 import yaml
 
+from experiments.logs import get_logger
+from experiments.resources import package_dir
 from kd_env.checks import check_known, check_types
 
 if TYPE_CHECKING:
     from .grid import Cell
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+#: the shipped configs (package data, found through importlib.resources)
+CONFIG_DIR = package_dir("experiments", "configs")
+#: the config of a registered agent with no ``<algo>.yml`` (a plug-in's agent): a mask, no training
+NO_CONFIG: dict[str, dict[str, Any]] = {"default": {"action_mode": "mask", "episodes": 0}}
+LOGGER = get_logger("benchmark")
 ENTRY_KEYS = ("action_mode", "episodes", "env_kwargs", "hyperparams")
 ACTION_MODES = ("mask", "weights")
 
@@ -84,15 +90,23 @@ def _check_entry(entry: Any, where: str) -> dict[str, Any]:
 
 
 def load_algo_config(algo: str, config_dir: str | Path = CONFIG_DIR) -> dict[str, dict[str, Any]]:
-    """Read and check ``<config_dir>/<algo>.yml``: ``{env id or "default": entry}``.
+    """Read and check ``<config_dir>/<algo>.yml``: ``{env id or "default": entry}``.  A registered
+    agent with no file there (a plug-in's agent) gets :data:`NO_CONFIG`: a mask, 0 episodes
+    (evaluated as it is, never trained; ``--set ALGO.episodes=N`` trains it).
 
     Raises:
-        ConfigError: no such file, not YAML, not a mapping of entries, no ``default`` entry, or
-            an entry with unknown keys or wrongly typed values.
+        ConfigError: no such file for a name no agent is registered as, not YAML, not a mapping
+            of entries, no ``default`` entry, or an entry with unknown keys or wrongly typed values.
     """
     path = config_path(algo, config_dir)
     if not path.is_file():
+        from agents.base import AGENT_REGISTRY
+
         available = sorted(p.stem for p in Path(config_dir).glob("*.yml"))
+        if algo.partition(":")[0] in AGENT_REGISTRY:
+            LOGGER.info(f"note: no {path.name} in {config_dir} for {algo}: the defaults {NO_CONFIG['default']} "
+                        f"(--set {algo}.episodes=N to train it)")
+            return {"default": dict(NO_CONFIG["default"])}
         raise ConfigError(f"no config for algorithm {algo!r}: {path} does not exist; configs exist for {available}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -1,14 +1,16 @@
 """``python -m experiments.benchmark.situations``: a benchmark run on an instance env, compared
 per held-out situation, with intervals over situations *then* seeds.
 
-Every learner's final evaluation episodes are keyed by (situation, evaluation seed); learners of
-one run share those keys (the benchmark pairs them).  For each learner against ``--reference``:
-the mean paired difference with a hierarchical bootstrap interval (resample situations, then the
-seeds within each), the situations won and lost, and the exact sign test over situations; then
-the per-situation table.  ``--headroom DIR`` adds the oracles of a headroom run scored on the
-same seeds (``python -m experiments.headroom --test-seeds`` with the benchmark's evaluation
-seeds): ``oracle_constant`` and ``oracle_schedule`` as ceilings, and each learner's share of the
-ceiling's gain over ``--best-fixed``::
+Every learner's final evaluation episodes are long-format score rows keyed by (situation, training
+seed, evaluation seed); learners of one run share those keys (the benchmark pairs them).  For each
+learner against ``--reference`` (:func:`experiments.stats.compare`): the mean paired difference
+with a BCa bootstrap interval that resamples the training seeds jointly across situations (one
+trained agent acts in every situation) and, independently, the situations; the situations won and
+lost, and the exact sign test over situations; then the per-situation table.  ``--headroom DIR``
+adds the oracles of a headroom run scored on the same seeds (``python -m experiments.headroom
+--test-seeds`` with the benchmark's evaluation seeds): ``oracle_constant`` and
+``oracle_schedule`` as ceilings, and each learner's share of the ceiling's gain over
+``--best-fixed`` with its interval (:func:`experiments.stats.ratio`)::
 
     python -m experiments.benchmark.situations runs/benchmark-switch-test --reference ac \\
         --best-fixed vanilla_kd --headroom runs/headroom-switch-test
@@ -24,94 +26,121 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..report import markdown_table
-from ..stats import hierarchical_bootstrap, paired_situations
-
-Scores = dict[tuple[str, int], float]
+from .. import stats
+from ..report import json_safe, markdown_table
+from ..stats import Score
 
 #: the oracle rows read from a headroom run's results.json (policy name -> per-situation choice)
 ORACLES = ("oracle_constant", "oracle_schedule")
 
 
-def learner_scores(run_dir: str | Path) -> dict[str, Scores]:
-    """Each learner's final held-out test metric per (situation, evaluation seed), over all its
-    seeds' cells (``<run>/<algo>/<env>__seed<s>/evaluations.npz``; the learner is named by the
-    cell's ``result.json`` where there is one, else by its folder)."""
-    out: dict[str, Scores] = {}
+def learner_scores(run_dir: str | Path) -> list[Score]:
+    """Each learner's final held-out test metric per (situation, training seed, evaluation seed),
+    long-format, over all its seeds' cells (``<run>/<algo>/<env>__seed<s>/evaluations.npz``; the
+    learner is named by the cell's ``result.json`` where there is one, else by its folder; the
+    training seed is the cell's)."""
+    out: list[Score] = []
     cells = sorted(Path(run_dir).glob("*/*/evaluations.npz"))
     if not cells:
         raise FileNotFoundError(f"{run_dir} holds no finished benchmark cell (*/*/evaluations.npz)")
     for path in cells:
         result = path.parent / "result.json"
         algo = json.loads(result.read_text(encoding="utf-8"))["algo"] if result.is_file() else path.parent.parent.name
+        train_seed = int(path.parent.name.rsplit("__seed", 1)[1])
         with np.load(path) as arrays:
             seeds = [int(s) for s in arrays["eval_seeds"]]
             names = [str(n) for n in arrays["eval_instances"]]
             metrics = np.asarray(arrays["test_metrics"])[-1]
         per_seed = len(metrics) // max(1, len(seeds))  # episodes are seed-major: every situation of a seed
-        scores = out.setdefault(algo, {})
-        for j, value in enumerate(metrics):
-            scores[(names[j], seeds[j // per_seed])] = float(value)
+        out += [Score(algo, names[j], train_seed, seeds[j // per_seed], float(v)) for j, v in enumerate(metrics)]
     return out
 
 
-def oracle_scores(headroom_dir: str | Path) -> dict[str, Scores]:
+def oracle_scores(headroom_dir: str | Path, learners: list[Score]) -> list[Score]:
     """``oracle_constant`` and ``oracle_schedule`` of a headroom run: each held-out situation's
-    chosen policy, scored on the run's test seeds (from its units)."""
+    chosen policy, scored on the run's test seeds (from its units), as rows paired with the
+    ``learners``' episodes: an oracle row takes the training seed of the learners' episode with
+    its (situation, evaluation seed); units on other episodes are left out.
+
+    Raises:
+        ValueError: no unit of the headroom run is on an episode of the learners."""
     folder = Path(headroom_dir)
     res = json.loads((folder / "results.json").read_text(encoding="utf-8"))
     choices = res.get("choices") or {}
     units = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((folder / "units").glob("*.json"))]
-    out: dict[str, Scores] = {}
+    train_seed = {(r.situation, r.eval_seed): r.train_seed for r in learners}
+    out: list[Score] = []
     for oracle in ORACLES:
         chosen = choices.get(oracle)
         if not chosen:
             continue
-        out[oracle] = {(str(u["instance"]), int(u["seed"])): float(u["test"]) for u in units
-                       if u.get("test") is not None and chosen.get(str(u["instance"])) == u["policy"]}
+        for u in units:
+            key = (str(u["instance"]), int(u["seed"]))
+            if u.get("test") is not None and chosen.get(key[0]) == u["policy"] and key in train_seed:
+                out.append(Score(oracle, key[0], train_seed[key], key[1], float(u["test"])))
+    if choices and not out:
+        raise ValueError(f"{headroom_dir}: no unit was scored on the benchmark's evaluation episodes (run the "
+                         f"headroom tool with --test-seeds set to the benchmark's evaluation seeds)")
     return out
 
 
-def compare(scores: dict[str, Scores], reference: str, best_fixed: str | None = None) -> dict[str, Any]:
-    """The comparison tables' numbers (see the module docstring)."""
-    if reference not in scores:
-        raise ValueError(f"reference {reference!r} is not in the run; learners: {sorted(scores)}")
-    situations = sorted({k[0] for k in scores[reference]})
-    rows = []
-    for name, s in scores.items():
-        by_sit = [np.asarray([v for (i, _), v in s.items() if i == sit]) for sit in situations if
-                  any(i == sit for i, _ in s)]
-        mean, low, high = hierarchical_bootstrap(by_sit, reps=4000, seed=0)
-        row = {"learner": name, "mean": mean, "low": low, "high": high, "pairs": len(s)}
+def tables(rows: list[Score], reference: str, best_fixed: str | None = None) -> dict[str, Any]:
+    """The comparison tables' numbers (see the module docstring): every learner's level and its
+    paired difference with ``reference`` (:func:`experiments.stats.compare`), the per-situation
+    means and each learner's share of ``oracle_schedule``'s gain over ``best_fixed``."""
+    names = list(dict.fromkeys(r.method for r in rows))
+    if reference not in names:
+        raise ValueError(f"reference {reference!r} is not in the run; learners: {sorted(names)}")
+    out_rows = []
+    levels = {name: stats.estimate(rows, name) for name in names}
+    for name in names:
+        level = levels[name]
+        row = {"learner": name, "mean": level.mean, "low": level.low, "high": level.high, "pairs": level.pairs}
         if name != reference:
-            row["vs_reference"] = paired_situations(scores[reference], s, reps=4000)
-        rows.append(row)
-    per_situation = {sit: {name: float(np.mean([v for (i, _), v in s.items() if i == sit]))
-                           for name, s in scores.items() if any(i == sit for i, _ in s)} for sit in situations}
-    share = {}
-    if best_fixed in scores and "oracle_schedule" in scores:
-        gap = [per_situation[t]["oracle_schedule"] - per_situation[t][best_fixed] for t in situations]
-        for name in scores:
-            gain = [per_situation[t][name] - per_situation[t][best_fixed] for t in situations]
-            share[name] = float(np.mean(gain) / np.mean(gap)) if np.mean(gap) > 0 else None
-    return {"reference": reference, "best_fixed": best_fixed, "situations": situations, "rows": rows,
-            "per_situation": per_situation, "share_of_schedule_headroom": share}
+            row["vs_reference"] = stats.compare(rows, reference, name).to_dict()
+        out_rows.append(row)
+    situations = sorted(levels[reference].per_situation)
+    per_situation = {sit: {name: levels[name].per_situation[sit] for name in names
+                           if sit in levels[name].per_situation} for sit in situations}
+    share, share_interval = {}, {}
+    if best_fixed in levels and "oracle_schedule" in levels:
+        gap = stats.compare(rows, "oracle_schedule", best_fixed)
+        for name in names:
+            if gap.mean <= 0:
+                share[name] = None
+            elif name == best_fixed:
+                share[name] = 0.0
+            else:
+                point, low, high = stats.ratio(stats.compare(rows, name, best_fixed), gap)
+                share[name], share_interval[name] = point, [low, high]
+    return {"reference": reference, "best_fixed": best_fixed, "situations": situations, "rows": out_rows,
+            "per_situation": per_situation, "share_of_schedule_headroom": share,
+            "share_interval": share_interval, "interval": levels[reference].interval,
+            "resampling": levels[reference].resampling, "reps": levels[reference].reps}
+
+
+def _share_bounds(result: dict[str, Any], name: str) -> str:
+    bounds = result.get("share_interval", {}).get(name)
+    if not bounds or bounds[0] is None or not np.all(np.isfinite(bounds)):
+        return ""
+    return f" [{bounds[0]:.0%}, {bounds[1]:.0%}]"
 
 
 def render(result: dict[str, Any]) -> str:
     ref = result["reference"]
-    lines = [f"Reference: `{ref}`. Differences are `{ref}` minus the learner, per (situation, seed) pair, "
-             f"averaged per situation, then over situations; 95% CIs from a hierarchical bootstrap "
-             f"(situations, then seeds; 4000 resamples); the sign test is over situations.\n"]
+    lines = [f"Reference: `{ref}`. Differences are `{ref}` minus the learner, per (situation, training seed, "
+             f"evaluation seed), averaged per situation, then over situations; 95% {result['interval']} bootstrap "
+             f"CIs resampling {result['resampling']} ({result['reps']} resamples; "
+             f"`experiments.stats.compare`); the sign test is over situations.\n"]
     table = []
     for r in sorted(result["rows"], key=lambda r: -r["mean"]):
         v = r.get("vs_reference")
         share = result["share_of_schedule_headroom"].get(r["learner"])
-        table.append([f"`{r['learner']}`", f"{r['mean']:.4f} [{r['low']:.4f}, {r['high']:.4f}]", r["pairs"],
-                      "—" if v is None else f"{v['mean']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}]",
-                      "—" if v is None else f"{v['wins']} / {v['losses']}",
+        table.append([f"`{r['learner']}`", stats.format_interval(r["mean"], r["low"], r["high"], 4), r["pairs"],
+                      "—" if v is None else f"{v['mean']:+.4f} {stats.format_bounds(v['low'], v['high'], '+.4f')}",
+                      "—" if v is None else f"{v['situation_wins']} / {v['situation_losses']}",
                       "—" if v is None else f"{v['sign_p']:.3f}",
-                      "—" if share is None else f"{share:.0%}"])
+                      "—" if share is None else f"{share:.0%}" + _share_bounds(result, r["learner"])])
     lines.append(markdown_table(["learner", "test mean [95% CI]", "pairs", f"{ref} − learner [95% CI]",
                                  f"situations {ref} wins / loses", "sign test p",
                                  f"share of oracle_schedule's gain over {result['best_fixed']}"], table))
@@ -135,13 +164,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--reference", default="ac", help="the learner every other is compared with (default %(default)s)")
     p.add_argument("--best-fixed", help="the best fixed learner chosen on dev (for the share of headroom)")
     p.add_argument("--headroom", help="a headroom run folder scored on the same seeds (adds the oracles)")
-    p.add_argument("--out", help="also write the markdown and a JSON here (<out>.md, <out>.json)")
+    p.add_argument("--out", help="also write the markdown, a JSON and the long-format scores here (<out>.md, "
+                                 "<out>.json, <out>-scores.csv)")
     a = p.parse_args(argv)
     try:
         scores = learner_scores(a.run_dir)
         if a.headroom:
-            scores.update(oracle_scores(a.headroom))
-        result = compare(scores, a.reference, a.best_fixed)
+            scores += oracle_scores(a.headroom, scores)
+        result = tables(scores, a.reference, a.best_fixed)
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -149,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     if a.out:
         Path(a.out + ".md").write_text(text + "\n", encoding="utf-8")
-        Path(a.out + ".json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+        Path(a.out + ".json").write_text(json.dumps(json_safe(result), indent=1), encoding="utf-8")
+        stats.write_scores(a.out + "-scores.csv", scores)
     return 0
 
 

@@ -6,7 +6,8 @@ writes ``runs.csv``, ``summary.csv``, ``summary.md``, ``summary.json`` and ``plo
 folder from its ``benchmark.json`` and the finished cells' ``result.json`` and
 ``evaluations.npz`` (what ``python -m experiments.benchmark`` writes at its end, too).  Per env
 and algorithm: mean and IQM with stratified-bootstrap CIs of the test metric and the return,
-probability of improvement over ``random_hard``, the paired difference with the baseline.
+probability of improvement over ``random_hard``, the paired difference with the baseline
+(:func:`experiments.stats.compare`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from experiments import stats
-from experiments.stats import paired_difference
+from experiments.stats import Score
 from experiments.report import (
     json_safe,
     plot_heatmap,
@@ -108,17 +109,18 @@ def summarize(run_dir: Path, cells: Sequence[Cell], payloads: dict[Cell, dict[st
 
 def _paired_with_baseline(algo: str, cells: Sequence[Cell], baseline: Sequence[Cell] | None,
                           payloads: dict[Cell, dict[str, Any]], config: BenchmarkConfig) -> dict[str, Any]:
-    """Mean over seeds of (algorithm - baseline) test metric with a t interval; a cell and the
-    baseline's cell of the same seed are scored on the same held-out episodes, so they pair."""
+    """Mean over seeds of (algorithm - baseline) test metric with :func:`experiments.stats.compare`'s
+    interval over the training seeds; a cell and the baseline's cell of the same seed are scored
+    on the same held-out episodes, so they pair (seeds only one side has are left out)."""
     empty = {"diff_vs_baseline": math.nan, "diff_low": math.nan, "diff_high": math.nan, "diff_wins": math.nan}
     if baseline is None or algo == config.baseline:
         return empty
-    mine = {c.seed: payloads[c]["result"]["test_metric"] for c in cells}
-    theirs = {c.seed: payloads[c]["result"]["test_metric"] for c in baseline}
-    d = paired_difference(mine, theirs, config.confidence)
-    if d["n"] == 0:
+    rows = [Score(name, "all episodes", c.seed, None, payloads[c]["result"]["test_metric"])
+            for name, group in (("algo", cells), ("baseline", baseline)) for c in group]
+    if not {c.seed for c in cells} & {c.seed for c in baseline}:
         return empty
-    return {"diff_vs_baseline": d["mean"], "diff_low": d["low"], "diff_high": d["high"], "diff_wins": d["wins"]}
+    d = stats.compare(rows, "algo", "baseline", confidence=config.confidence, unpaired="drop")
+    return {"diff_vs_baseline": d.mean, "diff_low": d.low, "diff_high": d.high, "diff_wins": d.wins}
 
 
 def _aggregate_rows(by_env: dict[str, dict[str, list[Cell]]], payloads: dict[Cell, dict[str, Any]],

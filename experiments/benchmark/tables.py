@@ -119,7 +119,8 @@ def _summary_markdown(rows: list[dict[str, Any]], aggregate: list[dict[str, Any]
                   f"of the {which} instances on selection seeds. Choose settings on it; report only a run on "
                   f"test.**", ""]
     lines += [f"Paired diff = mean over seeds of (algorithm - {config.baseline}) test metric, each seed's runs "
-              f"scored on the same held-out episodes, with a {pct} t interval over seeds; wins = seeds won.", ""]
+              f"scored on the same held-out episodes, with a {pct} {stats.INTERVAL} bootstrap interval over the "
+              f"training seeds ({stats.REPS} resamples, `experiments.stats.compare`); wins = seeds won.", ""]
     header = ["algorithm", "mode", "runs", "train eps", "test mean", "test IQM", f"paired diff vs {config.baseline}",
               "wins", "return mean", "return IQM", f"P(> {REFERENCE_ALGO})", "s/run"]
     envs = list(dict.fromkeys(r["env"] for r in rows))

@@ -43,11 +43,11 @@ that contradicts the situation is an error, and so is an unknown name (the valid
 nothing is written).  Without ``--preset`` the set's own preset is used.  ``--situations A,B``
 runs the whole study (a selector trained on that situation's own episodes, every method x seed)
 once per situation, each in its own resumable run folder ``runs/<name>/<situation>/``, then
-writes ``runs/<name>/situations.md``, ``situations.json`` and ``situations-heatmap.png``
-(:mod:`.situations`): per situation every method's mean ± std, the winner, and the selector's
-(and transfer's) paired difference against the best fixed mask (chosen on dev within the
-situation), vanilla KD and Dynamic KD, with a 95% paired bootstrap CI and wins/ties/losses over
-seeds.  The text3 preset runs :data:`~.config.DEMO_SITUATIONS` by default (``make demo``), unless
+writes ``runs/<name>/situations.md``, ``situations.json``, ``situations-heatmap.png`` and the
+long-format ``scores.csv`` (:mod:`.situations`): per situation every method's mean ± std, the
+winner, and the selector's (and transfer's) paired difference against the best fixed mask (chosen
+on dev within the situation), vanilla KD and Dynamic KD, with a 95% CI and wins/ties/losses over
+seeds (:func:`experiments.stats.compare`).  The text3 preset runs :data:`~.config.DEMO_SITUATIONS` by default (``make demo``), unless
 you pass ``--situations none``, ``--situation`` or a situation setting of your own.
 
 Students are distilled in this process, in ``--workers`` spawned processes or on Ray

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -14,8 +13,9 @@ from agents import agent_names
 from kd_env import DistillConfig, get_preset, preset_names
 from kd_env.runtime import PRECISIONS
 
-from ..cli import SEEDS_HELP, load_plugins, parse_seeds
+from ..cli import PLUGIN_HELP, SEEDS_HELP, add_tensorboard_flag, load_plugins, parse_seeds
 from ..executors import EXECUTORS
+from ..logs import add_verbosity_flags, get_logger, setup_logging
 from .config import DEFAULT_INSTANCE_SET, DYNAMIC_BASELINES, EXPERIMENT_PRESETS, SITUATION_KEYS, ExperimentConfig, \
     default_methods
 from .pipeline import run_experiment
@@ -74,12 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", help=f"selector agent; one of {agent_names()}")
     p.add_argument("--episodes", type=int, help="selector training episodes")
     p.add_argument("--methods", help=f"comma list; default: {','.join(default_methods(('finetune', 'response', 'feature', 'relation')))}; "
-                                     f"also: {','.join(DYNAMIC_BASELINES)} (dynamic baselines), fixed:<bits>")
+                                     f"also: {','.join(DYNAMIC_BASELINES)} (dynamic baselines), fixed:<bits>, "
+                                     f"schedule:<file>, any registered agent (a --plugin's too)")
     p.add_argument("--action-mode", choices=["weights", "mask"])
     p.add_argument("--reward", help="registered reward name (default dev_loss_delta)")
     p.add_argument("--observation", help="registered observation the selector reads (default summary; lookup and "
                                          "bandit read observable)")
-    p.add_argument("--plugin", action="append", default=None, help="python file registering rewards/knowledge")
+    p.add_argument("--plugin", action="append", default=None, metavar="FILE.py", help=PLUGIN_HELP)
     p.add_argument("--name", help="run folder name")
     p.add_argument("--out", help="output root (default runs)")
     p.add_argument("--device", help="cpu, cuda, auto")
@@ -96,11 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "--workers at a time; a local Ray, or the cluster at "
                                                          "--address) (default local)")
     p.add_argument("--address", help="an existing Ray cluster for --executor ray (default: start a local Ray)")
+    add_tensorboard_flag(p)
+    add_verbosity_flags(p)
     return p
 
 
 def config_from_args(argv: Sequence[str] | None = None) -> ExperimentConfig:
     args = build_parser().parse_args(argv)
+    setup_logging(args)
     data: dict[str, Any] = {}
     if args.config:
         path = Path(args.config)
@@ -144,6 +148,8 @@ def config_from_args(argv: Sequence[str] | None = None) -> ExperimentConfig:
                  "workers", "executor", "address", "situation", "instance_set", "transfer_checkpoint", "headroom"):
         if getattr(args, flag) is not None:
             data[flag] = getattr(args, flag)
+    if not args.tensorboard:
+        data["tensorboard"] = False
     if args.situations is not None:
         names = [x.strip() for x in args.situations.split(",") if x.strip()]
         data["situations"] = [] if names == ["none"] else names
@@ -189,8 +195,9 @@ def _default_situations(data: dict[str, Any]) -> None:
     sset = get_instance_set(DEFAULT_INSTANCE_SET)  # the presets' lists are of the default set
     own = set(SITUATION_KEYS).union(*(sset.instance(n).overrides for n in defaults)) & set(data.get("distill") or {})
     if own:
-        print(f"note: one run for your own situation ({', '.join(sorted(own))} given); the preset's default "
-              f"situations {defaults} run with --situations {','.join(defaults)}", file=sys.stderr)
+        get_logger("glue_ac").info(f"note: one run for your own situation ({', '.join(sorted(own))} given); the "
+                                   f"preset's default situations {defaults} run with --situations "
+                                   f"{','.join(defaults)}")
         return
     data["situations"] = list(defaults)
 

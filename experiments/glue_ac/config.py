@@ -91,6 +91,9 @@ class ExperimentConfig:
     name: str | None = None
     """run folder name under ``out`` (default: glue_ac-<preset>-<task>)"""
     out: str = "runs"
+    tensorboard: bool = True
+    """TensorBoard logs in ``<run>/tb/``: the selector's training episodes (``tb/selector``) and each
+    student (``tb/<method>_<seed>``; ``--no-tensorboard``: none)"""
     plugins: list[str] = field(default_factory=list)
     """python files to import first (they may register rewards, knowledge, observations)"""
     selector_seed: int = 1000
@@ -174,9 +177,10 @@ class ExperimentConfig:
         if c.action_mode == "mask" and "random_soft" in c.methods:
             raise ValueError("method random_soft needs action_mode 'weights' (it outputs soft weights)")
         valid = [*valid_methods(distill.knowledge), TRANSFER]
-        bad = [m for m in c.methods if m not in valid and not m.startswith("fixed:")]
+        agents = {a.partition(":")[0] for a in agent_names()}  # any registered agent: schedule:<file>, a plug-in's
+        bad = [m for m in c.methods if m not in valid and m.partition(":")[0] not in agents]
         if bad:
-            raise ValueError(f"unknown method(s) {bad}; valid: {valid} or fixed:<bits>")
+            raise ValueError(f"unknown method(s) {bad}; valid: {valid}, or a registered agent: {agent_names()}")
         if len(set(c.methods)) != len(c.methods):
             raise ValueError(f"duplicate methods in {c.methods}")
         from kd_env.observations import observation_names

@@ -13,11 +13,13 @@ by falling at the next stage).  Before the first episode has been timed there is
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 
+from ..logs import get_logger
 from .timing import clock
+
+LOGGER = get_logger("glue_ac")
 
 __all__ = ["RunClock", "RUN_CLOCK"]
 
@@ -104,7 +106,7 @@ class RunClock:
         return None if left is None or not math.isfinite(left) else f"~{clock(left)} left"
 
     def report(self) -> None:
-        print(f"  ({self.line()})", file=sys.stderr)
+        LOGGER.info(f"  ({self.line()})")
 
 
 #: the clock of this process's invocation (``run_situations`` restarts it for its situations; a

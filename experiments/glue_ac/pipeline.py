@@ -16,6 +16,7 @@ from kd_env.teacher import evaluate_model
 from kd_env.teacher_check import fine_tune_record, sanity_warning
 
 from ..cli import load_plugins
+from ..logs import get_logger
 from ..report import json_safe
 from ..runlock import RunLock, RunLockedError
 from .config import LEARNED, SELECTOR, TRANSFER, ExperimentConfig, method_agent_name
@@ -25,6 +26,8 @@ from .report import write_report
 from .run import Run, make_env, train_selector
 from .timing import stage_times
 from .transfer import load_transfer
+
+LOGGER = get_logger("glue_ac")
 
 
 def run_experiment(config: ExperimentConfig, part_of_study: bool = False) -> dict[str, Any]:
@@ -58,10 +61,10 @@ def _run_locked(c: ExperimentConfig, run: Run, distill: DistillConfig, part_of_s
     if not part_of_study:
         RUN_CLOCK.restart(1)
     RUN_CLOCK.begin_situation(c.episodes if SELECTOR in c.methods else 0, len(c.methods) * len(c.seeds), c.workers)
-    print(f"glue_ac {c.name}: {resolve_threads(distill.threads)} torch thread(s) ({usable_cpus()} CPU(s) usable; "
-          f"distill.threads={distill.threads})", file=sys.stderr)
+    LOGGER.info(f"glue_ac {c.name}: {resolve_threads(distill.threads)} torch thread(s) ({usable_cpus()} CPU(s) "
+                f"usable; distill.threads={distill.threads})")
     where = f" (situation {c.situation} of {c.instance_set})" if c.situation is not None else ""
-    print(f"[1/4] teacher: {distill.teacher} on {distill.task}{where} (fine-tuned and cached once)", file=sys.stderr)
+    LOGGER.info(f"[1/4] teacher: {distill.teacher} on {distill.task}{where} (fine-tuned and cached once)")
     stages: dict[str, float] = {}
     try:  # bad task files, models or knowledge fail here, before the run folder is written
         start = time.perf_counter()
@@ -106,7 +109,7 @@ def _run_locked(c: ExperimentConfig, run: Run, distill: DistillConfig, part_of_s
     selector_returns: list[float] = []
     todo = [(m, s) for m in c.methods for s in c.seeds]
     if SELECTOR in c.methods:
-        print(f"[2/4] selector: {c.agent}, {c.episodes} episodes x {distill.num_phases} phases", file=sys.stderr)
+        LOGGER.info(f"[2/4] selector: {c.agent}, {c.episodes} episodes x {distill.num_phases} phases")
         start = time.perf_counter()
         selector, selector_returns = train_selector(run, env)
         stages["selector"] = time.perf_counter() - start
@@ -116,13 +119,13 @@ def _run_locked(c: ExperimentConfig, run: Run, distill: DistillConfig, part_of_s
     workers = min(c.workers, len(missing))
     threads = resolve_threads(distill.threads)
     RUN_CLOCK.students_planned(len(missing), max(1, workers))
-    print(f"[3/4] distil: {len(c.methods)} methods x {len(c.seeds)} seeds ({len(todo) - len(missing)} done before)"
-          + (f", {workers} workers" if workers > 1 else "") + (" on ray" if c.executor == "ray" else "")
-          + f" ({RUN_CLOCK.line()})", file=sys.stderr)
+    LOGGER.info(f"[3/4] distil: {len(c.methods)} methods x {len(c.seeds)} seeds ({len(todo) - len(missing)} done "
+                f"before)" + (f", {workers} workers" if workers > 1 else "") + (" on ray" if c.executor == "ray" else "")
+                + f" ({RUN_CLOCK.line()})")
     distil_students(run, env, selector, missing, workers, threads, transfer=transfer)
     stages["students"] = time.perf_counter() - start
     rows = [run.load_unit(m, s) for m, s in todo]
-    print(f"[4/4] report ({RUN_CLOCK.line()})", file=sys.stderr)
+    LOGGER.info(f"[4/4] report ({RUN_CLOCK.line()})")
     start = time.perf_counter()
     summary = write_report(run, rows, teacher, knowledge, selector_returns, distill, labels)
     stages["report"] = time.perf_counter() - start

@@ -1,7 +1,9 @@
 """The report of a glue_ac run: the table per method, the best fixed mask (chosen on dev), the
 learned methods' (selector, transfer) paired differences, results.json/.csv/.md, plots and
 TensorBoard logs; and the pieces the per-situation report (:mod:`.situations`) shares with it:
-:func:`method_table`, :func:`choose_best_fixed`, :func:`mean_actions`, :func:`paired_seeds`."""
+:func:`method_table`, :func:`choose_best_fixed`, :func:`mean_actions`, :func:`scores`, :func:`paired_seeds`.
+Every paired difference is :func:`experiments.stats.compare`'s (one interval method in every
+table)."""
 
 from __future__ import annotations
 
@@ -18,18 +20,24 @@ from kd_env.io import atomic_write_json, atomic_write_text
 from kd_env.teacher_check import SUSPECT_KNOWLEDGE, describe_fine_tune
 
 from ..report import json_safe, markdown_table, plot_curves, plot_heatmap, plot_returns, write_csv
-from ..stats import format_bounds, interval_estimate, mean_std, paired_difference
-from .config import LEARNED, NOT_FIXED, RESULT_COLUMNS, SELECTOR, TRANSFER
+from .. import stats
+from ..stats import Score, format_bounds, mean_std
+from .config import BASELINES, LEARNED, NOT_FIXED, RESULT_COLUMNS, SELECTOR, TRANSFER
 
 if TYPE_CHECKING:
     from .run import Run
+
+
+#: how every glue_ac table names its interval (experiments.stats.compare's defaults)
+INTERVAL_TEXT = f"95% {stats.INTERVAL} bootstrap CI over the seeds ({stats.REPS} resamples)"
 
 
 def choose_best_fixed(table: list[dict[str, Any]]) -> str | None:
     """The fixed mask (a named baseline, ``only:<k>`` or ``fixed:<bits>``) with the highest mean
     dev-probe metric (``dev_mean``), or ``None`` when none ran.  Chosen on dev, never on test:
     the test split only scores the choice.  Ties go to the first in ``table``'s order."""
-    fixed = [t for t in table if t["method"] not in NOT_FIXED and t["n"]]
+    fixed = [t for t in table if t["method"] not in NOT_FIXED and t["n"]
+             and (t["method"] in BASELINES or t["method"].startswith(("fixed:", "only:")))]  # not a plug-in's agent
     return max(fixed, key=lambda t: t["dev_mean"])["method"] if fixed else None
 
 
@@ -56,23 +64,26 @@ def method_table(methods: list[str], by_method: dict[str, dict[int, dict[str, An
     return table
 
 
-def metrics(by_method: dict[str, dict[int, dict[str, Any]]], method: str) -> dict[int, float]:
-    """``{seed: test metric}`` of ``method``."""
-    return {s: r["metric"] for s, r in by_method.get(method, {}).items()}
+def scores(rows: list[dict[str, Any]], situation: str) -> list[Score]:
+    """A run's result rows as long-format scores: each method's test and dev-probe metric per
+    seed in ``situation``.  A glue_ac seed trains its own selector and student in this situation
+    alone, so it is the evaluation seed (``train_seed`` stays ``None``: nothing is shared across
+    situations)."""
+    out = []
+    for r in rows:
+        for split, key in (("test", "metric"), ("dev", "dev_metric")):
+            if r.get(key) is not None and math.isfinite(r[key]):  # a crashed student's NaN is left out
+                out.append(Score(r["method"], situation, None, int(r["seed"]), float(r[key]), split,
+                                 r.get("metric_name", "metric")))
+    return out
 
 
-def paired_seeds(a: dict[int, float], b: dict[int, float], reps: int = 2000) -> dict[str, Any]:
-    """``a - b`` paired over the seeds both have: the mean difference with a 95% paired bootstrap
-    interval (the seeds' differences resampled, :func:`experiments.stats.interval_estimate`; NaN
-    bounds for one seed), and the seeds ``a`` wins, ties and loses."""
-    seeds = sorted(set(a) & set(b))
-    diffs = np.asarray([a[s] - b[s] for s in seeds], dtype=np.float64)
-    if not len(diffs):
-        return {"n": 0, "seeds": [], "mean": math.nan, "low": math.nan, "high": math.nan, "diffs": [], "wins": 0,
-                "ties": 0, "losses": 0}
-    mean, low, high = interval_estimate(diffs, "mean", 0.95, reps)
-    return {"n": len(seeds), "seeds": seeds, "mean": mean, "low": low, "high": high, "diffs": diffs.tolist(),
-            "wins": int((diffs > 0).sum()), "ties": int((diffs == 0).sum()), "losses": int((diffs < 0).sum())}
+def paired_seeds(rows: list[Score], a: str, b: str) -> dict[str, Any]:
+    """``a - b`` on the test split, paired over the seeds both have
+    (:func:`experiments.stats.compare`, unpaired seeds left out): the mean difference, its 95%
+    interval (NaN bounds for one seed), the seeds, their differences and the seeds ``a`` wins,
+    ties and loses."""
+    return stats.compare(rows, a, b, split="test", unpaired="drop").to_dict()
 
 
 def mean_actions(seeds: dict[int, dict[str, Any]]) -> np.ndarray:
@@ -91,14 +102,16 @@ def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], 
     by_method = by_method_seed(rows)
     table = method_table(c.methods, by_method)
     best_fixed = choose_best_fixed(table)
+    long = scores(rows, c.situation or distill.task)
     learned_vs: dict[str, dict[str, Any]] = {}
     for learned in (m for m in LEARNED if m in by_method):
-        learned_vs[learned] = {other: paired_difference(metrics(by_method, learned), metrics(by_method, other))
+        learned_vs[learned] = {other: paired_seeds(long, learned, other)
                                for other in dict.fromkeys(("vanilla_kd", best_fixed))
                                if other and other in by_method}
     comparisons = learned_vs.get(SELECTOR, {})
     # files
     write_csv(run.dir / "results.csv", rows, RESULT_COLUMNS)
+    stats.write_scores(run.dir / "scores.csv", long)
     suspect = suspect_methods(table, by_method, knowledge) if teacher.get("warning") else []
     summary = {"name": c.name, "task": distill.task, "metric": metric_name, "teacher": teacher, "suspect": suspect,
                "methods": table, "best_fixed": best_fixed, "best_fixed_chosen_on": "dev-probe mean",
@@ -139,7 +152,7 @@ def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], 
                   f"{metric_name}), never on the test split.\n")
     for learned, vs in learned_vs.items():
         if vs:
-            md.append(f"\nPaired difference, {learned} minus baseline (same seeds), 95% t-interval:\n")
+            md.append(f"\nPaired difference, {learned} minus baseline (same seeds), {INTERVAL_TEXT}:\n")
             md.append(markdown_table(["baseline", "mean diff", "95% CI", f"{learned} wins"],
                                      [[k + (" (best fixed subset)" if k == best_fixed else ""), f"{v['mean']:+.4f}",
                                        format_bounds(v["low"], v["high"], "+.4f"), f"{v['wins']}/{v['n']}"]
@@ -159,7 +172,8 @@ def write_report(run: Run, rows: list[dict[str, Any]], teacher: dict[str, Any], 
                     f"dev probe during distillation ({distill.task})")
     if selector_returns:
         plot_returns(selector_returns, run.dir / "selector_returns.png", f"{c.agent} selector training")
-    _tensorboard(run, rows)
+    if c.tensorboard:
+        _tensorboard(run, rows, knowledge)
     return summary
 
 
@@ -178,17 +192,20 @@ def suspect_methods(table: list[dict[str, Any]], by_method: dict[str, dict[int, 
     return out
 
 
-def _tensorboard(run: Run, rows: list[dict[str, Any]]) -> None:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # pragma: no cover - tensorboard is a dependency
-        return
-    writer = SummaryWriter(str(run.dir / "tb" / "students"))
+def _tensorboard(run: Run, rows: list[dict[str, Any]], knowledge: list[str]) -> None:
+    """Every student as a TensorBoard run, ``tb/<method>_<seed>/`` (stable-baselines3's layout,
+    :class:`agents.episode_log.TensorBoardRun`): its episode as an evaluation at step 0 (return,
+    test metric, final dev probe, weights per phase) and its dev probe after each phase,
+    ``student/probe_metric`` (x: the phase)."""
+    from agents.episode_log import TENSORBOARD_DIR, TensorBoardRun, run_name
+
     for r in rows:
-        for i, v in enumerate(r["curve"]):
-            writer.add_scalar(f"{r['method']}/seed{r['seed']}/probe_metric", v, i)
-        writer.add_scalar(f"{r['method']}/test_metric", r["metric"], r["seed"])
-    writer.close()
+        with TensorBoardRun(run.dir / TENSORBOARD_DIR / run_name(r["method"], r["seed"]), knowledge,
+                            fresh=True) as board:
+            board.evaluation(0, [r["return"]], [len(r["actions"])], metrics={"test": [r["metric"]]},
+                             probe=[r["dev_metric"]], actions=[r["actions"]])
+            for phase, value in enumerate(r["curve"]):
+                board.scalar("student/probe_metric", value, phase)
 
 
 def print_summary(summary: dict[str, Any], out=sys.stdout) -> None:

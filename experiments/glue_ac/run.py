@@ -7,7 +7,6 @@ import io
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +14,25 @@ import gymnasium as gym
 import torch
 import yaml
 
-from agents import load_agent, make_agent
+from agents import agent_hyperparameters, load_agent, make_agent
+from agents.episode_log import TENSORBOARD_DIR, TensorBoardRun
 from kd_env import DistillConfig, KnowledgeSelectionEnv
 from kd_env.io import atomic_write_bytes, atomic_write_json, check_writable_folder
 
+from ..logs import get_logger
 from ..store import ResultStore, changed_settings, save_settings
 from ..toolkit import TrainingProgress
 from .eta import RUN_CLOCK
 from .config import TRANSFER, ExperimentConfig
+
+LOGGER = get_logger("glue_ac")
 
 #: config keys that may change between invocations of one run: methods or seeds added to a
 #: finished run, where it is written and how the students are spread (the overrides, ``distill``,
 #: count as what they resolve to, ``distill_resolved``); a transfer checkpoint added or changed
 #: (its students carry the checkpoint's fingerprint: another checkpoint's are distilled again)
 NOT_CHECKED = ("methods", "seeds", "out", "workers", "distill", "executor", "address", "transfer_checkpoint",
-               "situations")
+               "situations", "tensorboard")
 
 
 #: DistillConfig fields of the teacher's recipe added after runs were made (issue 39): a resumed old
@@ -106,8 +109,9 @@ class Run:
 
     @staticmethod
     def unit_name(method: str, seed: int) -> str:
-        """The unit's name in the store: ``<method, ':' as '-'>__seed<k>``."""
-        return f"{method.replace(':', '-')}__seed{seed}"
+        """The unit's name in the store: ``<method, ':' as '-', '/' and '\\' as '_'>__seed<k>``
+        (``schedule:my/plan.yaml`` -> ``schedule-my_plan.yaml__seed0``)."""
+        return f"{method.replace(':', '-').replace('/', '_').replace(chr(92), '_')}__seed{seed}"
 
     def unit_path(self, method: str, seed: int) -> Path:
         return self.store.path(self.unit_name(method, seed))
@@ -121,8 +125,8 @@ class Run:
         expected = {"checkpoint_fingerprint": self.transfer_key} if method == TRANSFER else {}
         row = self.store.read(self.unit_name(method, seed), method=method, seed=seed, **expected)
         if row is not None and self.teacher_key is not None and row.get("teacher", self.teacher_key) != self.teacher_key:
-            print(f"glue_ac: {self.unit_path(method, seed)} was made with another teacher (weights {row['teacher']}, "
-                  f"now {self.teacher_key}): distilling it again", file=sys.stderr)
+            LOGGER.warning(f"glue_ac: {self.unit_path(method, seed)} was made with another teacher (weights "
+                           f"{row['teacher']}, now {self.teacher_key}): distilling it again")
             return None
         return row
 
@@ -167,15 +171,19 @@ def train_selector(run: Run, env: KnowledgeSelectionEnv) -> tuple[Any, list[floa
     if done.exists():
         agent = load_agent(str(ckpt), env)
         return agent, json.loads(done.read_text())["returns"]
-    log_dir = str(run.dir / "tb" / "selector")
+    log_dir = str(run.dir / TENSORBOARD_DIR / "selector")
     params = {"seed": c.selector_seed, **c.agent_params}
-    if c.agent in ("ac", "ac_q"):
+    logs_itself = "log_dir" in (agent_hyperparameters(c.agent) or {})  # ac, ac_q, SB3: episodes.csv, TensorBoard
+    if logs_itself:
         params.setdefault("log_dir", log_dir)
+        params.setdefault("tensorboard", c.tensorboard)
     resumed = None
     if c.agent in RESUMABLE and c.episodes > 0 and (run.selector_dir / PARTIAL).exists():
         resumed = _load_partial(run, env, params.get("log_dir"))  # restores the env's state too
     if resumed is not None:
         agent, returns = resumed
+        if logs_itself:  # a loaded agent writes TensorBoard as this invocation says
+            agent.tensorboard = params["tensorboard"]
     else:
         agent, returns = make_agent(c.agent, env, **params), []
         env.reset(seed=c.selector_seed)
@@ -184,7 +192,8 @@ def train_selector(run: Run, env: KnowledgeSelectionEnv) -> tuple[Any, list[floa
         RUN_CLOCK.episode_done(seconds)
         return RUN_CLOCK.note()
 
-    progress = TrainingProgress(c.episodes, on_episode=on_episode)
+    board = TensorBoardRun(log_dir, fresh=True) if c.tensorboard and not logs_itself else None  # trains from 0
+    progress = TrainingProgress(c.episodes, on_episode=on_episode, tensorboard=board)
     progress.returns.extend(returns)
     if returns and progress._bar is not None:
         progress._bar.update(len(returns))
@@ -280,13 +289,12 @@ def _load_partial(run: Run, env: KnowledgeSelectionEnv, log_dir: str | None) -> 
         env.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 - unreadable, foreign or damaged: train from the start
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"note: selector resume checkpoint {pointer} not used ({first}); training from episode 0",
-              file=sys.stderr)
+        LOGGER.warning(f"note: selector resume checkpoint {pointer} not used ({first}); training from episode 0")
         return None
     if log_dir is not None and hasattr(agent, "log_dir"):
         agent.log_dir = log_dir
-    print(f"selector: resuming after episode {agent.episodes_done} of {run.config.episodes} (checkpoint {folder})",
-          file=sys.stderr)
+    LOGGER.info(f"selector: resuming after episode {agent.episodes_done} of {run.config.episodes} "
+                f"(checkpoint {folder})")
     return agent, returns
 
 

@@ -8,9 +8,11 @@ the highest held-out mean (the winner: a description, not a choice), the best fi
 on the dev probe within the situation, as every run's report does) and, for each learned method
 (the selector, trained on that situation's own episodes, and ``transfer``, a checkpoint acting
 with no training), its paired difference over the shared seeds against the best fixed mask,
-vanilla KD and Dynamic KD: the mean, a 95% paired bootstrap interval and the seeds won, tied and
-lost.  The figure has one knowledge x phase heatmap per situation (columns) and learned method
-(rows) of what it chose.
+vanilla KD and Dynamic KD: the mean, a 95% interval and the seeds won, tied and lost; pooled over
+situations, the same differences with an interval over situations, then seeds.  Every one is
+:func:`experiments.stats.compare`'s, on the study's long-format scores (``scores.csv``).  The
+figure has one knowledge x phase heatmap per situation (columns) and learned method (rows) of
+what it chose.
 """
 
 from __future__ import annotations
@@ -26,13 +28,19 @@ import numpy as np
 
 from kd_env.io import atomic_write_json, atomic_write_text
 
+from ..logs import get_logger
+from ..resources import package_file
 from ..report import _figure, _save, draw_heatmap, json_safe, markdown_table
-from ..stats import format_bounds, hierarchical_bootstrap
+from .. import stats
+from ..stats import Score, format_bounds
 from .config import HEADROOM_THRESHOLD, LEARNED, ExperimentConfig
 from .eta import RUN_CLOCK
 from .pipeline import run_experiment
 from .timing import sum_stage_times
-from .report import by_method_seed, choose_best_fixed, mean_actions, method_table, metrics, paired_seeds, print_summary
+from .report import (INTERVAL_TEXT, by_method_seed, choose_best_fixed, mean_actions, method_table, paired_seeds,
+                     print_summary, scores)
+
+LOGGER = get_logger("glue_ac")
 
 __all__ = ["run_situations", "situation_report", "write_situations", "print_situations", "plot_heatmap_grid",
            "REFERENCES", "STUDY_FILES"]
@@ -40,7 +48,7 @@ __all__ = ["run_situations", "situation_report", "write_situations", "print_situ
 #: what each learned method is compared with, per situation (``best_fixed``: chosen on dev there)
 REFERENCES = ("best_fixed", "vanilla_kd", "dynamic_kd")
 #: the study's own files in ``<out>/<name>/``
-STUDY_FILES = ("situations.md", "situations.json", "situations-heatmap.png")
+STUDY_FILES = ("situations.md", "situations.json", "situations-heatmap.png", "scores.csv")
 
 
 def run_situations(config: ExperimentConfig) -> dict[str, Any]:
@@ -51,8 +59,7 @@ def run_situations(config: ExperimentConfig) -> dict[str, Any]:
     runs: dict[str, dict[str, Any]] = {}
     RUN_CLOCK.restart(len(c.situations or []))
     for i, situation in enumerate(c.situations or []):
-        print(f"\n=== situation {i + 1}/{len(c.situations or [])}: {situation} ({RUN_CLOCK.line()}) ===",
-              file=sys.stderr)
+        LOGGER.info(f"\n=== situation {i + 1}/{len(c.situations or [])}: {situation} ({RUN_CLOCK.line()}) ===")
         one = dataclasses.replace(config, situation=situation, situations=None, instance_set=c.instance_set,
                                   name=f"{c.name}/{situation}")
         summary = run_experiment(one, part_of_study=True)
@@ -63,11 +70,12 @@ def run_situations(config: ExperimentConfig) -> dict[str, Any]:
     return study
 
 
-def situation_report(summary: dict[str, Any], methods: list[str]) -> dict[str, Any]:
+def situation_report(summary: dict[str, Any], methods: list[str], situation: str = "") -> dict[str, Any]:
     """One situation's entry of the study from its run's summary (results.json): the method table,
     the winner on the held-out mean, the best fixed mask (chosen on dev) and each learned method's
     paired differences (:data:`REFERENCES`)."""
     by_method = by_method_seed(summary["rows"])
+    long = scores(summary["rows"], situation or str(summary.get("situation") or summary["task"]))
     table = method_table(methods, by_method)
     best_fixed = choose_best_fixed(table)
     ran = [t for t in table if t["n"]]
@@ -78,8 +86,7 @@ def situation_report(summary: dict[str, Any], methods: list[str]) -> dict[str, A
         for ref in REFERENCES:
             other = best_fixed if ref == "best_fixed" else ref
             if other and other in by_method:
-                comparisons[learned][ref] = {"baseline": other,
-                                             **paired_seeds(metrics(by_method, learned), metrics(by_method, other))}
+                comparisons[learned][ref] = {"baseline": other, **paired_seeds(long, learned, other)}
     return {"task": summary["task"], "metric": summary["metric"], "teacher": summary["teacher"],
             "methods": [{k: t[k] for k in ("method", "mean", "std", "dev_mean", "n")} for t in table],
             "winner": winner, "best_fixed": best_fixed, "comparisons": comparisons,
@@ -91,18 +98,20 @@ def write_situations(c: ExperimentConfig, folder: Path, runs: dict[str, dict[str
     each situation's run summary; returns what situations.json holds."""
     sset = c.situation_set()
     per = {name: {"overrides": dict(sset.instance(name).overrides), "run": f"{c.name}/{name}",
-                  **situation_report(summary, list(c.methods or []))} for name, summary in runs.items()}
+                  **situation_report(summary, list(c.methods or []), name)} for name, summary in runs.items()}
+    long = [s for name, summary in runs.items() for s in scores(summary["rows"], name)]
     knowledge = next(iter(runs.values()))["knowledge"] if runs else []
     study = {"name": c.name, "instance_set": sset.name, "situations": list(runs), "methods": c.methods,
              "seeds": c.seeds, "agent": c.agent, "episodes": c.episodes, "observation": c.observation,
              "action_mode": c.action_mode, "transfer_checkpoint": c.transfer_checkpoint, "knowledge": knowledge,
              "winner_chosen_on": "held-out mean (a description, not a choice)",
              "best_fixed_chosen_on": "dev-probe mean, within each situation",
-             "interval": "95% paired bootstrap over the shared seeds (percentile, 2000 resamples)",
+             "interval": INTERVAL_TEXT,
              "per_situation": per, "date": time.strftime("%Y-%m-%d")}
     study["headroom"] = dev_headroom(c.headroom, list(runs))
-    study["pooled"] = pooled(per, study["headroom"])
+    study["pooled"] = pooled(per, long, study["headroom"])
     folder.mkdir(parents=True, exist_ok=True)
+    stats.write_scores(folder / "scores.csv", long)
     atomic_write_json(folder / "situations.json", json_safe(study))
     atomic_write_text(folder / "situations.md", situations_markdown(study))
     panels = {learned: {name: np.asarray(p["heatmaps"][learned]) for name, p in per.items()
@@ -116,7 +125,8 @@ def write_situations(c: ExperimentConfig, folder: Path, runs: dict[str, dict[str
     return study
 
 
-#: the repository root: a relative headroom file is looked up here when it is not under the cwd
+#: the repository root: a relative headroom file is looked up here when it is not under the cwd (then
+#: by its name in the package's data/, which an installed copy has)
 _REPO = Path(__file__).resolve().parents[2]
 #: the references of a design file, as the report names them
 _DESIGN_REFERENCES = {"fixed:1100": "vanilla_kd", "agent:dynamic_kd": "dynamic_kd"}
@@ -133,6 +143,8 @@ def dev_headroom(path: str | None, situations: list[str]) -> dict[str, Any] | No
     file = Path(path)
     if not file.is_absolute() and not file.exists():
         file = _REPO / path
+    if not file.exists():  # an installed copy has no results/ folder: the committed measurement is package data
+        file = package_file("experiments.glue_ac", "data", Path(path).name) or file
     if not file.exists():
         return {"file": str(path), "missing": True}
     import json
@@ -206,14 +218,11 @@ def _flatness_markdown(per: dict[str, dict[str, Any]]) -> list[str]:
     return ["\nWhat the learned methods chose (`situations-heatmap.png`):\n", *lines] if lines else []
 
 
-#: resamples of the pooled (situations, then seeds) interval
-POOLED_REPS = 10000
-
-
-def pooled(per: dict[str, dict[str, Any]], headroom: dict[str, Any] | None) -> dict[str, Any]:
-    """Each learned method's difference from each reference over situations: the mean of the
-    situations' mean paired differences with a hierarchical bootstrap interval (situations, then
-    seeds; :func:`experiments.stats.hierarchical_bootstrap`) and the situations it wins (mean
+def pooled(per: dict[str, dict[str, Any]], long: list[Score], headroom: dict[str, Any] | None) -> dict[str, Any]:
+    """Each learned method's difference from each reference over situations
+    (:func:`experiments.stats.compare` on the study's scores ``long``, the reference being each
+    situation's own best fixed mask for ``best_fixed``): the mean of the situations' mean paired
+    differences with an interval over situations, then seeds, and the situations it wins (mean
     difference above 0), over all situations and, with a headroom file, over those with dev
     headroom.  Needs 2 situations."""
     groups = {"all situations": list(per)}
@@ -225,14 +234,17 @@ def pooled(per: dict[str, dict[str, Any]], headroom: dict[str, Any] | None) -> d
             continue
         for learned in LEARNED:
             for ref in REFERENCES:
-                diffs = [np.asarray(per[n]["comparisons"][learned][ref]["diffs"]) for n in names
-                         if ref in per[n]["comparisons"].get(learned, {})]
-                if len(diffs) != len(names) or not all(len(d) for d in diffs):
+                if not all(ref in per[n]["comparisons"].get(learned, {}) for n in names):
                     continue
-                mean, low, high = hierarchical_bootstrap(diffs, reps=POOLED_REPS, seed=0)
-                out.setdefault(group, {"situations": names, "rows": []})["rows"].append(
-                    {"method": learned, "minus": ref, "mean": mean, "low": low, "high": high,
-                     "situations_won": int(sum(d.mean() > 0 for d in diffs)), "situations": len(diffs)})
+                rows = [Score("reference" if s.method == per[s.situation]["comparisons"][learned][ref]["baseline"]
+                              else s.method, s.situation, s.train_seed, s.eval_seed, s.value, s.split, s.metric)
+                        for s in long if s.situation in names and s.method in
+                        (learned, per[s.situation]["comparisons"][learned][ref]["baseline"])]
+                d = stats.compare(rows, learned, "reference", split="test", unpaired="drop")
+                out.setdefault(group, {"situations": names, "rows": [], "interval": d.interval,
+                                       "resampling": d.resampling, "reps": d.reps})["rows"].append(
+                    {"method": learned, "minus": ref, "mean": d.mean, "low": d.low, "high": d.high,
+                     "situations_won": d.situation_wins, "situations": d.situations, "sign_p": d.sign_p})
     return out
 
 
@@ -240,12 +252,12 @@ def _pooled_markdown(p: dict[str, Any]) -> list[str]:
     md = []
     for group, g in p.items():
         md.append(f"\nOver {group} ({', '.join(f'`{n}`' for n in g['situations'])}): the mean of the situations' "
-                  f"mean paired differences, 95% hierarchical bootstrap ({POOLED_REPS} resamples of situations, then "
-                  f"seeds), and the situations won:\n")
-        md.append(markdown_table(["method", "minus", "mean diff", "95% CI", "situations won"],
+                  f"mean paired differences, 95% {g['interval']} bootstrap resampling {g['resampling']} "
+                  f"({g['reps']} resamples), and the situations won:\n")
+        md.append(markdown_table(["method", "minus", "mean diff", "95% CI", "situations won", "sign test p"],
                                  [[r["method"], f"`{r['minus']}`", f"{r['mean']:+.4f}",
-                                   format_bounds(r["low"], r["high"], "+.4f"), f"{r['situations_won']}/{r['situations']}"]
-                                  for r in g["rows"]]))
+                                   format_bounds(r["low"], r["high"], "+.4f"), f"{r['situations_won']}/{r['situations']}",
+                                   f"{r['sign_p']:.3f}"] for r in g["rows"]]))
     return md
 
 
@@ -278,8 +290,8 @@ def situations_markdown(study: dict[str, Any]) -> str:
                              + [["teacher", *(f"{per[n]['teacher']['metric']:.4f}" for n in names)],
                                 ["winner", *(f"`{per[n]['winner']}`" for n in names)],
                                 ["best fixed (chosen on dev)", *(f"`{per[n]['best_fixed']}`" for n in names)]]))
-    md.append("\nPaired difference over the shared seeds, learned method minus baseline: mean, 95% paired bootstrap "
-              "CI, seeds won/tied/lost. The best fixed mask is chosen on the dev probe within the situation.\n")
+    md.append(f"\nPaired difference over the shared seeds, learned method minus baseline: mean, {INTERVAL_TEXT}, "
+              "seeds won/tied/lost. The best fixed mask is chosen on the dev probe within the situation.\n")
     rows = []
     for name in names:
         for learned, vs in per[name]["comparisons"].items():

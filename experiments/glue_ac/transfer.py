@@ -16,36 +16,51 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from agents import load_agent
-from agents.base import check_fits, check_known
+from agents.base import check_fits, check_known, observation_space_differences
 from agents.checkpoints import CheckpointError, read_header
 from kd_env import DistillConfig
 
 if TYPE_CHECKING:
     from .config import ExperimentConfig
 
-__all__ = ["check_checkpoint", "load_transfer", "checkpoint_fingerprint", "observation_space_repr"]
+__all__ = ["check_checkpoint", "load_transfer", "checkpoint_fingerprint", "observation_space_spec"]
 
 
-def observation_space_repr(observation: str, knowledge: list[str]) -> str | None:
-    """``repr`` of the space observation ``observation`` has in an env with ``knowledge``, as a
-    checkpoint header records it, worked out without building the env; ``None`` when the
-    observation needs the built env (``cls``, the instance oracles, a plug-in's)."""
+def observation_space_spec(observation: str, knowledge: list[str]) -> dict | None:
+    """The :func:`~kd_env.state.space_spec` of the space observation ``observation`` has in an
+    env with ``knowledge``, as a checkpoint header records it, worked out from a
+    :class:`~kd_env.state.StateSpec` without building the env; ``None`` when the observation
+    needs more than the knowledge types (``cls``'s model widths, the instance oracles, a
+    plug-in's)."""
+    from kd_env.state import space_spec
+
+    space = _observation_space(observation, knowledge)
+    return None if space is None else space_spec(space)
+
+
+def _observation_space(observation: str, knowledge: list[str]) -> Any:
     from kd_env.observations import make_observation
+    from kd_env.state import StateSpec
 
-    stub = SimpleNamespace(distiller=SimpleNamespace(knowledge_names=list(knowledge)), instance_set=None)
     try:
-        return repr(make_observation(observation).space(stub))
-    except Exception:  # noqa: BLE001 - any observation that reads more than the knowledge names
+        return make_observation(observation).space(StateSpec(knowledge_names=tuple(knowledge)))
+    except Exception:  # noqa: BLE001 - any observation that reads more than the knowledge types
         return None
 
 
-def _entries(space_repr: str | None) -> str:
-    found = re.findall(r"\((\d+),\)", space_repr or "")
+def _entries(saved: Any) -> str:
+    if isinstance(saved, dict) and saved.get("shape"):
+        return f"{saved['shape'][-1]} entries"
+    found = re.findall(r"\((\d+),\)", saved if isinstance(saved, str) else "")  # a header from before issue 37
     return f"{found[-1]} entries" if found else "another shape"
+
+
+def _matches(saved: Any, observation: str, knowledge: list[str]) -> bool:
+    expected = _observation_space(observation, knowledge)
+    return expected is not None and not observation_space_differences(saved, expected)
 
 
 def _hint(header: dict[str, Any], knowledge: list[str]) -> str:
@@ -55,7 +70,7 @@ def _hint(header: dict[str, Any], knowledge: list[str]) -> str:
 
     env = header.get("env") or {}
     saved = env.get("observation_space")
-    matching = [name for name in observation_names() if saved and observation_space_repr(name, knowledge) == saved]
+    matching = [name for name in observation_names() if saved and _matches(saved, name, knowledge)]
     parts = []
     if matching:
         parts.append(f"--observation {matching[0]}" + (f" (or {', '.join(matching[1:])})" if matching[1:] else ""))
@@ -79,11 +94,12 @@ def check_checkpoint(path: str, c: ExperimentConfig, distill: DistillConfig) -> 
         check_known(path, header)
         check_fits(path, header, knowledge, c.action_mode)
         env = header.get("env") or {}
-        expected = observation_space_repr(c.observation, knowledge)
+        expected = _observation_space(c.observation, knowledge)
         saved = env.get("observation_space")
-        if expected is not None and saved is not None and saved != expected:
+        if expected is not None and saved is not None and observation_space_differences(saved, expected):
             raise CheckpointError(f"checkpoint {path!r} was saved for another observation space ({_entries(saved)}) "
-                                  f"than this run's observation {c.observation!r} ({_entries(expected)})")
+                                  f"than this run's observation {c.observation!r} "
+                                  f"({_entries(observation_space_spec(c.observation, knowledge))})")
     except CheckpointError as exc:
         raise ValueError(f"--transfer-checkpoint {path}: {exc}; {_hint(header, knowledge)}") from None
 

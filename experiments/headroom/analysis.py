@@ -9,7 +9,8 @@ import numpy as np
 
 from kd_env.situation import SITUATION_FEATURES
 
-from ..stats import mean_std, paired_difference, paired_situations
+from .. import stats
+from ..stats import Score, mean_std
 from .settings import all_masks
 from .sources import STABILITY_REPS
 
@@ -39,28 +40,24 @@ def analyse(run: Any, scored, best_fixed, oracle, best_schedule, sched_dev, dev_
                 out[(str(r["instance"]), r["seed"])] = r["test"]
         return out
 
-    reference = by_pair(f"fixed:{best_fixed}")
+    reference_name = f"fixed:{best_fixed}"
+    scores: list[Score] = []  # every row's held-out test scores, long-format (scores.csv)
     rows = []
 
     def add(name: str, how: str, pairs: dict[tuple, float], kind: str) -> None:
         vals = list(pairs.values())
         m, sd = mean_std(vals)
-        diff = paired_difference(pairs, reference)
-        rows.append({"policy": name, "kind": kind, "chosen": how, "n": len(vals), "test_mean": m, "test_std": sd,
-                     "diff_vs_best_fixed": diff})
+        scores.extend(stats.score_rows(pairs, name))
+        rows.append({"policy": name, "kind": kind, "chosen": how, "n": len(vals), "test_mean": m, "test_std": sd})
 
     for m in all_masks(len(run.knowledge)):
         add(f"fixed:{m}", f"dev {dev_train[m]:.4f} (train instances, selection seeds)",
             by_pair(f"fixed:{m}"), "best fixed" if m == best_fixed else "fixed")
-    choices, pairs_of = selection["choices"], {}
+    choices = selection["choices"]
     for name, chosen in choices.items():
-        pairs_of[name] = by_pair(lambda inst, c=chosen: c[str(inst)])
         kind, how = SOURCES[name]
-        add(name, f"{how}: " + ", ".join(f"{i}={p}" for i, p in chosen.items()), pairs_of[name], kind)
-        rows[-1]["vs_best_fixed_situations"] = paired_situations(pairs_of[name], reference)
-    switching = paired_situations(pairs_of["oracle_schedule"], pairs_of["oracle_constant"])
-    switching["std"] = mean_std([v - pairs_of["oracle_constant"][k] for k, v in pairs_of["oracle_schedule"].items()
-                                 if k in pairs_of["oracle_constant"]])[1]
+        add(name, f"{how}: " + ", ".join(f"{i}={p}" for i, p in chosen.items()),
+            by_pair(lambda inst, c=chosen: c[str(inst)]), kind)
     stab = selection["stability"]
     stability = {"reps": STABILITY_REPS, "per_situation": stab,
                  "mean": {o: float(np.mean([v[o] for v in stab.values()])) for o in ("oracle_constant", "oracle_schedule")}}
@@ -71,6 +68,11 @@ def analyse(run: Any, scored, best_fixed, oracle, best_schedule, sched_dev, dev_
         add(b, "literature baseline (no choice)", by_pair(f"agent:{b}"), "dynamic")
     for by in ("reward", "probe"):
         add(f"greedy:{by}", f"branches every phase, keeps the best by {by}", by_pair(f"greedy:{by}"), "oracle")
+    # paired on (situation, test seed) with the best fixed mask; the greedy oracles ran on fewer seeds
+    for r in rows:
+        r["diff_vs_best_fixed"] = _versus(scores, r["policy"], reference_name) if r["n"] else dict(_NO_PAIRS)
+    switching = stats.compare(scores, "oracle_schedule", "oracle_constant").to_dict()
+    switching["std"] = mean_std(switching["diffs"])[1]
     candidates = [r for r in rows if r["kind"] in ("baseline", "dynamic", "oracle") and r["n"]]
     best_candidate = max(candidates, key=lambda r: r["diff_vs_best_fixed"]["mean"]) if candidates else None
     # which mask wins each held-out instance on test (to show that the best mask moves)
@@ -81,6 +83,7 @@ def analyse(run: Any, scored, best_fixed, oracle, best_schedule, sched_dev, dev_
         per_instance[str(inst)] = {"best_on_test": max(means, key=means.get), "chosen_on_dev": oracle[inst],
                                    "test_by_mask": means}
     alignment = reward_alignment(rand, rewards)
+    stats.write_scores(run.out / "scores.csv", scores)
     return {"env": run.settings.env, "env_kwargs": run.settings.env_kwargs, "knowledge": run.knowledge,
             "env_reward": run.reward, "train_instances": [str(i) for i in run.train_instances],
             "held_out_instances": [str(i) for i in run.test_instances],
@@ -94,6 +97,23 @@ def analyse(run: Any, scored, best_fixed, oracle, best_schedule, sched_dev, dev_
             "headroom": None if best_candidate is None else {"policy": best_candidate["policy"],
                                                              **best_candidate["diff_vs_best_fixed"]},
             "reward_alignment": alignment, "wall_seconds": time.perf_counter() - run.started}
+
+
+#: the difference of a policy with no score on a paired (situation, seed)
+_NO_PAIRS = {"n": 0, "pairs": 0, "situations": 0, "mean": float("nan"), "low": float("nan"), "high": float("nan"),
+             "wins": 0, "ties": 0, "losses": 0, "situation_wins": 0, "situation_losses": 0}
+
+
+def _versus(scores: list[Score], name: str, reference: str) -> dict[str, Any]:
+    """``name - reference`` (:func:`experiments.stats.compare`, rows one side lacks left out);
+    the reference against itself is 0 on every pair."""
+    if name == reference:
+        n = sum(s.method == name for s in scores)
+        return {**_NO_PAIRS, "n": n, "pairs": n, "mean": 0.0, "ties": n}
+    if not {(s.situation, s.eval_seed) for s in scores if s.method == name} & \
+            {(s.situation, s.eval_seed) for s in scores if s.method == reference}:
+        return dict(_NO_PAIRS)
+    return stats.compare(scores, name, reference, unpaired="drop").to_dict()
 
 
 def reward_alignment(rand: list[dict[str, Any]], rewards: Sequence[str]) -> list[dict[str, Any]]:

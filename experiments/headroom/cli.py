@@ -10,8 +10,9 @@ from typing import Any, Sequence
 from kd_env.io import atomic_write_json, atomic_write_text
 from kd_env.rewards import reward_names
 
-from ..cli import SEEDS_HELP, load_plugins, parse_seeds
+from ..cli import SEEDS_HELP, add_plugin_flag, add_tensorboard_flag, load_plugins, parse_seeds
 from ..executors import EXECUTORS, check_executor
+from ..logs import add_verbosity_flags, get_logger, setup_logging
 from . import __doc__ as _PACKAGE_DOC
 from .report import plot, render_markdown
 from .run import HeadroomRun
@@ -41,8 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--random-episodes", type=int, help="random-policy episodes for reward alignment")
     p.add_argument("--rewards", help="comma-separated rewards to check for alignment (default: the built-in "
                                      "ones; plug-in rewards load with --plugin)")
-    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
-                   help="import a Python file first (registers rewards, knowledge, instance sets)")
+    add_plugin_flag(p)
     p.add_argument("--workers", type=int, default=1, help="processes (one torch thread each)")
     p.add_argument("--executor", default="local", choices=EXECUTORS,
                    help="where the episodes run: local (this process, or --workers spawned processes) or ray "
@@ -52,10 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="open-loop episodes run side by side on the batched env, where the env has one "
                         "(the digits ids); 1: one at a time on the single env (default %(default)s)")
     p.add_argument("--out", help="output folder (default runs/headroom-<env name>)")
+    add_tensorboard_flag(p)
+    add_verbosity_flags(p)
     args = p.parse_args(argv)
+    setup_logging(args)
     changes: dict[str, Any] = {"env": args.env, "env_kwargs": dict(args.env_kwarg), "workers": args.workers,
                                "batch": args.batch, "out": args.out, "executor": args.executor,
-                               "address": args.address}
+                               "address": args.address, "tensorboard": args.tensorboard}
     for name in ("selection_seeds", "test_seeds", "greedy_seeds", "random_episodes", "top_masks"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
@@ -94,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     atomic_write_text(run.out / "results.md", text)
     plot(res, run.out / "headroom.png")
     print(text)
-    print(f"[headroom] wrote {run.out}/results.json, results.md, headroom.png")
+    get_logger("headroom").info(f"[headroom] wrote {run.out}/results.json, results.md, headroom.png")
     return 0
 
 

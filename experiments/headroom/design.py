@@ -6,7 +6,7 @@ the two-stage schedules "A for k phases, then B" over the situation's ``--top`` 
 the ``--switches``; the best constant and the best policy (constant or schedule) by the mean dev
 metric on the choice seeds.  Both are then played on the check seeds (dev split again: no test
 split is read) and the *value of switching* is their difference there, per situation, with a
-95% bootstrap interval over situations.  A set is worth registering for learned switching when
+95% interval over situations, then check seeds (:func:`experiments.stats.compare`).  A set is worth registering for learned switching when
 that interval lies above 0 (issue 27 asks for >= 2 points)::
 
     python -m experiments.headroom.design --instances digits-switch --workers 2
@@ -23,9 +23,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..cli import SEEDS_HELP, load_plugins, parse_seeds
+from ..cli import SEEDS_HELP, add_plugin_flag, load_plugins, parse_seeds
 from ..executors import execute
-from ..stats import hierarchical_bootstrap
+from .. import stats
+from ..logs import add_verbosity_flags, setup_logging
+from ..stats import Score
 from . import sources
 from .settings import all_masks, schedule_name
 from .worker import close_worker, run_chunk, setup_worker
@@ -57,6 +59,7 @@ def measure_situation(units_runner, instance: str, k: int, choice: Sequence[int]
     out = {"instance": instance, "constant": constant, "switching": switching,
            "choice_table": {p: float(np.mean(list(v.values()))) for (_, p), v in sorted(table.items())},
            "check": {p: float(np.mean(v)) for p, v in on_check.items()},
+           "check_seeds": list(check), "per_seed_check": on_check,
            "per_seed_gain": {ref: {"constant": [a - b for a, b in zip(on_check[constant], on_check[ref])],
                                    "switching": [a - b for a, b in zip(on_check[switching], on_check[ref])]}
                              for ref in references},
@@ -85,9 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "or agent:dynamic_kd; repeatable")
     p.add_argument("--workers", type=int, default=1, help="processes (one situation each at a time)")
     p.add_argument("--batch", type=int, default=32, help="episodes side by side on the batched env")
-    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py", help="import a Python file first")
+    add_plugin_flag(p)
     p.add_argument("--out", help="write the per-situation results here as JSON")
+    add_verbosity_flags(p)
     args = p.parse_args(argv)
+    setup_logging(args)
     if set(args.choice_seeds) & set(args.check_seeds):
         p.error("choice and check seeds must not overlap")
     try:
@@ -132,27 +137,43 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     execute(jobs, _job, done, executor="local", workers=args.workers, threads=1)
     rows.sort(key=lambda r: names.index(r["instance"]))
-    values = [np.asarray(r["per_seed_value"]) for r in rows]
-    mean, low, high = hierarchical_bootstrap(values, reps=10000, seed=0)
+    scores = check_scores(rows)
+    value = stats.compare(scores, "oracle_switching", "oracle_constant")
+    mean, low, high = value.mean, value.low, value.high
     summary = {"instances": args.instances, "situations": len(rows), "value_of_switching": mean, "low": low,
-               "high": high, "positive": int(sum(r["value"] > 0 for r in rows)), "rows": rows,
+               "high": high, "interval": value.interval, "resampling": value.resampling, "reps": value.reps,
+               "positive": int(sum(r["value"] > 0 for r in rows)), "rows": rows,
                "choice_seeds": args.choice_seeds, "check_seeds": args.check_seeds, "top": args.top,
                "switches": switches, "masks": masks, "references": list(args.reference),
                "seconds": time.perf_counter() - start}
     print(f"value of switching over {len(rows)} situations: {mean:+.4f} [{low:+.4f}, {high:+.4f}] "
-          f"(bootstrap over situations, then check seeds); positive in {summary['positive']}")
+          f"({value.interval} bootstrap over {value.resampling}); positive in {summary['positive']}")
     summary["gain_over"] = {}
     for ref in args.reference:
         summary["gain_over"][ref] = {}
         for oracle in ("constant", "switching"):
-            m, lo, hi = hierarchical_bootstrap([np.asarray(r["per_seed_gain"][ref][oracle]) for r in rows],
-                                               reps=10000, seed=0)
-            summary["gain_over"][ref][oracle] = {"mean": m, "low": lo, "high": hi}
-            print(f"oracle_{oracle} - {ref}: {m:+.4f} [{lo:+.4f}, {hi:+.4f}]; per situation: "
-                  + ", ".join(f"{r['instance']} {np.mean(r['per_seed_gain'][ref][oracle]):+.4f}" for r in rows))
+            g = stats.compare(scores, f"oracle_{oracle}", ref)
+            summary["gain_over"][ref][oracle] = {"mean": g.mean, "low": g.low, "high": g.high}
+            print(f"oracle_{oracle} - {ref}: {g.mean:+.4f} [{g.low:+.4f}, {g.high:+.4f}]; per situation: "
+                  + ", ".join(f"{s} {v:+.4f}" for s, v in g.per_situation.items()))
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1), encoding="utf-8")
     return 0
+
+
+def check_scores(rows: Sequence[dict[str, Any]]) -> list[Score]:
+    """The check-seed dev scores of :func:`measure_situation`'s results, long-format: per
+    situation ``oracle_constant`` (its best constant), ``oracle_switching`` (its best constant or
+    schedule) and each reference, per check seed (no agent is trained: the seed is an evaluation
+    seed)."""
+    out = []
+    for r in rows:
+        named = {"oracle_constant": r["constant"], "oracle_switching": r["switching"],
+                 **{ref: ref for ref in r["per_seed_gain"]}}
+        for name, policy in named.items():
+            out += [Score(name, r["instance"], None, int(seed), float(v), "dev")
+                    for seed, v in zip(r["check_seeds"], r["per_seed_check"][policy])]
+    return out
 
 
 def _job(job: tuple) -> dict[str, Any]:

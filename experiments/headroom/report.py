@@ -81,7 +81,8 @@ def sources_section(res: dict[str, Any]) -> list[str]:
              "Each held-out situation's choice is made on its own selection seeds by dev (the oracles) or from "
              "the train situations' selection episodes alone (the baselines); all are scored on the test seeds. "
              "Differences are paired on (situation, test seed); the CIs resample situations, then seeds "
-             "(hierarchical bootstrap). The *value of switching* is `oracle_schedule` − `oracle_constant`. "
+             f"({sw.get('interval', 'percentile')} bootstrap, {sw.get('reps', 2000)} resamples; "
+             "`experiments.stats.compare`). The *value of switching* is `oracle_schedule` − `oracle_constant`. "
              "`lookup` plays the best mask of the nearest train situation in the observable-feature space "
              "(standardised by the train situations' std); `bandit` is a one-decision contextual bandit (per mask a "
              "ridge regression of dev on the observable situation) fit with full exploration (every mask on every "
@@ -91,16 +92,16 @@ def sources_section(res: dict[str, Any]) -> list[str]:
     for name in ("oracle_constant", "oracle_schedule", "value of switching", "lookup", "bandit", "best fixed"):
         if name == "value of switching":
             table.append([f"**{name}** (`oracle_schedule` − `oracle_constant`)", f"{sw['mean']:+.4f} ± {sw['std']:.4f}",
-                          _situations_ci(sw), f"{sw['wins']} of {sw['situations']} positive"])
+                          _situations_ci(sw), f"{sw['situation_wins']} of {sw['situations']} positive"])
             continue
         r = rows.get(f"fixed:{res['best_fixed']}" if name == "best fixed" else name)
         if r is None:
             continue
-        d = r.get("vs_best_fixed_situations")
+        d = None if name == "best fixed" else r.get("diff_vs_best_fixed")
         label = f"best fixed `{res['best_fixed']}`" if name == "best fixed" else f"`{name}`"
         table.append([label, f"{r['test_mean']:.4f} ± {r['test_std']:.4f}" if r["n"] else "n/a",
                       "(reference)" if d is None else _situations_ci(d),
-                      "" if d is None else f"{d['wins']} of {d['situations']}"])
+                      "" if d is None else f"{d['situation_wins']} of {d['situations']}"])
     lines.append(markdown_table(["policy", "held-out test metric (mean ± std)",
                                  "paired diff vs best fixed (95% CI, situations then seeds)", "situations won"], table))
     stab, choices = res["stability"]["per_situation"], res["choices"]

@@ -11,15 +11,18 @@ from typing import Any, Sequence
 import numpy as np
 
 from agents import agent_names
+from agents.episode_log import TENSORBOARD_DIR
 from kd_env.io import check_cache_root, check_writable_folder
 
 from ..executors import execute
+from ..logs import get_logger
 from ..store import ResultStore, file_key
 from . import sources
 from .analysis import analyse
 from .settings import DYNAMIC_BASELINES, HeadroomSettings, all_masks, builtin_rewards, schedule_name, unit_key
-from .worker import close_worker, run_chunk, setup_worker
+from .worker import close_worker, run_chunk, setup_worker, write_tensorboard
 
+LOGGER = get_logger("headroom")
 #: the append-only file of runs made before the store, imported into ``units/`` once
 LEGACY_UNITS = "units.jsonl"
 
@@ -79,8 +82,7 @@ class HeadroomRun:
         units = list({unit_key(u): u for u in units}.values())  # a unit named twice runs (and counts) once
         todo = [u for u in units if unit_key(u) not in self.done]
         if todo:
-            print(f"[headroom] {label}: {len(todo)} episodes to run ({len(units) - len(todo)} done before)",
-                  flush=True)
+            LOGGER.info(f"[headroom] {label}: {len(todo)} episodes to run ({len(units) - len(todo)} done before)")
             self._execute(todo)
         return [self.done[unit_key(u)] for u in units]
 
@@ -169,6 +171,8 @@ class HeadroomRun:
         rand_units = [{"policy": f"random:{e}", "instance": self.train_instances[e % len(self.train_instances)],
                        "seed": 5000 + e, "reward": rw} for e in range(s.random_episodes) for rw in rewards]
         rand = self.run_units(rand_units, "reward alignment (random policies)")
+        if s.tensorboard:
+            write_tensorboard(self.out / TENSORBOARD_DIR, [*self.done.values()], self.knowledge)
         return analyse(self, scored, best_fixed, oracle, best_schedule, sched_dev, dev_train, dynamic, rand, rewards,
                        selection)
 

@@ -45,6 +45,8 @@ class HeadroomSettings:
     """open-loop episodes (fixed masks, schedules, random masks) run this many at a time on the
     env's batched vector env, where it has one (the digits ids); 1: one at a time on the single env"""
     out: str | None = None
+    tensorboard: bool = True
+    """write every policy's episodes to TensorBoard, ``<out>/tb/<policy>_<seed>/`` (``--no-tensorboard``: none)"""
     plugins: list[str] = field(default_factory=list)
     """user files imported first in every process (rewards, knowledge, instance sets)"""
 

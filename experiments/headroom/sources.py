@@ -19,6 +19,8 @@ import numpy as np
 
 from agents.one_decision import nearest, standardiser
 
+from ..stats import resample_indices
+
 #: ``{(situation, policy): {seed: dev metric}}``, the situation as ``str(instance)``
 DevTable = dict[tuple[str, str], dict[int, float]]
 
@@ -71,7 +73,7 @@ def stability(table: DevTable, situation: str, candidates: Sequence[str], reps: 
     whose choice among ``candidates`` is the full sample's choice."""
     dev = _dev_matrix(table, situation, candidates)
     full = int(np.argmax(dev.mean(axis=1)))
-    picks = np.random.default_rng(seed).integers(0, dev.shape[1], size=(reps, dev.shape[1]))
+    picks = resample_indices(dev.shape[1], reps, seed)
     chosen = np.argmax(dev[:, picks].mean(axis=2), axis=0)  # (reps,): the first best, as choose()
     return float(np.mean(chosen == full))
 

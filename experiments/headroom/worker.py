@@ -1,15 +1,18 @@
 """The process that runs headroom units: :class:`_Worker` holds one env (and, for open-loop
 units, the env's batched vector env) and plays episodes; :func:`setup_worker` and
-:func:`run_chunk` are the ``setup`` and ``runner`` handed to :func:`experiments.executors.execute`."""
+:func:`run_chunk` are the ``setup`` and ``runner`` handed to :func:`experiments.executors.execute`;
+:func:`write_tensorboard` writes the finished episodes to TensorBoard."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from agents import make_agent, run_episode
+from agents.episode_log import TensorBoardRun, run_name
 from kd_env.situation import observable_situation
 
 from ..cli import load_plugins
@@ -214,3 +217,39 @@ def run_chunk(units: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     if _WORKER is None:
         raise RuntimeError("setup_worker was not called in this process")
     return _WORKER.run_many(units)
+
+
+def _unit_actions(unit: dict[str, Any], k: int) -> np.ndarray:
+    """The masks a finished unit played, ``(phases, k)``: a fixed mask's or a schedule's from its
+    name, a greedy oracle's as recorded; NaN where they are not recorded (agents, random masks)."""
+    length, policy = int(unit.get("length") or 0), str(unit["policy"])
+    if policy.startswith(("fixed:", "schedule:")) and length:
+        return np.stack([_actions_for(policy, p) for p in range(length)]).astype(np.float64)
+    if unit.get("actions"):
+        return np.stack([_bits(m) for m in unit["actions"]]).astype(np.float64)
+    return np.full((length, k), np.nan)
+
+
+def write_tensorboard(folder: Path, units: Sequence[dict[str, Any]], knowledge: Sequence[str]) -> None:
+    """The finished units as TensorBoard runs (:class:`agents.episode_log.TensorBoardRun`), one
+    run folder per policy and reset seed, ``<folder>/<policy>_<seed>/`` (a random-mask unit's policy
+    named by its reward, ``random-<reward>``), each holding one evaluation at step 0 over the
+    seed's episodes (its instances): mean return and length, final probe, dev and test metric
+    where measured, and the masks played per phase.  Written by the driver once the units are
+    done (each run folder replaced), so that no two processes write one folder."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for u in units:
+        policy = str(u["policy"])
+        name = f"random-{u.get('reward')}" if policy.startswith("random:") else policy
+        groups.setdefault(run_name(name, u["seed"]), []).append(u)
+    k = len(knowledge)
+    for run, group in sorted(groups.items()):
+        played = [_unit_actions(u, k) for u in group]
+        actions = np.full((len(group), max(len(a) for a in played), k), np.nan)
+        for j, a in enumerate(played):
+            actions[j, :len(a)] = a
+        metrics = {split: [u[split] for u in group if u.get(split) is not None] for split in ("dev", "test")}
+        with TensorBoardRun(folder / run, knowledge, fresh=True) as board:
+            board.evaluation(0, [u.get("return", np.nan) for u in group], [u.get("length", np.nan) for u in group],
+                             metrics={split: v for split, v in metrics.items() if v},
+                             probe=[u.get("probe", np.nan) for u in group], actions=actions)
