@@ -154,9 +154,12 @@ def prepare_teacher(config: DistillConfig, task: TaskData, tokenizer: Any, devic
         if cached is not None:
             return cached
     if task.kind == "text":
-        hf = load_hf_classifier(config.teacher, task.num_labels, attentions=attentions,
-                                trust_remote_code=config.trust_remote_code)
-        with private_torch_rng(config.seed):  # the pooled head's first weights (mean pooling)
+        # every new weight from the seeded private stream: Hugging Face's classifier head (used with
+        # cls pooling; unused but hashed into weights_id with mean pooling) and the mean-pooled head,
+        # so that fine-tuning the same teacher again gives the same weights and the same weights_id
+        with private_torch_rng(config.seed):
+            hf = load_hf_classifier(config.teacher, task.num_labels, attentions=attentions,
+                                    trust_remote_code=config.trust_remote_code)
             model = SequenceClassifier(hf, config.pooling)
     else:
         with private_torch_rng(config.seed):
