@@ -111,7 +111,8 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
         raise ConfigError(f"name must be non-empty and use only letters, digits, '-', '_' and '.', got {config.name!r}")
     cells = build_grid(config.algos, config.envs, config.seeds, config.eval_every, config.eval_episodes,
                        config.overrides, config.episodes, config.config_dir, config.eval_split)
-    check_baseline(config.baseline, config.algos, log)
+    notes: list[str] = []  # said once the checks below pass: an error is the run's first and only line
+    check_baseline(config.baseline, config.algos, notes.append)
     run_dir = config.run_dir
     try:  # before any work: the run folder and the teacher cache are writable, no other run uses the folder
         fix = "pass another --out (or --name), or make it a writable folder"
@@ -123,6 +124,8 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
         lock = RunLock(run_dir, "benchmark run").acquire()
     except (FolderError, RunLockedError) as exc:
         raise ConfigError(str(exc)) from None
+    for note in notes:
+        log(note)
     try:
         return _run_locked(config, cells, run_dir, start, log, plugins)
     finally:
