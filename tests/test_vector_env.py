@@ -16,7 +16,7 @@ import torch
 import kd_env
 from kd_env import KnowledgeSelectionEnv, register_knowledge
 from kd_env.knowledge import KNOWLEDGE_REGISTRY
-from kd_env.vector import BatchedKDVectorEnv
+from kd_env.batched import BatchedKDVectorEnv
 
 TOL = 1e-5
 
@@ -247,9 +247,10 @@ def test_text_students_are_refused_with_a_clear_error(tiny_bert_dir, text_csv):
 
 
 def test_hand_written_backwards_equal_autograd_of_the_same_expressions():
-    # the batched env's loss pieces with a backward by hand (kd_env.vector), in float64 against
+    # the batched env's loss pieces with a backward by hand (kd_env.batched), in float64 against
     # autograd on the plain expressions they replace
-    from kd_env.vector import _PooledFeature, _ProjectedMoments, _RelationProduct
+    from kd_env.batched.losses import _PooledFeature, _RelationProduct
+    from kd_env.batched.states import _ProjectedMoments
 
     torch.manual_seed(0)
     n, b, d, width = 3, 5, 4, 7
@@ -292,7 +293,7 @@ def test_hand_written_backwards_equal_autograd_of_the_same_expressions():
      True),
 ])
 def test_written_out_step_equals_autograd_on_the_same_batch(kwargs, weighting):
-    # the batched env's step without autograd (kd_env.vector._HandStep): every term's value, the
+    # the batched env's step without autograd (kd_env.batched.handstep._HandStep): every term's value, the
     # prediction statistics and the gradient of any weighting of the terms equal those of the
     # autograd forms (batched_knowledge_loss) on the same batch, to float rounding
     venv = BatchedKDVectorEnv(4, **kwargs)
