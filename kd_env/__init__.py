@@ -33,6 +33,7 @@ from .knowledge import (
 from .metrics import compute_metrics
 from .models import ModelOutputs
 from .observations import Observation, observation_names, register_observation
+from .phase_runner import PhaseRunner
 from .rewards import Reward, register_reward, reward_names
 from .state import ObservationPart, StateSpec, TrainingState
 from .wrappers import SymmetricWeights
@@ -90,7 +91,7 @@ register_envs()
 __all__ = [
     "TaskData", "compute_metrics", "load_task",
     "Distiller", "PhaseStats", "build_distiller",
-    "KnowledgeSelectionEnv", "ENV_IDS", "INSTANCE_ENV_IDS", "BATCHED_ENV_IDS", "register_envs",
+    "KnowledgeSelectionEnv", "PhaseRunner", "ENV_IDS", "INSTANCE_ENV_IDS", "BATCHED_ENV_IDS", "register_envs",
     "Instance", "InstanceSet", "get_instance_set", "instance_set_names", "register_instance_set",
     "register_example_weighting",
     "DEFAULT_KNOWLEDGE", "Knowledge", "knowledge_names", "make_knowledge", "register_knowledge",
