@@ -22,7 +22,7 @@ def make_vector_env(env_id: str, num_envs: int, vectorization_mode: str = "async
     in its own spawned process with one torch thread (``threads=1`` unless given), so N copies use
     N cores; ``"sync"`` steps them in turn in this process; ``"batched"`` (the digits ids,
     :data:`kd_env.BATCHED_ENV_IDS`) trains the N students as one batched model in this process
-    (:class:`kd_env.vector.BatchedKDVectorEnv`: the same episodes as ``"sync"``, several times
+    (:class:`kd_env.batched.BatchedKDVectorEnv`: the same episodes as ``"sync"``, several times
     faster per core)."""
     if not matches(num_envs, int) or num_envs < 1:
         raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")

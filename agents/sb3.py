@@ -31,7 +31,7 @@ Defaults are sized for an expensive env, where one step is a training phase (``n
 
 Parallel episodes: ``n_envs=N`` (SB3's own name) runs N copies of the env, rebuilt from its
 ``gym.make`` spec: on the digits ids, N students trained as one batched model in this process
-(:class:`BatchedVecEnv` over :class:`kd_env.vector.BatchedKDVectorEnv`), otherwise N spawned
+(:class:`BatchedVecEnv` over :class:`kd_env.batched.BatchedKDVectorEnv`), otherwise N spawned
 processes with one torch thread each (an SB3 ``SubprocVecEnv``), so N episodes run at once; every finished episode is logged and counts
 towards the budget (``total_episodes * num_phases`` env steps over all copies).  PPO's
 ``n_steps`` is then per copy, ``4 n / N``, so a rollout still holds four episodes.  The copies
@@ -378,7 +378,7 @@ class _CopyFactory:
 
 
 class BatchedVecEnv:
-    """A :class:`kd_env.vector.BatchedKDVectorEnv` (made with ``autoreset_mode="same_step"``) as
+    """A :class:`kd_env.batched.BatchedKDVectorEnv` (made with ``autoreset_mode="same_step"``) as
     an SB3 ``VecEnv``: N copies whose students train as one batched model, stepped and reset as
     SB3 expects (an ended episode is reset at once, its last observation in
     ``info["terminal_observation"]``), actions translated as :func:`_adapt`'s wrapper would.

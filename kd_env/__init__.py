@@ -10,7 +10,7 @@ and ``kd_env/TextKD-Instances-v0`` (situations that differ: gold-label share, la
 strength; see :mod:`kd_env.instances`).  Any :class:`DistillConfig` field can be passed to ``make``.
 For stable-baselines3 on the weights mode, wrap the env in :class:`SymmetricWeights`
 (``Box(-1, 1)`` actions).  ``gymnasium.make_vec(id, num_envs=N)`` on the digits ids
-(:data:`BATCHED_ENV_IDS`) gives :class:`kd_env.vector.BatchedKDVectorEnv`: N students trained as
+(:data:`BATCHED_ENV_IDS`) gives :class:`kd_env.batched.BatchedKDVectorEnv`: N students trained as
 one batched model, the same episodes as N single envs.
 """
 
@@ -33,6 +33,7 @@ from .knowledge import (
 from .metrics import compute_metrics
 from .models import ModelOutputs
 from .observations import Observation, observation_names, register_observation
+from .phase_runner import PhaseRunner
 from .rewards import Reward, register_reward, reward_names
 from .state import ObservationPart, StateSpec, TrainingState
 from .wrappers import SymmetricWeights
@@ -65,10 +66,10 @@ INSTANCE_ENV_IDS = {
 
 
 #: the ids whose students are MLPs: ``gymnasium.make_vec(id, num_envs=N)`` gives a
-#: :class:`~kd_env.vector.BatchedKDVectorEnv` (N students trained as one batched model)
+#: :class:`~kd_env.batched.BatchedKDVectorEnv` (N students trained as one batched model)
 BATCHED_ENV_IDS = ("kd_env/DigitsKD-v0", "kd_env/QuickKD-v0", "kd_env/DigitsKD-Instances-v0",
                    "kd_env/DigitsKD-BetweenOracle-v0", "kd_env/DigitsKD-Switch-v0")
-BATCHED_VECTOR_ENTRY_POINT = "kd_env.vector:BatchedKDVectorEnv"
+BATCHED_VECTOR_ENTRY_POINT = "kd_env.batched:BatchedKDVectorEnv"
 
 
 def register_envs() -> None:
@@ -90,7 +91,7 @@ register_envs()
 __all__ = [
     "TaskData", "compute_metrics", "load_task",
     "Distiller", "PhaseStats", "build_distiller",
-    "KnowledgeSelectionEnv", "ENV_IDS", "INSTANCE_ENV_IDS", "BATCHED_ENV_IDS", "register_envs",
+    "KnowledgeSelectionEnv", "PhaseRunner", "ENV_IDS", "INSTANCE_ENV_IDS", "BATCHED_ENV_IDS", "register_envs",
     "Instance", "InstanceSet", "get_instance_set", "instance_set_names", "register_instance_set",
     "register_example_weighting",
     "DEFAULT_KNOWLEDGE", "Knowledge", "knowledge_names", "make_knowledge", "register_knowledge",

@@ -222,7 +222,7 @@ class Distiller:
         """How AdamW runs: text students take the fused kernel (one pass over all tensors: 2.7 vs
         17.8 ms per step for the 3-layer MiniLM student at one CPU thread, the same update up to
         float rounding; ``perf/text_step_speed.py``); MLP students keep ``foreach``, whose numbers
-        the batched digits env reproduces (:mod:`kd_env.vector`)."""
+        the batched digits env reproduces (:mod:`kd_env.batched`)."""
         if self.task.kind == "text" and self.device.type in ("cpu", "cuda"):
             return {"fused": True}
         return {"foreach": True}  # the same numbers as the per-tensor loop, less Python per step

@@ -12,11 +12,11 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from .build import build_distiller
 from .config import DistillConfig, get_preset
 from .engine import Distiller, PhaseStats
 from .instances import InstanceSet, get_instance_set
 from .observations import Observation, make_observation
+from .phase_runner import PhaseRunner
 from .rewards import Reward, make_reward
 from .situation import observable_situation_v2
 from .state import StateSpec, TrainingState
@@ -137,6 +137,10 @@ class KnowledgeSelectionEnv(gym.Env):
     * ``record_time``: also put the phase's wall time in ``info["phase_seconds"]``.  Off by
       default, so that identical runs give identical infos (as ``check_env`` demands); the wall
       time of the last step is always in ``env.unwrapped.last_phase_seconds``.
+    * ``phase_runner``: how distillers are built, phases trained and the dev set probed
+      (:class:`~kd_env.phase_runner.PhaseRunner`; default: in the env's own distiller).  The
+      batched env (:mod:`kd_env.batched`) gives its copies one that hands over the phases it
+      trains for every copy at once.
 
     ## Version History
     * v0: initial version.  Amended (issue 13) without a new id, since no action, reward or
@@ -152,7 +156,8 @@ class KnowledgeSelectionEnv(gym.Env):
                  reward: str | Reward = "dev_loss_delta", reward_params: dict | None = None,
                  crash_penalty: float | None = None, probe_every: int = 1, render_mode: str | None = None,
                  record_time: bool = False, distiller: Distiller | None = None,
-                 instances: str | InstanceSet | None = None, instance_split: str = "train", **overrides: Any):
+                 instances: str | InstanceSet | None = None, instance_split: str = "train",
+                 phase_runner: PhaseRunner | None = None, **overrides: Any):
         super().__init__()
         if action_mode not in ACTION_MODES:
             raise ValueError(f"action_mode must be one of {list(ACTION_MODES)}, got {action_mode!r}")
@@ -161,6 +166,7 @@ class KnowledgeSelectionEnv(gym.Env):
         if not isinstance(probe_every, int) or probe_every < 1:
             raise ValueError(f"probe_every must be a positive integer, got {probe_every!r}")
         self.config = self._resolve_config(config, preset, overrides) if distiller is None else distiller.config
+        self.phase_runner = phase_runner if phase_runner is not None else PhaseRunner()
         self.instance_set = get_instance_set(instances) if instances is not None else None
         self.instance_split = instance_split
         self.instance: str | None = None
@@ -176,7 +182,7 @@ class KnowledgeSelectionEnv(gym.Env):
         self._init_args = dict(action_mode=action_mode, observation=observation, reward=reward,
                                reward_params=reward_params, crash_penalty=crash_penalty,
                                probe_every=probe_every, render_mode=render_mode, record_time=record_time,
-                               instances=instances, instance_split=instance_split)
+                               instances=instances, instance_split=instance_split, phase_runner=phase_runner)
         self.record_time = bool(record_time)
         self.action_mode = action_mode
         self.render_mode = render_mode
@@ -185,7 +191,7 @@ class KnowledgeSelectionEnv(gym.Env):
         self.reward_fn = make_reward(reward, **(reward_params or {}))
         self._reward_spec = (reward if isinstance(reward, str) else self.reward_fn, dict(reward_params or {}))
         self.observation_fn = make_observation(observation)
-        self.distiller = distiller if distiller is not None else self._build_distiller(self.config)
+        self.distiller = distiller if distiller is not None else self.phase_runner.build_distiller(self.config)
         if self.instance is not None:
             self._distillers[self.instance] = self.distiller
         k = self.distiller.num_knowledge
@@ -216,10 +222,6 @@ class KnowledgeSelectionEnv(gym.Env):
         if preset is not None and config is not None:
             raise ValueError("pass either config or preset, not both")
         return base.replace(**overrides) if overrides else base
-
-    def _build_distiller(self, config: DistillConfig) -> Distiller:
-        """The distiller of ``config`` (a hook: the batched env shares one per config among its copies)."""
-        return build_distiller(config)
 
     def _spec_of(self, distiller: Distiller) -> StateSpec:
         """The :class:`StateSpec` of ``distiller`` (worked out once per distiller)."""
@@ -262,7 +264,7 @@ class KnowledgeSelectionEnv(gym.Env):
             return
         if name not in self._distillers:
             config = self.instance_set.config(name, self._base_config)  # type: ignore[union-attr]  # instance envs only
-            distiller = self._build_distiller(config)
+            distiller = self.phase_runner.build_distiller(config)
             if distiller.knowledge_names != self.knowledge_names:
                 distiller.close()
                 raise ValueError(f"instance {name!r} changes the knowledge types: {self.knowledge_names} -> "
@@ -333,7 +335,7 @@ class KnowledgeSelectionEnv(gym.Env):
             new_config = self.config.replace(**options["config"])
             if new_config != self.config:
                 old_names = self.knowledge_names
-                new_distiller = self._build_distiller(new_config)
+                new_distiller = self.phase_runner.build_distiller(new_config)
                 if new_distiller.knowledge_names != old_names:
                     new_distiller.close()
                     raise ValueError(f"reset options cannot change the knowledge types (the action space): "
@@ -391,6 +393,8 @@ class KnowledgeSelectionEnv(gym.Env):
         if self._closed:
             raise RuntimeError("step() called on a closed env")
         w = self._validate_action(action)
+        if self.phase_runner.phase_ready:  # trained before this step, the episode's end checked first
+            return w
         if self.distiller.budget_left <= 0 or (self.history and self.history[-1]["crashed"]):
             raise RuntimeError("step() after the episode ended; call reset()")
         return w
@@ -424,12 +428,12 @@ class KnowledgeSelectionEnv(gym.Env):
     def _apply(self, w: np.ndarray) -> _PhaseResult:
         """Train one phase with knowledge weights ``w``, probe the dev set when due, move the
         episode state (last phase, action and probe) on and publish the new state."""
-        phase, crashed = self._train_phase_or_crash(w)
+        phase, crashed = self.phase_runner.train_phase(self.distiller, w)
         terminated = self._is_terminated(crashed)
         self.phase_index += 1
         probe = None
         if not crashed and (self.reward_fn.needs_probe or self.phase_index % self.probe_every == 0 or terminated):
-            probe = self._probe()
+            probe = self.phase_runner.probe(self.distiller)
         previous = self.state
         if not crashed:
             self.last_phase = phase
@@ -438,23 +442,6 @@ class KnowledgeSelectionEnv(gym.Env):
             self.last_probe = probe
         self.state = self._publish(probe_fresh=probe is not None, terminated=terminated, crashed=crashed)
         return _PhaseResult(previous=previous, state=self.state, phase=phase, weights=w)
-
-    def _train_phase_or_crash(self, w: np.ndarray) -> tuple[PhaseStats, bool]:
-        """The phase's statistics and whether it crashed.  The engine stops on a non-finite loss or
-        gradient; an update can also leave non-finite parameters after the phase's last step,
-        which only the parameters themselves show: then the student goes back to its state
-        before the phase."""
-        d = self.distiller
-        snapshot = d.snapshot_student()
-        phase = d.train_phase(w)
-        student_finite = d.student_is_finite()
-        if not student_finite:
-            d.restore_student(snapshot)
-        return phase, phase.crashed or not student_finite
-
-    def _probe(self) -> dict[str, float]:
-        """The student's loss and metrics on the dev probe after a phase."""
-        return self.distiller.evaluate("probe")
 
     def _is_terminated(self, crashed: bool) -> bool:
         """A crash or a spent budget ends the episode."""

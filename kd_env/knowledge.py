@@ -28,13 +28,16 @@ Teacher outputs arrive already aligned to the student: ``teacher.hidden[j]`` pai
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 
 from .models import ModelOutputs
 from .registry import Registry, check_function_params
+
+if TYPE_CHECKING:
+    from .batched.states import StudentStates, TeacherStates
 
 __all__ = [
     "Knowledge",
@@ -117,6 +120,26 @@ class Knowledge:
             return (values * w).sum() / values.shape[0]
         m = mask.to(values.dtype)
         return (values * w * m).sum() / m.sum().clamp_min(1)
+
+    # ---- batched form (N students at once: kd_env.batched) ----------------------------------
+    def batched(self, student: StudentStates, teacher: TeacherStates, batch: dict[str, torch.Tensor],
+                example_weights: Mapping[str, torch.Tensor | None]) -> torch.Tensor:
+        """This loss for each of N students at once, ``(N,)`` (the batched env's form): ``student``
+        and ``teacher`` hold ``(N, B, ...)`` tensors (:mod:`kd_env.batched.states`), ``batch``
+        ``labels`` ``(N, B)`` and optionally ``label_mask``, ``example_weights`` per-example weights
+        ``(N, B)`` by knowledge name.  The default maps :meth:`__call__` over the students with
+        ``torch.func.vmap`` (the loss must then be vmap-able: no data-dependent shapes or
+        ``.item()``); the built-in types point at forms written out in
+        :mod:`kd_env.batched.losses`.  A written-out form belongs to its own class: a subclass
+        that does not define ``batched`` gets this default (it may change the loss)."""
+        from .batched.losses import vmapped_loss
+
+        return vmapped_loss(self, student, teacher, batch, example_weights)
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if "batched" not in cls.__dict__:
+            cls.batched = Knowledge.batched  # type: ignore[method-assign]  # see batched: not inherited
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, needs={self.needs})"
@@ -226,6 +249,11 @@ class Finetune(Knowledge):
             return F.mse_loss(student.logits.squeeze(-1), labels.float())
         return F.cross_entropy(student.logits, labels)
 
+    def batched(self, student, teacher, batch, example_weights):
+        from .batched.losses import finetune_loss
+
+        return finetune_loss(self, student, teacher, batch, example_weights)
+
 
 @register_knowledge("response")
 class Response(Knowledge):
@@ -258,6 +286,11 @@ class Response(Knowledge):
         log_p_t = F.log_softmax(teacher.logits.float() / t, dim=-1)
         return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1) * t * t
 
+    def batched(self, student, teacher, batch, example_weights):
+        from .batched.losses import response_loss
+
+        return response_loss(self, student, teacher, batch, example_weights)
+
 
 @register_knowledge("uncertainty_kd", cost=2.0)
 class UncertaintyKD(Knowledge):
@@ -281,6 +314,11 @@ class UncertaintyKD(Knowledge):
         weights = uncertainty_weighting(student, teacher, batch)
         return (self.finetune.weighted(student, teacher, batch, weights["finetune"])
                 + self.response.weighted(student, teacher, batch, weights["response"]))
+
+    def batched(self, student, teacher, batch, example_weights):
+        from .batched.losses import uncertainty_kd_loss
+
+        return uncertainty_kd_loss(self, student, teacher, batch, example_weights)
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -335,6 +373,11 @@ class Feature(Knowledge):
             b = F.normalize(t.to(s.dtype), dim=-1)
             losses.append(((a - b) ** 2).sum(-1).mean())
         return torch.stack(losses).mean()
+
+    def batched(self, student, teacher, batch, example_weights):
+        from .batched.losses import feature_loss
+
+        return feature_loss(self, student, teacher, batch, example_weights)
 
 
 def fsp_matrix(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -450,6 +493,11 @@ class Relation(Knowledge):
             a_t, b_t = teacher.hidden[j - 1].to(a_s.dtype), teacher.hidden[j].to(a_s.dtype)
             losses.append(self.pair_loss(a_s, b_s, a_t, b_t, student.mask))
         return torch.stack(losses).mean()
+
+    def batched(self, student, teacher, batch, example_weights):
+        from .batched.losses import relation_loss
+
+        return relation_loss(self, student, teacher, batch, example_weights)
 
 
 @register_knowledge("attention", cost=1.5)

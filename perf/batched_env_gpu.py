@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import kd_env  # noqa: E402,F401  (registers the ids)
-from kd_env.vector import BatchedKDVectorEnv  # noqa: E402
+from kd_env.batched import BatchedKDVectorEnv  # noqa: E402
 
 
 def equality(copies: int, env_kwargs: dict) -> None:

@@ -7,7 +7,7 @@ Every row runs whole DigitsKD episodes (resets included) with random masks, for 
 * ``single env``: one ``KnowledgeSelectionEnv`` on one torch thread (one core);
 * ``AsyncVectorEnv``: ``--async-copies`` single envs in as many spawned processes, one thread
   each (one core per copy);
-* ``batched N``: :class:`kd_env.vector.BatchedKDVectorEnv` with N copies on one thread (one core).
+* ``batched N``: :class:`kd_env.batched.BatchedKDVectorEnv` with N copies on one thread (one core).
 
 The ratio column divides each row's steps/s per core by the single env's.  The rows are run in
 turn, ``--rounds`` times, and each row's median over the rounds is shown (the machines are noisy).
@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import kd_env  # noqa: E402,F401  (registers the ids)
-from kd_env.vector import BatchedKDVectorEnv  # noqa: E402
+from kd_env.batched import BatchedKDVectorEnv  # noqa: E402
 
 
 def cpu_description() -> str:
@@ -83,10 +83,11 @@ def steps_per_second(env, num_copies: int, seconds: float, vector: bool, seed: i
 
 def profile_phase(env_id: str, n: int, phases: int = 10, device: str = "cpu") -> None:
     """Where one batched phase's time goes at ``n`` copies: wall time per optimizer step of the
-    parts of :meth:`~kd_env.vector.StudentBatch.train_phase`, then torch.profiler's operators."""
+    parts of :meth:`~kd_env.batched.StudentBatch.train_phase`, then torch.profiler's operators."""
     from torch.profiler import ProfilerActivity, profile
 
-    from kd_env import vector
+    from kd_env.batched import StudentBatch
+    from kd_env.batched.handstep import _HandStep
 
     env = BatchedKDVectorEnv(n, **gym.spec(env_id).kwargs, device=device)
     env.reset(seed=0)
@@ -108,13 +109,13 @@ def profile_phase(env_id: str, n: int, phases: int = 10, device: str = "cpu") ->
                 spent[label] = spent.get(label, 0.0) + time.perf_counter() - start
         return original, staticmethod(wrapper) if isinstance(original, staticmethod) else wrapper
 
-    parts = [(vector.StudentBatch, "_gather", "gather the batch"), (vector.StudentBatch, "forward", "student forward"),
-             (vector.StudentBatch, "_terms", "knowledge terms (forward)"), (torch.Tensor, "backward", "backward"),
-             (vector._HandStep, "forward", "forward and every term, by hand"),
-             (vector._HandStep, "backward", "backward, by hand"),
-             (vector.StudentBatch, "_clip", "gradient norms and clipping"), (vector.StudentBatch, "_adamw", "AdamW"),
-             (vector.StudentBatch, "_prediction_stats", "prediction statistics"),
-             (vector.StudentBatch, "train_phase", "whole phase")]
+    parts = [(StudentBatch, "_gather", "gather the batch"), (StudentBatch, "forward", "student forward"),
+             (StudentBatch, "_terms", "knowledge terms (forward)"), (torch.Tensor, "backward", "backward"),
+             (_HandStep, "forward", "forward and every term, by hand"),
+             (_HandStep, "backward", "backward, by hand"),
+             (StudentBatch, "_clip", "gradient norms and clipping"), (StudentBatch, "_adamw", "AdamW"),
+             (StudentBatch, "_prediction_stats", "prediction statistics"),
+             (StudentBatch, "train_phase", "whole phase")]
     saved = []
 
     def phase() -> None:

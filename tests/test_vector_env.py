@@ -16,7 +16,7 @@ import torch
 import kd_env
 from kd_env import KnowledgeSelectionEnv, register_knowledge
 from kd_env.knowledge import KNOWLEDGE_REGISTRY
-from kd_env.vector import BatchedKDVectorEnv
+from kd_env.batched import BatchedKDVectorEnv
 
 TOL = 1e-5
 
@@ -247,9 +247,10 @@ def test_text_students_are_refused_with_a_clear_error(tiny_bert_dir, text_csv):
 
 
 def test_hand_written_backwards_equal_autograd_of_the_same_expressions():
-    # the batched env's loss pieces with a backward by hand (kd_env.vector), in float64 against
+    # the batched env's loss pieces with a backward by hand (kd_env.batched), in float64 against
     # autograd on the plain expressions they replace
-    from kd_env.vector import _PooledFeature, _ProjectedMoments, _RelationProduct
+    from kd_env.batched.losses import _PooledFeature, _RelationProduct
+    from kd_env.batched.states import _ProjectedMoments
 
     torch.manual_seed(0)
     n, b, d, width = 3, 5, 4, 7
@@ -292,7 +293,7 @@ def test_hand_written_backwards_equal_autograd_of_the_same_expressions():
      True),
 ])
 def test_written_out_step_equals_autograd_on_the_same_batch(kwargs, weighting):
-    # the batched env's step without autograd (kd_env.vector._HandStep): every term's value, the
+    # the batched env's step without autograd (kd_env.batched.handstep._HandStep): every term's value, the
     # prediction statistics and the gradient of any weighting of the terms equal those of the
     # autograd forms (batched_knowledge_loss) on the same batch, to float rounding
     venv = BatchedKDVectorEnv(4, **kwargs)
@@ -358,3 +359,64 @@ def test_batched_env_on_cuda_equals_cpu():
         finally:
             venv.close()
     np.testing.assert_allclose(results[0], results[1], atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # vmap of kl_div, a reference here
+def test_each_knowledge_type_owns_its_batched_form_and_a_subclass_gets_vmap():
+    # the built-in types point at their written-out forms; those equal their single forms mapped
+    # over the students with vmap (Knowledge.batched's default), and a subclass (which may change
+    # the loss) gets that default unless it writes its own
+    from kd_env.knowledge import Feature, Knowledge, Relation
+
+    class LooserRelation(Relation):
+        pass
+
+    assert LooserRelation.batched is Knowledge.batched and Feature.batched is not Knowledge.batched
+    venv = BatchedKDVectorEnv(3, config="quick", label_fraction=0.5,
+                              knowledge=["finetune", "response", "feature", "relation", "uncertainty_kd"])
+    try:
+        venv.reset(seed=0)
+        batch = venv.batch
+        data, teacher = batch._batch_at(np.stack([d._next_indices() for d in batch.distillers]))
+        s_out = batch.forward(data["features"], teacher.hidden, teacher.input_moments)
+        for kn in batch.knowledge:
+            assert type(kn).batched is not Knowledge.batched
+            torch.testing.assert_close(kn.batched(s_out, teacher, data, {}), Knowledge.batched(kn, s_out, teacher, data, {}),
+                                       rtol=1e-4, atol=1e-5)
+    finally:
+        venv.close()
+
+
+def test_a_phase_runner_is_the_envs_declared_extension_point():
+    # what the batched copies plug into: the default runner's results, counted on the way
+    from kd_env import PhaseRunner
+
+    class Counting(PhaseRunner):
+        def __init__(self):
+            self.calls = {"build": 0, "train": 0, "probe": 0}
+
+        def build_distiller(self, config):
+            self.calls["build"] += 1
+            return super().build_distiller(config)
+
+        def train_phase(self, distiller, weights):
+            self.calls["train"] += 1
+            return super().train_phase(distiller, weights)
+
+        def probe(self, distiller):
+            self.calls["probe"] += 1
+            return super().probe(distiller)
+
+    runner = Counting()
+    plain, counted = KnowledgeSelectionEnv("quick"), KnowledgeSelectionEnv("quick", phase_runner=runner)
+    try:
+        for env in (plain, counted):
+            env.reset(seed=3)
+        for _ in range(2):
+            a, b = plain.step(np.ones(4, dtype=np.int8)), counted.step(np.ones(4, dtype=np.int8))
+            np.testing.assert_array_equal(a[0], b[0])
+            assert a[1] == b[1]
+        assert runner.calls == {"build": 1, "train": 2, "probe": 2}
+    finally:
+        plain.close()
+        counted.close()

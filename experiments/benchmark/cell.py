@@ -77,7 +77,7 @@ def run_cells(cells: Sequence[Cell], threads: int = 1, tensorboard: str | Path |
     """Train and evaluate cells that differ only in their seed, all :func:`batched`, together: each
     seed's learner runs its own training and evaluation exactly as :func:`run_cell` runs them on
     single envs, on its own copy of a batched vector env (one for training, one for evaluation),
-    and the students of all seeds train as one batched model (:class:`kd_env.vector.Lockstep`).
+    and the students of all seeds train as one batched model (:class:`kd_env.batched.Lockstep`).
     A cell's numbers do not depend on the others (each copy's arithmetic is the same in a batch of
     one or of many).  ``tensorboard``: as :func:`run_cell` (each cell its own run folder).
     Returns each cell's payload, or the exception it raised."""
@@ -85,7 +85,7 @@ def run_cells(cells: Sequence[Cell], threads: int = 1, tensorboard: str | Path |
     import torch
 
     import kd_env  # noqa: F401 - registers the ids
-    from kd_env.vector import Lockstep
+    from kd_env.batched import Lockstep
 
     settings = cells[0].settings
     if any(c.settings != settings for c in cells) or not all(batched(c) for c in cells):
