@@ -13,7 +13,7 @@ import torch
 
 from .data import Split, TaskData
 
-__all__ = ["encode_split", "collate", "BatchSampler", "tokens_per_example", "length_grouped_order",
+__all__ = ["encode_split", "collate", "BatchSampler", "to_device", "tokens_per_example", "length_grouped_order",
            "tokenizer_fingerprint"]
 
 
@@ -145,6 +145,11 @@ class BatchSampler:
                 order = np.argsort([len(self.encoded[i]["input_ids"]) for i in order], kind="stable")
         for start in range(0, len(order), batch_size):
             yield self.batch(order[start : start + batch_size])
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """``batch``'s tensors on ``device`` (copied without blocking where the device allows)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def tokens_per_example(sampler: BatchSampler) -> np.ndarray:

@@ -21,6 +21,7 @@ from .batching import BatchSampler, tokenizer_fingerprint
 from .config import DistillConfig
 from .data import TaskData, load_task
 from .engine import Distiller
+from .io import atomic_write_json
 from .knowledge import KNOWLEDGE_REGISTRY, Knowledge, knowledge_names, make_knowledge
 from .models import (
     MLPClassifier,
@@ -32,17 +33,8 @@ from .models import (
     truncate_layers,
 )
 from .runtime import private_torch_rng, resolve_device, resolve_precision, resolve_threads
-from .teacher import (
-    LiveTeacher,
-    TeacherCache,
-    _file_sha256,
-    atomic_write_json,
-    cache_root,
-    evaluate_model,
-    fingerprint_module,
-    teacher_budget,
-    train_classifier,
-)
+from .teacher import evaluate_model, teacher_budget, train_classifier
+from .teacher_cache import LiveTeacher, TeacherCache, _file_sha256, cache_root, fingerprint_module
 from .teacher_check import SANITY_VERSION, teacher_sanity
 
 __all__ = ["build_distiller", "eval_precision", "prepare_teacher", "student_precision", "teacher_precision",

@@ -20,7 +20,8 @@ from torch import nn
 from .batching import BatchSampler, length_grouped_order, tokens_per_example
 from .config import DistillConfig
 from .data import TaskData
-from .knowledge import Knowledge, check_example_weighting
+from .example_weightings import check_example_weighting
+from .knowledge import Knowledge
 from .models import Student
 from .phase_stats import PhaseStats, accumulate_prediction_stats
 from .runtime import NO_TIMER, StepTimer, autocast, private_torch_rng

@@ -13,7 +13,8 @@ from typing import Any, Mapping
 
 import torch
 
-from ..knowledge import Feature, Finetune, Knowledge, Relation, Response, UncertaintyKD, uncertainty_weighting
+from ..example_weightings import uncertainty_weighting
+from ..knowledge import Feature, Finetune, Knowledge, Relation, Response, UncertaintyKD
 from ..models import ModelOutputs
 from .states import StudentStates, TeacherStates, _log_softmax
 
