@@ -11,7 +11,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from .data import Split, TaskData
+from .task import Split, TaskData
 
 __all__ = ["encode_split", "collate", "BatchSampler", "to_device", "tokens_per_example", "length_grouped_order",
            "tokenizer_fingerprint"]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from .data import TaskData
+    from .task import TaskData
 
 __all__ = ["MIN_TRAIN_EXAMPLES", "MIN_EVAL_EXAMPLES", "CARVE_FRACTION", "MINIMUMS", "carve_size",
            "check_carve", "check_task"]

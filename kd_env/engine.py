@@ -2,7 +2,8 @@
 training phase at a time with a chosen mix of knowledge.
 
 :class:`Distiller` only trains and evaluates; :func:`kd_env.build.build_distiller` makes one from
-a :class:`~kd_env.config.DistillConfig`.
+a :class:`~kd_env.config.DistillConfig`.  Beside it: :mod:`kd_env.phase_stats` (what a phase
+measured) and :mod:`kd_env.student_labels` (the labels the student sees in a situation).
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ from torch import nn
 
 from .batching import BatchSampler, length_grouped_order, tokens_per_example
 from .config import DistillConfig
-from .data import TaskData
 from .example_weightings import check_example_weighting
 from .knowledge import Knowledge
 from .models import Student
 from .phase_stats import PhaseStats, accumulate_prediction_stats
 from .runtime import NO_TIMER, StepTimer, autocast, private_torch_rng
-from .teacher import LiveTeacher, TeacherCache, evaluate_model
+from .student_labels import student_label_view
+from .task import TaskData
+from .teacher import evaluate_model
+from .teacher_cache import LiveTeacher, TeacherCache
 
-__all__ = ["PhaseStats", "Distiller"]
+__all__ = ["PhaseStats", "Distiller", "student_label_view"]
 
 
 def weighted_sum(terms: dict[int, torch.Tensor], w: np.ndarray, active: list[int]) -> torch.Tensor:
@@ -47,33 +50,6 @@ def lr_factor(config: DistillConfig, step: int) -> float:
     if step < warm:
         return (step + 1) / warm
     return max(0.0, (total - step) / max(1, total - warm))
-
-
-def student_label_view(labels: np.ndarray, num_labels: int,
-                       config: DistillConfig) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The distillation set's labels as the student sees them under ``config``'s situation.
-
-    Returns ``(student_labels, label_mask)``: ``student_labels`` is ``labels`` with exactly
-    ``round(label_noise * N)`` entries (a seeded choice) flipped to a uniformly drawn *other*
-    class, or ``None`` without noise; ``label_mask`` marks the ``max(1, round(label_fraction *
-    N))`` examples (a seeded choice) that have a gold label, or ``None`` when all have one.
-    Both depend only on ``config.seed``, so they are fixed across the episodes of an instance.
-    """
-    n = len(labels)
-    student_labels = label_mask = None
-    if config.label_noise > 0:
-        if num_labels < 2:
-            raise ValueError("config.label_noise needs a classification task (regression labels cannot flip)")
-        rng = np.random.default_rng([config.seed, 2718])
-        flip = rng.choice(n, size=int(round(config.label_noise * n)), replace=False)
-        student_labels = np.asarray(labels).copy()
-        shift = rng.integers(1, num_labels, size=len(flip))
-        student_labels[flip] = (student_labels[flip] + shift) % num_labels
-    if config.label_fraction < 1:
-        rng = np.random.default_rng([config.seed, 3141])
-        label_mask = np.zeros(n, dtype=bool)
-        label_mask[rng.choice(n, size=max(1, int(round(config.label_fraction * n))), replace=False)] = True
-    return student_labels, label_mask
 
 
 class Distiller:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
 from functools import partial
 from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 
 from .config import DistillConfig, get_preset
 from .engine import Distiller, PhaseStats
+from .env_inputs import ACTION_MODES, action_space, check_reset_options, validate_action
 from .instances import InstanceSet, get_instance_set
 from .observations import Observation, make_observation
 from .phase_runner import PhaseRunner
@@ -22,8 +21,6 @@ from .situation import observable_situation_v2
 from .state import StateSpec, TrainingState
 
 __all__ = ["KnowledgeSelectionEnv", "ACTION_MODES"]
-
-ACTION_MODES = ("mask", "weights")
 
 
 class _PhaseResult(NamedTuple):
@@ -57,29 +54,22 @@ class KnowledgeSelectionEnv(gym.Env):
     ``ValueError`` naming the expected space, and leaves the env unchanged.
 
     ## Observation Space
-    ``observation="summary"`` (default): ``Box`` of ``2K + 9`` float32 values:
+    ``observation="summary"`` (default): ``Box`` of ``2K + 9`` float32 values: the budget share
+    used; each knowledge loss, the student's CE, accuracy and entropy, its KL to and argmax
+    agreement with the teacher (means over the phase's optimizer steps, the student in train mode);
+    the latest dev-probe CE and metric; the mean gradient norm; the last action (the table, with
+    bounds: docs/env.md).  The first observation, after ``reset``, is measured the same way on the
+    first training batch without an update (gradient norm 0, last action all zeros).  A non-finite
+    loss reads as the cap 10 (the worst value), never 0.  Values are clipped into the bounds;
+    ``env.observation_fn.unclipped(env.state)`` gives them before clipping.
 
-    | index          | meaning                                            | min | max |
-    |----------------|----------------------------------------------------|-----|-----|
-    | 0              | fraction of the step budget used                   | 0   | 1   |
-    | 1 .. K         | each knowledge loss on the phase, log1p (all K)    | 0   | 10  |
-    | K+1            | student CE on the phase, log1p                     | 0   | 10  |
-    | K+2            | student accuracy on the phase                      | 0   | 1   |
-    | K+3            | KL(teacher || student) on the phase, log1p         | 0   | 10  |
-    | K+4            | teacher-student argmax agreement                   | 0   | 1   |
-    | K+5            | student prediction entropy / log(C)                | 0   | 1   |
-    | K+6            | latest dev-probe CE, log1p                         | 0   | 10  |
-    | K+7            | latest dev-probe metric                            | -1  | 1   |
-    | K+8            | mean gradient norm, log1p                          | 0   | 10  |
-    | K+9 .. 2K+8    | the last action                                    | 0   | 1   |
-
-    Indices 1 .. K+5 are means over the phase's optimizer steps, the student in train mode
-    (dropout on for text students).  The first observation, after ``reset``, has no phase
-    behind it: they are measured the same way on the first training batch, without an update,
-    so they equal what the first optimizer step sees; the gradient norm is 0 and the last
-    action all zeros there.  A non-finite loss reads as the cap 10 (the worst value), never 0.
-    Values are clipped into the bounds; ``env.observation_fn.unclipped(env.state)`` gives them
-    before clipping (on ordinary runs clipping changes nothing).
+    Also (docs/env.md): ``"cls"`` (the paper's state: the student's then the teacher's mean
+    final-layer [CLS] vector, ``Box(-100, 100)``), ``"dict"`` (``Dict(summary=..., cls=...)``),
+    ``"observable"`` and ``"observable_only"`` (with what a user can compute about their own
+    situation: :data:`kd_env.situation.SITUATION_FEATURES`, each in [0, 1]), ``"portable"``;
+    **privileged**, for oracles only (instance envs; never a learner's input in a headline,
+    default or demo): ``"oracle_situation"`` and ``"oracle_situation_only"``, the situation's *true*
+    configuration.  Users add observations with :func:`kd_env.register_observation`.
 
     ## State
     After every reset and phase the env publishes a frozen :class:`~kd_env.state.TrainingState`
@@ -88,18 +78,6 @@ class KnowledgeSelectionEnv(gym.Env):
     (``space(spec)``, ``obs(state)``), rewards from the states before and after a phase
     (``reward(previous, state)``), and ``env.unwrapped.observation_parts`` declares the layout an
     agent's encoder reads.
-
-    ``"cls"``: the paper's state, the student's then the teacher's mean final-layer [CLS] vector
-    on the phase's last batch (``Box(-100, 100)``).  ``"dict"``: ``Dict(summary=..., cls=...)``.
-
-    ``"observable"``: the summary followed by what a user can compute about their own situation
-    (:data:`kd_env.situation.SITUATION_FEATURES`: labelled-example count and share, the teacher's
-    dev-probe accuracy, skill above chance and ECE, its disagreement with the gold labels, the
-    student/teacher parameter ratio; each in [0, 1]); ``"observable_only"``: the budget share
-    and those.  ``"oracle_situation"`` and ``"oracle_situation_only"`` (instance envs) append
-    the situation's *true* configuration (noise rate, how the teacher was made) instead:
-    **privileged**, for oracles only, never a learner's input in a headline, default or demo.
-    Users add observations with :func:`kd_env.register_observation`.
 
     ## Rewards
     ``reward="dev_loss_delta"`` (default, the paper's): the decrease of the student's CE on a
@@ -196,7 +174,7 @@ class KnowledgeSelectionEnv(gym.Env):
             self._distillers[self.instance] = self.distiller
         k = self.distiller.num_knowledge
         self.knowledge_names = list(self.distiller.knowledge_names)
-        self.action_space = spaces.MultiBinary(k) if action_mode == "mask" else spaces.Box(0.0, 1.0, (k,), np.float32)
+        self.action_space = action_space(action_mode, k)
         self._specs: dict[int, StateSpec] = {}
         self._oracle_cache: dict[str, np.ndarray] = {}
         self._start_episode_state()
@@ -295,29 +273,7 @@ class KnowledgeSelectionEnv(gym.Env):
         """The first part of :meth:`reset`: options checked and applied, the instance chosen, the
         distiller reset with the episode's seed."""
         super().reset(seed=seed)
-        valid = ["config", "example_weighting", "instance", "replay", "reward", "reward_params"]
-        if options is not None and not isinstance(options, Mapping):
-            raise ValueError(f"reset options must be a dict or None, got {type(options).__name__} {options!r}; "
-                             f"valid keys: {valid}")
-        options = dict(options or {})
-        unknown = sorted(set(options) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {unknown}; valid: {valid}")
-        replay = options.pop("replay", False)
-        if replay not in (True, False):
-            raise ValueError(f"reset option 'replay' must be True or False, got {replay!r}")
-        if replay:
-            if self._last_start is None:
-                raise ValueError("reset option 'replay' needs a previous reset to replay")
-            if options.get("config"):
-                raise ValueError("reset option 'replay' cannot be combined with 'config' (the replayed start "
-                                 "fixes the config)")
-            previous_instance = self._last_start[0]
-            if options.get("instance") not in (None, previous_instance):
-                raise ValueError(f"reset option 'replay' replays instance {previous_instance!r}; "
-                                 f"got instance={options['instance']!r}")
-            if previous_instance is not None:
-                options["instance"] = previous_instance
+        options, replay = check_reset_options(options, self._last_start)
         if self.instance_set is not None:
             if options.get("config"):
                 raise ValueError("reset option 'config' is not available on an instance env (each instance "
@@ -392,37 +348,11 @@ class KnowledgeSelectionEnv(gym.Env):
         """The action as float64 weights, once the env can take a step."""
         if self._closed:
             raise RuntimeError("step() called on a closed env")
-        w = self._validate_action(action)
+        w = validate_action(action, self.action_space, self.action_mode, self.knowledge_names)
         if self.phase_runner.phase_ready:  # trained before this step, the episode's end checked first
             return w
         if self.distiller.budget_left <= 0 or (self.history and self.history[-1]["crashed"]):
             raise RuntimeError("step() after the episode ended; call reset()")
-        return w
-
-    def _validate_action(self, action: Any) -> np.ndarray:
-        """The action as float64 weights, or ``ValueError`` naming the expected space."""
-        space = self.action_space
-        expected = (f"MultiBinary({space.n}): an array of {space.n} values, each 0 or 1, for knowledge "  # type: ignore[attr-defined]  # MultiBinary in mask mode
-                    f"{self.knowledge_names}" if self.action_mode == "mask" else
-                    f"Box(0, 1, ({space.shape[0]},), float32): {space.shape[0]} finite weights in [0, 1] for "  # type: ignore[index]  # a Box in weights mode
-                    f"knowledge {self.knowledge_names}")
-        try:
-            arr = np.asarray(action)
-        except Exception as exc:  # noqa: BLE001 - ragged lists and the like
-            raise ValueError(f"invalid action {action!r} ({exc}); expected {expected}") from None
-        if arr.dtype.kind not in "biuf":
-            raise ValueError(f"invalid action dtype {arr.dtype}; expected {expected}")
-        k = len(self.knowledge_names)
-        if arr.shape != (k,):
-            raise ValueError(f"invalid action shape {arr.shape}; expected {expected}")
-        w = arr.astype(np.float64)
-        if not np.all(np.isfinite(w)):
-            raise ValueError(f"invalid action {arr.tolist()} (not finite); expected {expected}")
-        if self.action_mode == "mask":
-            if not np.all((w == 0) | (w == 1)):
-                raise ValueError(f"invalid action {arr.tolist()} (not binary); expected {expected}")
-        elif np.any(w < 0) or np.any(w > 1):
-            raise ValueError(f"invalid action {arr.tolist()} (outside [0, 1]); expected {expected}")
         return w
 
     def _apply(self, w: np.ndarray) -> _PhaseResult:

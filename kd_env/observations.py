@@ -9,8 +9,8 @@ said otherwise; ``cls`` declares its student/teacher split).
 
 Built in:
 
-* ``summary`` (default): a flat float32 vector of training statistics (table in
-  :class:`kd_env.env.KnowledgeSelectionEnv`), each squashed into declared finite bounds.
+* ``summary`` (default): a flat float32 vector of training statistics (table in docs/env.md;
+  :class:`kd_env.env.KnowledgeSelectionEnv` lists them), each squashed into declared finite bounds.
 * ``cls``: the paper's state: the student's and the teacher's mean final-layer [CLS] vectors
   on the last batch, concatenated (clipped to +-100).
 

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from .batching import BatchSampler, length_grouped_order, to_device, tokens_per_example
-from .data import TaskData
 from .io import atomic_write_bytes, atomic_write_json, progress_bar
 from .metrics import compute_metrics
 from .runtime import autocast
+from .task import TaskData
 from .teacher_cache import CacheError, LiveTeacher, TeacherCache, cache_root, fingerprint_module
 
 __all__ = [

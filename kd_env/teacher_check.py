@@ -31,7 +31,7 @@ from .runtime import autocast, private_torch_rng
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import DistillConfig
-    from .data import Split, TaskData
+    from .task import Split, TaskData
 
 __all__ = ["SANITY_VERSION", "PROBE_TRAIN", "PROBE_DEV", "SUSPECT_KNOWLEDGE", "teacher_sanity", "linear_probe",
            "majority_metric", "sanity_warning", "more_budget_flags", "fine_tune_record",
