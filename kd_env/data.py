@@ -46,7 +46,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from .datacheck import MIN_EVAL_EXAMPLES, carve_size, check_carve, check_task
-from .embedded_tasks import RT_POLARITY_SIZES, load_convention_party, load_digits_task, load_rt_polarity
+from .embedded_tasks import (
+    CONVENTION_PARTY_FILE,
+    CONVENTION_PARTY_MIN_WORDS,
+    RT_POLARITY_FILE,
+    RT_POLARITY_SIZES,
+    load_convention_party,
+    load_digits_task,
+    load_rt_polarity,
+)
 from .tables import LabelMappingWarning, class_names, describe_mapping, label_ids, read_rows, read_text
 from .task import Split, TaskData
 
@@ -60,6 +68,9 @@ __all__ = [
     "DataUnavailableError",
     "LabelMappingWarning",
     "RT_POLARITY_SIZES",
+    "RT_POLARITY_FILE",
+    "CONVENTION_PARTY_FILE",
+    "CONVENTION_PARTY_MIN_WORDS",
     "load_rt_polarity",
     "load_convention_party",
     "load_digits_task",

@@ -16,7 +16,8 @@ import numpy as np
 
 from .task import Split, TaskData
 
-__all__ = ["RT_POLARITY_SIZES", "load_rt_polarity", "load_convention_party", "load_digits_task"]
+__all__ = ["RT_POLARITY_SIZES", "RT_POLARITY_FILE", "CONVENTION_PARTY_FILE", "CONVENTION_PARTY_MIN_WORDS",
+           "load_rt_polarity", "load_convention_party", "load_digits_task"]
 
 
 #: sizes of the rt-polarity splits produced by :func:`load_task` (seed 0; measured)

@@ -23,7 +23,7 @@ from .io import atomic_write_bytes, atomic_write_json, progress_bar
 from .metrics import compute_metrics
 from .runtime import autocast
 from .task import TaskData
-from .teacher_cache import CacheError, LiveTeacher, TeacherCache, cache_root, fingerprint_module
+from .teacher_cache import CACHE_FORMAT, CacheError, LiveTeacher, TeacherCache, cache_root, fingerprint_module
 
 __all__ = [
     "cache_root",
@@ -36,6 +36,7 @@ __all__ = [
     "TeacherCache",
     "LiveTeacher",
     "CacheError",
+    "CACHE_FORMAT",
 ]
 
 # --------------------------------------------------------------------------------------------
