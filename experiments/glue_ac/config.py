@@ -206,8 +206,8 @@ class ExperimentConfig:
         if cached is not None and cached[0] == snapshot:
             return cached[1]
         c = self._resolve()
-        setattr(self, "_resolved", (snapshot, c))
-        setattr(c, "_resolved", (dataclasses.asdict(c), c))  # a resolved config resolves to itself
+        object.__setattr__(self, "_resolved", (snapshot, c))  # not a field: never in config.yaml
+        object.__setattr__(c, "_resolved", (dataclasses.asdict(c), c))  # a resolved config resolves to itself
         return c
 
     def preset_defaults(self) -> ExperimentPreset:
