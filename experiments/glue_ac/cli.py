@@ -114,8 +114,8 @@ def _default_situations(data: dict[str, Any]) -> None:
             data["preset"] = preset
     if named or "situations" in data or data.get("instance_set"):
         return
-    preset = EXPERIMENT_PRESETS.get(data.get("preset", ExperimentConfig.preset))
-    defaults = None if preset is None else preset.situations
+    experiment = EXPERIMENT_PRESETS.get(data.get("preset", ExperimentConfig.preset))
+    defaults = None if experiment is None else experiment.situations
     if not defaults:
         return
     sset = get_instance_set(DEFAULT_INSTANCE_SET)  # the presets' lists are of the default set
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = config_from_args(argv)
     if config.situations:
         study = run_situations(config)
-        folder = Path(config.out) / config.resolved().name
+        folder = Path(config.out) / str(config.resolved().name)
         print_situations(study)
         print_timing(study["stage_seconds"])
         print(f"\nwrote {folder}/ (situations.md, situations.json, situations-heatmap.png; one run folder per "
@@ -141,5 +141,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = run_experiment(config)
     print_summary(summary)
     print_timing(summary["stage_seconds"])
-    print(f"\nwrote {Path(config.out) / config.resolved().name}/ (results.md, results.csv, results.json, plots)")
+    print(f"\nwrote {Path(config.out) / str(config.resolved().name)}/ (results.md, results.csv, results.json, plots)")
     return 0
