@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +19,10 @@ from types import TracebackType
 from typing import Any
 
 from kd_env.io import fsync_dir
+
+from .logs import get_logger
+
+LOGGER = get_logger("runlock")
 
 __all__ = ["LOCK_FILE", "RunLock", "RunLockedError"]
 
@@ -155,8 +158,8 @@ class RunLock:
                 tmp = self._write_tmp()
                 if (self.read() or {}).get("token") != self.token:
                     continue
-                print(f"note: took over the stale lock {self.path} of a {self.what} that is gone "
-                      f"({self._holder(record)}: no such process)", file=sys.stderr)
+                LOGGER.warning(f"note: took over the stale lock {self.path} of a {self.what} that is gone "
+                               f"({self._holder(record)}: no such process)")
                 self.held = True
                 break
             else:

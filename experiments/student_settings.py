@@ -36,6 +36,7 @@ import yaml
 
 from experiments.cli import SEEDS_HELP, parse_seeds
 from experiments.glue_ac import ExperimentConfig, Run, run_experiment
+from experiments.logs import add_verbosity_flags, get_logger, setup_logging
 from experiments.report import markdown_table
 from experiments import stats
 from experiments.stats import Score, format_bounds
@@ -156,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="student-settings", help="run folder under --out (default: %(default)s)")
     p.add_argument("--out", default="runs")
     p.add_argument("--threads", type=int, default=None, help="torch threads per student (default: the preset's)")
+    add_verbosity_flags(p)
     args = p.parse_args(argv)
+    setup_logging(args)
     try:
         preset, settings = load_grid(args.grid)
     except ValueError as exc:
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         distill = dict(overrides)
         if args.threads is not None:
             distill["threads"] = args.threads
-        print(f"== setting {name}: {overrides or '(preset)'}", file=sys.stderr)
+        get_logger("student_settings").info(f"== setting {name}: {overrides or '(preset)'}")
         config = ExperimentConfig(preset=preset, distill=distill, methods=methods, seeds=list(args.seeds),
                                   episodes=0, name=f"{args.name}/{name}", out=args.out)
         results.append(_summarise(name, overrides, _finished(config) or run_experiment(config)))

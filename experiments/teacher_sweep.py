@@ -40,6 +40,9 @@ from kd_env.runtime import resolve_device
 from kd_env.teacher_check import majority_metric
 
 from .cli import parse_seeds
+from .logs import add_verbosity_flags, get_logger, setup_logging
+
+LOGGER = get_logger("teacher_sweep")
 
 #: the recipes compared: DistillConfig overrides over the preset
 RECIPES = {"new": {}, "old": {"teacher_min_steps": 0, "teacher_patience": 0}}
@@ -114,7 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", required=True, help="cache root (one folder per recipe under it)")
     p.add_argument("--out", help="JSON file of every record (appended to when it exists)")
+    add_verbosity_flags(p)
     args = p.parse_args(argv)
+    setup_logging(args)
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     bad = [r for r in recipes if r not in RECIPES]
     if bad:
@@ -131,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     record = one_teacher(data, recipe, seed, args.preset, cache, args.threads)
                     record["size"] = size_text
                     records.append(record)
-                    print(markdown([record]).splitlines()[-1], flush=True)
+                    LOGGER.info(markdown([record]).splitlines()[-1])  # the table's row, as each teacher ends
                     if out is not None:
                         out.write_text(json.dumps(records, indent=1))
     print(markdown(records))

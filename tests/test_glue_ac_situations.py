@@ -123,7 +123,7 @@ def test_unknown_situation_of_the_default_set_lists_its_names(tmp_path: Path):
 
 
 def test_demo_runs_the_text3_default_situations_unless_told_otherwise():
-    assert EXPERIMENT_PRESETS["text3"]["situations"] is DEMO_SITUATIONS
+    assert EXPERIMENT_PRESETS["text3"].situations is DEMO_SITUATIONS
     c = config_from_args([]).resolved()
     assert (c.preset, c.situations, c.instance_set, c.name) == \
         ("text3", DEMO_SITUATIONS, "text3-situations", "glue_ac-text3-situations")

@@ -193,7 +193,7 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_run_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path: Path, capsys):
+def test_run_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path: Path, caplog):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         lock = _write_lock(tmp_path / "run", holder.pid)
@@ -208,7 +208,7 @@ def test_run_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path: Path
     _write_lock(tmp_path / "run", dead)
     with RunLock(tmp_path / "run", "glue_ac run") as taken:
         assert json.loads(lock.read_text())["pid"] == os.getpid() and taken.held
-        assert f"took over the stale lock {lock}" in capsys.readouterr().err
+        assert f"took over the stale lock {lock}" in caplog.text  # a warning of the experiments logger
     assert not lock.exists()
     # a folder the lock made and nothing else wrote is removed again
     with RunLock(tmp_path / "new", "run"):

@@ -7,7 +7,7 @@ import sys
 from typing import Sequence
 
 from experiments.cli import SEEDS_HELP, add_plugin_flag, add_tensorboard_flag, parse_seeds
-from experiments.logs import add_verbosity_flags, setup_logging
+from experiments.logs import add_verbosity_flags, get_logger, setup_logging
 
 from .grid import DEFAULT_ALGOS, DEFAULT_ENVS, DEFAULT_EVAL_EPISODES, DEFAULT_EVAL_EVERY, DEFAULT_SEEDS, \
     DEFAULT_WORKERS, EVAL_SPLITS, EXECUTORS, BenchmarkConfig
@@ -82,10 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = run_benchmark(config)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        get_logger("benchmark").error(f"error: {exc}")
         return 2
     if result.failed:
-        print(f"{len(result.failed)} cell(s) failed: {sorted(result.failed)}", file=sys.stderr)
+        get_logger("benchmark").error(f"{len(result.failed)} cell(s) failed: {sorted(result.failed)}")
         return 1
     return 0
 

@@ -21,13 +21,13 @@ checked.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from .. import stats
+from ..logs import add_verbosity_flags, get_logger, setup_logging
 from ..stats import Score
 
 
@@ -97,12 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--choice", required=True, help="instance=algorithm,... for every held-out instance")
     p.add_argument("--algos", default="ac", help="comma-separated algorithms to compare with the oracle")
     p.add_argument("--baseline", default="vanilla_kd")
+    add_verbosity_flags(p)
     args = p.parse_args(argv)
+    setup_logging(args)
     try:
         choice = dict(item.split("=", 1) for item in args.choice.split(","))
         result = oracle_shares(args.run_dir, choice, args.algos.split(","), args.baseline)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        get_logger("benchmark").error(f"error: {exc}")
         return 2
     d = result["oracle_diff"]
     print(f"oracle: {result['oracle_mean']:.4f}, vs {args.baseline} {d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}], "

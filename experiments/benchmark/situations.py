@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import stats
 from ..report import json_safe, markdown_table
+from ..logs import add_verbosity_flags, get_logger, setup_logging
 from ..stats import Score
 
 #: the oracle rows read from a headroom run's results.json (policy name -> per-situation choice)
@@ -166,14 +167,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--headroom", help="a headroom run folder scored on the same seeds (adds the oracles)")
     p.add_argument("--out", help="also write the markdown, a JSON and the long-format scores here (<out>.md, "
                                  "<out>.json, <out>-scores.csv)")
+    add_verbosity_flags(p)
     a = p.parse_args(argv)
+    setup_logging(a)
     try:
         scores = learner_scores(a.run_dir)
         if a.headroom:
             scores += oracle_scores(a.headroom, scores)
         result = tables(scores, a.reference, a.best_fixed)
     except (OSError, ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        get_logger("benchmark").error(f"error: {exc}")
         return 2
     text = render(result)
     print(text)

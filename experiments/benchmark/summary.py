@@ -24,6 +24,7 @@ import numpy as np
 
 from experiments import stats
 from experiments.stats import Score
+from experiments.logs import add_verbosity_flags, get_logger, setup_logging
 from experiments.report import (
     json_safe,
     plot_heatmap,
@@ -205,16 +206,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="fixed policy every algorithm is compared with, paired by seed")
     p.add_argument("--bootstrap-reps", type=int, default=BenchmarkConfig.bootstrap_reps)
     p.add_argument("--no-plots", dest="plots", action="store_false")
+    add_verbosity_flags(p)
     a = p.parse_args(argv)
+    setup_logging(a)
     run_dir = Path(a.run_dir)
     try:
         cells, payloads, saved = load_run(run_dir)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        get_logger("benchmark").error(f"error: {exc}")
         return 2
     finished = [c for c in cells if c in payloads]
     if not finished:
-        print(f"error: {run_dir} holds no finished cell", file=sys.stderr)
+        get_logger("benchmark").error(f"error: {run_dir} holds no finished cell")
         return 1
     name = run_dir.name.removeprefix("benchmark-")
     fields = {f.name for f in dataclasses.fields(BenchmarkConfig)}

@@ -13,6 +13,7 @@ from kd_env import DistillConfig, get_preset
 from kd_env.checks import check_types, matches, type_hints
 from kd_env.runtime import usable_cpus
 
+from ..cli import SEEDS_HELP, parse_seeds
 from ..executors import EXECUTORS, check_executor
 
 BASELINES = ("finetune", "vanilla_kd", "pkd", "all", "random_hard", "random_soft")
@@ -44,85 +45,140 @@ TEXT3_HEADROOM = "results/2026-12-05-text3-headroom.json"
 #: chosen on the choice seeds, scored on the check seeds) beats vanilla KD by at least this much on dev
 HEADROOM_THRESHOLD = 0.02
 
-#: experiment-level defaults per preset (the distillation settings live in kd_env.config)
-EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
-    # text: feature or relation alone never trains the classifier head (test 0.58 +- 0.25 over 5
-    # seeds, README "What make demo does"), so the default methods leave those two masks out;
-    # --methods brings them back
-    "text": {"episodes": 6, "seeds": [0, 1, 2], "workers": 2, "leave_out": ["only:feature", "only:relation"]},
+@dataclass(frozen=True)
+class ExperimentPreset:
+    """An experiment preset: a distillation preset of :mod:`kd_env.config`, named (never copied),
+    plus the experiment's own defaults."""
+
+    distill: str
+    """the :data:`kd_env.config.PRESETS` name the run distils with"""
+    episodes: int
+    """selector training episodes"""
+    seeds: list[int]
+    """evaluation seeds"""
+    workers: int
+    """students distilled at once (at most the usable CPUs)"""
+    leave_out: tuple[str, ...] = ()
+    """default methods this preset does not run (``--methods`` brings them back)"""
+    situations: Optional[list[str]] = None
+    """what the CLI runs when it is given no situation and no situation setting of its own"""
+    headroom: Optional[str] = None
+    """the dev-headroom measurement of the situations (package data)"""
+
+
+#: text: feature or relation alone never trains the classifier head (test 0.58 +- 0.25 over 5
+#: seeds, README "What make demo does"), so the default methods leave those two masks out
+_TEXT_LEAVE_OUT = ("only:feature", "only:relation")
+
+#: the experiment presets, one per distillation preset of kd_env.config and of the same name: the
+#: distillation settings live there (:func:`kd_env.get_preset`), the experiment's here
+EXPERIMENT_PRESETS: dict[str, ExperimentPreset] = {
+    "text": ExperimentPreset("text", episodes=6, seeds=[0, 1, 2], workers=2, leave_out=_TEXT_LEAVE_OUT),
     # situations: what the CLI runs when it is given no situation and no situation setting of its
     # own (python -m experiments.glue_ac, make demo): one study per situation of text3-situations
-    "text3": {"episodes": 6, "seeds": [0, 1, 2], "workers": 2, "leave_out": ["only:feature", "only:relation"],
-              "situations": DEMO_SITUATIONS, "headroom": TEXT3_HEADROOM},
-    "quick": {"episodes": 4, "seeds": [0, 1], "workers": 1},
-    "digits": {"episodes": 20, "seeds": [0, 1, 2, 3, 4], "workers": 1},
-    "paper": {"episodes": 30, "seeds": [0, 1, 2], "workers": 1},
+    "text3": ExperimentPreset("text3", episodes=6, seeds=[0, 1, 2], workers=2, leave_out=_TEXT_LEAVE_OUT,
+                              situations=DEMO_SITUATIONS, headroom=TEXT3_HEADROOM),
+    "quick": ExperimentPreset("quick", episodes=4, seeds=[0, 1], workers=1),
+    "digits": ExperimentPreset("digits", episodes=20, seeds=[0, 1, 2, 3, 4], workers=1),
+    "paper": ExperimentPreset("paper", episodes=30, seeds=[0, 1, 2], workers=1),
 }
+
+
+def experiment_preset_of(distill_preset: str) -> str | None:
+    """The experiment preset over distillation preset ``distill_preset`` (``None``: none)."""
+    return next((name for name, p in EXPERIMENT_PRESETS.items() if p.distill == distill_preset), None)
+
 
 RESULT_COLUMNS = ["method", "seed", "metric_name", "metric", "dev_metric", "return", "train_seconds",
                   "student_parameters", "crashed", "mean_weights"]
 
+#: the ``--methods`` help: the default list and what else is valid
+_METHODS_HELP = (f"methods to compare, a comma list (default: {SELECTOR}, {', '.join(BASELINES)}, "
+                 f"dynamic_kd and each single knowledge type only:<type>, less the preset's leave-outs; also: "
+                 f"{', '.join(DYNAMIC_BASELINES)} (the dynamic baselines), fixed:<bits>, schedule:<file>, any "
+                 f"registered agent (a --plugin's too))")
+
 
 @dataclass
 class ExperimentConfig:
-    """Everything that defines a run of this experiment (saved as config.yaml)."""
+    """Everything that defines a run of this experiment (saved as config.yaml).
 
-    preset: str = "text3"
-    """distillation preset (kd_env.config): text3 (6 -> 3 layers, the default), text (6 -> 2), quick,
+    Each field is a flag of ``python -m experiments.glue_ac`` (:mod:`experiments.flags`: its name
+    in kebab case, its type, its default, this docstring as its help), a key of a ``--config``
+    YAML file and of ``--set KEY=VALUE``; ``distill``, ``agent_params``, ``reward_params``: YAML
+    and ``--set`` only."""
+
+    preset: str = field(default="text3", metadata={"choices": sorted(EXPERIMENT_PRESETS)})
+    """experiment preset, over the distillation preset of the same name (kd_env.config): text3
+    (embedded offline rt-polarity, 6 -> 3 layers), text (6 -> 2), quick (digits, about a minute),
     digits, paper"""
     distill: dict[str, Any] = field(default_factory=dict)
     """DistillConfig overrides (task, teacher, student_layers, total_steps, ...)"""
     agent: str = "ac"
-    """selector agent (any name agents.make_agent accepts)"""
+    """selector agent (any registered agent name, agents.make_agent)"""
     agent_params: dict[str, Any] = field(default_factory=dict)
     """selector hyperparameters"""
-    action_mode: str = "weights"
-    """"weights" (the paper's soft action; baselines' masks are 0/1 weights) or "mask\""""
+    action_mode: str = field(default="weights", metadata={"choices": ("weights", "mask")})
+    """weights (the paper's soft action; baselines' masks are 0/1 weights) or mask"""
     observation: str = "summary"
+    """registered observation the selector reads (lookup and bandit read observable)"""
     reward: str = "dev_loss_delta"
+    """registered reward name"""
     reward_params: dict[str, Any] = field(default_factory=dict)
+    """the reward's parameters"""
     episodes: int | None = None
     """selector training episodes (default: per preset)"""
-    seeds: list[int] | None = None
+    seeds: list[int] | None = field(default=None, metadata={"type": parse_seeds,
+                                                              "help": f"evaluation {SEEDS_HELP} (default: per preset)"})
     """evaluation seeds (default: per preset)"""
-    methods: list[str] | None = None
+    methods: list[str] | None = field(default=None, metadata={"help": _METHODS_HELP})
     """methods to compare (default: selector, the baselines and each single knowledge type; the dynamic
     baselines dynamic_kd, eskd, two_stage, anneal on request)"""
     name: str | None = None
     """run folder name under ``out`` (default: glue_ac-<preset>-<task>)"""
     out: str = "runs"
+    """output root"""
     tensorboard: bool = True
     """TensorBoard logs in ``<run>/tb/``: the selector's training episodes (``tb/selector``) and each
-    student (``tb/<method>_<seed>``; ``--no-tensorboard``: none)"""
-    plugins: list[str] = field(default_factory=list)
+    student (``tb/<method>_<seed>``), stable-baselines3's layout (``tensorboard --logdir <run>/tb``;
+    ``--no-tensorboard``: none)"""
+    plugins: list[str] = field(default_factory=list, metadata={"flag": None})  # --plugin (experiments.cli)
     """python files to import first (they may register rewards, knowledge, observations)"""
     selector_seed: int = 1000
     """seed of the selector's training episodes (distinct from the evaluation seeds)"""
     workers: int | None = None
     """students distilled at once, each in a spawned process (or a Ray task) with its share of the
-    torch threads (default: per preset, at most the usable CPUs; 1 = in this process, locally)"""
-    executor: str = "local"
-    """where the students are distilled (:mod:`experiments.executors`): "local" (this process or
-    ``workers`` spawned ones) or "ray" (one Ray task per student)"""
+    torch threads (default: per preset: text 2, at most the usable CPUs; 1 = in this process, locally)"""
+    executor: str = field(default="local", metadata={"choices": EXECUTORS})
+    """where the students are distilled (:mod:`experiments.executors`): local (this process or
+    ``--workers`` spawned ones) or ray (one Ray task per student, ``--workers`` at a time; a local Ray, or
+    the cluster at ``--address``)"""
     address: str | None = None
-    """an existing Ray cluster for executor "ray" (default: start a local Ray)"""
+    """an existing Ray cluster for executor ray (default: start a local Ray)"""
     situation: str | None = None
-    """one situation of ``instance_set``: its DistillConfig overrides go over the preset's, and
-    ``distill`` over both (a ``distill`` key of :data:`SITUATION_KEYS`, or one the situation sets,
-    must then equal the situation's value)"""
+    """one situation of ``instance_set`` (default set text3-situations): its DistillConfig overrides go
+    over the preset's, and ``distill`` over both (a --label-fraction, --label-noise,
+    --teacher-train-fraction, --task or --teacher, or a ``distill`` key of :data:`SITUATION_KEYS`, that
+    contradicts the situation is an error)"""
     instance_set: str | None = None
-    """the instance set of ``situation`` / ``situations`` (default: text3-situations)"""
-    situations: list[str] | None = None
+    """the instance set of ``situation`` / ``situations`` (default: text3-situations; also every set of
+    kd_env.instances, e.g. digits-switch with --preset quick)"""
+    situations: list[str] | None = field(default=None, metadata={"help": (
+        "comma list of situations of --instance-set: the whole study (selector and every method x seed) once "
+        "per situation in <name>/<situation>/, then <name>/situations.md, situations.json and "
+        "situations-heatmap.png; 'none': one run (default: the preset's list -- text3: "
+        f"{','.join(DEMO_SITUATIONS)} -- unless you describe your own situation with the distillation flags)")})
     """situations of ``instance_set`` to run one whole study each, in ``<name>/<situation>/``, then
     the per-situation report (:func:`experiments.glue_ac.situations.run_situations`); ``None`` or
     empty: one run"""
     transfer_checkpoint: str | None = None
-    """an agent checkpoint folder: adds the method ``transfer``, that agent acting deterministically
-    with no training on this task (the run's observation and action mode must be the checkpoint's)"""
+    """an agent checkpoint folder (e.g. <run>/selector/agent): adds the method ``transfer``, that agent
+    acting deterministically with no training on this task (pass the --observation and --action-mode it
+    was trained with)"""
     headroom: str | None = None
     """a ``python -m experiments.headroom.design --out`` JSON measured on dev for the situations'
     instance set: the per-situation report shows each situation's dev headroom beside its test
-    table (default for text3's situations: :data:`TEXT3_HEADROOM`; ``""``: none)"""
+    table (default for text3's situations: the committed measurement; '': none)"""
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -135,22 +191,45 @@ class ExperimentConfig:
         hints.update({key: Optional[hints[key]] for key in ("distill", "agent_params", "reward_params", "plugins")})
         check_types(data, hints, message="config key '{name}' must be {expected}, got {value} ({type}){hint}")
 
+    def validate(self) -> None:
+        """Check every key once: types, values, the names against the registries (a plug-in's
+        too), the situation against its instance set.  Reads no file (a transfer checkpoint is
+        checked after this, :func:`experiments.glue_ac.transfer.check_inputs`).  ``ValueError``
+        naming the bad key and the valid values."""
+        self.resolved()
+
     def resolved(self) -> "ExperimentConfig":
-        """Fill the per-preset defaults and validate; errors name the bad key and valid values."""
+        """A copy with the per-preset defaults filled, validated (:meth:`validate`); computed
+        once per value of the config (again only after a field changed)."""
+        snapshot = dataclasses.asdict(self)
+        cached = getattr(self, "_resolved", None)
+        if cached is not None and cached[0] == snapshot:
+            return cached[1]
+        c = self._resolve()
+        object.__setattr__(self, "_resolved", (snapshot, c))  # not a field: never in config.yaml
+        object.__setattr__(c, "_resolved", (dataclasses.asdict(c), c))  # a resolved config resolves to itself
+        return c
+
+    def preset_defaults(self) -> ExperimentPreset:
+        """The experiment preset ``preset`` names (``ValueError`` listing the valid ones)."""
         if self.preset not in EXPERIMENT_PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; valid: {sorted(EXPERIMENT_PRESETS)}")
+        return EXPERIMENT_PRESETS[self.preset]
+
+    def _resolve(self) -> "ExperimentConfig":
+        self.check_types(dataclasses.asdict(self))
+        defaults = self.preset_defaults()
         self.check_situations()
         if self.action_mode not in ("weights", "mask"):
             raise ValueError(f"action_mode must be 'weights' or 'mask', got {self.action_mode!r}")
         c = dataclasses.replace(self)
         if (c.situation is not None or c.situations) and c.instance_set is None:
             c.instance_set = DEFAULT_INSTANCE_SET  # one spelling in config.yaml, given or not
-        defaults = EXPERIMENT_PRESETS[c.preset]
-        c.episodes = defaults["episodes"] if c.episodes is None else c.episodes
-        c.seeds = list(defaults["seeds"] if c.seeds is None else c.seeds)
+        c.episodes = defaults.episodes if c.episodes is None else c.episodes
+        c.seeds = list(defaults.seeds if c.seeds is None else c.seeds)
         if c.headroom is None and c.situations and c.instance_set == DEFAULT_INSTANCE_SET:
-            c.headroom = defaults.get("headroom")
-        c.workers = min(defaults["workers"], usable_cpus()) if c.workers is None else c.workers
+            c.headroom = defaults.headroom
+        c.workers = min(defaults.workers, usable_cpus()) if c.workers is None else c.workers
         if not matches(c.workers, int) or c.workers < 1:
             raise ValueError(f"workers must be an integer >= 1, got {c.workers!r}")
         if c.executor not in EXECUTORS:
@@ -166,7 +245,7 @@ class ExperimentConfig:
             raise ValueError(f"seeds must be distinct, got {c.seeds}")
         distill = self.distill_config()
         if c.methods is None:
-            c.methods = [m for m in default_methods(distill.knowledge) if m not in defaults.get("leave_out", ())]
+            c.methods = [m for m in default_methods(distill.knowledge) if m not in defaults.leave_out]
             if c.action_mode == "mask":
                 c.methods = [m for m in c.methods if m != "random_soft"]  # soft weights need action_mode=weights
         if c.transfer_checkpoint is not None and TRANSFER not in c.methods:
@@ -198,10 +277,6 @@ class ExperimentConfig:
         if needs and c.observation not in needs:
             raise ValueError(f"agent {c.agent!r} reads observation one of {list(needs)}, got {c.observation!r}: pass "
                              f"--observation {needs[0]} (or set observation: {needs[0]} in --config)")
-        if c.transfer_checkpoint is not None:
-            from .transfer import check_checkpoint
-
-            check_checkpoint(c.transfer_checkpoint, c, distill)
         if c.name is None:
             c.name = (f"glue_ac-{c.preset}-situations" if c.situations else
                       f"glue_ac-{c.preset}-{c.situation}" if c.situation else
@@ -236,15 +311,15 @@ class ExperimentConfig:
             raise ValueError(f"unknown situation(s) {unknown} of instance set {sset.name!r}; valid: {sset.names}")
         if len(set(names)) != len(names):
             raise ValueError(f"situations named twice in {names}")
-        base_task, task = get_preset(sset.base).task, get_preset(self.preset).task
+        base_task, task = get_preset(sset.base).task, get_preset(self.preset_defaults().distill).task
         if base_task != task:
             raise ValueError(f"instance set {sset.name!r} describes situations over preset {sset.base!r} (task "
                              f"{base_task}); preset {self.preset!r} has task {task}: pass --preset {sset.base} (or "
                              f"leave --preset out), or another --instance-set")
         for name in names:
             overrides = dict(sset.instance(name).overrides)
-            situation = get_preset(self.preset, **overrides)
-            asked = get_preset(self.preset, **{**overrides, **self.distill})  # values as DistillConfig reads them
+            situation = get_preset(self.preset_defaults().distill, **overrides)
+            asked = get_preset(self.preset_defaults().distill, **{**overrides, **self.distill})  # values as DistillConfig reads them
             clash = [k for k in self.distill
                      if (k in SITUATION_KEYS or k in overrides) and getattr(asked, k) != getattr(situation, k)]
             if clash:
@@ -255,7 +330,7 @@ class ExperimentConfig:
 
     def distill_config(self) -> DistillConfig:
         """The preset, then the situation's overrides, then ``distill``."""
-        return get_preset(self.preset, **{**self.situation_overrides(), **self.distill})
+        return get_preset(self.preset_defaults().distill, **{**self.situation_overrides(), **self.distill})
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -25,7 +25,7 @@ from .eta import RUN_CLOCK
 from .report import write_report
 from .run import Run, make_env, train_selector
 from .timing import stage_times
-from .transfer import load_transfer
+from .transfer import check_inputs, load_transfer
 
 LOGGER = get_logger("glue_ac")
 
@@ -40,6 +40,10 @@ def run_experiment(config: ExperimentConfig, part_of_study: bool = False) -> dic
         raise ValueError(f"config has situations {config.situations}: run it with "
                          f"experiments.glue_ac.run_situations (one run per situation)")
     c = config.resolved()
+    try:  # the files the config names, before any teacher is fine-tuned
+        check_inputs(c)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     run = Run(c)
     run.check()
     distill = c.distill_config()

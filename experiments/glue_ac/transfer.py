@@ -3,7 +3,7 @@ e.g. one trained only on digits situations) acting deterministically on this tas
 training episodes.
 
 The checkpoint is checked twice: early, from its header alone, before any teacher is fine-tuned
-(:func:`check_checkpoint`: its agent, knowledge types, action mode and observation space against
+(:func:`check_inputs`, :func:`check_checkpoint`: its agent, knowledge types, action mode and observation space against
 the run's), and for good when it is loaded into the run's env (:func:`load_transfer`: network
 shapes included).  Either failure is the checkpoint's own message plus a hint naming the
 ``--observation`` / ``--action-mode`` it was trained with.  Its students' rows carry the
@@ -26,7 +26,7 @@ from kd_env import DistillConfig
 if TYPE_CHECKING:
     from .config import ExperimentConfig
 
-__all__ = ["check_checkpoint", "load_transfer", "checkpoint_fingerprint", "observation_space_spec"]
+__all__ = ["check_inputs", "check_checkpoint", "load_transfer", "checkpoint_fingerprint", "observation_space_spec"]
 
 
 def observation_space_spec(observation: str, knowledge: list[str]) -> dict | None:
@@ -102,6 +102,16 @@ def check_checkpoint(path: str, c: ExperimentConfig, distill: DistillConfig) -> 
                                   f"({_entries(observation_space_spec(c.observation, knowledge))})")
     except CheckpointError as exc:
         raise ValueError(f"--transfer-checkpoint {path}: {exc}; {_hint(header, knowledge)}") from None
+
+
+def check_inputs(config: ExperimentConfig) -> None:
+    """The run's input files that can be checked before any work, after the config validated
+    (:meth:`ExperimentConfig.validate` reads no file): the transfer checkpoint's header against the
+    run's agent, knowledge types, action mode and observation (:func:`check_checkpoint`).
+    ``ValueError`` with a hint."""
+    c = config.resolved()
+    if c.transfer_checkpoint is not None:
+        check_checkpoint(c.transfer_checkpoint, c, c.distill_config())
 
 
 def load_transfer(c: ExperimentConfig, env: Any) -> Any:

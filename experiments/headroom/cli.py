@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any, Sequence
 
 from kd_env.io import atomic_write_json, atomic_write_text
@@ -88,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run = HeadroomRun(settings)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        get_logger("headroom").error(f"error: {exc}")
         return 2
     res = run.execute()
     run.out.mkdir(parents=True, exist_ok=True)

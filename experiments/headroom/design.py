@@ -26,7 +26,7 @@ import numpy as np
 from ..cli import SEEDS_HELP, add_plugin_flag, load_plugins, parse_seeds
 from ..executors import execute
 from .. import stats
-from ..logs import add_verbosity_flags, setup_logging
+from ..logs import add_verbosity_flags, get_logger, setup_logging
 from ..stats import Score
 from . import sources
 from .settings import all_masks, schedule_name
@@ -131,9 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if error is not None:
             raise RuntimeError(f"situation {job[4]} failed:\n{error}")
         rows.append(result)
-        print(f"{result['instance']:28s} constant {result['constant']} | switching {result['switching']} | "
-              f"check {result['check_constant']:.4f} -> {result['check_switching']:.4f} "
-              f"({result['value']:+.4f})", flush=True)
+        get_logger("headroom").info(f"{result['instance']:28s} constant {result['constant']} | switching "
+                                    f"{result['switching']} | check {result['check_constant']:.4f} -> "
+                                    f"{result['check_switching']:.4f} ({result['value']:+.4f})")
 
     execute(jobs, _job, done, executor="local", workers=args.workers, threads=1)
     rows.sort(key=lambda r: names.index(r["instance"]))
