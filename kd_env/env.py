@@ -266,12 +266,15 @@ class KnowledgeSelectionEnv(gym.Env):
 
     # ---- gymnasium API ----------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        self._begin_reset(seed, options)
-        return self._finish_reset()
+        self.begin_reset(seed, options)
+        return self.finish_reset()
 
-    def _begin_reset(self, seed: int | None, options: dict[str, Any] | None) -> None:
+    # ---- reset in two parts (a batched env measures and probes all its copies between them) ------
+    def begin_reset(self, seed: int | None, options: dict[str, Any] | None) -> None:
         """The first part of :meth:`reset`: options checked and applied, the instance chosen, the
-        distiller reset with the episode's seed."""
+        distiller reset with the episode's seed.  :meth:`finish_reset` must follow; ``reset`` is
+        the two together.  A batched env (:class:`kd_env.batched.BatchedKDVectorEnv`) calls them
+        apart, so that it measures every copy's first batch and dev probe at once."""
         super().reset(seed=seed)
         options, replay = check_reset_options(options, self._last_start)
         if self.instance_set is not None:
@@ -310,8 +313,10 @@ class KnowledgeSelectionEnv(gym.Env):
         self._last_start = (self.instance, episode_seed)
         self.distiller.reset(episode_seed)
 
-    def _finish_reset(self, measured: PhaseStats | None = None, probe: dict[str, float] | None = None):
-        """The rest of :meth:`reset`: the episode state, the reward's reset, the first observation."""
+    def finish_reset(self, measured: PhaseStats | None = None, probe: dict[str, float] | None = None):
+        """The rest of :meth:`reset` after :meth:`begin_reset`: the episode state, the reward's
+        reset, the first observation and info.  ``measured`` and ``probe`` (the first batch's
+        statistics and the dev probe of the fresh student) are computed here unless given."""
         self._start_episode_state(measured, probe)
         spec = self._spec_of(self.distiller)
         if spec != self.state_spec and self.observation_fn.space(spec) != self.observation_space:
@@ -330,7 +335,7 @@ class KnowledgeSelectionEnv(gym.Env):
             ValueError: an action outside the action space (the env is left unchanged).
             RuntimeError: the env is closed, or its episode has ended (call ``reset()``).
         """
-        w = self._checked_action(action)
+        w = self.check_action(action)
         start = time.perf_counter()
         outcome = self._apply(w)
         reward, reward_parts = self._reward(outcome)
@@ -344,8 +349,9 @@ class KnowledgeSelectionEnv(gym.Env):
         return obs, reward, terminated, truncated, info
 
     # ---- the parts of a step ----------------------------------------------------------------
-    def _checked_action(self, action: Any) -> np.ndarray:
-        """The action as float64 weights, once the env can take a step."""
+    def check_action(self, action: Any) -> np.ndarray:
+        """The action as float64 weights, once the env can take a step: ``ValueError`` naming the
+        action space for a bad action, ``RuntimeError`` on a closed env or an ended episode."""
         if self._closed:
             raise RuntimeError("step() called on a closed env")
         w = validate_action(action, self.action_space, self.action_mode, self.knowledge_names)

@@ -130,7 +130,7 @@ class BatchedKDVectorEnv(VectorEnv):
         for i in indices:
             env = self.envs[i]
             self._runners[i].pending = None
-            env._begin_reset(seeds[i], options[i])
+            env.begin_reset(seeds[i], options[i])
             self.batch.load(i, env.distiller)
 
     def _finish_resets(self, indices: Sequence[int]) -> dict[int, tuple[Any, dict[str, Any]]]:
@@ -142,7 +142,7 @@ class BatchedKDVectorEnv(VectorEnv):
         probes = self.batch.evaluate_probe()
         out = {}
         for i in indices:
-            out[i] = self.envs[i]._finish_reset(measured[i], probes[i])
+            out[i] = self.envs[i].finish_reset(measured[i], probes[i])
             self._needs_reset[i] = False
         return out
 
@@ -213,7 +213,7 @@ class BatchedKDVectorEnv(VectorEnv):
             try:
                 if self._needs_reset[i]:
                     raise RuntimeError("step() before reset(): call reset() first")
-                weights[i] = self.envs[i]._checked_action(action)
+                weights[i] = self.envs[i].check_action(action)
                 stepping.append(i)
             except (ValueError, RuntimeError) as exc:
                 if strict:
