@@ -11,12 +11,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["PLUGIN_HELP", "SEEDS_HELP", "TENSORBOARD_HELP", "add_plugin_flag", "add_tensorboard_flag", "load_plugins",
+__all__ = ["PLUGIN_HELP", "SEEDS_FORMS", "SEEDS_HELP", "TENSORBOARD_HELP", "add_plugin_flag", "add_tensorboard_flag", "load_plugins",
            "loaded_plugins", "parse_seeds"]
 
+#: the forms a seeds flag takes (:func:`parse_seeds`), in every script's help
+SEEDS_FORMS = "one seed '7' (the seed 7, not 7 seeds), a list '0,3,7', a range '0-4' (0 to 4 inclusive), or both '0-2,10'"
 #: the ``--seeds`` help text of every script
-SEEDS_HELP = ("seeds: one seed '7' (the seed 7, not 7 seeds), a list '0,3,7', a range '0-4' (0 to 4 inclusive), "
-              "or both '0-2,10'")
+SEEDS_HELP = f"seeds: {SEEDS_FORMS}"
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -8,11 +8,14 @@ One source of truth: a config dataclass's fields give each flag its name, type, 
 * type: from the annotation: ``int``, ``float``, ``str``; ``bool`` gives ``--x/--no-x``;
   ``X | None`` is ``X``; ``Literal[...]`` (or ``metadata={"choices": ...}``) gives choices;
   ``list[X]`` / ``tuple[X, ...]`` take a comma-separated list; ``metadata={"type": f}`` parses
-  the text with ``f`` instead (e.g. :func:`experiments.cli.parse_seeds`); a mapping or any other
-  type has no flag (YAML file and ``--set`` only);
+  the text with ``f`` instead (e.g. :func:`experiments.cli.parse_seeds`); ``metadata={"repeat":
+  True}`` makes the flag repeatable, one item a use (``--set A --set B``: a list, each item parsed
+  by ``metadata["type"]`` or the list's item type); a mapping or any other type has no flag
+  (YAML file and ``--set`` only);
 * default: the field's, shown in the help (a flag that is not given leaves the field alone);
 * help: the field's attribute docstring (the string literal right after the field, the
-  convention of every config dataclass here), or ``metadata={"help": ...}``.
+  convention of every config dataclass here), or ``metadata={"help": ...}``; ``metadata={"note":
+  ...}`` adds a text shared between runners after it (e.g. :data:`experiments.cli.SEEDS_FORMS`).
 
 :func:`build_config` merges ``defaults < YAML file < --set KEY=VALUE < flags``, builds the
 config and validates it **once** (its ``validate()``), and only then runs the I/O steps it is
@@ -108,7 +111,10 @@ def _argument(field: dataclasses.Field, annotation: Any) -> dict[str, Any] | Non
     keywords: dict[str, Any] = {}
     if "choices" in meta:
         keywords["choices"] = list(meta["choices"])
-    if "type" in meta:
+    if meta.get("repeat"):  # one item a use: --flag A --flag B
+        item = args[0] if origin in (list, tuple) and args and args[0] in (int, float, str) else str
+        keywords.update(action="append", type=meta.get("type", item))
+    elif "type" in meta:
         keywords["type"] = meta["type"]
     elif kind is bool:
         keywords["action"] = argparse.BooleanOptionalAction
@@ -125,7 +131,8 @@ def _argument(field: dataclasses.Field, annotation: Any) -> dict[str, Any] | Non
         return None
     if "metavar" in meta:
         keywords["metavar"] = meta["metavar"]
-    elif "metavar" not in keywords and "choices" not in keywords and "action" not in keywords:
+    elif "metavar" not in keywords and "choices" not in keywords and \
+            keywords.get("action") is not argparse.BooleanOptionalAction:
         keywords["metavar"] = field.name.upper()
     return keywords
 
@@ -168,6 +175,8 @@ def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
         if flag is None or keywords is None:
             continue
         text = (help or {}).get(field.name) or field.metadata.get("help") or docs.get(field.name, "")
+        if field.metadata.get("note"):
+            text = f"{text}: {field.metadata['note']}" if text else field.metadata["note"]
         default = default_note if default_note is not None else _default_text(field)
         if default is not None and "default" not in text:
             text = f"{text} (default: {default})" if text else f"default: {default}"

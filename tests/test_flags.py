@@ -159,3 +159,118 @@ def test_glue_ac_presets_name_kd_env_presets():
     from kd_env import preset_names
 
     assert sorted(p.distill for p in EXPERIMENT_PRESETS.values()) == sorted(preset_names())
+
+
+# ---- benchmark and headroom: their flags are their config's fields ------------------------------
+
+
+@dataclass
+class Repeated:
+    sets: list[str] = field(default_factory=list, metadata={"flag": "--set", "repeat": True, "metavar": "K=V"})
+    """one setting (repeatable)"""
+    pairs: dict[str, Any] = field(default_factory=dict, metadata={"repeat": True, "type": lambda t: tuple(t.split("="))})
+    """a mapping one pair a flag"""
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"note": "the shared forms"})
+    """training seeds"""
+
+
+def test_repeatable_flags_and_shared_notes():
+    p = argparse.ArgumentParser()
+    assert add_config_flags(p, Repeated) == ["sets", "pairs", "seeds"]
+    given = given_flags(p.parse_args(["--set", "a=1,2", "--set", "b=3", "--pairs", "x=1"]), ["sets", "pairs", "seeds"])
+    assert given == {"sets": ["a=1,2", "b=3"], "pairs": [("x", "1")]}  # no comma split: one item a use
+    assert given_flags(p.parse_args([]), ["sets", "pairs"]) == {}
+    text = " ".join(p.format_help().split())
+    assert "--set K=V one setting (repeatable)" in text
+    assert "training seeds: the shared forms (default: 0)" in text
+
+
+def _dests(parser: argparse.ArgumentParser) -> set[str]:
+    return {a.dest for a in parser._actions}
+
+
+def test_every_benchmark_config_field_is_a_flag_but_the_shared_ones(capsys):
+    from experiments.benchmark import BenchmarkConfig, parse_args
+    from experiments.benchmark.__main__ import build_parser
+
+    shared = {"tensorboard", "plugins", "verbose"}  # --no-tensorboard, --plugin, -q/-v: experiments.cli, logs
+    fields = {f.name for f in dataclasses.fields(BenchmarkConfig)}
+    assert fields - shared <= _dests(build_parser())
+    text = " ".join(build_parser().format_help().split())
+    for expected in ("--name NAME run folder: <out>/benchmark-<name> (default: default)",
+                     "--set ALGO.KEY=VALUE override a config value", "--no-plots", "--eval-split {test,dev,held-out-dev}",
+                     "--bootstrap-reps BOOTSTRAP_REPS", "(default: 2000)", "--fresh, --no-fresh rerun finished cells too",
+                     "--algos A,B,...", "(default: ac,ac_q,ppo,dqn,vanilla_kd,dynamic_kd,random_hard)"):
+        assert expected in text, expected
+    config = parse_args(["--algos", "ac, ppo", "--set", "ac.episodes=3", "--set", "ppo.env_kwargs.x=[1, 2]",
+                         "--no-plots", "--fresh", "--plugin", "a.py", "--plugin", "b.py", "--no-tensorboard"])
+    assert config.algos == ["ac", "ppo"] and config.overrides == ["ac.episodes=3", "ppo.env_kwargs.x=[1, 2]"]
+    assert (config.plots, config.fresh, config.tensorboard, config.plugins) == (False, True, False, ["a.py", "b.py"])
+    assert parse_args([]) == BenchmarkConfig()  # no flag: the dataclass's defaults
+
+
+def test_benchmark_validates_once_before_the_plugins_load(monkeypatch, tmp_path: Path, capsys):
+    from experiments import benchmark
+    from experiments.benchmark import BenchmarkConfig, ConfigError, run_benchmark
+    from experiments.benchmark import grid, runner
+
+    calls = {"checks": 0, "plugins": 0}
+    check = grid.check_executor
+
+    def counted(*args):
+        calls["checks"] += 1
+        return check(*args)
+
+    def plugins(paths):
+        calls["plugins"] += 1
+        raise FileNotFoundError("plugin 'x.py' is not a .py file")
+
+    monkeypatch.setattr(grid, "check_executor", counted)
+    monkeypatch.setattr(runner, "load_plugins", plugins)
+    assert benchmark.main(["--out", str(tmp_path), "--eval-every", "0", "--plugin", "x.py"]) == 2
+    assert "eval_every must be a positive integer" in capsys.readouterr().err
+    assert calls == {"checks": 1, "plugins": 0}  # a bad value: no plug-in file was opened
+    assert benchmark.main(["--out", str(tmp_path), "--plugin", "x.py"]) == 2
+    assert "plugin 'x.py'" in capsys.readouterr().err
+    assert calls == {"checks": 2, "plugins": 1}  # validated by the command line, not again by run_benchmark
+    with pytest.raises(ConfigError, match="confidence"):
+        run_benchmark(BenchmarkConfig(out=str(tmp_path), confidence=1.5))
+    with pytest.raises(ConfigError, match="bootstrap_reps"):
+        benchmark.parse_args(["--bootstrap-reps", "0"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_every_headroom_setting_is_a_flag_and_checked_before_the_plugins_load(monkeypatch, tmp_path: Path, capsys):
+    from experiments.headroom import cli
+    from experiments.headroom.settings import HeadroomSettings
+
+    shared = {"tensorboard", "plugins", "switch_points"}  # switch_points: a tuple of fractions, the code's
+    assert {f.name for f in dataclasses.fields(HeadroomSettings)} - shared <= _dests(cli.build_parser())
+    text = " ".join(cli.build_parser().format_help().split())
+    for expected in ("--env-kwarg KEY=VALUE extra gym.make keyword (JSON value), repeatable",
+                     "--selection-seeds SEEDS reset seeds on which every choice is made (dev metric): one seed '7'",
+                     "--batch BATCH", "(default: 32)", "--quick", "selection_seeds [0, 1]", "--plugin",
+                     "--no-tensorboard"):
+        assert expected in text, expected
+    loaded: list[Any] = []
+    monkeypatch.setattr(cli, "load_plugins", loaded.append)
+    with pytest.raises(SystemExit):
+        cli.main(["--batch", "0", "--plugin", "x.py"])
+    assert "--batch must be >= 1" in capsys.readouterr().err and loaded == []
+    seen: list[HeadroomSettings] = []
+
+    class Stop(Exception):
+        pass
+
+    def run(settings):
+        seen.append(settings)
+        raise Stop
+
+    monkeypatch.setattr(cli, "HeadroomRun", run)
+    with pytest.raises(Stop):
+        cli.main(["--quick", "--env-kwarg", "total_steps=60", "--env-kwarg", "config=quick", "--rewards",
+                  "dev_metric_delta", "--greedy-seeds", "2", "--plugin", "x.py", "--out", str(tmp_path)])
+    s = seen[0]
+    assert s.env_kwargs == {"total_steps": 60, "config": "quick"} and s.rewards == ("dev_metric_delta",)
+    assert (s.greedy_seeds, s.selection_seeds, s.random_episodes) == (2, [0, 1], 12)  # --quick's, then the flags
+    assert loaded == [["x.py"]] and s.plugins == ["x.py"]

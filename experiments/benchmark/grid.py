@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from experiments.executors import EXECUTORS  # noqa: F401 - re-exported (the CLI's choices)
+from experiments.cli import SEEDS_FORMS, parse_seeds
+from experiments.executors import EXECUTORS, check_executor
 from kd_env.checks import matches
 
 from .settings import (
@@ -132,10 +133,23 @@ def env_slug(env_id: str) -> str:
 def build_grid(algos: Sequence[str], envs: Sequence[str], seeds: Sequence[int], eval_every: int, eval_episodes: int,
                overrides: Sequence[str] = (), episodes: int | None = None,
                config_dir: str | Path = CONFIG_DIR, eval_split: str = "test") -> list[Cell]:
-    """Every cell of the grid, algorithm-major, from the YAML configs and the overrides.
+    """Every cell of the grid, algorithm-major, from the YAML configs and the overrides: the
+    values checked (:func:`check_grid_values`), then :func:`grid_cells`.
 
     Raises:
         ConfigError: anything wrong with the names, seeds, budget, configs or overrides.
+    """
+    check_grid_values(algos, envs, seeds, eval_every, eval_episodes, episodes, eval_split)
+    return grid_cells(algos, envs, seeds, eval_every, eval_episodes, overrides, episodes, config_dir, eval_split)
+
+
+def check_grid_values(algos: Sequence[str], envs: Sequence[str], seeds: Sequence[int], eval_every: int,
+                      eval_episodes: int, episodes: int | None = None, eval_split: str = "test") -> None:
+    """The grid's values on their own (no registry, no file): lists non-empty and distinct,
+    seeds, evaluation and budget in range.
+
+    Raises:
+        ConfigError: naming the bad value.
     """
     algos, envs, seeds = list(algos), list(envs), list(seeds)
     if not algos:
@@ -155,6 +169,18 @@ def build_grid(algos: Sequence[str], envs: Sequence[str], seeds: Sequence[int], 
         raise ConfigError(f"eval_split must be one of {list(EVAL_SPLITS)}, got {eval_split!r}")
     if episodes is not None and (not matches(episodes, int) or not 0 < episodes < TRAIN_SEED_STRIDE):
         raise ConfigError(f"episodes must be an integer in [1, {TRAIN_SEED_STRIDE - 1}], got {episodes!r}")
+
+
+def grid_cells(algos: Sequence[str], envs: Sequence[str], seeds: Sequence[int], eval_every: int, eval_episodes: int,
+               overrides: Sequence[str] = (), episodes: int | None = None,
+               config_dir: str | Path = CONFIG_DIR, eval_split: str = "test") -> list[Cell]:
+    """The cells of values :func:`check_grid_values` passed: the env ids and algorithm names
+    against the registries (a plug-in's too), the overrides, each algorithm's YAML read.
+
+    Raises:
+        ConfigError: an unknown name, a bad override or config file.
+    """
+    algos, envs, seeds = list(algos), list(envs), list(seeds)
     _check_env_ids(envs)
     _check_algo_names(algos)
     parsed: dict[str, list[tuple[list[str], Any]]] = {a: [] for a in algos}
@@ -199,47 +225,90 @@ def _check_algo_names(algos: Sequence[str]) -> None:
 
 @dataclass
 class BenchmarkConfig:
-    """Everything one invocation needs (the CLI builds it; tests build it directly)."""
+    """Everything one invocation needs.  The command line's flags are its fields
+    (:func:`experiments.flags.add_config_flags`: name, type, default and help from each field and
+    its docstring); tests build it directly.  :meth:`validate` checks the values once, before
+    any file is read."""
 
     name: str = "default"
     """run folder: ``<out>/benchmark-<name>``"""
     algos: list[str] = field(default_factory=lambda: list(DEFAULT_ALGOS))
+    """comma-separated agent names: any registered agent (a --plugin's too), fixed:<bits>, schedule:<file>; one
+    with no <algo>.yml in --config-dir acts on a mask for 0 episodes (evaluated, never trained; --set
+    ALGO.episodes=N trains it)"""
     envs: list[str] = field(default_factory=lambda: list(DEFAULT_ENVS))
-    seeds: list[int] = field(default_factory=lambda: list(range(DEFAULT_SEEDS)))
+    """comma-separated env ids"""
+    seeds: list[int] = field(default_factory=lambda: list(range(DEFAULT_SEEDS)),
+                             metadata={"type": parse_seeds, "metavar": "SEEDS", "note": SEEDS_FORMS})
+    """training seeds"""
     episodes: int | None = None
-    """training episodes of every learner (``None``: each YAML's ``episodes``)"""
+    """training episodes of every learner (default: each config's ``episodes``)"""
     eval_every: int = DEFAULT_EVAL_EVERY
     """evaluate the learners every this many training episodes (and at the end)"""
     eval_episodes: int = DEFAULT_EVAL_EPISODES
     """held-out episodes per evaluation"""
-    eval_split: str = "test"
-    """``test``: score the held-out instances' test split (what to report); ``dev`` / ``held-out-dev``:
-    the train / held-out instances' dev split on selection seeds (what to choose settings on);
-    see :data:`EVAL_SPLITS`"""
-    overrides: list[str] = field(default_factory=list)
-    """``ALGO.KEY=VALUE`` settings"""
+    eval_split: str = field(default="test", metadata={"choices": EVAL_SPLITS})
+    """what evaluations score: test = the held-out instances' test split (report this); dev = the train
+    instances' dev split, held-out-dev = the held-out instances' dev split, both on selection seeds (choose
+    settings on these, e.g. with --set ac.env_kwargs.instances=digits-validation, then run once on test)"""
+    overrides: list[str] = field(default_factory=list,
+                                 metadata={"flag": "--set", "repeat": True, "metavar": "ALGO.KEY=VALUE"})
+    """override a config value, e.g. ppo.learning_rate=1.0e-3, ac.episodes=30,
+    sac.env_kwargs.reward=dev_metric_delta (repeatable)"""
     workers: int = DEFAULT_WORKERS
+    """parallel processes (spawned; Ray tasks at a time with --executor ray)"""
     threads: int = 1
     """torch threads per cell"""
-    executor: str = "local"
+    executor: str = field(default="local", metadata={"choices": EXECUTORS})
+    """where the cells run: local (this process, or --workers spawned processes) or ray (a local Ray, or the
+    cluster at --address)"""
     address: str | None = None
+    """Ray cluster address (default: start a local Ray)"""
     out: str = "runs"
+    """parent folder of the run folder"""
     config_dir: str = str(CONFIG_DIR)
+    """folder of <algo>.yml configs"""
     fresh: bool = False
     """rerun finished cells too"""
     plots: bool = True
-    tensorboard: bool = True
+    """draw the plots (--no-plots: the tables only)"""
+    tensorboard: bool = field(default=True, metadata={"flag": None})  # --no-tensorboard: experiments.cli's
     """write every cell's training episodes and evaluations to TensorBoard, ``<run>/tb/<env>/<algo>_<seed>/``"""
     baseline: str = "vanilla_kd"
-    """the fixed policy every algorithm is compared with, paired by seed (same held-out episodes);
-    vanilla KD is the best single fixed mask on DigitsKD-Instances-v0's train instances (dev)"""
+    """fixed policy the summary compares every algorithm with, paired by seed (same held-out episodes); vanilla KD
+    is the best single fixed mask on DigitsKD-Instances-v0's train instances (dev)"""
     bootstrap_reps: int = 2000
+    """bootstrap resamples of the summary's confidence intervals"""
     confidence: float = 0.95
-    verbose: bool = True
+    """level of the summary's confidence intervals"""
+    verbose: bool = field(default=True, metadata={"flag": None})  # -q/-v: experiments.logs'
     """log the progress lines (through the ``experiments`` logger, at INFO: ``-q`` hides them)"""
-    plugins: list[str] = field(default_factory=list)
+    plugins: list[str] = field(default_factory=list, metadata={"flag": None})  # --plugin: experiments.cli's
     """plug-in files imported first, here and in every worker (``--plugin``)"""
 
     @property
     def run_dir(self) -> Path:
         return Path(self.out) / f"benchmark-{self.name}"
+
+    def validate(self) -> None:
+        """Check every value that needs no registry and no file: the name, the executor and its
+        workers and threads, the grid's values (:func:`check_grid_values`), the summary's
+        statistics.  The names (algorithms, env ids, baseline) are checked against the
+        registries after the plug-ins load, then the YAML configs are read
+        (:func:`~.runner.run_validated`).
+
+        Raises:
+            ConfigError: naming the bad value.
+        """
+        if not self.name or _slug(self.name) != self.name:
+            raise ConfigError(f"name must be non-empty and use only letters, digits, '-', '_' and '.', got {self.name!r}")
+        try:
+            check_executor(self.executor, self.workers, self.threads)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        check_grid_values(self.algos, self.envs, self.seeds, self.eval_every, self.eval_episodes, self.episodes,
+                          self.eval_split)
+        if not matches(self.bootstrap_reps, int) or self.bootstrap_reps < 1:
+            raise ConfigError(f"bootstrap_reps must be a positive integer, got {self.bootstrap_reps!r}")
+        if not matches(self.confidence, float) or not 0 < self.confidence < 1:
+            raise ConfigError(f"confidence must be a number in (0, 1), got {self.confidence!r}")

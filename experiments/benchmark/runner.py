@@ -17,14 +17,14 @@ from typing import Any, Sequence
 
 from agents.episode_log import TENSORBOARD_DIR
 from experiments.cli import load_plugins
-from experiments.executors import check_executor, execute
+from experiments.executors import execute
 from experiments.logs import get_logger
 from experiments.runlock import RunLock, RunLockedError
 from experiments.store import read_finished
 from kd_env.io import FolderError, atomic_write_json, check_cache_root, check_writable_folder
 
 from .cell import batched, read_cell, run_cell, run_cells, write_cell
-from .grid import RESULT_FILE, BenchmarkConfig, Cell, _check_algo_names, _slug, build_grid
+from .grid import RESULT_FILE, BenchmarkConfig, Cell, _check_algo_names, grid_cells
 from .settings import ConfigError, check_grid
 from .summary import summarize
 
@@ -96,20 +96,23 @@ def check_baseline(baseline: str, algos: Sequence[str], log: Any = print) -> Non
 
 
 def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
-    """Build and check the grid, run the unfinished cells, summarise."""
+    """Check the config (:meth:`BenchmarkConfig.validate`, before any file is read), then
+    :func:`run_validated`."""
+    config.validate()
+    return run_validated(config)
+
+
+def run_validated(config: BenchmarkConfig) -> BenchmarkResult:
+    """Run a config :meth:`BenchmarkConfig.validate` passed (the command line's, validated
+    once where it was built): load the plug-ins, build and check the grid, run the unfinished
+    cells, summarise."""
     start = time.perf_counter()
     log = LOGGER.info if config.verbose else (lambda *_a, **_k: None)
-    try:
-        check_executor(config.executor, config.workers, config.threads)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
     try:  # first: a plug-in may register the agents, instance sets or knowledge types the grid names
         plugins = load_plugins(config.plugins)
     except FileNotFoundError as exc:
         raise ConfigError(str(exc)) from None
-    if not config.name or _slug(config.name) != config.name:
-        raise ConfigError(f"name must be non-empty and use only letters, digits, '-', '_' and '.', got {config.name!r}")
-    cells = build_grid(config.algos, config.envs, config.seeds, config.eval_every, config.eval_episodes,
+    cells = grid_cells(config.algos, config.envs, config.seeds, config.eval_every, config.eval_episodes,
                        config.overrides, config.episodes, config.config_dir, config.eval_split)
     notes: list[str] = []  # said once the checks below pass: an error is the run's first and only line
     check_baseline(config.baseline, config.algos, notes.append)

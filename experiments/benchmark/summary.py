@@ -24,6 +24,7 @@ import numpy as np
 
 from experiments import stats
 from experiments.stats import Score
+from experiments.flags import add_config_flags, given_flags
 from experiments.logs import add_verbosity_flags, get_logger, setup_logging
 from experiments.report import (
     json_safe,
@@ -196,16 +197,16 @@ def load_run(run_dir: str | Path) -> tuple[list[Cell], dict[Cell, dict[str, Any]
     return cells, payloads, saved
 
 
+#: the :class:`~.grid.BenchmarkConfig` fields that are flags of the summary tool too
+SUMMARY_FLAGS = ("baseline", "bootstrap_reps", "plots")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.benchmark.summary",
                                 description="Regenerate a benchmark run folder's summary files (runs.csv, summary.*, "
-                                            "plots/) from its cell files.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                            "plots/) from its cell files.")
     p.add_argument("run_dir", help="a run folder, runs/benchmark-<name>")
-    p.add_argument("--baseline", default=BenchmarkConfig.baseline,
-                   help="fixed policy every algorithm is compared with, paired by seed")
-    p.add_argument("--bootstrap-reps", type=int, default=BenchmarkConfig.bootstrap_reps)
-    p.add_argument("--no-plots", dest="plots", action="store_false")
+    add_config_flags(p, BenchmarkConfig, only=SUMMARY_FLAGS)  # the benchmark's own flags, declared once
     add_verbosity_flags(p)
     a = p.parse_args(argv)
     setup_logging(a)
@@ -222,11 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = run_dir.name.removeprefix("benchmark-")
     fields = {f.name for f in dataclasses.fields(BenchmarkConfig)}
     config = BenchmarkConfig(**{k: v for k, v in saved.items() if k in fields and k != "cells"}, name=name,
-                             out=str(run_dir.parent), baseline=a.baseline, bootstrap_reps=a.bootstrap_reps,
-                             plots=a.plots, verbose=False)
+                             out=str(run_dir.parent), verbose=False, **given_flags(a, SUMMARY_FLAGS))
     summarize(run_dir, finished, payloads, config)
     print(f"wrote the summary of {len(finished)} of {len(cells)} cells to {run_dir} (summary.md, summary.csv, "
-          f"summary.json, runs.csv{', plots/' if a.plots else ''})")
+          f"summary.json, runs.csv{', plots/' if config.plots else ''})")
     return 0
 
 
