@@ -457,3 +457,11 @@ def test_the_users_situation_flags_take_effect_and_are_recorded(tmp_path: Path):
         assert np.asarray(distiller.student_labels).min() >= 0
     finally:
         distiller.close()
+
+
+def test_a_learning_agent_named_as_a_method_is_refused_not_played_untrained():
+    from experiments.glue_ac.config import ExperimentConfig
+
+    c = ExperimentConfig(methods=["finetune", "ac_q"])
+    with pytest.raises(ValueError, match=r"\['ac_q'\] learn.*--agent ac_q"):
+        c.resolved()

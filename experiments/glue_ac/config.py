@@ -260,6 +260,11 @@ class ExperimentConfig:
         bad = [m for m in c.methods if m not in valid and m.partition(":")[0] not in agents]
         if bad:
             raise ValueError(f"unknown method(s) {bad}; valid: {valid}, or a registered agent: {agent_names()}")
+        learners = [m for m in c.methods if m not in valid and _learns(m.partition(":")[0])]
+        if learners:
+            raise ValueError(f"method(s) {learners} learn, and a baseline method is played without training; "
+                             f"make a learner the selector (--agent {learners[0]}) or pass methods that do not "
+                             f"learn (fixed masks, schedules, baselines)")
         if len(set(c.methods)) != len(c.methods):
             raise ValueError(f"duplicate methods in {c.methods}")
         from kd_env.observations import observation_names
@@ -349,6 +354,17 @@ def default_methods(knowledge: Sequence[str]) -> list[str]:
 
 def valid_methods(knowledge: Sequence[str]) -> list[str]:
     return [SELECTOR, *BASELINES, *DYNAMIC_BASELINES, *[f"only:{k}" for k in knowledge]]
+
+
+def _learns(name: str) -> bool:
+    """Whether registered agent ``name`` is a class that overrides :meth:`agents.base.Agent.learn`
+    (a factory function cannot be told without building it: counted as not learning)."""
+    import inspect
+
+    from agents.base import AGENT_REGISTRY, Agent
+
+    factory = AGENT_REGISTRY.get(name)
+    return inspect.isclass(factory) and issubclass(factory, Agent) and factory.learn is not Agent.learn
 
 
 def method_agent_name(method: str, knowledge: Sequence[str]) -> str:
